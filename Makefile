@@ -1,0 +1,38 @@
+# xenp2v — one entry point for every routine task. Run as root for test, e2e, iso, bench.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+# Debian packages the tests and tools call (disks, filesystems, boots). Keep sorted.
+APT_PACKAGES := btrfs-progs cryptsetup-bin dmsetup dosfstools e2fsprogs fdisk gdisk lvm2 mdadm \
+	ntfs-3g openssl parted partclone qemu-utils tmux util-linux xfsprogs zstd
+
+.PHONY: all venv system-deps test serve iso e2e bench clean
+
+all: test
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[agent,server,test]'
+	touch $@
+
+# Installs only what is missing, so a second run costs a dpkg query.
+system-deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "Installing Debian packages: $$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+test: venv system-deps
+	$(BIN)/pytest -q
+
+serve: venv
+	$(BIN)/p2v-server serve $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,1 @@
+"""The agent: runs in the live ISO; probes, captures, restores and repairs."""

@@ -1,0 +1,1 @@
+"""The receiving server: jobs, verified sparse images, restore, exports, XAPI."""

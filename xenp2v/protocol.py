@@ -1,0 +1,301 @@
+"""Wire protocol v1, defined once: the agent and the server both import this module.
+
+An image is a disk cut into fixed-size chunks (the last one may be short). Each chunk is one of:
+
+- ``data``: sent, carries a BLAKE3 digest of its uncompressed bytes;
+- ``zero``: in use by the source and must read as zeros on the target, never sent;
+- ``free``: unused by the source; the target may hold anything there, never sent.
+
+The whole-image digest is the BLAKE3 of a canonical manifest (size, chunk size, then one line per
+data or zero chunk), so both sides compute it from chunk digests alone, without re-reading a disk
+that may be a terabyte of mostly nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Iterable, Iterator
+
+import blake3
+
+VERSION = 1
+API = "/api/v1"
+
+# Headers.
+DIGEST_HEADER = "X-P2V-Digest"
+AUTH_HEADER = "Authorization"
+ENCODING_HEADER = "Content-Encoding"
+ZSTD = "zstd"
+
+# Chunk sizes: powers of two, so chunks stay aligned to any sector and filesystem block size.
+DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
+MIN_CHUNK_SIZE = 64 * 1024
+MAX_CHUNK_SIZE = 64 * 1024 * 1024
+
+# Bounds on JSON bodies (inventories, events, logs, reports).
+MAX_JSON_BODY = 4 * 1024 * 1024
+MAX_LOG_BODY = 8 * 1024 * 1024
+MAX_DISK_SIZE = 1 << 50  # 1 PiB: larger than any VDI a pool can hold
+MAX_DISKS = 64
+
+# Job and disk identifiers: also file names on the server, so nothing that can escape a directory.
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_DIGEST = re.compile(r"^blake3:([0-9a-f]{64})$")
+
+
+class ChunkKind(StrEnum):
+    DATA = "data"
+    ZERO = "zero"
+    FREE = "free"
+
+
+class DiskState(StrEnum):
+    RECEIVING = "receiving"
+    SEALED = "sealed"
+
+
+class JobState(StrEnum):
+    RECEIVING = "receiving"      # at least one disk still arriving
+    SEALED = "sealed"            # every disk sealed: ready for restore, export, provisioning
+    PROVISIONING = "provisioning"
+    REPAIRING = "repairing"
+    DONE = "done"
+    FAILED = "failed"
+
+
+FINISHED_JOB_STATES = frozenset({JobState.DONE, JobState.FAILED})
+
+
+class ErrorCode(StrEnum):
+    """The ``error`` field of every JSON error body; each pairs with one HTTP status."""
+
+    BAD_REQUEST = "bad_request"              # 400 malformed JSON, field, header or id
+    UNAUTHORIZED = "unauthorized"            # 401 missing or wrong token
+    NOT_FOUND = "not_found"                  # 404 no such job, disk, chunk or route
+    METHOD_NOT_ALLOWED = "method_not_allowed"  # 405
+    CONFLICT = "conflict"                    # 409 disk sealed, or not sealed yet
+    TOO_LARGE = "too_large"                  # 413 body larger than allowed
+    OUT_OF_RANGE = "out_of_range"            # 416 chunk index beyond the disk
+    BAD_DIGEST = "bad_digest"                # 422 chunk or image digest does not match
+    BAD_LENGTH = "bad_length"                # 422 chunk length is not the chunk's length
+    INSUFFICIENT_STORAGE = "insufficient_storage"  # 507 images cannot fit the free space
+    INTERNAL = "internal"                    # 500 a bug; the detail says where to look
+
+
+ERROR_STATUS: dict[ErrorCode, int] = {
+    ErrorCode.BAD_REQUEST: 400,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.CONFLICT: 409,
+    ErrorCode.TOO_LARGE: 413,
+    ErrorCode.OUT_OF_RANGE: 416,
+    ErrorCode.BAD_DIGEST: 422,
+    ErrorCode.BAD_LENGTH: 422,
+    ErrorCode.INSUFFICIENT_STORAGE: 507,
+    ErrorCode.INTERNAL: 500,
+}
+
+
+class ProtocolError(ValueError):
+    """A request or answer that breaks the protocol; ``code`` says which rule."""
+
+    def __init__(self, code: ErrorCode, detail: str):
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+    @property
+    def status(self) -> int:
+        return ERROR_STATUS[self.code]
+
+    def body(self) -> dict:
+        return error_body(self.code, self.detail)
+
+
+def error_body(code: ErrorCode, detail: str) -> dict:
+    return {"error": str(code), "detail": detail}
+
+
+# --- paths -------------------------------------------------------------------------------------
+
+def health_path() -> str:
+    return f"{API}/health"
+
+
+def jobs_path() -> str:
+    return f"{API}/jobs"
+
+
+def job_path(job: str) -> str:
+    return f"{API}/jobs/{job}"
+
+
+def disk_path(job: str, disk: str) -> str:
+    return f"{API}/jobs/{job}/disks/{disk}"
+
+
+def chunks_path(job: str, disk: str) -> str:
+    return f"{disk_path(job, disk)}/chunks"
+
+
+def chunk_path(job: str, disk: str, index: int) -> str:
+    return f"{disk_path(job, disk)}/chunks/{index}"
+
+
+def map_path(job: str, disk: str) -> str:
+    return f"{disk_path(job, disk)}/map"
+
+
+def complete_path(job: str, disk: str) -> str:
+    return f"{disk_path(job, disk)}/complete"
+
+
+def log_path(job: str) -> str:
+    return f"{API}/jobs/{job}/log"
+
+
+def events_path(job: str) -> str:
+    return f"{API}/jobs/{job}/events"
+
+
+def repair_path(job: str) -> str:
+    return f"{API}/jobs/{job}/repair"
+
+
+def machine_path(system_uuid: str) -> str:
+    return f"{API}/machines/{system_uuid}"
+
+
+# --- identifiers, digests, chunk geometry --------------------------------------------------------
+
+def check_id(value: object, what: str) -> str:
+    """A job or disk id, or ProtocolError saying what an id may hold."""
+    if not isinstance(value, str) or not _ID.match(value):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            f"The {what} {value!r} is not valid: use 1 to 64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit.",
+        )
+    return value
+
+
+def chunk_digest(data: bytes | memoryview) -> str:
+    """The digest of a chunk's uncompressed bytes, as it travels in ``X-P2V-Digest``."""
+    return "blake3:" + blake3.blake3(data, max_threads=1).hexdigest()
+
+
+def parse_digest(value: str | None) -> str:
+    """Validate a ``blake3:<64 hex>`` string; returns it lower-cased."""
+    text = (value or "").strip().lower()
+    if not _DIGEST.match(text):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            f"The digest {value!r} is not of the form 'blake3:<64 hex digits>'.",
+        )
+    return text
+
+
+def check_chunk_size(chunk_size: int) -> int:
+    if (not isinstance(chunk_size, int) or chunk_size < MIN_CHUNK_SIZE or chunk_size > MAX_CHUNK_SIZE
+            or chunk_size & (chunk_size - 1)):
+        raise ProtocolError(
+            ErrorCode.BAD_REQUEST,
+            f"The chunk size {chunk_size!r} is not a power of two between "
+            f"{MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE} bytes.",
+        )
+    return chunk_size
+
+
+def chunk_count(size: int, chunk_size: int) -> int:
+    return (size + chunk_size - 1) // chunk_size
+
+
+def chunk_span(size: int, chunk_size: int, index: int) -> tuple[int, int]:
+    """(offset, length) of chunk ``index`` in a disk of ``size`` bytes; the last may be short."""
+    count = chunk_count(size, chunk_size)
+    if not 0 <= index < count:
+        raise ProtocolError(
+            ErrorCode.OUT_OF_RANGE,
+            f"Chunk {index} is outside this disk, which has chunks 0 to {count - 1}.",
+        )
+    offset = index * chunk_size
+    return offset, min(chunk_size, size - offset)
+
+
+# --- extents and the image digest ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Extent:
+    """A run of whole chunks of one kind, in chunk indices: [start, start + count)."""
+
+    kind: ChunkKind
+    start: int
+    count: int
+
+    def to_json(self) -> dict:
+        return {"kind": str(self.kind), "start": self.start, "count": self.count}
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "Extent":
+        return cls(ChunkKind(obj["kind"]), int(obj["start"]), int(obj["count"]))
+
+
+def runs(indices: Iterable[int]) -> Iterator[tuple[int, int]]:
+    """Sorted, distinct indices as (start, count) runs."""
+    start = prev = None
+    for i in indices:
+        if start is None:
+            start = prev = i
+        elif i == prev + 1:
+            prev = i
+        else:
+            yield start, prev - start + 1
+            start = prev = i
+    if start is not None:
+        yield start, prev - start + 1
+
+
+def image_map(count: int, data: Iterable[int], zero: Iterable[int]) -> list[Extent]:
+    """Every chunk of a disk as data / zero / free extents, in order; free is what is left.
+
+    Walks only the chunks that are data or zero, so a mostly empty 1 TiB disk costs nothing.
+    """
+    kinds = {i: ChunkKind.DATA for i in data}
+    for i in zero:
+        kinds.setdefault(i, ChunkKind.ZERO)
+    out: list[Extent] = []
+
+    def add(kind: ChunkKind, start: int, n: int) -> None:
+        if out and out[-1].kind is kind and out[-1].start + out[-1].count == start:
+            out[-1] = Extent(kind, out[-1].start, out[-1].count + n)
+        else:
+            out.append(Extent(kind, start, n))
+
+    pos = 0
+    for i in sorted(kinds):
+        if i > pos:
+            add(ChunkKind.FREE, pos, i - pos)
+        add(kinds[i], i, 1)
+        pos = i + 1
+    if pos < count:
+        add(ChunkKind.FREE, pos, count - pos)
+    return out
+
+
+def image_digest(size: int, chunk_size: int, data: dict[int, str], zero: Iterable[int]) -> str:
+    """The whole-image digest both sides agree on before a disk is sealed.
+
+    ``data`` maps chunk index to its ``blake3:`` digest; ``zero`` lists in-use all-zero chunks.
+    A chunk in both counts as data. Free chunks are not part of the digest: their content is
+    undefined by design.
+    """
+    h = blake3.blake3()
+    h.update(f"xenp2v-image v{VERSION} size={size} chunk={chunk_size}\n".encode())
+    zero_set = set(zero) - data.keys()
+    for index in sorted(data.keys() | zero_set):
+        line = f"{index} {data[index]}\n" if index in data else f"{index} zero\n"
+        h.update(line.encode())
+    return "blake3:" + h.hexdigest()
