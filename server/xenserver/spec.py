@@ -1,0 +1,107 @@
+"""The VM a job asks for, read from the agent's inventory: pure data, no pool involved.
+
+Both the XAPI provisioning and the XVA export start from a VmSpec, so the VM created online and
+the one imported offline have the same CPUs, memory, firmware, MACs and disks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MIB = 1024 * 1024
+# XAPI refuses dynamic memory below its static minimum; the templates' own floor is far above it.
+MIN_MEMORY = 256 * MIB
+DEFAULT_MEMORY = 2048 * MIB
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    id: str
+    size: int          # bytes; the VDI's virtual size
+
+
+@dataclass(frozen=True)
+class NicSpec:
+    name: str
+    mac: str           # lower-case aa:bb:cc:dd:ee:ff, or "" to let the pool choose
+
+
+@dataclass(frozen=True)
+class VmSpec:
+    name: str
+    vcpus: int
+    memory: int                     # bytes
+    firmware: str                   # "bios" or "uefi"
+    windows: bool
+    disks: tuple[DiskSpec, ...]
+    nics: tuple[NicSpec, ...]
+    system_uuid: str = ""           # the source's SMBIOS UUID (informational; the VM gets its own)
+    adjustments: tuple[str, ...] = field(default=())  # what was changed to fit, said in sentences
+
+
+def _os_text(machine: dict) -> str:
+    value = machine.get("os")
+    if isinstance(value, dict):
+        return " ".join(str(v) for v in value.values() if isinstance(v, (str, int)))
+    return str(value or "")
+
+
+def _mac(value: object) -> str:
+    text = str(value or "").strip().lower().replace("-", ":")
+    parts = text.split(":")
+    if len(parts) == 6 and all(len(p) == 2 and all(c in "0123456789abcdef" for c in p) for p in parts):
+        return text
+    return ""
+
+
+def vm_spec(job: dict, keep_macs: bool = False) -> VmSpec:
+    """The VM for a job: name from the job, vCPUs, memory, firmware, NICs and disks from its inventory.
+
+    The agent's own overrides (``vcpus`` and ``memory`` at the top of the inventory, from
+    ``p2v.vcpus`` / ``p2v.memory``) win over what the source machine had.
+    """
+    inventory = job.get("inventory") or {}
+    machine = inventory.get("machine") or {}
+    name = str(job.get("name") or inventory.get("name") or job.get("id") or "p2v")
+    vcpus = int(inventory.get("vcpus") or machine.get("cpus") or 1)
+    memory = int(inventory.get("memory") or machine.get("memory") or DEFAULT_MEMORY)
+    firmware = "uefi" if str(machine.get("firmware", "bios")).lower() == "uefi" else "bios"
+    nics = tuple(
+        NicSpec(str(nic.get("name") or f"nic{i}"), _mac(nic.get("mac")) if keep_macs else "")
+        for i, nic in enumerate(machine.get("nics") or [])
+    )
+    disks = tuple(DiskSpec(str(d["id"]), int(d["size"])) for d in inventory.get("disks") or [])
+    adjustments = []
+    if memory < MIN_MEMORY:
+        adjustments.append(f"Memory raised from {memory // MIB} MiB to {MIN_MEMORY // MIB} MiB, "
+                           "the least a VM gets.")
+        memory = MIN_MEMORY
+    # XAPI wants memory in whole MiB-aligned amounts for HVM guests' static limits.
+    memory = (memory + MIB - 1) // MIB * MIB
+    return VmSpec(
+        name=name,
+        vcpus=max(1, vcpus),
+        memory=memory,
+        firmware=firmware,
+        windows="windows" in _os_text(machine).lower(),
+        disks=disks,
+        nics=nics,
+        system_uuid=str(machine.get("system_uuid") or ""),
+        adjustments=tuple(adjustments),
+    )
+
+
+def fit_to_host(spec: VmSpec, host_cpus: int, host_free_memory: int) -> VmSpec:
+    """The spec bounded by what the host has, with each change said in ``adjustments``."""
+    notes = list(spec.adjustments)
+    vcpus, memory = spec.vcpus, spec.memory
+    if host_cpus and vcpus > host_cpus:
+        notes.append(f"vCPUs lowered from {vcpus} to {host_cpus}, the host's CPU count.")
+        vcpus = host_cpus
+    limit = host_free_memory // MIB * MIB
+    if limit and memory > limit:
+        notes.append(f"Memory lowered from {memory // MIB} MiB to {limit // MIB} MiB, "
+                     "what the host has free.")
+        memory = max(MIN_MEMORY, limit)
+    return VmSpec(spec.name, vcpus, memory, spec.firmware, spec.windows, spec.disks, spec.nics,
+                  spec.system_uuid, tuple(notes))
