@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 APT_PACKAGES := btrfs-progs cryptsetup-bin dmsetup dosfstools e2fsprogs fdisk gdisk lvm2 mdadm \
 	ntfs-3g openssl parted partclone qemu-utils tmux util-linux xfsprogs zstd
 
-.PHONY: all venv system-deps test serve iso e2e bench clean
+.PHONY: all venv system-deps test serve iso pxe iso-test e2e bench clean
 
 all: test
 
@@ -33,6 +33,19 @@ test: venv system-deps
 
 serve: venv
 	$(BIN)/p2v-server serve $(ARGS)
+
+# The live ISO (out/xenp2v.iso) and its netboot files (out/pxe/); downloads cached in /var/cache/xenp2v.
+iso: venv
+	live-build/build-iso
+
+# Netboot files from the ISO that `make iso` built (building it first if there is none).
+pxe:
+	@[ -s out/xenp2v.iso ] || $(MAKE) iso
+	live-build/pxe-files out/xenp2v.iso out/pxe
+
+# Boots the built ISO under QEMU (not part of `make test`: it needs out/xenp2v.iso).
+iso-test: venv
+	XENP2V_ISO=$(CURDIR)/out/xenp2v.iso $(BIN)/pytest -q tests/iso
 
 clean:
 	rm -rf $(VENV) build *.egg-info
