@@ -1,0 +1,141 @@
+"""What the repair knows about the guest's new world, and how old names map onto it.
+
+Old device names (`/dev/sda1`, `/dev/disk/by-id/…-part2`, `/dev/nvme0n1p3`) come from the source
+machine; the filesystems they named are now somewhere on the VM's disk, with the same UUIDs
+(the copy is block for block). A job's inventory says outright which name held which filesystem;
+without a job the partition number in the name and the filesystem type identify it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+# Names that identify a partition by its disk and number: the disk part is whatever the source
+# machine called the disk, the number survives the copy.
+_PARTITION_NAMES = (
+    re.compile(r"^/dev/(?P<disk>(?:[shv]|xv)d[a-z]+)(?P<n>\d+)$"),
+    re.compile(r"^/dev/(?P<disk>(?:nvme\d+n\d+|mmcblk\d+|loop\d+))p(?P<n>\d+)$"),
+    re.compile(r"^/dev/disk/by-(?:id|path)/(?P<disk>.+)-part(?P<n>\d+)$"),
+)
+# Names that do not depend on the hardware: left as they are.
+_STABLE_PREFIXES = ("UUID=", "LABEL=", "PARTUUID=", "PARTLABEL=", "/dev/mapper/",
+                    "/dev/disk/by-uuid/", "/dev/disk/by-label/", "/dev/disk/by-partuuid/",
+                    "/dev/disk/by-partlabel/", "/dev/md", "/dev/dm-")
+_EXT = {"ext2", "ext3", "ext4"}
+
+
+@dataclass(frozen=True)
+class Filesystem:
+    device: str                  # where it is now: /dev/loop3p1, /dev/xvda1, /dev/vg/root
+    fstype: str                  # blkid TYPE: ext4, xfs, btrfs, swap, vfat, crypto_LUKS, …
+    uuid: str | None
+    label: str | None = None
+    partition: int | None = None  # its number on the repaired disk; None for LVs
+
+
+@dataclass
+class Facts:
+    filesystems: list[Filesystem] = field(default_factory=list)
+    names: dict[str, Filesystem] = field(default_factory=dict)   # old device name → filesystem
+    nics: dict[str, str] = field(default_factory=dict)           # old interface name → new
+    disk: str | None = None        # the VM's boot disk as this machine sees it (grub-install)
+    bios: bool = True              # install grub for BIOS booting
+    uefi: bool = False             # install the removable UEFI path
+    nvram: bool = False            # may write a UEFI boot entry (only inside the VM itself)
+
+    def uuid_ref(self, name: str) -> str | None:
+        """`UUID=…` for an old device name that maps to a filesystem with a UUID, else None."""
+        fs = self.names.get(name)
+        return f"UUID={fs.uuid}" if fs and fs.uuid else None
+
+
+def partition_ref(name: str) -> tuple[str, int] | None:
+    """(old disk, partition number) for a name tied to the old hardware, else None."""
+    for pattern in _PARTITION_NAMES:
+        m = pattern.match(name)
+        if m:
+            return m["disk"], int(m["n"])
+    return None
+
+
+def is_hardware_name(name: str) -> bool:
+    return name.startswith("/dev/") and not name.startswith(_STABLE_PREFIXES) and \
+        partition_ref(name) is not None
+
+
+def _same_type(wanted: str | None, found: str) -> bool:
+    if not wanted or wanted in ("auto", "none"):
+        return True
+    return wanted == found or (wanted in _EXT and found in _EXT)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A device name as the guest's configuration uses it."""
+
+    name: str
+    mountpoint: str | None = None
+    fstype: str | None = None
+
+
+def names_from_disk(refs: list[Reference], filesystems: list[Filesystem]) -> tuple[dict[str, Filesystem], list[str]]:
+    """Map old names to filesystems found on the repaired disk, with no inventory to help.
+
+    The partition number survives the copy, so `/dev/sda2` is partition 2 of this disk, as long
+    as the filesystem types agree. When the guest names several old disks, only the one that held
+    `/` (or `/boot`) is this disk; the others are reported, not guessed.
+    """
+    parts = {fs.partition: fs for fs in filesystems if fs.partition is not None}
+    tied = [(r, partition_ref(r.name)) for r in refs if is_hardware_name(r.name)]
+    disks = {ref[0] for _, ref in tied}
+    if len(disks) > 1:
+        anchors = [ref[0] for r, ref in tied if r.mountpoint in ("/", "/boot")]
+        disks = {anchors[0]} if anchors else set()
+    names: dict[str, Filesystem] = {}
+    notes = []
+    for r, (disk, number) in tied:
+        fs = parts.get(number)
+        if disk not in disks:
+            notes.append(f"{r.name} is on another disk of the source machine; left as it is.")
+        elif fs is None or not _same_type(r.fstype, fs.fstype):
+            notes.append(f"{r.name} matches no filesystem on this disk; left as it is.")
+        else:
+            names[r.name] = fs
+    return names, notes
+
+
+def names_from_inventory(inventory: dict, filesystems: list[Filesystem]) -> dict[str, Filesystem]:
+    """Map every name the capture inventory knew for a partition to the filesystem with its UUID."""
+    by_uuid = {fs.uuid: fs for fs in filesystems if fs.uuid}
+    names = {}
+    for disk in inventory.get("disks", []):
+        for part in disk.get("partitions", []):
+            fs = by_uuid.get(part.get("uuid") or "")
+            if fs is None:
+                continue
+            node = part.get("path") or part.get("node") or part.get("name") or ""
+            aliases = [node if node.startswith("/dev/") else f"/dev/{node}"]
+            aliases += list(part.get("links", [])) + list(part.get("by_id", [])) + \
+                list(part.get("by_path", []))
+            for alias in aliases:
+                if alias and alias != "/dev/":
+                    names[alias] = fs
+    return names
+
+
+def nics_from_inventory(inventory: dict, local: dict[str, str]) -> dict[str, str]:
+    """Old NIC name → the VM's NIC name, matched by MAC (`local` maps MAC → name here).
+
+    XenServer gives the VM's VIFs the source's MACs; where it did not and there is one NIC on each
+    side, the one is the other.
+    """
+    old = {(n.get("mac") or n.get("address") or "").lower(): n["name"]
+           for n in inventory.get("nics", []) if n.get("name")}
+    local = {mac.lower(): name for mac, name in local.items()}
+    nics = {name: local[mac] for mac, name in old.items() if mac in local and local[mac] != name}
+    if not nics and len(old) == 1 and len(local) == 1:
+        (old_name,), (new_name,) = old.values(), local.values()
+        if old_name != new_name:
+            nics[old_name] = new_name
+    return nics

@@ -1,0 +1,233 @@
+"""The edge: find the OS on a disk, mount it for a chroot, run the guest's own tools, clean up.
+
+Everything here touches devices; it works the same on the VM's own disk and on a loop device.
+It only ever mounts filesystems that live on the disk being repaired.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import tempfile
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent import blockdev
+from agent.repair.facts import Filesystem
+
+ESP_TYPES = {"C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "ef", "0xef"}
+BIOS_BOOT_TYPE = "21686148-6449-6E6F-744E-656564454649"
+ROOT_TYPES = ("ext2", "ext3", "ext4", "xfs", "btrfs")
+BTRFS_ROOT_SUBVOLUMES = ("@", "@root", "root", "@rootfs")
+_LVM_CONFIG = "devices { obtain_device_list_from_udev=0 use_devicesfile=0 } activation { udev_sync=0 udev_rules=0 }"
+CHROOT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class RepairError(Exception):
+    """A repair cannot go on; the message says what to do next."""
+
+
+def run(argv: list[str], what: str, timeout: int = 300, **kw) -> subprocess.CompletedProcess:
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kw)
+    except FileNotFoundError:
+        raise RepairError(f"Cannot {what}: the tool '{argv[0]}' is not installed.") from None
+    except subprocess.TimeoutExpired:
+        raise RepairError(f"Cannot {what}: '{argv[0]}' did not finish within {timeout} s.") from None
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        raise RepairError(f"Cannot {what}: {lines[-1] if lines else f'exit status {proc.returncode}'}")
+    return proc
+
+
+@dataclass
+class DiskLayout:
+    disk: str
+    filesystems: list[Filesystem]
+    bios: bool             # MBR, or GPT with a BIOS boot partition
+    uefi: bool             # has an EFI system partition
+    volume_groups: list[str]
+
+
+def read_layout(disk: str, stack: ExitStack) -> DiskLayout:
+    """Every filesystem on `disk`, its partitions and LVM volumes (activated until `stack` closes)."""
+    subprocess.run(["partx", "-a", disk], capture_output=True)
+    subprocess.run(["partx", "-u", disk], capture_output=True)
+    try:
+        table = blockdev.partition_table(disk)
+        found: list[Filesystem] = []
+        pvs = []
+        parts = table.partitions if table else []
+        if table is None:
+            info = blockdev.filesystem(disk)
+            if info.get("TYPE"):
+                found.append(Filesystem(disk, info["TYPE"], info.get("UUID"), info.get("LABEL")))
+        for part in parts:
+            info = blockdev.filesystem(part.node)
+            kind = info.get("TYPE", "")
+            if kind == "LVM2_member":
+                pvs.append(part.node)
+            elif kind:
+                found.append(Filesystem(part.node, kind, info.get("UUID"), info.get("LABEL"), part.number))
+        vgs = blockdev.lvm_layout(pvs) if pvs else []
+        for vg in vgs:
+            if any(pv not in pvs for pv in vg.pvs):
+                raise RepairError(f"Volume group {vg.name} spans disks other than {disk}; "
+                                  "attach them all and repair from inside the VM.")
+            blockdev.lvm_activate(vg.name)
+            stack.callback(subprocess.run, ["lvm", "vgchange", "--config", _LVM_CONFIG, "-an", vg.name],
+                           capture_output=True)
+            for lv in vg.lvs:
+                info = blockdev.filesystem(lv.path)
+                if info.get("TYPE"):
+                    found.append(Filesystem(lv.path, info["TYPE"], info.get("UUID"), info.get("LABEL")))
+    except blockdev.BlockDevError as e:
+        raise RepairError(str(e)) from None
+    types = {p.type.upper() if table and table.label == "gpt" else p.type.lower() for p in parts}
+    return DiskLayout(
+        disk=disk, filesystems=found,
+        bios=table is None or table.label == "dos" or BIOS_BOOT_TYPE in types,
+        uefi=bool(types & ESP_TYPES),
+        volume_groups=[vg.name for vg in vgs],
+    )
+
+
+def mount(source: str, target: Path, stack: ExitStack, fstype: str | None = None,
+          options: str | None = None) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    argv = ["mount"] + (["-t", fstype] if fstype else []) + (["-o", options] if options else []) + [source, str(target)]
+    run(argv, f"mount {source} on {target}")
+    stack.callback(subprocess.run, ["umount", "-l", str(target)], capture_output=True)
+
+
+def _os_release(root: Path) -> bool:
+    return (root / "etc/os-release").exists() or (root / "usr/lib/os-release").exists()
+
+
+def find_roots(layout: DiskLayout, workdir: Path) -> list[tuple[Filesystem, str | None]]:
+    """(filesystem, btrfs subvolume or None) of every OS root on the disk: a tree with /etc/fstab
+    and an os-release. Each candidate is looked at read-only and unmounted again."""
+    roots = []
+    for fs in layout.filesystems:
+        if fs.fstype not in ROOT_TYPES:
+            continue
+        with ExitStack() as stack:
+            where = workdir / "probe"
+            try:
+                mount(fs.device, where, stack, fs.fstype, "ro")
+            except RepairError:
+                continue
+            candidates = [None] + (list(BTRFS_ROOT_SUBVOLUMES) if fs.fstype == "btrfs" else [])
+            for sub in candidates:
+                tree = where / sub if sub else where
+                if (tree / "etc/fstab").exists() and _os_release(tree):
+                    roots.append((fs, sub))
+                    break
+    return roots
+
+
+def fstab_entries(text: str) -> list[tuple[str, str, str, str]]:
+    """(spec, mountpoint, type, options) of every active fstab line."""
+    out = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 3 and not fields[0].startswith("#"):
+            out.append((fields[0], fields[1], fields[2], fields[3] if len(fields) > 3 else "defaults"))
+    return out
+
+
+def resolve(spec: str, filesystems: list[Filesystem], names: dict[str, Filesystem]) -> Filesystem | None:
+    """The filesystem on this disk that an fstab spec names, or None (never another disk's)."""
+    if spec in names:
+        return names[spec]
+    for key, attr in (("UUID=", "uuid"), ("LABEL=", "label"), ("/dev/disk/by-uuid/", "uuid"),
+                      ("/dev/disk/by-label/", "label")):
+        if spec.startswith(key):
+            return next((fs for fs in filesystems if getattr(fs, attr) == spec[len(key):]), None)
+    if spec.startswith("/dev/"):
+        real = os.path.realpath(spec)
+        return next((fs for fs in filesystems if os.path.realpath(fs.device) == real), None)
+    return None
+
+
+def mount_guest(root_fs: Filesystem, subvolume: str | None, filesystems: list[Filesystem],
+                names: dict[str, Filesystem], workdir: Path, stack: ExitStack) -> tuple[Path, list[str]]:
+    """Mount the root and what its fstab puts under /boot, /usr and /var; returns (root, notes)."""
+    root = workdir / "root"
+    mount(root_fs.device, root, stack, root_fs.fstype, f"subvol={subvolume}" if subvolume else None)
+    notes = []
+    wanted = ("/boot", "/boot/efi", "/efi", "/usr", "/var")
+    entries = sorted((e for e in fstab_entries((root / "etc/fstab").read_text()) if e[1] in wanted),
+                     key=lambda e: e[1].count("/"))
+    for spec, point, fstype, options in entries:
+        fs = resolve(spec, filesystems, names)
+        if fs is None:
+            notes.append(f"{point} ({spec}) is not on this disk: not mounted.")
+            continue
+        subvol = next((o for o in options.split(",") if o.startswith(("subvol=", "subvolid="))), None)
+        mount(fs.device, root / point.lstrip("/"), stack, fs.fstype, subvol)
+    return root, notes
+
+
+def _copy_dev_nodes(src: Path, dst: Path, subdirs: tuple[str, ...]) -> None:
+    dst.mkdir(exist_ok=True)
+    for entry in os.scandir(src):
+        st = entry.stat(follow_symlinks=False)
+        target = dst / entry.name
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry.path), target)
+        elif stat.S_ISBLK(st.st_mode) or stat.S_ISCHR(st.st_mode):
+            os.mknod(target, st.st_mode, st.st_rdev)
+            os.chown(target, st.st_uid, st.st_gid)
+        elif entry.is_dir() and entry.name in subdirs:
+            _copy_dev_nodes(Path(entry.path), target, ())
+
+
+def enter(root: Path, filesystems: list[Filesystem], volume_groups: list[str], stack: ExitStack) -> None:
+    """Prepare `root` for chroot commands: /proc, /sys (with efivars), a private /dev and /run.
+
+    /dev is a copy of the host's device nodes on a tmpfs, plus /dev/disk/by-uuid links to this
+    disk's filesystems. Without udev there is no by-uuid, and grub-mkconfig's 10_linux then writes
+    `root=/dev/loop0p1` (or whatever this machine calls the disk) instead of `root=UUID=…`: it
+    uses the UUID only when /dev/disk/by-uuid/<uuid> exists. The copy keeps the host's /dev
+    untouched. /run is a fresh tmpfs so the guest's tools leave no state in the host's.
+    """
+    mount("proc", root / "proc", stack, "proc")
+    mount("/sys", root / "sys", stack, options="rbind")
+    run(["mount", "--make-rslave", str(root / "sys")], "isolate /sys mounts")
+    mount("tmpfs", root / "dev", stack, "tmpfs", "mode=0755,size=16m")
+    _copy_dev_nodes(Path("/dev"), root / "dev", ("mapper", *volume_groups))
+    by_uuid = root / "dev/disk/by-uuid"
+    by_uuid.mkdir(parents=True, exist_ok=True)
+    for fs in filesystems:
+        if fs.uuid and not (by_uuid / fs.uuid).exists():
+            os.symlink(os.path.realpath(fs.device), by_uuid / fs.uuid)
+    (root / "dev/pts").mkdir(exist_ok=True)
+    (root / "dev/shm").mkdir(exist_ok=True)
+    mount("tmpfs", root / "run", stack, "tmpfs", "mode=0755,size=64m")
+
+
+def chroot(root: Path, argv: tuple[str, ...], timeout: int = 1800) -> subprocess.CompletedProcess:
+    env = {"PATH": CHROOT_PATH, "LANG": "C.UTF-8", "HOME": "/root", "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        return subprocess.run(["chroot", str(root), *argv], capture_output=True, text=True,
+                              timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        raise RepairError(f"'{' '.join(argv)}' in the guest did not finish within {timeout} s.") from None
+
+
+def workdir(stack: ExitStack) -> Path:
+    path = Path(tempfile.mkdtemp(prefix="xenp2v-repair-"))
+    stack.callback(lambda: _rmdirs(path))
+    return path
+
+
+def _rmdirs(path: Path) -> None:
+    # Only the mount points made here; never anything below them (a guest may still hang there).
+    for sub in (path / "probe", path / "root", path):
+        try:
+            sub.rmdir()
+        except OSError:
+            pass

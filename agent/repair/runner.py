@@ -1,0 +1,179 @@
+"""One repair run: find the guest on a disk, plan every step, show or apply it, report."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from agent.repair import guest
+from agent.repair.apply import LOG, append_log, apply_plan
+from agent.repair.facts import Facts, Reference, names_from_disk, names_from_inventory, nics_from_inventory
+from agent.repair.guest import RepairError
+from agent.repair.plan import Plan
+from agent.repair.steps import _CMDLINE_DEVICE, family, plan_repair
+from agent.repair.tree import GuestTree
+
+
+@dataclass
+class Request:
+    disk: str | None = None            # None: this VM's own disks
+    dry_run: bool = False
+    nics: dict[str, str] = field(default_factory=dict)   # old name → new, given by hand
+    inventory: dict | None = None      # the job's capture inventory
+
+
+def guest_references(tree: GuestTree) -> list[Reference]:
+    """Every device name the guest's configuration uses, with what it is mounted as."""
+    refs = [Reference(spec, point, fstype) for spec, point, fstype, _ in
+            guest.fstab_entries(tree.read("/etc/fstab") or "")]
+    for line in (tree.read("/etc/crypttab") or "").splitlines():
+        fields = line.split()
+        if len(fields) > 1 and not fields[0].startswith("#"):
+            refs.append(Reference(fields[1], None, "crypto_LUKS"))
+    for path in ("/etc/default/grub", "/etc/initramfs-tools/conf.d/resume", "/etc/kernel/cmdline"):
+        for m in _CMDLINE_DEVICE.finditer(tree.read(path) or ""):
+            kind = m[1].lower()
+            refs.append(Reference(m[2], "/" if kind == "root" else None,
+                                  "swap" if kind == "resume" else None))
+    return refs
+
+
+def local_nics() -> dict[str, str]:
+    """MAC → name of this machine's physical NICs."""
+    out = {}
+    for entry in Path("/sys/class/net").iterdir():
+        if (entry / "device").exists():
+            out[(entry / "address").read_text().strip()] = entry.name
+    return out
+
+
+def is_vm() -> bool:
+    proc = subprocess.run(["systemd-detect-virt", "--vm"], capture_output=True, text=True)
+    return proc.returncode == 0
+
+
+def vm_disks() -> list[str]:
+    """This VM's disks, without the boot medium (a disk holding a mounted filesystem)."""
+    mounted = {line.split()[0] for line in Path("/proc/mounts").read_text().splitlines()}
+    out = []
+    for entry in sorted(Path("/sys/block").iterdir()):
+        if not (entry / "device").exists() or entry.name.startswith(("sr", "fd")):
+            continue
+        parts = [f"/dev/{p.name}" for p in entry.iterdir() if p.name.startswith(entry.name)]
+        if not ({f"/dev/{entry.name}", *parts} & mounted):
+            out.append(f"/dev/{entry.name}")
+    return out
+
+
+def check_disk_free(disk: str) -> None:
+    """Refuse a disk this machine runs from or uses: repairing it would pull the floor away."""
+    name = Path(disk).resolve().name
+    mounted = [line.split()[0] for line in Path("/proc/mounts").read_text().splitlines()]
+    if any(re.fullmatch(rf"/dev/{re.escape(name)}(p?\d+)?", m) for m in mounted):
+        raise RepairError(f"{disk} has filesystems mounted on this machine; unmount them (or "
+                          "repair from the live ISO) and try again.")
+
+
+def repair(request: Request, say: Callable[[str], None] = print) -> dict:
+    """Run the repair; returns the report. Raises RepairError with what to do next."""
+    if request.disk:
+        disks = [request.disk]
+    else:
+        if not is_vm():
+            raise RepairError("This machine is not a VM: repair writes only to a VM's disks. To "
+                              "repair a disk attached here, name it with --disk.")
+        disks = vm_disks()
+    for disk in disks:
+        if not Path(disk).exists():
+            raise RepairError(f"{disk} does not exist; name the VM's disk (e.g. /dev/xvda).")
+        check_disk_free(disk)
+    errors = []
+    for disk in disks:
+        with ExitStack() as stack:
+            work = guest.workdir(stack)
+            layout = guest.read_layout(disk, stack)
+            roots = guest.find_roots(layout, work)
+            if not roots:
+                errors.append(f"{disk} holds no Linux system that repair can fix (no root "
+                              "filesystem with /etc/fstab and an os-release)")
+                continue
+            return _repair_root(request, disk, layout, roots, work, stack, say)
+    raise RepairError("; ".join(errors) + ". Check that the image was restored onto this disk.")
+
+
+def _repair_root(request: Request, disk: str, layout: guest.DiskLayout, roots: list,
+                 work: Path, stack: ExitStack, say: Callable[[str], None]) -> dict:
+    root_fs, subvolume = roots[0]
+    for other, _ in roots[1:]:
+        say(f"Another system is on {other.device}; repairing only the one on {root_fs.device}.")
+    with ExitStack() as probe:
+        probe_root = work / "root"
+        guest.mount(root_fs.device, probe_root, probe, root_fs.fstype,
+                    f"ro,subvol={subvolume}" if subvolume else "ro")
+        probe_tree = GuestTree(probe_root)
+        fam = family(probe_tree)
+        refs = guest_references(probe_tree)
+    if fam is None:
+        raise RepairError(f"The system on {root_fs.device} is not of a family repair knows "
+                          "(Debian/Ubuntu, RHEL, SUSE, Arch); nothing was changed.")
+    names, notes = names_from_disk(refs, layout.filesystems)
+    nics = dict(request.nics)
+    if request.inventory:
+        names.update(names_from_inventory(request.inventory, layout.filesystems))
+        nics = {**nics_from_inventory(request.inventory, local_nics()), **nics}
+    root, mount_notes = guest.mount_guest(root_fs, subvolume, layout.filesystems, names, work, stack)
+    tree = GuestTree(root)
+    facts = Facts(filesystems=layout.filesystems, names=names, nics=nics, disk=disk,
+                  bios=layout.bios, uefi=layout.uefi,
+                  nvram=request.disk is None and Path("/sys/firmware/efi/efivars").exists())
+    steps = plan_repair(tree, facts)
+    if steps:
+        steps[0].notes[:0] = notes + mount_notes
+    os_name = _pretty_name(tree)
+    report = {"disk": disk, "root": root_fs.device, "os": os_name, "family": fam,
+              "dry_run": request.dry_run, "changed": any(not s.empty for s in steps)}
+    say(f"Found {os_name} ({fam} family) on {root_fs.device}.")
+    if request.dry_run:
+        say(Plan(steps).render())
+        report["steps"] = [{"step": s.name, "files": [c.path for c in s.changes],
+                            "commands": [str(c) for c in s.commands], "notes": s.notes} for s in steps]
+        report["status"] = "planned"
+        return report
+    if not report["changed"]:
+        say("Nothing to change: this system is already repaired.")
+        report.update(status="ok", steps=[])
+        return report
+    guest.enter(root, layout.filesystems, layout.volume_groups, stack)
+    lines = [f"--- xenp2v repair, {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}, disk {disk}"]
+
+    def log(line: str) -> None:
+        lines.append(line)
+        say(line)
+
+    def run_command(cmd) -> tuple[int, str]:
+        proc = guest.chroot(root, cmd.argv)
+        return proc.returncode, (proc.stdout or "") + (proc.stderr or "")
+
+    try:
+        report["steps"] = apply_plan(root, steps, run_command, log)
+        report["status"] = "ok"
+    except RepairError as e:
+        lines.append(f"FAILED: {e}")
+        report.update(status="failed", error=str(e))
+        append_log(root, lines)
+        raise
+    append_log(root, lines)
+    say(f"Repair done; the log is in the guest's {LOG}.")
+    return report
+
+
+def _pretty_name(tree: GuestTree) -> str:
+    for line in (tree.read("/etc/os-release") or tree.read("/usr/lib/os-release") or "").splitlines():
+        if line.startswith("PRETTY_NAME="):
+            return line.split("=", 1)[1].strip("\"'")
+    return "Linux"

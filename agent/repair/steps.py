@@ -1,0 +1,380 @@
+"""The repair steps, in order. Each reads guest files and facts and plans its change; none writes.
+
+A step returns a StepPlan: the new contents of the files it changes and the chroot commands it
+needs. Running the steps twice on a repaired guest plans nothing, which is what makes a second
+`repair` a no-op.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+from agent.repair.facts import Facts
+from agent.repair.plan import Command, FileChange, StepPlan
+from agent.repair.tree import GuestTree
+
+# Drivers for the disk and network controllers a XenServer VM may show (PV, emulated IDE), and the
+# ones other hypervisors and the source commonly use (virtio, AHCI).
+VM_DRIVERS = ("xen-blkfront", "xen-netfront", "xen-platform-pci", "ata_piix", "ata_generic",
+              "virtio_pci", "virtio_blk", "virtio_scsi", "virtio_net", "ahci", "sd_mod")
+STAMP = "/var/lib/xenp2v/repaired"
+MARK = "# Added by xenp2v repair: drivers for the VM's disk and network controllers."
+ESP_DIRS = ("/boot/efi", "/efi")
+
+
+def family(tree: GuestTree) -> str | None:
+    """debian, rhel, suse or arch, from /etc/os-release; None for anything else."""
+    text = tree.read("/etc/os-release") or tree.read("/usr/lib/os-release") or ""
+    fields = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            fields[key.strip()] = value.strip().strip("\"'")
+    ids = [fields.get("ID", "")] + fields.get("ID_LIKE", "").split()
+    for ident in ids:
+        for fam, members in (("debian", {"debian", "ubuntu"}),
+                             ("rhel", {"rhel", "fedora", "centos", "rocky", "almalinux", "ol"}),
+                             ("suse", {"suse", "opensuse", "sles", "opensuse-leap", "opensuse-tumbleweed"}),
+                             ("arch", {"arch", "archlinux", "manjaro"})):
+            if ident in members:
+                return fam
+    return None
+
+
+def _change(tree: GuestTree, path: str, new: str | None) -> list[FileChange]:
+    old = tree.read(path)
+    return [] if old == new else [FileChange(path, old, new)]
+
+
+# --- device names --------------------------------------------------------------------------------
+
+def _rewrite_first_field(text: str, facts: Facts, column: int, notes: list[str]) -> str:
+    out = []
+    for line in text.splitlines(keepends=True):
+        fields = line.split()
+        if len(fields) > column and not line.lstrip().startswith("#"):
+            new = facts.uuid_ref(fields[column])
+            if new:
+                # Keep the line's own spacing: replace the field where it stands.
+                m = list(re.finditer(r"\S+", line))[column]
+                line = line[:m.start()] + new + line[m.end():]
+                notes.append(f"{fields[column]} -> {new}")
+        out.append(line)
+    return "".join(out)
+
+
+def fstab(tree: GuestTree, facts: Facts) -> StepPlan:
+    step = StepPlan("device names in fstab")
+    text = tree.read("/etc/fstab")
+    if text is not None:
+        step.changes = _change(tree, "/etc/fstab", _rewrite_first_field(text, facts, 0, step.notes))
+    return step
+
+
+def crypttab(tree: GuestTree, facts: Facts) -> StepPlan:
+    step = StepPlan("device names in crypttab")
+    text = tree.read("/etc/crypttab")
+    if text is not None:
+        step.changes = _change(tree, "/etc/crypttab", _rewrite_first_field(text, facts, 1, step.notes))
+    return step
+
+
+_CMDLINE_DEVICE = re.compile(r"(?<![\w.-])(root|resume|cryptdevice|RESUME)=([^\s\"':]+)")
+
+
+def rewrite_cmdline(text: str, facts: Facts) -> str:
+    """root=, resume= and cryptdevice= naming old devices → UUID=…, wherever they appear."""
+    def sub(m: re.Match) -> str:
+        return f"{m[1]}={facts.uuid_ref(m[2]) or m[2]}"
+    return _CMDLINE_DEVICE.sub(sub, text)
+
+
+def resume(tree: GuestTree, facts: Facts) -> StepPlan:
+    step = StepPlan("resume device")
+    for path in ["/etc/initramfs-tools/conf.d/resume", *tree.glob("/etc/dracut.conf.d/*.conf")]:
+        text = tree.read(path)
+        if text is not None:
+            step.changes += _change(tree, path, rewrite_cmdline(text, facts))
+    return step
+
+
+def grub_defaults(tree: GuestTree, facts: Facts) -> StepPlan:
+    """Kernel arguments in /etc/default/grub; and UUIDs back on, since the old names are gone."""
+    step = StepPlan("kernel command line in grub defaults")
+    text = tree.read("/etc/default/grub")
+    if text is None:
+        return step
+    lines = []
+    for line in rewrite_cmdline(text, facts).splitlines(keepends=True):
+        if re.match(r"\s*GRUB_DISABLE_LINUX_UUID\s*=\s*[\"']?true", line):
+            step.notes.append("GRUB_DISABLE_LINUX_UUID=true removed: grub.cfg must name root by UUID.")
+            continue
+        lines.append(line)
+    step.changes = _change(tree, "/etc/default/grub", "".join(lines))
+    return step
+
+
+def boot_entries(tree: GuestTree, facts: Facts) -> StepPlan:
+    """BLS entries and /etc/kernel/cmdline (RHEL family, systemd-boot) carry the kernel arguments."""
+    step = StepPlan("kernel command line in boot entries")
+    for path in [*tree.glob("/boot/loader/entries/*.conf"), "/etc/kernel/cmdline"]:
+        text = tree.read(path)
+        if text is not None:
+            step.changes += _change(tree, path, rewrite_cmdline(text, facts))
+    return step
+
+
+# --- hardware bindings ---------------------------------------------------------------------------
+
+BINDINGS = ("/etc/udev/rules.d/70-persistent-net.rules", "/etc/udev/rules.d/70-persistent-cd.rules",
+            "/etc/lvm/devices/system.devices", "/etc/blkid.tab", "/etc/blkid/blkid.tab",
+            "/boot/grub/device.map", "/boot/grub2/device.map")
+
+
+def hardware_bindings(tree: GuestTree, facts: Facts) -> StepPlan:
+    """Files that pin the old disks and NICs: removed, the guest recreates what it needs."""
+    step = StepPlan("hardware bindings")
+    for path in BINDINGS:
+        step.changes += _change(tree, path, None)
+    return step
+
+
+# --- network -------------------------------------------------------------------------------------
+
+NETWORK_FILES = ("/etc/network/interfaces", "/etc/network/interfaces.d/*", "/etc/netplan/*.yaml",
+                 "/etc/NetworkManager/system-connections/*", "/etc/sysconfig/network-scripts/ifcfg-*",
+                 "/etc/sysconfig/network-scripts/route-*", "/etc/sysconfig/network/ifcfg-*",
+                 "/etc/sysconfig/network/ifroute-*", "/etc/systemd/network/*.network")
+
+
+def rename_interfaces(text: str, nics: dict[str, str]) -> str:
+    """Every whole-word use of an old interface name (also as `eth0:1`, `eth0.100`) renamed.
+
+    One pass, so a chain (eth0→eth1, eth1→eth2) cannot rename twice.
+    """
+    if not nics:
+        return text
+    names = "|".join(re.escape(n) for n in sorted(nics, key=len, reverse=True))
+    return re.sub(rf"(?<![\w-])({names})(?![\w-])", lambda m: nics[m[1]], text)
+
+
+def network(tree: GuestTree, facts: Facts) -> StepPlan:
+    """Old NIC names → the VM's, in ifupdown, netplan, NetworkManager, ifcfg and networkd."""
+    step = StepPlan("network interface names")
+    step.notes += [f"{old} -> {new}" for old, new in sorted(facts.nics.items())]
+    for pattern in NETWORK_FILES:
+        for path in tree.glob(pattern):
+            old = tree.read(path)
+            new = rename_interfaces(old, facts.nics)
+            dirname, _, base = path.rpartition("/")
+            renamed = rename_interfaces(base, facts.nics) if base.startswith(("ifcfg-", "route-", "ifroute-")) else base
+            if renamed != base:
+                # The name is the file's identity in ifcfg; a MAC pin would stop it matching.
+                new = "".join(l for l in new.splitlines(keepends=True) if not l.startswith("HWADDR="))
+                step.changes += [FileChange(path, old, None), FileChange(f"{dirname}/{renamed}", None, new)]
+            elif new != old:
+                step.changes.append(FileChange(path, old, new))
+    return step
+
+
+# --- initramfs -----------------------------------------------------------------------------------
+
+def _module_name(entry: str) -> str:
+    return re.sub(r"\.ko(\.\w+)?$", "", entry.rsplit("/", 1)[-1]).replace("-", "_")
+
+
+def kernels(tree: GuestTree) -> list[str]:
+    """Installed kernel versions: those with modules under /lib/modules or /usr/lib/modules."""
+    found = {p.split("/")[-2] for pattern in ("/lib/modules/*/modules.dep", "/usr/lib/modules/*/modules.dep")
+             for p in tree.glob(pattern)}
+    return sorted(found)
+
+
+def needed_drivers(tree: GuestTree) -> list[str]:
+    """The VM drivers that some installed kernel has as a loadable module.
+
+    A driver built into every kernel needs nothing, and one no kernel has cannot be added (dracut
+    would fail on it). With no module index to read, every driver is asked for.
+    """
+    modular, builtin = set(), set()
+    for version in kernels(tree):
+        for base in ("/lib/modules", "/usr/lib/modules"):
+            dep = tree.read(f"{base}/{version}/modules.dep")
+            if dep is not None:
+                modular |= {_module_name(line.split(":", 1)[0]) for line in dep.splitlines() if ":" in line}
+                builtin |= {_module_name(line) for line in (tree.read(f"{base}/{version}/modules.builtin") or "").split()}
+                break
+    if not modular:
+        return list(VM_DRIVERS)
+    return [d for d in VM_DRIVERS if d.replace("-", "_") in modular]
+
+
+def initramfs_tool(tree: GuestTree) -> str | None:
+    for tool, marker in (("initramfs-tools", "/etc/initramfs-tools/initramfs.conf"),
+                         ("mkinitcpio", "/etc/mkinitcpio.conf"),
+                         ("dracut", "/etc/dracut.conf")):
+        if tree.exists(marker):
+            return tool
+    if tree.glob("/etc/dracut.conf.d/*") or tree.exists("/usr/bin/dracut") or tree.exists("/usr/sbin/dracut"):
+        return "dracut"
+    return None
+
+
+def initramfs_drivers(tree: GuestTree, facts: Facts) -> StepPlan:
+    """Ask the guest's initramfs generator for the VM's drivers, and not to build host-only."""
+    step = StepPlan("initramfs drivers")
+    drivers = needed_drivers(tree)
+    tool = initramfs_tool(tree)
+    if tool is None:
+        step.notes.append("No initramfs generator found (initramfs-tools, dracut, mkinitcpio).")
+    elif tool == "initramfs-tools":
+        conf = tree.read("/etc/initramfs-tools/initramfs.conf") or ""
+        # MODULES=dep keeps only the drivers of the machine the initramfs is built on.
+        step.changes += _change(tree, "/etc/initramfs-tools/initramfs.conf",
+                                re.sub(r"(?m)^MODULES=dep\b", "MODULES=most", conf))
+        text = tree.read("/etc/initramfs-tools/modules") or ""
+        listed = {line.split()[0].replace("-", "_") for line in text.splitlines()
+                  if line.strip() and not line.lstrip().startswith("#")}
+        missing = [d for d in drivers if d.replace("-", "_") not in listed]
+        if missing:
+            sep = "" if not text or text.endswith("\n") else "\n"
+            step.changes += _change(tree, "/etc/initramfs-tools/modules",
+                                    text + sep + MARK + "\n" + "".join(f"{d}\n" for d in missing))
+    elif tool == "dracut":
+        step.changes += _change(tree, "/etc/dracut.conf.d/90-xenp2v.conf",
+                                f"{MARK}\nadd_drivers+=\" {' '.join(drivers)} \"\n"
+                                "# Built in a chroot, a host-only image would hold the wrong machine's drivers.\n"
+                                "hostonly=\"no\"\n")
+    else:
+        conf = tree.read("/etc/mkinitcpio.conf") or ""
+        m = re.search(r"(?m)^MODULES=\((.*?)\)", conf)
+        present = m[1].split() if m else []
+        missing = [d for d in drivers if d not in present and d.replace("-", "_") not in present]
+        if missing:
+            line = "MODULES=(" + " ".join(present + missing) + ")"
+            conf = conf[:m.start()] + line + conf[m.end():] if m else conf + line + "\n"
+            step.changes += _change(tree, "/etc/mkinitcpio.conf", conf)
+    return step
+
+
+# --- other fixes ---------------------------------------------------------------------------------
+
+def selinux(tree: GuestTree, facts: Facts) -> StepPlan:
+    """Files written from outside carry no SELinux labels: relabel at the next boot."""
+    step = StepPlan("SELinux relabel")
+    config = tree.read("/etc/selinux/config") or ""
+    if re.search(r"(?m)^SELINUX=(enforcing|permissive)", config) and not tree.exists("/.autorelabel"):
+        step.changes.append(FileChange("/.autorelabel", None, ""))
+    return step
+
+
+_TOOLS = {  # a file that shows the tool is installed → its package
+    "/usr/bin/vmtoolsd": "open-vm-tools",
+    "/usr/sbin/VBoxService": "virtualbox-guest-utils",
+    "/usr/bin/VBoxService": "virtualbox-guest-utils",
+}
+
+
+def hypervisor_tools(tree: GuestTree, facts: Facts) -> StepPlan:
+    """Other hypervisors' guest tools: they fail, or fight Xen's, in the VM."""
+    step = StepPlan("other hypervisors' tools")
+    packages = sorted({pkg for path, pkg in _TOOLS.items() if tree.exists(path)})
+    if packages:
+        remove = {"debian": ("dpkg", "--purge"), "rhel": ("rpm", "-e"), "suse": ("rpm", "-e"),
+                  "arch": ("pacman", "-Rns", "--noconfirm")}.get(family(tree) or "")
+        if remove:
+            step.commands.append(Command((*remove, *packages), "remove guest tools of another hypervisor"))
+    return step
+
+
+def _needs_tools(tree: GuestTree, plan_so_far: list[StepPlan]) -> bool:
+    """Initramfs and bootloader are rebuilt when the files changed or no repair finished here."""
+    return any(s.changes for s in plan_so_far) or not tree.exists(STAMP)
+
+
+def initramfs_rebuild(tree: GuestTree, facts: Facts, done: list[StepPlan]) -> StepPlan:
+    step = StepPlan("initramfs rebuild")
+    if not _needs_tools(tree, done):
+        return step
+    tool = initramfs_tool(tree)
+    cmd = {"initramfs-tools": ("update-initramfs", "-u", "-k", "all"),
+           "dracut": ("dracut", "-f", "--regenerate-all"),
+           "mkinitcpio": ("mkinitcpio", "-P")}.get(tool or "")
+    if cmd:
+        step.commands.append(Command(cmd, f"rebuild the initramfs of kernels {', '.join(kernels(tree)) or '(none found)'}"))
+    return step
+
+
+def _grub(tree: GuestTree) -> tuple[str, str] | None:
+    """(command prefix, grub.cfg path): grub2's tools are `grub2-*` on RHEL and SUSE."""
+    for prefix, cfg in (("grub", "/boot/grub/grub.cfg"), ("grub2", "/boot/grub2/grub.cfg")):
+        if any(tree.exists(f"{d}/{prefix}-mkconfig") for d in ("/usr/sbin", "/usr/bin", "/sbin")):
+            return prefix, cfg
+    return None
+
+
+def _esp(tree: GuestTree) -> str | None:
+    fstab_text = tree.read("/etc/fstab") or ""
+    for line in fstab_text.splitlines():
+        fields = line.split()
+        if len(fields) > 1 and not line.startswith("#") and fields[1] in ESP_DIRS:
+            return fields[1]
+    return None
+
+
+def bootloader(tree: GuestTree, facts: Facts, done: list[StepPlan]) -> StepPlan:
+    step = StepPlan("bootloader")
+    if not _needs_tools(tree, done):
+        return step
+    grub = _grub(tree)
+    if grub is None:
+        step.notes.append("No GRUB 2 in the guest: its bootloader is left as it is.")
+        return step
+    prefix, cfg = grub
+    if facts.bios and facts.disk:
+        if tree.glob("/usr/lib/grub/i386-pc/core*") or tree.glob("/usr/lib/grub/i386-pc/*.mod"):
+            step.commands.append(Command((f"{prefix}-install", "--target=i386-pc", facts.disk),
+                                         "put GRUB in the VM disk's boot area"))
+        else:
+            step.notes.append("GRUB's BIOS modules are not installed in the guest: BIOS boot code left as it is.")
+    esp = _esp(tree)
+    if facts.uefi and esp:
+        shims = tree.glob(f"{esp}/EFI/*/shimx64.efi")
+        shims = [s for s in shims if "/EFI/BOOT/" not in s.upper()]
+        if shims:
+            vendor = shims[0].rsplit("/", 1)[0]
+            step.commands += [
+                Command(("mkdir", "-p", f"{esp}/EFI/BOOT"), "the firmware's fallback path"),
+                Command(("cp", shims[0], f"{esp}/EFI/BOOT/BOOTX64.EFI"), "boot shim without an NVRAM entry"),
+                Command(("cp", f"{vendor}/grubx64.efi", f"{esp}/EFI/BOOT/grubx64.efi"), "GRUB next to the shim"),
+            ]
+        else:
+            step.commands.append(Command((f"{prefix}-install", "--target=x86_64-efi", f"--efi-directory={esp}",
+                                          "--removable", "--no-nvram"),
+                                         "GRUB at the firmware's fallback path, found without an NVRAM entry"))
+            if facts.nvram:
+                step.commands.append(Command((f"{prefix}-install", "--target=x86_64-efi",
+                                              f"--efi-directory={esp}"), "a UEFI boot entry for the VM"))
+    step.commands.append(Command((f"{prefix}-mkconfig", "-o", cfg), "regenerate the boot menu with UUIDs"))
+    return step
+
+
+def stamp(tree: GuestTree, facts: Facts, done: list[StepPlan]) -> StepPlan:
+    step = StepPlan("repair record")
+    if _needs_tools(tree, done):
+        step.changes = _change(tree, STAMP, "repaired by xenp2v\n")
+    return step
+
+
+FILE_STEPS: tuple[Callable[[GuestTree, Facts], StepPlan], ...] = (
+    fstab, crypttab, resume, grub_defaults, boot_entries, hardware_bindings, network,
+    initramfs_drivers, selinux, hypervisor_tools,
+)
+TOOL_STEPS = (initramfs_rebuild, bootloader, stamp)
+
+
+def plan_repair(tree: GuestTree, facts: Facts) -> list[StepPlan]:
+    """Every step's plan, in order; the tool steps see what the file steps will change."""
+    done = [step(tree, facts) for step in FILE_STEPS]
+    return done + [step(tree, facts, done) for step in TOOL_STEPS]
