@@ -44,8 +44,11 @@ pxe:
 	live-build/pxe-files out/xenp2v.iso out/pxe
 
 # Boots the built ISO under QEMU (not part of `make test`: it needs out/xenp2v.iso).
+# Also leaves the VGA console's picture in out/vga-console.png.
 iso-test: venv
-	XENP2V_ISO=$(CURDIR)/out/xenp2v.iso $(BIN)/pytest -q tests/iso
+	$(MAKE) system-deps APT_PACKAGES="qemu-system-x86 ovmf"
+	XENP2V_ISO=$(CURDIR)/out/xenp2v.iso XENP2V_VGA_PICTURE=$(CURDIR)/out/vga-console.png \
+		$(BIN)/pytest -q tests/iso
 
 clean:
 	rm -rf $(VENV) build *.egg-info

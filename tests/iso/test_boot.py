@@ -1,0 +1,104 @@
+"""Boots the built ISO under QEMU, BIOS and UEFI, through its own boot menus, and watches the serial
+console: the agent starts by itself on the console the kernel line names."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.iso.vm import BOOT_TIMEOUT, VM, edit_entry, start
+
+# Each test may boot a machine under TCG: minutes each.
+pytestmark = pytest.mark.timeout(3600)
+
+# What the agent prints first on its console. Tighten it as the agent grows (its TUI's title).
+AGENT_FIRST_SCREEN = r"usage: p2v-agent"
+# Tools the agent calls; each must be on the live system's PATH.
+TOOLS = ("p2v-agent partclone.ext4 partclone.xfs partclone.btrfs partclone.ntfs partclone.vfat "
+         "lvm mdadm cryptsetup parted sgdisk sfdisk mkfs.ext4 mkfs.xfs mkfs.btrfs mkfs.vfat "
+         "ntfs-3g grub-install efibootmgr ethtool blkid dmidecode zstd")
+
+
+@pytest.fixture
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("iso-boot")
+
+
+@pytest.mark.parametrize("firmware", ["bios", "uefi"])
+def test_serial_entry_starts_the_agent_on_the_serial_console(iso, workdir, firmware):
+    vm = start(iso, workdir, firmware)
+    try:
+        # isolinux selects with the hotkey and boots with Enter; grub boots on the hotkey alone.
+        vm.type("s\r" if firmware == "bios" else "s")
+        vm.wait_for(AGENT_FIRST_SCREEN, timeout=BOOT_TIMEOUT)
+    finally:
+        vm.close()
+
+
+@pytest.fixture(scope="module")
+def vga_vm(iso, tmp_path_factory):
+    """The default entry, with the kernel's messages copied to the serial port: the agent runs on
+    tty1 (the last console=), the serial console is a root shell the tests type into."""
+    vm = start(iso, tmp_path_factory.mktemp("iso-vga"), "bios")
+    try:
+        edit_entry(vm, "m", "console=ttyS0,115200 console=tty0")
+        vm.wait_for(r"The agent runs on tty1\.", timeout=BOOT_TIMEOUT)
+        yield vm
+    finally:
+        vm.close()
+
+
+def shell(vm: VM, command: str, timeout: float = 120) -> str:
+    """Run `command` in the serial root shell and return what it printed."""
+    start = len(vm.output)
+    vm.type(f"{command}; echo '==''done'\r")
+    return vm.wait_for(r"(?s)\n(.*)==done", timeout=timeout, start=start).group(1)
+
+
+def test_vga_console_shows_the_agent(vga_vm, workdir):
+    # Give the agent on tty1 time to draw its first screen.
+    shell(vga_vm, "sleep 20")
+    ppm = workdir / "vga.ppm"
+    vga_vm.monitor(f"screendump {ppm}")
+    width, height, pixels = read_ppm(ppm)
+    lit = sum(1 for i in range(0, len(pixels), 3) if pixels[i:i + 3] != b"\0\0\0")
+    assert lit > width * height // 200, "The VGA console is blank: nothing drawn on tty1."
+    picture = os.environ.get("XENP2V_VGA_PICTURE")
+    if picture:
+        png = workdir / "vga.png"
+        vga_vm.monitor(f"screendump -f png {png}")
+        shutil.copy(png, picture)
+
+
+def test_console_font_is_terminus(vga_vm):
+    assert "FONTFACE=\"Terminus\"" in shell(vga_vm, "cat /etc/default/console-setup")
+    # console-setup.service must have run (and loaded the font) without failing.
+    assert "active" == shell(vga_vm, "systemctl is-active console-setup.service").split()[-1]
+
+
+def test_every_tool_the_agent_calls_is_there(vga_vm):
+    out = shell(vga_vm, f"for t in {TOOLS}; do command -v $t >/dev/null || echo MISSING $t; done")
+    assert "MISSING" not in out
+
+
+def test_wired_nic_gets_an_address_by_dhcp(vga_vm):
+    out = shell(vga_vm, "for i in $(seq 60); do ip -4 -o addr show scope global | grep -q . && "
+                        "break; sleep 1; done; ip -4 -o addr show scope global", timeout=180)
+    assert "10.0.2.15/24" in out
+
+
+def test_boot_medium_is_mounted_where_the_agent_reads_p2v_cfg(vga_vm):
+    out = shell(vga_vm, "findmnt -n -o SOURCE,FSTYPE /run/live/medium")
+    assert "iso9660" in out
+
+
+def read_ppm(path: Path) -> tuple[int, int, bytes]:
+    """Width, height and RGB bytes of a binary PPM (what QEMU's screendump writes)."""
+    data = path.read_bytes()
+    header = re.match(rb"P6\s+(\d+)\s+(\d+)\s+255\s", data)
+    assert header, f"{path} is not an 8-bit binary PPM."
+    return int(header[1]), int(header[2]), data[header.end():]
