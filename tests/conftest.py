@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import os
+import socket
+import ssl
 import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -53,3 +58,106 @@ def rescan(dev: str) -> list[str]:
     subprocess.run(["partx", "-a", dev], capture_output=True)
     out = run("lsblk", "-lnpo", "NAME,TYPE", dev).stdout.split()
     return [name for name, kind in zip(out[::2], out[1::2]) if kind == "part"]
+
+
+class P2VServer:
+    """A real `p2v-server serve` in a subprocess, on 127.0.0.1, with its own data directory.
+
+    ``url``, ``token`` and ``fingerprint`` are what it printed; ``kill()`` sends SIGKILL,
+    ``stop()`` SIGTERM, ``start()`` starts it again on the same port and data directory.
+    """
+
+    def __init__(self, data_dir: Path, plain: bool = False, args: tuple[str, ...] = ()):
+        self.data_dir = Path(data_dir)
+        self.plain = plain
+        self.args = tuple(args)
+        self.port = free_port()
+        self.url = f"{'http' if plain else 'https'}://127.0.0.1:{self.port}"
+        self.log = self.data_dir.parent / f"{self.data_dir.name}-server.log"
+        self.token: str | None = None
+        self.fingerprint: str | None = None
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60) -> "P2VServer":
+        if self.proc and self.proc.poll() is None:
+            raise AssertionError("The test server is already running.")
+        start_at = self.log.stat().st_size if self.log.exists() else 0
+        cmd = [sys.executable, "-m", "server.cli", "serve", "--data-dir", str(self.data_dir),
+               "--listen", f"127.0.0.1:{self.port}", *(["--plain-http"] if self.plain else []),
+               *self.args]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                         cwd=Path(__file__).resolve().parent.parent)
+        deadline = time.monotonic() + timeout
+        while not self._healthy():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                text = self.log.read_text(errors="replace")[start_at:]
+                self.stop()
+                raise AssertionError(f"p2v-server did not come up ({' '.join(cmd)}):\n{text}")
+            time.sleep(0.05)
+        banner = self.log.read_text(errors="replace")[start_at:]
+        self.token = _banner_value(banner, "Token:")
+        self.fingerprint = None if self.plain else _banner_value(banner, "Fingerprint:")
+        return self
+
+    def _healthy(self) -> bool:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        try:
+            with urllib.request.urlopen(f"{self.url}/api/v1/health", timeout=2, context=ctx) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """SIGKILL: what a crash or `kill -9` does to the server."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _banner_value(banner: str, key: str) -> str:
+    for line in banner.splitlines():
+        if line.strip().startswith(key):
+            return line.split(key, 1)[1].strip()
+    raise AssertionError(f"p2v-server printed no '{key}' line:\n{banner}")
+
+
+@pytest.fixture
+def p2v_server_factory(tmp_path: Path):
+    """Factory: p2v_server_factory(plain=False, args=()) -> a started P2VServer; all stopped after."""
+    made: list[P2VServer] = []
+
+    def make(plain: bool = False, args: tuple[str, ...] = (), data_dir: Path | None = None) -> P2VServer:
+        server = P2VServer(data_dir or tmp_path / f"p2v-data-{len(made)}", plain, args)
+        made.append(server)
+        return server.start()
+
+    yield make
+    for server in made:
+        server.stop()
+
+
+@pytest.fixture
+def p2v_server(p2v_server_factory) -> P2VServer:
+    """A real TLS `p2v-server serve` on a free port with a fresh data directory."""
+    return p2v_server_factory()

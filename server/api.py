@@ -1,0 +1,322 @@
+"""The HTTP API (wire protocol v1) over a Store: aiohttp handlers and their guards.
+
+Handlers read bodies on the event loop and hand decoding, hashing, writing and SQLite to a thread
+pool, so receiving and storing run on different cores. Every error is JSON from ``protocol``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hmac
+import json
+import logging
+import re
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+import zstandard
+from aiohttp import web
+
+from server import chunk
+from server.inventory import parse_inventory
+from server.store import Store
+from xenp2v import __version__
+from xenp2v.protocol import (
+    API, AUTH_HEADER, DIGEST_HEADER, ENCODING_HEADER, MAX_CHUNK_SIZE, MAX_JSON_BODY, MAX_LOG_BODY,
+    VERSION, ZSTD, ErrorCode, ProtocolError, check_id, health_path, parse_digest,
+)
+
+log = logging.getLogger("xenp2v.server")
+
+# A client that stops sending mid-body is dropped after this long, so it holds nothing for ever.
+BODY_IDLE_TIMEOUT = 120.0
+# Chunk bodies in memory at once (each at most one chunk, twice when compressed).
+MAX_CHUNKS_IN_FLIGHT = 16
+THREADS = 24
+
+# How the app must be run (web.AppRunner(app, **RUNNER_OPTIONS)): chunk bodies reach the handler
+# still compressed, so decompression stays bounded and off the event loop; no line per chunk.
+RUNNER_OPTIONS = {"auto_decompress": False, "access_log": None, "read_bufsize": 1 << 20}
+
+_INDEX = re.compile(r"^[0-9]{1,12}$")
+
+STORE = web.AppKey("store", Store)
+TOKEN = web.AppKey("token", str)
+POOL = web.AppKey("pool", ThreadPoolExecutor)
+HOOKS = web.AppKey("hooks", dict)
+SLOTS = web.AppKey("slots", asyncio.Semaphore)
+
+_STATUS_CODES = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED,
+                 413: ErrorCode.TOO_LARGE, 401: ErrorCode.UNAUTHORIZED}
+
+
+def error_response(code: ErrorCode, detail: str) -> web.Response:
+    err = ProtocolError(code, detail)
+    return web.json_response(err.body(), status=err.status)
+
+
+@web.middleware
+async def errors(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except ProtocolError as err:
+        if err.code is ErrorCode.INTERNAL:
+            log.error("%s %s: %s", request.method, request.path, err.detail)
+        return error_response(err.code, err.detail)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _STATUS_CODES.get(exc.status, ErrorCode.BAD_REQUEST)
+        return error_response(code, f"{exc.reason}: {request.method} {request.path}.")
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return error_response(ErrorCode.INTERNAL,
+                              "The server failed on this request; its log has the details.")
+
+
+@web.middleware
+async def auth(request: web.Request, handler):
+    if request.path == health_path():
+        return await handler(request)
+    given = request.headers.get(AUTH_HEADER, "")
+    scheme, _, token = given.partition(" ")
+    expected = request.app[TOKEN].encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+        raise ProtocolError(ErrorCode.UNAUTHORIZED,
+                            "A valid 'Authorization: Bearer <token>' header is needed: use the token "
+                            "the server printed when it started.")
+    return await handler(request)
+
+
+async def in_pool(request: web.Request, fn: Callable, *args):
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(request.app[POOL], functools.partial(fn, *args))
+
+
+async def read_body(request: web.Request, limit: int, what: str) -> bytearray:
+    """The whole body, refusing more than ``limit`` bytes as soon as it is known."""
+    too_large = ProtocolError(ErrorCode.TOO_LARGE, f"The {what} is larger than the {limit} bytes allowed.")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    body = bytearray()
+    while True:
+        try:
+            piece = await asyncio.wait_for(request.content.readany(), BODY_IDLE_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise ProtocolError(ErrorCode.BAD_REQUEST,
+                                f"The {what} stopped arriving for {BODY_IDLE_TIMEOUT:.0f} s.") from None
+        if not piece:
+            return body
+        if len(body) + len(piece) > limit:
+            raise too_large
+        body += piece
+
+
+async def read_json(request: web.Request, limit: int = MAX_JSON_BODY, what: str = "JSON body"):
+    body = await read_body(request, limit, what)
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"The {what} is not valid JSON: {err}.") from None
+
+
+def ids(request: web.Request, *names: str) -> list[str]:
+    what = {"job": "job id", "disk": "disk id"}
+    return [check_id(request.match_info[n], what[n]) for n in names]
+
+
+def index_of(request: web.Request) -> int:
+    text = request.match_info["index"]
+    if not _INDEX.match(text):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"The chunk index {text!r} is not a whole number.")
+    return int(text)
+
+
+def fire(request: web.Request, hook: str, *args) -> None:
+    """Runs a hook in the pool without making the client wait for it."""
+    fn = request.app[HOOKS].get(hook)
+    if fn is None:
+        return
+
+    def call():
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("The %s hook failed for %s", hook, args[0])
+
+    asyncio.get_running_loop().run_in_executor(request.app[POOL], call)
+
+
+# --- handlers ---------------------------------------------------------------------------------
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True, "version": __version__, "protocol": VERSION})
+
+
+async def create_job(request: web.Request) -> web.Response:
+    inv = parse_inventory(await read_json(request, what="inventory"))
+    job, resumed = await in_pool(request, request.app[STORE].create_job, inv)
+    log.info("%s job %s for %s (%d disks)", "Resumed" if resumed else "Created", job["id"],
+             inv.name, len(inv.disks))
+    answer = {"id": job["id"], "resumed": resumed,
+              "disks": [{k: d[k] for k in ("id", "size", "chunk_size", "chunks", "state", "held_chunks")}
+                        for d in job["disks"]]}
+    return web.json_response(answer, status=200 if resumed else 201)
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    return web.json_response(await in_pool(request, request.app[STORE].list_jobs))
+
+
+async def get_job(request: web.Request) -> web.Response:
+    (job,) = ids(request, "job")
+    return web.json_response(await in_pool(request, request.app[STORE].get_job, job))
+
+
+async def held_chunks(request: web.Request) -> web.Response:
+    job, disk = ids(request, "job", "disk")
+    return web.json_response(await in_pool(request, request.app[STORE].chunk_list, job, disk))
+
+
+async def put_chunk(request: web.Request) -> web.Response:
+    job, disk = ids(request, "job", "disk")
+    index = index_of(request)
+    digest = parse_digest(request.headers.get(DIGEST_HEADER))
+    encoding = request.headers.get(ENCODING_HEADER, "").strip().lower() or None
+    store = request.app[STORE]
+    _, length = await in_pool(request, store.chunk_geometry, job, disk, index)
+    async with request.app[SLOTS]:
+        body = await read_body(request, chunk.body_limit(length, encoding), f"body of chunk {index}")
+        written = await in_pool(request, _store_chunk, store, job, disk, index, body, encoding,
+                                length, digest)
+    return web.json_response({"index": index, "digest": digest, "written": written},
+                             status=201 if written else 200)
+
+
+def _store_chunk(store: Store, job, disk, index, body, encoding, length, digest) -> bool:
+    data = chunk.decode(body, encoding, length)
+    chunk.check(data, digest)
+    return store.put_chunk(job, disk, index, data, digest)
+
+
+async def get_chunk(request: web.Request) -> web.Response:
+    job, disk = ids(request, "job", "disk")
+    index = index_of(request)
+    data, digest = await in_pool(request, request.app[STORE].read_chunk, job, disk, index)
+    headers = {DIGEST_HEADER: digest, "Content-Type": "application/octet-stream"}
+    if ZSTD in request.headers.get("Accept-Encoding", ""):
+        packed = await in_pool(request, zstandard.ZstdCompressor(level=1).compress, data)
+        if len(packed) < len(data):
+            data, headers[ENCODING_HEADER] = packed, ZSTD
+    return web.Response(body=data, headers=headers)
+
+
+async def disk_map(request: web.Request) -> web.Response:
+    job, disk = ids(request, "job", "disk")
+    return web.json_response(await in_pool(request, request.app[STORE].disk_map, job, disk))
+
+
+async def complete(request: web.Request) -> web.Response:
+    job, disk = ids(request, "job", "disk")
+    body = await read_json(request, what="completion")
+    if not isinstance(body, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "The completion must be a JSON object with 'digest'.")
+    digest = parse_digest(body.get("digest"))
+    zero = _pairs(body.get("zero", []), "zero")
+    bad_ranges = _pairs(body.get("bad_ranges", []), "bad_ranges")
+    job_json, job_sealed = await in_pool(request, request.app[STORE].seal, job, disk, digest,
+                                         zero, bad_ranges)
+    log.info("Sealed disk %s of job %s (%s)", disk, job, digest)
+    if job_sealed:
+        log.info("Every disk of job %s is sealed", job)
+        fire(request, "on_job_sealed", job)
+    sealed = next(d for d in job_json["disks"] if d["id"] == disk)
+    return web.json_response({"job": job, "disk": sealed, "job_state": job_json["state"]})
+
+
+def _pairs(value: object, what: str) -> list[tuple[int, int]]:
+    def whole(x):
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    if not isinstance(value, list) or not all(
+            isinstance(p, list) and len(p) == 2 and whole(p[0]) and whole(p[1]) for p in value):
+        raise ProtocolError(ErrorCode.BAD_REQUEST,
+                            f"'{what}' must be a list of [start, count] pairs of whole numbers.")
+    return [(p[0], p[1]) for p in value]
+
+
+async def upload_log(request: web.Request) -> web.Response:
+    (job,) = ids(request, "job")
+    text = await read_body(request, MAX_LOG_BODY, "log upload")
+    await in_pool(request, request.app[STORE].append_log, job, bytes(text))
+    return web.Response(status=204)
+
+
+async def post_events(request: web.Request) -> web.Response:
+    (job,) = ids(request, "job")
+    body = await read_json(request, what="events")
+    events = body if isinstance(body, list) else [body]
+    if not events or not all(isinstance(e, dict) for e in events):
+        raise ProtocolError(ErrorCode.BAD_REQUEST,
+                            "Events must be a JSON object (with 'phase') or a non-empty list of them.")
+    await in_pool(request, request.app[STORE].add_events, job, events)
+    return web.Response(status=204)
+
+
+async def machine(request: web.Request) -> web.Response:
+    uuid = check_id(request.match_info["uuid"], "system UUID")
+    return web.json_response(await in_pool(request, request.app[STORE].job_for_machine, uuid))
+
+
+async def repair_report(request: web.Request) -> web.Response:
+    (job,) = ids(request, "job")
+    report = await read_json(request, what="repair report")
+    if not isinstance(report, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "The repair report must be a JSON object.")
+    await in_pool(request, request.app[STORE].set_repair, job, report)
+    fire(request, "on_repair_report", job, report)
+    return web.Response(status=204)
+
+
+def make_app(store: Store, token: str, on_job_sealed: Callable[[str], None] | None = None,
+             on_repair_report: Callable[[str, dict], None] | None = None) -> web.Application:
+    """The server's aiohttp application; run it with ``web.AppRunner(app, **RUNNER_OPTIONS)``.
+
+    ``on_job_sealed(job_id)`` runs once every disk of a job is sealed, and
+    ``on_repair_report(job_id, report)`` when a VM reports its repair; both in a worker thread,
+    after the answer is on its way.
+    """
+    app = web.Application(middlewares=[errors, auth], client_max_size=MAX_CHUNK_SIZE * 2)
+    app[STORE] = store
+    app[TOKEN] = token
+    app[HOOKS] = {"on_job_sealed": on_job_sealed, "on_repair_report": on_repair_report}
+    app[POOL] = ThreadPoolExecutor(THREADS, thread_name_prefix="p2v")
+
+    async def startup(app: web.Application) -> None:
+        app[SLOTS] = asyncio.Semaphore(MAX_CHUNKS_IN_FLIGHT)
+
+    async def cleanup(app: web.Application) -> None:
+        app[POOL].shutdown(wait=True)
+
+    app.on_startup.append(startup)
+    app.on_cleanup.append(cleanup)
+    disk = API + "/jobs/{job}/disks/{disk}"
+    app.add_routes([
+        web.get(health_path(), health),
+        web.post(API + "/jobs", create_job),
+        web.get(API + "/jobs", list_jobs),
+        web.get(API + "/jobs/{job}", get_job),
+        web.get(disk + "/chunks", held_chunks),
+        web.put(disk + "/chunks/{index}", put_chunk),
+        web.get(disk + "/chunks/{index}", get_chunk),
+        web.get(disk + "/map", disk_map),
+        web.post(disk + "/complete", complete),
+        web.post(API + "/jobs/{job}/log", upload_log),
+        web.post(API + "/jobs/{job}/events", post_events),
+        web.get(API + "/machines/{uuid}", machine),
+        web.post(API + "/jobs/{job}/repair", repair_report),
+    ])
+    return app

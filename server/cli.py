@@ -1,0 +1,45 @@
+"""`p2v-server`: one argparse front for every subcommand; `serve` when none is given.
+
+Each subcommand lives in its own module, which exposes ``register(subparsers)``: it adds its parser
+(with ``--data-dir``) and sets ``func`` to a callable taking the parsed arguments and returning the
+exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Modules that provide subcommands, in the order `--help` lists them.
+SUBCOMMAND_MODULES: tuple[str, ...] = ("server.serve", "server.jobs", "server.verify")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="p2v-server",
+        description="Receive disk images from xenp2v agents, verify and serve them.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = ["serve", *argv]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""`p2v-server serve`: start the receiving server and print what an agent needs to reach it."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from server import tls
+from server.api import RUNNER_OPTIONS, make_app
+from server.datadir import add_data_dir, data_dir, load_or_make_token
+from server.store import Store
+
+DEFAULT_LISTEN = "0.0.0.0:8443"
+_ANY = ("", "0.0.0.0", "::")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="run the receiving server (the default)",
+                       description="Run the receiving server; prints URL, token, fingerprint and "
+                                   "the kernel command line for the ISO.")
+    add_data_dir(p)
+    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
+                   help=f"address and port to listen on (default: {DEFAULT_LISTEN})")
+    p.add_argument("--token", default=None,
+                   help="the token agents must present (default: made once, kept in the data dir)")
+    p.add_argument("--plain-http", action="store_true",
+                   help="serve plain HTTP instead of TLS (a lab without eavesdroppers only)")
+    p.set_defaults(func=run)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--listen {text!r} is not HOST:PORT (for example 0.0.0.0:8443 or [::]:8443).")
+    return host.strip("[]"), int(port)
+
+
+def local_addresses() -> list[str]:
+    """This host's IPv4 addresses other than loopback, for the URL to print."""
+    try:
+        out = subprocess.run(["ip", "-j", "-4", "addr", "show", "up"], capture_output=True,
+                             text=True, timeout=5, check=True).stdout
+        found = [a["local"] for link in json.loads(out) for a in link.get("addr_info", [])
+                 if a.get("scope") == "global"]
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError):
+        found = []
+    return found or ["127.0.0.1"]
+
+
+def urls(host: str, port: int, scheme: str) -> list[str]:
+    hosts = local_addresses() if host in _ANY else [host]
+    return [f"{scheme}://[{h}]:{port}" if ":" in h else f"{scheme}://{h}:{port}" for h in hosts]
+
+
+def banner(urls_: list[str], token: str, fingerprint: str | None, directory: Path) -> str:
+    lines = ["xenp2v receiving server"]
+    lines += [f"  URL:          {u}" for u in urls_]
+    lines.append(f"  Token:        {token}")
+    lines.append(f"  Fingerprint:  {fingerprint or '(none: plain HTTP)'}")
+    lines.append(f"  Data:         {directory}")
+    lines.append("Kernel command line to add in the ISO's boot menu (Tab or e to edit):")
+    for u in urls_:
+        flags = [f"p2v.server={u}", f"p2v.token={token}"]
+        if fingerprint:
+            flags.append(f"p2v.fingerprint={fingerprint}")
+        flags.append("p2v.mode=auto")
+        lines.append("  " + " ".join(flags))
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError as err:
+        print(err, file=sys.stderr)
+        return 2
+    directory = data_dir(args)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        token = args.token or load_or_make_token(directory)
+        ssl_context, fingerprint = None, None
+        if not args.plain_http:
+            cert, key = tls.ensure_certificate(directory / "tls")
+            ssl_context, fingerprint = tls.server_context(cert, key), tls.fingerprint(cert)
+        store = Store(directory)
+    except OSError as err:
+        print(f"Cannot use the data directory {directory}: {err}. Choose another with --data-dir.",
+              file=sys.stderr)
+        return 1
+    scheme = "http" if args.plain_http else "https"
+    try:
+        return asyncio.run(_serve(store, token, host, port, ssl_context,
+                                  banner(urls(host, port, scheme), token, fingerprint, directory)))
+    finally:
+        store.close()
+
+
+async def _serve(store: Store, token: str, host: str, port: int, ssl_context, text: str) -> int:
+    runner = web.AppRunner(make_app(store, token), handle_signals=False, **RUNNER_OPTIONS)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host or None, port, ssl_context=ssl_context, backlog=512)
+        try:
+            await site.start()
+        except OSError as err:
+            print(f"Cannot listen on {host}:{port}: {err.strerror}. Choose another with --listen.",
+                  file=sys.stderr)
+            return 1
+        print(text, flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        logging.getLogger("xenp2v.server").info("Stopping")
+        return 0
+    finally:
+        await runner.cleanup()

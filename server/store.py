@@ -1,0 +1,732 @@
+"""Jobs (SQLite) and their disk images (sparse raw files), kept durable across kill -9.
+
+Data directory layout::
+
+    xenp2v.db                      jobs, disks, the chunk journal, events (SQLite, WAL)
+    token                          the bearer token agents present (mode 0600)
+    tls/cert.pem, tls/key.pem      the self-signed certificate agents pin
+    jobs/<job>/disks/<disk>.img    one sparse raw image per source disk
+    jobs/<job>/agent.log           what the agent uploaded of its log
+
+A chunk counts as held only once it is in the journal (the ``chunks`` table), and it enters the
+journal only after its bytes are fdatasync'ed into the image, in group commits (see ``Journal``).
+Before a held chunk is overwritten with different bytes its journal entry is removed, so the
+journal never names bytes that are not on disk.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import json
+import os
+import queue
+import secrets
+import shutil
+import sqlite3
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+from server.inventory import Inventory
+from xenp2v.protocol import (
+    ChunkKind, DiskState, ErrorCode, Extent, JobState, ProtocolError, check_id, chunk_count,
+    chunk_digest, chunk_span, image_digest, image_map, runs,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, name TEXT NOT NULL, machine_key TEXT, state TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '', created REAL NOT NULL, updated REAL NOT NULL,
+    inventory TEXT NOT NULL, target_uuid TEXT, records TEXT NOT NULL DEFAULT '{}',
+    repair TEXT, last_event TEXT);
+CREATE TABLE IF NOT EXISTS disks (
+    job TEXT NOT NULL, id TEXT NOT NULL, position INTEGER NOT NULL, size INTEGER NOT NULL,
+    chunk_size INTEGER NOT NULL, expected INTEGER NOT NULL, state TEXT NOT NULL,
+    digest TEXT, zero TEXT NOT NULL DEFAULT '[]', bad_ranges TEXT NOT NULL DEFAULT '[]',
+    sealed REAL, PRIMARY KEY (job, id));
+CREATE TABLE IF NOT EXISTS chunks (
+    job TEXT NOT NULL, disk TEXT NOT NULL, idx INTEGER NOT NULL, digest TEXT NOT NULL,
+    PRIMARY KEY (job, disk, idx)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    job TEXT NOT NULL, at REAL NOT NULL, event TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS events_job ON events (job);
+CREATE INDEX IF NOT EXISTS jobs_target ON jobs (target_uuid);
+"""
+
+_FALLOC_FL_KEEP_SIZE = 1
+_FALLOC_FL_PUNCH_HOLE = 2
+
+
+@dataclass(frozen=True)
+class SealedImage:
+    job: str
+    disk: str
+    path: Path
+    size: int
+    chunk_size: int
+    extents: list[Extent]
+
+
+@dataclass
+class _Disk:
+    """What the write path needs of a disk, cached so a chunk costs no query for it."""
+
+    job: str
+    id: str
+    size: int
+    chunk_size: int
+    state: DiskState
+    path: Path
+    fd: int | None = None
+    writers: int = 0
+    sealing: bool = False
+
+
+def not_found(detail: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.NOT_FOUND, detail)
+
+
+def conflict(detail: str) -> ProtocolError:
+    return ProtocolError(ErrorCode.CONFLICT, detail)
+
+
+def storage_error(err: BaseException, where: Path) -> ProtocolError:
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return ProtocolError(ErrorCode.INSUFFICIENT_STORAGE,
+                             f"The server's data directory {where} is full ({err.strerror}); "
+                             "free space there, then resend.")
+    if isinstance(err, sqlite3.OperationalError) and "full" in str(err):
+        return ProtocolError(ErrorCode.INSUFFICIENT_STORAGE,
+                             f"The server's job store in {where} is full; free space there, then resend.")
+    return ProtocolError(ErrorCode.INTERNAL,
+                         f"The server could not write under {where}: {err}. See the server's log.")
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+class Store:
+    """Every job and image under one data directory. Safe to use from many threads at once."""
+
+    def __init__(self, data_dir: str | os.PathLike):
+        self.data_dir = Path(data_dir)
+        self.jobs_dir = self.data_dir / "jobs"
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.data_dir / "xenp2v.db"
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._disks: dict[tuple[str, str], _Disk] = {}
+        self._gate = threading.Condition(self._lock)
+        self._chunk_locks: dict[tuple[str, str, int], list] = {}
+        self._journal: Journal | None = None
+        self._db().conn.executescript(SCHEMA)
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def _db(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.db_path, timeout=30, check_same_thread=False,
+                                   isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.row_factory = sqlite3.Row
+            self._local.conn = conn
+            with self._lock:
+                self._conns.append(conn)
+        return _Txn(conn)
+
+    def close(self) -> None:
+        if self._journal:
+            self._journal.stop()
+            self._journal = None
+        with self._lock:
+            for disk in self._disks.values():
+                if disk.fd is not None:
+                    os.close(disk.fd)
+                    disk.fd = None
+            for conn in self._conns:
+                conn.close()
+            self._conns.clear()
+        self._local = threading.local()
+
+    def image_path(self, job_id: str, disk_id: str) -> Path:
+        return self.jobs_dir / check_id(job_id, "job id") / "disks" / f"{check_id(disk_id, 'disk id')}.img"
+
+    def log_path(self, job_id: str) -> Path:
+        return self.jobs_dir / check_id(job_id, "job id") / "agent.log"
+
+    def _disk(self, job_id: str, disk_id: str) -> _Disk:
+        key = (check_id(job_id, "job id"), check_id(disk_id, "disk id"))
+        with self._lock:
+            disk = self._disks.get(key)
+        if disk:
+            return disk
+        row = self._db().conn.execute(
+            "SELECT size, chunk_size, state FROM disks WHERE job=? AND id=?", key).fetchone()
+        if row is None:
+            self._job_row(job_id)
+            raise not_found(f"Job {job_id} has no disk {disk_id}.")
+        disk = _Disk(job_id, disk_id, row["size"], row["chunk_size"], DiskState(row["state"]),
+                     self.image_path(job_id, disk_id))
+        with self._lock:
+            return self._disks.setdefault(key, disk)
+
+    def _job_row(self, job_id: str) -> sqlite3.Row:
+        row = self._db().conn.execute("SELECT * FROM jobs WHERE id=?",
+                                      (check_id(job_id, "job id"),)).fetchone()
+        if row is None:
+            raise not_found(f"There is no job {job_id} on this server; 'p2v-server jobs' lists them.")
+        return row
+
+    # --- jobs -----------------------------------------------------------------------------
+
+    def create_job(self, inv: Inventory) -> tuple[dict, bool]:
+        """A new job for this inventory, or the unfinished one of the same machine: (job, resumed)."""
+        if inv.resume:
+            found = self._resumable(inv)
+            if found:
+                return self.get_job(found), True
+        self._check_space(inv)
+        job_id = _new_job_id(inv.name)
+        now = _now()
+        (self.jobs_dir / job_id / "disks").mkdir(parents=True)
+        try:
+            for disk in inv.disks:
+                with open(self.image_path(job_id, disk.id), "xb") as f:
+                    f.truncate(disk.size)
+        except OSError as err:
+            shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
+            if err.errno in (errno.EFBIG, errno.EINVAL):
+                raise ProtocolError(
+                    ErrorCode.INSUFFICIENT_STORAGE,
+                    f"The filesystem of {self.jobs_dir} cannot hold an image of "
+                    f"{max(d.size for d in inv.disks)} bytes; put the data directory on XFS "
+                    "(or another filesystem with large files).") from None
+            raise storage_error(err, self.jobs_dir) from None
+        try:
+            with self._db() as db:
+                db.execute("INSERT INTO jobs (id, name, machine_key, state, created, updated, inventory)"
+                           " VALUES (?,?,?,?,?,?,?)",
+                           (job_id, inv.name, inv.machine_key, JobState.RECEIVING, now, now,
+                            json.dumps(inv.raw)))
+                db.executemany(
+                    "INSERT INTO disks (job, id, position, size, chunk_size, expected, state)"
+                    " VALUES (?,?,?,?,?,?,?)",
+                    [(job_id, d.id, i, d.size, d.chunk_size, d.expected, DiskState.RECEIVING)
+                     for i, d in enumerate(inv.disks)])
+        except sqlite3.Error as err:
+            shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
+            raise storage_error(err, self.data_dir) from None
+        return self.get_job(job_id), False
+
+    def _resumable(self, inv: Inventory) -> str | None:
+        if inv.machine_key is None:
+            return None
+        want = sorted((d.id, d.size) for d in inv.disks)
+        rows = self._db().conn.execute(
+            "SELECT id FROM jobs WHERE machine_key=? AND state=? ORDER BY created DESC",
+            (inv.machine_key, JobState.RECEIVING)).fetchall()
+        for row in rows:
+            disks = self._db().conn.execute("SELECT id, size FROM disks WHERE job=?",
+                                            (row["id"],)).fetchall()
+            if sorted((d["id"], d["size"]) for d in disks) == want:
+                return row["id"]
+        return None
+
+    def _check_space(self, inv: Inventory) -> None:
+        needed = sum(d.expected for d in inv.disks)
+        free = shutil.disk_usage(self.jobs_dir).free
+        promised = self.outstanding_bytes()
+        if needed + promised > free:
+            others = f", of which {_gib(promised)} are still due to other unfinished jobs" if promised else ""
+            raise ProtocolError(
+                ErrorCode.INSUFFICIENT_STORAGE,
+                f"The images of this job need {_gib(needed)} ({needed} bytes) but {self.jobs_dir} has "
+                f"{_gib(free)} free{others}. Free space there, or start the server with --data-dir "
+                "on a larger disk.")
+
+    def outstanding_bytes(self) -> int:
+        """Bytes that receiving disks still expect: space other jobs have been promised."""
+        rows = self._db().conn.execute(
+            "SELECT d.expected, d.chunk_size, (SELECT COUNT(*) FROM chunks c WHERE c.job=d.job"
+            " AND c.disk=d.id) AS held FROM disks d JOIN jobs j ON j.id=d.job"
+            " WHERE d.state=? AND j.state=?", (DiskState.RECEIVING, JobState.RECEIVING)).fetchall()
+        return sum(max(0, r["expected"] - r["held"] * r["chunk_size"]) for r in rows)
+
+    def get_job(self, job_id: str) -> dict:
+        row = self._job_row(job_id)
+        db = self._db().conn
+        disks = db.execute("SELECT * FROM disks WHERE job=? ORDER BY position", (job_id,)).fetchall()
+        held = {r["disk"]: (r["n"], r["last"]) for r in db.execute(
+            "SELECT disk, COUNT(*) AS n, MAX(idx) AS last FROM chunks WHERE job=? GROUP BY disk",
+            (job_id,))}
+        return _job_json(row, [_disk_json(d, held.get(d["id"], (0, None))) for d in disks])
+
+    def list_jobs(self) -> list[dict]:
+        ids = [r["id"] for r in self._db().conn.execute("SELECT id FROM jobs ORDER BY created, id")]
+        return [self.get_job(i) for i in ids]
+
+    def set_state(self, job_id: str, state: JobState, detail: str = "") -> None:
+        state = JobState(state)
+        self._job_row(job_id)
+        with self._db() as db:
+            db.execute("UPDATE jobs SET state=?, detail=?, updated=? WHERE id=?",
+                       (state, detail, _now(), job_id))
+
+    def set_target_uuid(self, job_id: str, system_uuid: str) -> None:
+        self._job_row(job_id)
+        with self._db() as db:
+            db.execute("UPDATE jobs SET target_uuid=?, updated=? WHERE id=?",
+                       (system_uuid.strip().lower(), _now(), job_id))
+
+    def job_for_machine(self, system_uuid: str) -> dict:
+        row = self._db().conn.execute(
+            "SELECT id FROM jobs WHERE target_uuid=? ORDER BY updated DESC LIMIT 1",
+            (system_uuid.strip().lower(),)).fetchone()
+        if row is None:
+            raise not_found(f"No job has a target VM with SMBIOS UUID {system_uuid}.")
+        return self.get_job(row["id"])
+
+    def record(self, job_id: str, key: str, value) -> None:
+        with self._db() as db:
+            row = db.execute("SELECT records FROM jobs WHERE id=?", (check_id(job_id, "job id"),)).fetchone()
+            if row is None:
+                raise not_found(f"There is no job {job_id} on this server.")
+            records = json.loads(row["records"])
+            records[key] = value
+            db.execute("UPDATE jobs SET records=?, updated=? WHERE id=?",
+                       (json.dumps(records), _now(), job_id))
+
+    def add_events(self, job_id: str, events: list[dict]) -> None:
+        self._job_row(job_id)
+        now = _now()
+        with self._db() as db:
+            db.executemany("INSERT INTO events (job, at, event) VALUES (?,?,?)",
+                           [(job_id, now, json.dumps(e)) for e in events])
+            db.execute("UPDATE jobs SET last_event=?, updated=? WHERE id=?",
+                       (json.dumps({**events[-1], "at": _iso(now)}), now, job_id))
+
+    def events(self, job_id: str) -> list[dict]:
+        self._job_row(job_id)
+        return [{**json.loads(r["event"]), "at": _iso(r["at"])} for r in self._db().conn.execute(
+            "SELECT at, event FROM events WHERE job=? ORDER BY rowid", (job_id,))]
+
+    def append_log(self, job_id: str, text: bytes) -> None:
+        self._job_row(job_id)
+        path = self.log_path(job_id)
+        try:
+            with open(path, "ab") as f:
+                f.write(text if text.endswith(b"\n") or not text else text + b"\n")
+        except OSError as err:
+            raise storage_error(err, path.parent) from None
+
+    def set_repair(self, job_id: str, report: dict) -> None:
+        """Keeps the VM's repair report; its ``ok`` field, when given, finishes the job."""
+        self._job_row(job_id)
+        with self._db() as db:
+            db.execute("UPDATE jobs SET repair=?, updated=? WHERE id=?",
+                       (json.dumps(report), _now(), job_id))
+        if isinstance(report.get("ok"), bool):
+            self.set_state(job_id, JobState.DONE if report["ok"] else JobState.FAILED,
+                           str(report.get("detail", "")))
+
+    # --- chunks ---------------------------------------------------------------------------
+
+    def held_chunks(self, job_id: str, disk_id: str) -> dict[int, str]:
+        """Chunk index -> digest of every chunk durably held."""
+        disk = self._disk(job_id, disk_id)
+        return {r[0]: r[1] for r in self._db().conn.execute(
+            "SELECT idx, digest FROM chunks WHERE job=? AND disk=?", (disk.job, disk.id))}
+
+    def chunk_list(self, job_id: str, disk_id: str) -> dict:
+        """What GET …/chunks answers: the chunk size and every durably held chunk's digest."""
+        held = self.held_chunks(job_id, disk_id)
+        return {"chunk_size": self._disk(job_id, disk_id).chunk_size,
+                "chunks": {str(i): d for i, d in sorted(held.items())}}
+
+    def chunk_geometry(self, job_id: str, disk_id: str, index: int) -> tuple[int, int]:
+        """(offset, length) of a chunk of a disk still receiving; ProtocolError otherwise."""
+        disk = self._disk(job_id, disk_id)
+        if disk.state is DiskState.SEALED:
+            raise conflict(f"Disk {disk_id} of job {job_id} is sealed: it never changes again.")
+        return chunk_span(disk.size, disk.chunk_size, index)
+
+    def put_chunk(self, job_id: str, disk_id: str, index: int, data, digest: str) -> bool:
+        """Writes a checked chunk and returns once it is durably held.
+
+        True if it was written, False if the same chunk was already held (nothing done).
+        """
+        disk = self._disk(job_id, disk_id)
+        offset, length = chunk_span(disk.size, disk.chunk_size, index)
+        if len(data) != length:
+            raise ProtocolError(ErrorCode.BAD_LENGTH, f"Chunk {index} has {length} bytes, not {len(data)}.")
+        self._enter_writer(disk)
+        try:
+            with self._chunk_lock((disk.job, disk.id, index)):
+                return self._put_locked(disk, index, offset, data, digest)
+        finally:
+            with self._gate:
+                disk.writers -= 1
+                self._gate.notify_all()
+
+    def _put_locked(self, disk: _Disk, index: int, offset: int, data, digest: str) -> bool:
+        row = self._db().conn.execute("SELECT digest FROM chunks WHERE job=? AND disk=? AND idx=?",
+                                      (disk.job, disk.id, index)).fetchone()
+        if row is not None:
+            if row[0] == digest:
+                return False
+            try:
+                with self._db() as db:
+                    db.execute("DELETE FROM chunks WHERE job=? AND disk=? AND idx=?",
+                               (disk.job, disk.id, index))
+            except sqlite3.Error as err:
+                raise storage_error(err, self.data_dir) from None
+        fd = self._fd(disk)
+        try:
+            written = os.pwrite(fd, data, offset)
+            while written < len(data):
+                written += os.pwrite(fd, memoryview(data)[written:], offset + written)
+        except OSError as err:
+            raise storage_error(err, disk.path.parent) from None
+        self._journal_for().add(fd, (disk.job, disk.id, index, digest)).result()
+        return True
+
+    def _enter_writer(self, disk: _Disk) -> None:
+        with self._gate:
+            if disk.state is DiskState.SEALED:
+                raise conflict(f"Disk {disk.id} of job {disk.job} is sealed: it never changes again.")
+            if disk.sealing:
+                raise conflict(f"Disk {disk.id} of job {disk.job} is being sealed; it takes no more chunks.")
+            disk.writers += 1
+
+    def _chunk_lock(self, key):
+        store = self
+
+        class _Held:
+            def __enter__(self):
+                with store._lock:
+                    entry = store._chunk_locks.setdefault(key, [threading.Lock(), 0])
+                    entry[1] += 1
+                entry[0].acquire()
+
+            def __exit__(self, *exc):
+                with store._lock:
+                    entry = store._chunk_locks[key]
+                    entry[0].release()
+                    entry[1] -= 1
+                    if not entry[1]:
+                        del store._chunk_locks[key]
+
+        return _Held()
+
+    def _fd(self, disk: _Disk) -> int:
+        with self._lock:
+            if disk.fd is None:
+                try:
+                    disk.fd = os.open(disk.path, os.O_RDWR | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    raise ProtocolError(ErrorCode.INTERNAL,
+                                        f"The image {disk.path} is missing from the data directory.") from None
+            return disk.fd
+
+    def _journal_for(self) -> "Journal":
+        with self._lock:
+            if self._journal is None:
+                self._journal = Journal(self.db_path, self.data_dir)
+            return self._journal
+
+    def read_chunk(self, job_id: str, disk_id: str, index: int) -> tuple[bytes, str]:
+        """(bytes, digest) of a data or zero chunk of a sealed disk."""
+        disk = self._sealed_disk(job_id, disk_id)
+        offset, length = chunk_span(disk.size, disk.chunk_size, index)
+        row = self._db().conn.execute("SELECT digest FROM chunks WHERE job=? AND disk=? AND idx=?",
+                                      (disk.job, disk.id, index)).fetchone()
+        if row is not None:
+            with open(disk.path, "rb") as f:
+                return os.pread(f.fileno(), length, offset), row[0]
+        if any(e.kind is ChunkKind.ZERO and e.start <= index < e.start + e.count
+               for e in self._zero_extents(disk)):
+            data = bytes(length)
+            return data, chunk_digest(data)
+        raise not_found(f"Chunk {index} of disk {disk_id} is free: the source did not use it.")
+
+    # --- sealing --------------------------------------------------------------------------
+
+    def seal(self, job_id: str, disk_id: str, digest: str, zero: list[tuple[int, int]],
+             bad_ranges: list[tuple[int, int]]) -> tuple[dict, bool]:
+        """Seals a disk if ``digest`` is the image digest of what is held: (job, job now sealed)."""
+        disk = self._disk(job_id, disk_id)
+        count = chunk_count(disk.size, disk.chunk_size)
+        for start, n in zero:
+            if start < 0 or n < 1 or start + n > count:
+                raise ProtocolError(ErrorCode.OUT_OF_RANGE,
+                                    f"The zero range [{start}, {n}] is outside disk {disk_id}'s "
+                                    f"chunks 0 to {count - 1}.")
+        for off, n in bad_ranges:
+            if off < 0 or n < 1 or off + n > disk.size:
+                raise ProtocolError(ErrorCode.OUT_OF_RANGE,
+                                    f"The bad range [{off}, {n}] is outside disk {disk_id}'s "
+                                    f"{disk.size} bytes.")
+        with self._gate:
+            if disk.state is DiskState.SEALED:
+                return self._reseal(disk, digest)
+            if disk.sealing:
+                raise conflict(f"Disk {disk_id} of job {job_id} is already being sealed.")
+            disk.sealing = True
+            while disk.writers:
+                self._gate.wait()
+        try:
+            held = self.held_chunks(job_id, disk_id)
+            zero_idx = sorted({i for start, n in zero for i in range(start, start + n)} - held.keys())
+            mine = image_digest(disk.size, disk.chunk_size, held, zero_idx)
+            if mine != digest:
+                raise ProtocolError(
+                    ErrorCode.BAD_DIGEST,
+                    f"The image digest sent for disk {disk_id} does not match the {len(held)} data "
+                    f"and {len(zero_idx)} zero chunks the server holds ({mine}). Ask for the chunk "
+                    "list, send what is missing or different, then complete again.")
+            self._zero_fill(disk, zero_idx)
+            job_sealed = self._mark_sealed(disk, digest, list(runs(zero_idx)), bad_ranges)
+        finally:
+            with self._gate:
+                disk.sealing = False
+        return self.get_job(job_id), job_sealed
+
+    def _reseal(self, disk: _Disk, digest: str) -> tuple[dict, bool]:
+        row = self._db().conn.execute("SELECT digest FROM disks WHERE job=? AND id=?",
+                                      (disk.job, disk.id)).fetchone()
+        if row["digest"] != digest:
+            raise conflict(f"Disk {disk.id} of job {disk.job} is already sealed with digest "
+                           f"{row['digest']}; it never changes again.")
+        return self.get_job(disk.job), False
+
+    def _zero_fill(self, disk: _Disk, zero_idx: list[int]) -> None:
+        """Makes zero chunks read zeros even where an earlier, unjournaled write left bytes."""
+        fd = self._fd(disk)
+        try:
+            for start, n in runs(zero_idx):
+                offset = start * disk.chunk_size
+                length = min(n * disk.chunk_size, disk.size - offset)
+                _punch_hole(fd, offset, length)
+            os.fdatasync(fd)
+        except OSError as err:
+            raise storage_error(err, disk.path.parent) from None
+
+    def _mark_sealed(self, disk: _Disk, digest: str, zero_runs, bad_ranges) -> bool:
+        now = _now()
+        try:
+            with self._db() as db:
+                db.execute("UPDATE disks SET state=?, digest=?, zero=?, bad_ranges=?, sealed=?"
+                           " WHERE job=? AND id=?",
+                           (DiskState.SEALED, digest, json.dumps(zero_runs),
+                            json.dumps([list(r) for r in bad_ranges]), now, disk.job, disk.id))
+                left = db.execute("SELECT COUNT(*) FROM disks WHERE job=? AND state!=?",
+                                  (disk.job, DiskState.SEALED)).fetchone()[0]
+                if not left:
+                    db.execute("UPDATE jobs SET state=?, updated=? WHERE id=? AND state=?",
+                               (JobState.SEALED, now, disk.job, JobState.RECEIVING))
+                else:
+                    db.execute("UPDATE jobs SET updated=? WHERE id=?", (now, disk.job))
+        except sqlite3.Error as err:
+            raise storage_error(err, self.data_dir) from None
+        with self._gate:
+            disk.state = DiskState.SEALED
+            if disk.fd is not None:
+                os.close(disk.fd)
+                disk.fd = None
+        return not left
+
+    # --- the restore side -----------------------------------------------------------------
+
+    def _sealed_disk(self, job_id: str, disk_id: str) -> _Disk:
+        disk = self._disk(job_id, disk_id)
+        if disk.state is not DiskState.SEALED:
+            raise conflict(f"Disk {disk_id} of job {job_id} is not sealed yet: it cannot be served "
+                           "for restore, export or import until the agent completes it.")
+        return disk
+
+    def _zero_extents(self, disk: _Disk) -> list[Extent]:
+        row = self._db().conn.execute("SELECT zero FROM disks WHERE job=? AND id=?",
+                                      (disk.job, disk.id)).fetchone()
+        return [Extent(ChunkKind.ZERO, s, n) for s, n in json.loads(row["zero"])]
+
+    def sealed_image(self, job_id: str, disk_id: str) -> SealedImage:
+        disk = self._sealed_disk(job_id, disk_id)
+        zero = [i for e in self._zero_extents(disk) for i in range(e.start, e.start + e.count)]
+        extents = image_map(chunk_count(disk.size, disk.chunk_size),
+                            self.held_chunks(job_id, disk_id), zero)
+        return SealedImage(job_id, disk_id, disk.path, disk.size, disk.chunk_size, extents)
+
+    def disk_map(self, job_id: str, disk_id: str) -> dict:
+        image = self.sealed_image(job_id, disk_id)
+        return {"size": image.size, "chunk_size": image.chunk_size,
+                "extents": [e.to_json() for e in image.extents]}
+
+    def sealed_digest(self, job_id: str, disk_id: str) -> str:
+        disk = self._sealed_disk(job_id, disk_id)
+        return self._db().conn.execute("SELECT digest FROM disks WHERE job=? AND id=?",
+                                       (disk.job, disk.id)).fetchone()[0]
+
+
+class _Txn:
+    """``with store._db() as db:`` runs one IMMEDIATE transaction; ``.conn`` reads outside one."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, kind, value, tb) -> None:
+        self.conn.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+class Journal:
+    """Group commit of held chunks: one fdatasync per image and one SQLite commit per batch.
+
+    Writers add (fd, row) and wait on the returned future; while one batch is being made durable
+    the next one gathers, so many parallel streams share each fdatasync.
+    """
+
+    def __init__(self, db_path: Path, data_dir: Path):
+        self.data_dir = data_dir
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._conn = sqlite3.connect(db_path, timeout=30, check_same_thread=False,
+                                     isolation_level=None)
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._thread = threading.Thread(target=self._run, name="p2v-journal", daemon=True)
+        self._thread.start()
+
+    def add(self, fd: int, row: tuple) -> Future:
+        future: Future = Future()
+        self._queue.put((fd, row, future))
+        return future
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        self._conn.close()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while True:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._commit(batch)
+                    return
+                batch.append(more)
+            self._commit(batch)
+
+    def _commit(self, batch: list) -> None:
+        try:
+            for fd in {fd for fd, _, _ in batch}:
+                os.fdatasync(fd)
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany("INSERT OR REPLACE INTO chunks (job, disk, idx, digest)"
+                                       " VALUES (?,?,?,?)", [row for _, row, _ in batch])
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        except (OSError, sqlite3.Error) as err:
+            failure = storage_error(err, self.data_dir)
+            for _, _, future in batch:
+                future.set_exception(failure)
+            return
+        for _, _, future in batch:
+            future.set_result(None)
+
+
+def _punch_hole(fd: int, offset: int, length: int) -> None:
+    """Deallocates a range so it reads zeros; falls back to writing zeros where unsupported."""
+    if _fallocate is not None:
+        if _fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE,
+                      ctypes.c_int64(offset), ctypes.c_int64(length)) == 0:
+            return
+        if ctypes.get_errno() not in (errno.EOPNOTSUPP, errno.ENOSYS):
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    zeros = bytes(1 << 20)
+    end = offset + length
+    while offset < end:
+        offset += os.pwrite(fd, zeros[:min(len(zeros), end - offset)], offset)
+
+
+def _load_fallocate():
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    fn = getattr(libc, "fallocate64", None) or getattr(libc, "fallocate", None)
+    if fn is not None:
+        fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        fn.restype = ctypes.c_int
+    return fn
+
+
+_fallocate = _load_fallocate()
+
+
+def _new_job_id(name: str) -> str:
+    slug = "".join(c if c.isascii() and c.isalnum() else "-" for c in name).strip("-")[:24].strip("-")
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return "-".join(p for p in (stamp, slug, secrets.token_hex(3)) if p)
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GiB"
+
+
+def _job_json(row: sqlite3.Row, disks: list[dict]) -> dict:
+    return {
+        "id": row["id"],
+        "name": row["name"],
+        "state": row["state"],
+        "detail": row["detail"],
+        "created": _iso(row["created"]),
+        "updated": _iso(row["updated"]),
+        "target_uuid": row["target_uuid"],
+        "disks": disks,
+        "last_event": json.loads(row["last_event"]) if row["last_event"] else None,
+        "repair": json.loads(row["repair"]) if row["repair"] else None,
+        "records": json.loads(row["records"]),
+        "inventory": json.loads(row["inventory"]),
+    }
+
+
+def _disk_json(d: sqlite3.Row, held: tuple[int, int | None]) -> dict:
+    n, last = held
+    size, chunk = d["size"], d["chunk_size"]
+    held_bytes = n * chunk
+    if last is not None and last == chunk_count(size, chunk) - 1:
+        held_bytes -= chunk - (size - last * chunk)
+    return {
+        "id": d["id"],
+        "size": size,
+        "chunk_size": chunk,
+        "chunks": chunk_count(size, chunk),
+        "state": d["state"],
+        "expected_bytes": d["expected"],
+        "held_chunks": n,
+        "held_bytes": held_bytes,
+        "digest": d["digest"],
+        "zero": json.loads(d["zero"]),
+        "bad_ranges": json.loads(d["bad_ranges"]),
+        "sealed": _iso(d["sealed"]),
+    }
