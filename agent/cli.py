@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # Modules that provide subcommands, in the order `--help` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("agent.repair.command",)
+COMMAND_MODULES: tuple[str, ...] = ("agent.probe.command", "agent.repair.command")
 
 
 def build_parser() -> argparse.ArgumentParser:
