@@ -65,7 +65,7 @@ class HandStore:
             self.images[(job["id"], image.disk)] = image
 
     def get_job(self, job_id: str) -> dict:
-        return self.jobs[job_id]
+        return {**self.jobs[job_id], "records": self.records.get(job_id, {})}
 
     def sealed_image(self, job_id: str, disk_id: str) -> HandImage:
         return self.images[(job_id, disk_id)]

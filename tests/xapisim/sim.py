@@ -674,6 +674,7 @@ class XapiSim:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else each answer waits out a delayed ACK (40 ms)
 
             def log_message(self, *args):  # keep test output quiet
                 pass

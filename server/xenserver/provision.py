@@ -1,0 +1,334 @@
+"""The automatic path: a sealed job becomes a VM that boots the ISO, repairs, then boots its disk.
+
+Everything done to the pool is written on the job (``records["xenserver"]``: object refs and UUIDs
+in creation order, steps with times, adjustments), so an admin can see and undo it. A failed
+provisioning destroys what it created, newest first, unless told to keep it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import XenAPI
+
+from xenp2v.protocol import DiskState, JobState
+from server.xenserver import vdi_import
+from server.xenserver.pool import Pool, XapiConfig, XenServerError, explain, tls_context
+from server.xenserver.spec import VmSpec, fit_to_host, vm_spec
+
+log = logging.getLogger("xenp2v.xenserver")
+RECORD_KEY = "xenserver"
+NULL = "OpaqueRef:NULL"
+CD_USERDEVICE = "3"          # where XenCenter puts the DVD drive
+BOOT_CD_FIRST = "dc"         # HVM boot order letters: d = CD-ROM, c = first disk
+BOOT_DISK_FIRST = "cd"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def disk_userdevices(count: int) -> list[str]:
+    """Disk slots 0, 1, 2, 4, 5...: slot 3 is the CD drive's."""
+    slots = [str(i) for i in range(count + 1) if str(i) != CD_USERDEVICE]
+    return slots[:count]
+
+
+def repair_ok(report: dict) -> bool:
+    return report.get("ok") is True
+
+
+class _Run:
+    """One provisioning of one job: creates, records, and can undo what it created."""
+
+    def __init__(self, store, job_id: str, pool: Pool, config: XapiConfig):
+        self.store, self.job_id, self.pool, self.config = store, job_id, pool, config
+        self.x = pool.x
+        self.rec: dict = {
+            "pool": config.url, "product": pool.product.to_json(), "created": [], "steps": [],
+            "adjustments": [], "kept_on_failure": config.keep_on_failure,
+        }
+
+    # --- the record on the job -----------------------------------------------------------------
+
+    def save(self) -> None:
+        self.store.record(self.job_id, RECORD_KEY, self.rec)
+
+    def step(self, text: str, state: JobState = JobState.PROVISIONING) -> None:
+        log.info("Job %s: %s", self.job_id, text)
+        self.rec["steps"].append({"at": _now(), "step": text})
+        self.save()
+        self.store.set_state(self.job_id, state, text)
+
+    def created(self, cls: str, ref: str, what: str) -> str:
+        uuid = getattr(self.x, cls).get_uuid(ref)
+        self.rec["created"].append({"class": cls, "ref": ref, "uuid": uuid, "what": what})
+        self.save()
+        return uuid
+
+    # --- the steps -----------------------------------------------------------------------------
+
+    def build(self) -> None:
+        job = self.store.get_job(self.job_id)
+        disk_ids = [d["id"] for d in job["disks"]]
+        images = [self.store.sealed_image(self.job_id, d) for d in disk_ids]
+        spec = vm_spec(job, keep_macs=self.config.keep_macs)
+        spec = fit_to_host(spec, self.pool.host_cpus, self.pool.host_free_memory())
+        product = self.pool.product
+        adjustments = list(spec.adjustments)
+        firmware = spec.firmware
+        if firmware == "uefi" and not product.uefi:
+            adjustments.append(f"{product.brand} {product.version} has no UEFI guests: the VM "
+                               "boots with BIOS firmware, and the repair installs a BIOS boot "
+                               "loader.")
+            firmware = "bios"
+        if self.config.pv and not product.pv:
+            raise XenServerError(f"{product.brand} {product.version} does not run PV guests: "
+                                 "provision without --pv (the VM stays HVM).")
+        self.rec["adjustments"] = adjustments
+        template = self.pool.template()
+        sr, sr_rec = self.pool.sr()
+        network = self.pool.network() if spec.nics else None
+        iso = self.pool.iso()
+        self.rec["sr"] = {"ref": sr, "uuid": sr_rec["uuid"], "name": sr_rec["name_label"],
+                          "type": sr_rec["type"]}
+
+        vm = self.create_vm(template, spec, firmware)
+        vdis = self.create_disks(vm, spec, images, sr)
+        send_zero = not vdi_import.zeroed(sr_rec["type"])
+        for position, (image, vdi) in enumerate(zip(images, vdis), 1):
+            self.step(f"Importing disk {image.disk} ({position} of {len(images)}, "
+                      f"{image.size / 2**30:.1f} GiB) into its VDI"
+                      + ("" if not send_zero else ", zero chunks included: this SR does not "
+                         "give zeroed disks"))
+            figures = vdi_import.import_image(
+                self.x, self.import_url(sr_rec), self.pool.session.handle, vdi, image,
+                send_zero, context=tls_context(self.config))
+            self.rec.setdefault("imports", []).append({"disk": image.disk, "vdi": vdi, **figures})
+            self.save()
+        self.create_vifs(vm, spec, network)
+        self.insert_cd(vm, iso)
+        self.step(f"Starting VM {spec.name} on the ISO")
+        self.x.VM.start(vm, False, False)
+        self.store.set_target_uuid(self.job_id, self.rec["vm"]["uuid"])
+        self.step(f"VM {spec.name} ({self.rec['vm']['uuid']}) runs on the ISO; the agent in it "
+                  "repairs the disks and reports here", JobState.REPAIRING)
+
+    def import_url(self, sr_rec: dict) -> str:
+        """The master for a shared SR; for a local SR the host that has it, as XAPI would redirect."""
+        if sr_rec.get("shared") or not sr_rec.get("PBDs"):
+            return self.config.url
+        host = self.x.PBD.get_host(sr_rec["PBDs"][0])
+        if host == self.pool.master:
+            return self.config.url
+        scheme = self.config.url.split(":", 1)[0]
+        return f"{scheme}://{self.x.host.get_address(host)}"
+
+    def create_vm(self, template: str, spec: VmSpec, firmware: str) -> str:
+        self.step(f"Creating VM {spec.name} from template {self.config.template!r}")
+        vm = self.x.VM.clone(template, spec.name)
+        uuid = self.created("VM", vm, f"the VM {spec.name}")
+        self.rec["vm"] = {"ref": vm, "uuid": uuid, "name": spec.name}
+        self.save()
+        # The template's own disk recipe would add a blank disk: ours come from the image.
+        if "disks" in self.x.VM.get_other_config(vm):
+            self.x.VM.remove_from_other_config(vm, "disks")
+        self.x.VM.provision(vm)
+        self.x.VM.set_is_a_template(vm, False)
+        self.x.VM.set_name_description(vm, f"Migrated by xenp2v (job {self.job_id})")
+        self.x.VM.add_to_other_config(vm, "xenp2v_job", self.job_id)
+        # VCPUs_at_startup may never exceed VCPUs_max: raise the max first, lower it last.
+        if spec.vcpus >= int(self.x.VM.get_VCPUs_max(vm)):
+            self.x.VM.set_VCPUs_max(vm, str(spec.vcpus))
+            self.x.VM.set_VCPUs_at_startup(vm, str(spec.vcpus))
+        else:
+            self.x.VM.set_VCPUs_at_startup(vm, str(spec.vcpus))
+            self.x.VM.set_VCPUs_max(vm, str(spec.vcpus))
+        static_min = min(int(self.x.VM.get_memory_static_min(vm)), spec.memory)
+        memory = str(spec.memory)
+        self.x.VM.set_memory_limits(vm, str(static_min), memory, memory, memory)
+        self.x.VM.set_HVM_boot_policy(vm, "BIOS order")
+        params = {"order": BOOT_CD_FIRST}
+        if firmware == "uefi":
+            params["firmware"] = "uefi"
+        self.x.VM.set_HVM_boot_params(vm, params)
+        platform = dict(self.x.VM.get_platform(vm))
+        platform["viridian"] = "true" if spec.windows else "false"
+        self.x.VM.set_platform(vm, platform)
+        self.rec["vm"].update(vcpus=spec.vcpus, memory=spec.memory, firmware=firmware,
+                              viridian=spec.windows)
+        self.save()
+        return vm
+
+    def create_disks(self, vm: str, spec: VmSpec, images: list, sr: str) -> list[str]:
+        self.step(f"Creating {len(images)} disk(s) on SR {self.rec['sr']['name']!r}")
+        vdis = []
+        for image, slot in zip(images, disk_userdevices(len(images))):
+            vdi = self.x.VDI.create({
+                "name_label": f"{spec.name} {image.disk}",
+                "name_description": f"xenp2v job {self.job_id}, source disk {image.disk}",
+                "SR": sr, "virtual_size": str(image.size), "type": "system",
+                "sharable": False, "read_only": False, "xenstore_data": {}, "sm_config": {},
+                "tags": [], "other_config": {"xenp2v_job": self.job_id, "xenp2v_disk": image.disk},
+            })
+            self.created("VDI", vdi, f"the disk for source disk {image.disk}")
+            vbd = self.x.VBD.create({
+                "VM": vm, "VDI": vdi, "userdevice": slot, "bootable": slot == "0", "mode": "RW",
+                "type": "Disk", "unpluggable": False, "empty": False, "other_config": {},
+                "qos_algorithm_type": "", "qos_algorithm_params": {},
+            })
+            self.created("VBD", vbd, f"disk slot {slot} for {image.disk}")
+            vdis.append(vdi)
+        return vdis
+
+    def create_vifs(self, vm: str, spec: VmSpec, network: str | None) -> None:
+        for device, nic in enumerate(spec.nics):
+            vif = self.x.VIF.create({
+                "device": str(device), "network": network, "VM": vm, "MAC": nic.mac,
+                "MTU": "1500", "other_config": {"xenp2v_source_nic": nic.name},
+                "qos_algorithm_type": "", "qos_algorithm_params": {},
+            })
+            self.created("VIF", vif, f"NIC {device} for source {nic.name}"
+                         + (f" with MAC {nic.mac}" if nic.mac else ""))
+
+    def insert_cd(self, vm: str, iso: str) -> None:
+        self.step(f"Inserting the ISO {self.config.iso!r} in the VM's DVD drive")
+        vbd = self.x.VBD.create({
+            "VM": vm, "VDI": iso, "userdevice": CD_USERDEVICE, "bootable": True, "mode": "RO",
+            "type": "CD", "unpluggable": True, "empty": False, "other_config": {},
+            "qos_algorithm_type": "", "qos_algorithm_params": {},
+        })
+        uuid = self.created("VBD", vbd, "the DVD drive with the xenp2v ISO")
+        self.rec["cd"] = {"ref": vbd, "uuid": uuid}
+        self.save()
+
+    # --- undo ----------------------------------------------------------------------------------
+
+    def clean_up(self) -> None:
+        """Destroy what this run created, newest first; record what went and what stayed."""
+        vm = self.rec.get("vm", {}).get("ref")
+        if vm:
+            try:
+                if self.x.VM.get_power_state(vm) != "Halted":
+                    self.x.VM.hard_shutdown(vm)
+            except XenAPI.Failure as failure:
+                log.warning("Cannot shut down VM %s for clean-up: %s", vm, failure)
+        removed, left = [], []
+        for obj in reversed(self.rec["created"]):
+            try:
+                getattr(self.x, obj["class"]).destroy(obj["ref"])
+                removed.append(obj)
+            except XenAPI.Failure as failure:
+                if failure.details and failure.details[0] == "HANDLE_INVALID":
+                    removed.append(obj)  # went with its VM
+                else:
+                    left.append({**obj, "error": explain(failure)})
+        self.rec["cleaned_up"] = removed
+        self.rec["left_after_failure"] = left
+        self.save()
+
+
+class Provisioner:
+    """The automatic path's two hooks: a job sealed, a repair reported."""
+
+    def __init__(self, store, config: XapiConfig, connect=Pool):
+        self.store, self.config, self.connect = store, config, connect
+
+    def fail(self, job_id: str, message: str) -> None:
+        log.error("Job %s: %s", job_id, message)
+        self.store.set_state(job_id, JobState.FAILED, message)
+
+    def provision(self, job_id: str) -> bool:
+        """Build and start the VM for a sealed job; False (and the job says why) on failure."""
+        job = self.store.get_job(job_id)
+        unsealed = [d["id"] for d in job["disks"] if d["state"] != DiskState.SEALED]
+        if unsealed:
+            self.fail(job_id, f"Disk {', '.join(unsealed)} is not sealed: the VM is made only "
+                              "once every disk of the job is sealed.")
+            return False
+        self.store.set_state(job_id, JobState.PROVISIONING,
+                             f"Connecting to the pool at {self.config.url}")
+        try:
+            pool = self.connect(self.config)
+        except XenServerError as err:
+            self.fail(job_id, f"Provisioning stopped: {err}")
+            return False
+        run = _Run(self.store, job_id, pool, self.config)
+        try:
+            run.build()
+            return True
+        except (XenServerError, vdi_import.VdiImportError) as err:
+            message = str(err)
+        except XenAPI.Failure as failure:
+            message = explain(failure, self.config)
+        except OSError as err:
+            message = f"Reading the job's images failed ({err}); run p2v-server verify on it."
+        try:
+            if self.config.keep_on_failure:
+                tail = "What was created is kept (see the job's xenserver record)."
+                run.save()
+            else:
+                run.clean_up()
+                tail = ("What was created is removed." if not run.rec["left_after_failure"] else
+                        "Some objects could not be removed: see the job's xenserver record.")
+        finally:
+            pool.logout()
+        self.fail(job_id, f"Provisioning stopped: {message} {tail}")
+        return False
+
+    def after_repair(self, job_id: str, report: dict) -> bool:
+        """On a good report: eject the ISO, boot from disk (PV if asked), reboot."""
+        job = self.store.get_job(job_id)
+        rec = (job.get("records") or {}).get(RECORD_KEY)
+        if not rec or "vm" not in rec:
+            return False  # not a VM this server made: the manual path
+        steps = rec.setdefault("steps", [])
+
+        def note(text: str, state: JobState) -> None:
+            steps.append({"at": _now(), "step": text})
+            self.store.record(job_id, RECORD_KEY, rec)
+            self.store.set_state(job_id, state, text)
+
+        if not repair_ok(report):
+            why = str(report.get("detail") or report.get("error") or "no reason given")
+            note(f"The repair in VM {rec['vm']['name']} failed ({why}); the VM is left as it is, "
+                 "on the ISO, for a look at its console.", JobState.FAILED)
+            return False
+        try:
+            pool = self.connect(self.config)
+        except XenServerError as err:
+            note(f"The repair worked but the VM cannot be switched to its disk: {err}",
+                 JobState.FAILED)
+            return False
+        x, vm = pool.x, rec["vm"]["ref"]
+        try:
+            cd = rec.get("cd", {}).get("ref")
+            if cd and not x.VBD.get_empty(cd):
+                x.VBD.eject(cd)
+            steps.append({"at": _now(), "step": "Ejected the ISO"})
+            if self.config.pv and pool.product.pv:
+                if x.VM.get_power_state(vm) == "Running":
+                    x.VM.hard_shutdown(vm)
+                x.VM.set_HVM_boot_policy(vm, "")
+                x.VM.set_PV_bootloader(vm, "pygrub")
+                x.VM.set_PV_args(vm, "")
+                steps.append({"at": _now(), "step": "Switched the VM to PV (pygrub)"})
+                x.VM.start(vm, False, False)
+            else:
+                params = dict(x.VM.get_HVM_boot_params(vm))
+                params["order"] = BOOT_DISK_FIRST
+                x.VM.set_HVM_boot_params(vm, params)
+                steps.append({"at": _now(), "step": "Boot order: disk first"})
+                if x.VM.get_power_state(vm) == "Running":
+                    x.VM.hard_reboot(vm)
+                else:
+                    x.VM.start(vm, False, False)
+        except XenAPI.Failure as failure:
+            note(f"The repair worked but switching the VM to its disk failed: "
+                 f"{explain(failure, self.config)}", JobState.FAILED)
+            return False
+        finally:
+            pool.logout()
+        note(f"VM {rec['vm']['name']} repaired and restarted from its disk", JobState.DONE)
+        return True
