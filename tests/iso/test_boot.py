@@ -74,10 +74,13 @@ def test_vga_console_shows_the_agent(vga_vm, workdir):
         shutil.copy(png, picture)
 
 
-def test_console_font_is_terminus(vga_vm):
-    assert "FONTFACE=\"Terminus\"" in shell(vga_vm, "cat /etc/default/console-setup")
-    # console-setup.service must have run (and loaded the font) without failing.
-    assert "active" == shell(vga_vm, "systemctl is-active console-setup.service").split()[-1]
+def test_console_font_has_the_glyphs_the_tui_draws(vga_vm):
+    # The font loaded on tty1, read back from the kernel: its table maps the box-drawing and
+    # block elements that Textual draws (╭ ─ ▁ ▔ ▎ ▊) to glyphs.
+    table = shell(vga_vm, "setfont -C /dev/tty1 -O /tmp/tty1.psf && psfgettable /tmp/tty1.psf")
+    for char in "╭─▁▔▎▊":
+        assert f"U+{ord(char):04X}" in table.upper(), (
+            f"The console font on tty1 has no glyph for {char}.")
 
 
 def test_every_tool_the_agent_calls_is_there(vga_vm):
