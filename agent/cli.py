@@ -11,7 +11,9 @@ import importlib
 import sys
 
 # Modules that provide subcommands, in the order `--help` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("agent.probe.command", "agent.repair.command")
+COMMAND_MODULES: tuple[str, ...] = (
+    "agent.probe.command", "agent.capture_cmd", "agent.restore_cmd", "agent.repair.command",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

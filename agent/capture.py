@@ -1,0 +1,345 @@
+"""Capture: stream the source disks to the server, chunk by chunk, resumable, then seal them.
+
+Per disk: a read plan (agent.plan) names the used bytes; one reader thread reads each chunk that
+holds any (unused blocks zero-filled, never read), sets aside the chunks that read all zeros, and
+hands the rest through a bounded queue to N sender threads, which digest, maybe compress, and PUT
+them, each over its own connection. Memory stays at about (3 x streams) chunks whatever the disk.
+Chunks the server already holds with the same digest are not sent again, so a restarted agent
+resumes where the last one stopped. At the end: the whole-image digest, the seal, the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent import blockdev
+from agent.client import Client, ServerError
+from agent.link import Compression, RateLimit
+from agent.plan import ReadPlan, clip, plan_disk, total
+from agent.progress import Progress, human
+from agent.settings import Settings
+from agent.source import SourceDisk
+from xenp2v import protocol
+
+log = logging.getLogger(__name__)
+
+
+class CaptureError(Exception):
+    """Capture cannot go on; the message says what to do."""
+
+
+@dataclass
+class DiskResult:
+    id: str
+    device: str
+    size: int
+    chunk_size: int
+    planned: int = 0         # bytes the plan reads
+    sent: int = 0            # bytes that crossed the network (after compression)
+    data_chunks: int = 0
+    zero_chunks: int = 0
+    skipped_chunks: int = 0  # already held by the server (resume)
+    bad_ranges: list[list[int]] = field(default_factory=list)
+    digest: str = ""
+
+
+@dataclass
+class CaptureResult:
+    job: str
+    resumed: bool
+    disks: list[DiskResult]
+
+
+# --- which disks, and the inventory ----------------------------------------------------------------
+
+def disk_device(name: str) -> str:
+    return name if name.startswith("/") else f"/dev/{name}"
+
+
+def disk_id(device: str) -> str:
+    return protocol.check_id(Path(device).name, "disk id")
+
+
+def all_disks() -> list[str]:
+    """Every whole disk backed by hardware (not loop, RAM, md or dm), with a non-zero size."""
+    out = []
+    for entry in sorted(Path("/sys/block").iterdir()):
+        try:
+            if (entry / "device").exists() and int((entry / "size").read_text()) > 0:
+                out.append(f"/dev/{entry.name}")
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def machine_identity() -> dict:
+    """SMBIOS identity from sysfs: what makes the server resume rather than duplicate a job."""
+    dmi = Path("/sys/class/dmi/id")
+    fields = {"system_uuid": "product_uuid", "vendor": "sys_vendor", "product": "product_name",
+              "serial": "product_serial"}
+    out = {}
+    for key, name in fields.items():
+        try:
+            out[key] = (dmi / name).read_text().strip()
+        except OSError:
+            continue
+    return out
+
+
+def inventory(settings: Settings, plans: list[ReadPlan], machine: dict | None,
+              extra: dict | None) -> dict:
+    return {
+        **(extra or {}),
+        "name": settings.name or socket.gethostname(),
+        "machine": machine if machine is not None else machine_identity(),
+        "disks": [{"id": disk_id(p.device), "size": p.size, "used": min(p.read_bytes, p.size),
+                   "device": p.device, "plan": p.notes} for p in plans],
+    }
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+def run(settings: Settings, progress: Progress | None = None, *, client: Client | None = None,
+        machine: dict | None = None, extra_inventory: dict | None = None,
+        retry_for: float = 600.0) -> CaptureResult:
+    """Capture the settings' disks into a (new or resumed) job; raises CaptureError."""
+    progress = progress or Progress()
+    buffer = LogBuffer()
+    agent_log = logging.getLogger("agent")
+    level = agent_log.level
+    agent_log.addHandler(buffer)
+    if agent_log.getEffectiveLevel() > logging.INFO:
+        agent_log.setLevel(logging.INFO)
+    try:
+        client = client or Client(settings.server, settings.token, settings.fingerprint,
+                                  retry_for=retry_for)
+        devices = [disk_device(d) for d in settings.disks] if settings.disks else all_disks()
+        if not devices:
+            raise CaptureError("No disk to capture was found; name them with --disks.")
+        plans = []
+        for dev in devices:
+            plan = plan_disk(dev)
+            for note in plan.notes:
+                log.info("plan: %s", note)
+            plans.append(plan)
+        job = client.create_job(inventory(settings, plans, machine, extra_inventory))
+        job_id = job["id"]
+        log.info("job %s (%s)", job_id, "resumed" if job.get("resumed") else "new")
+        geometry = {d["id"]: d for d in job["disks"]}
+        events = _ServerEvents(client, job_id)
+        progress.subscribe(events)
+        results = []
+        for plan in plans:
+            did = disk_id(plan.device)
+            results.append(capture_disk(client, job_id, did, plan, geometry[did]["chunk_size"],
+                                        settings, progress))
+        _upload_log(client, job_id, buffer)
+        return CaptureResult(job_id, bool(job.get("resumed")), results)
+    except ServerError as e:
+        raise CaptureError(str(e)) from None
+    except blockdev.BlockDevError as e:
+        raise CaptureError(f"{e} Check the disk names given with --disks.") from None
+    except OSError as e:
+        raise CaptureError(f"Cannot read {e.filename or 'a source disk'}: {e.strerror}.") from None
+    finally:
+        agent_log.removeHandler(buffer)
+        agent_log.setLevel(level)
+
+
+def capture_disk(client: Client, job: str, did: str, plan: ReadPlan, chunk_size: int,
+                 settings: Settings, progress: Progress) -> DiskResult:
+    result = DiskResult(did, plan.device, plan.size, chunk_size, planned=plan.read_bytes)
+    held = client.held_chunks(job, did)
+    progress.start(did, plan.read_bytes, "capture")
+    sender = _Sender(client, job, did, held, settings, progress, result)
+    digests, zero, bad = sender.run(plan, plan.chunks(chunk_size))
+
+    # What the server holds now must be exactly what was sent; anything else is sent again.
+    held = client.held_chunks(job, did)
+    missing = sorted(i for i, d in digests.items() if held.get(i) != d)
+    if missing:
+        log.warning("%s: the server lacks %d chunks it acknowledged; sending them again", did,
+                    len(missing))
+        again = ((i, clip(plan.used, i * chunk_size, (i + 1) * chunk_size)) for i in missing)
+        more, _, bad2 = _Sender(client, job, did, {}, settings, progress, result).run(
+            plan, again, count_progress=False, zero_as_data=True)
+        digests.update(more)
+        bad = sorted(set(map(tuple, bad + bad2)))
+        held = client.held_chunks(job, did)
+    # Chunks held from an earlier run that are now free: their content is undefined anyway.
+    zero_set = set(zero)
+    for i, d in held.items():
+        if i not in digests and i not in zero_set:
+            digests[i] = d
+    result.bad_ranges = [list(r) for r in bad]
+    result.data_chunks, result.zero_chunks = len(digests), len(zero)
+    result.digest = protocol.image_digest(plan.size, chunk_size, digests, zero)
+    progress.phase(did, "seal")
+    client.complete(job, did, result.digest, [list(r) for r in protocol.runs(sorted(zero))],
+                    result.bad_ranges)
+    message = (f"sealed: {human(result.sent)} sent for {human(plan.read_bytes)} used of "
+               f"{human(plan.size)}")
+    if result.bad_ranges:
+        message += (f"; {len(result.bad_ranges)} unreadable ranges "
+                    f"({human(sum(n for _, n in result.bad_ranges))}) were zero-filled: "
+                    + ", ".join(f"{o}+{n}" for o, n in result.bad_ranges[:8]))
+        log.warning("%s: unreadable ranges zero-filled: %s", did, result.bad_ranges)
+    progress.phase(did, "done", message)
+    log.info("%s: %s", did, message)
+    return result
+
+
+class _Sender:
+    """One reader (the calling thread) and N sender threads over a bounded queue."""
+
+    def __init__(self, client: Client, job: str, did: str, held: dict[int, str],
+                 settings: Settings, progress: Progress, result: DiskResult):
+        self.client, self.job, self.did, self.held = client, job, did, held
+        self.streams = max(1, settings.streams)
+        self.compression = Compression(settings.compress, self.streams)
+        self.limit = RateLimit(settings.bwlimit)
+        self.progress = progress
+        self.result = result
+        self.digests: dict[int, str] = {}
+        self.lock = threading.Lock()
+        self.failure: BaseException | None = None
+
+    def run(self, plan: ReadPlan, chunks, count_progress: bool = True,
+            zero_as_data: bool = False) -> tuple[dict[int, str], list[int], list[tuple]]:
+        q: queue.Queue = queue.Queue(maxsize=2 * self.streams)
+        threads = [threading.Thread(target=self._send_loop, args=(q,), daemon=True,
+                                    name=f"send-{self.did}-{n}") for n in range(self.streams)]
+        for t in threads:
+            t.start()
+        zero: list[int] = []
+        try:
+            with SourceDisk(plan.device) as src:
+                for index, parts in chunks:
+                    if self.failure:
+                        break
+                    offset, length = protocol.chunk_span(plan.size, self.result.chunk_size, index)
+                    chunk = src.read_chunk(index, offset, length, parts)
+                    done = total(parts) if count_progress else 0
+                    held = self.held.get(index)
+                    if chunk.zero and not zero_as_data and (held is None or held == _zero_digest(length)):
+                        zero.append(index)
+                        if held is not None:  # sent as data before: keep the server's view
+                            with self.lock:
+                                self.digests[index] = held
+                        self.progress.advance(self.did, done=done)
+                        continue
+                    self._put(q, (chunk, done))
+        finally:
+            for _ in threads:
+                self._put(q, None, force=True)
+            for t in threads:
+                t.join()
+        if self.failure:
+            if isinstance(self.failure, ServerError):
+                raise self.failure
+            raise CaptureError(f"Sending {self.did} failed: {self.failure}") from self.failure
+        bad = [tuple(r) for r in src.bad_ranges()]
+        zero_set = set(zero) - self.digests.keys()
+        return self.digests, sorted(zero_set), bad
+
+    def _put(self, q: queue.Queue, item, force: bool = False) -> None:
+        while True:
+            try:
+                q.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                if self.failure and not force:
+                    return
+
+    def _send_loop(self, q: queue.Queue) -> None:
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            if self.failure:
+                continue  # drain, so the reader never blocks
+            chunk, done = item
+            try:
+                self._send(chunk, done)
+            except BaseException as e:  # noqa: BLE001 - handed to the reader thread
+                self.failure = e
+
+    def _send(self, chunk, done: int) -> None:
+        digest = protocol.chunk_digest(chunk.data)
+        wire = 0
+        if self.held.get(chunk.index) == digest:
+            with self.lock:
+                self.result.skipped_chunks += 1
+        else:
+            body, compressed = self.compression.encode(chunk.data)
+            self.limit.take(len(body))
+            start = time.monotonic()
+            self.client.put_chunk(self.job, self.did, chunk.index, body, digest, compressed)
+            self.compression.sent(len(body), time.monotonic() - start)
+            wire = len(body)
+        with self.lock:
+            self.digests[chunk.index] = digest
+            self.result.sent += wire
+        self.progress.advance(self.did, done=done, sent=wire)
+
+
+_ZERO_DIGESTS: dict[int, str] = {}
+
+
+def _zero_digest(length: int) -> str:
+    if length not in _ZERO_DIGESTS:
+        _ZERO_DIGESTS[length] = protocol.chunk_digest(bytes(length))
+    return _ZERO_DIGESTS[length]
+
+
+class _ServerEvents:
+    """Forwards progress to the server's event log, at most every few seconds, never blocking long."""
+
+    def __init__(self, client: Client, job: str, interval: float = 5.0):
+        self.client, self.job, self.interval = client, job, interval
+        self.last = 0.0
+        self.lock = threading.Lock()
+
+    def __call__(self, event) -> None:
+        now = time.monotonic()
+        final = event.phase not in ("capture", "restore")
+        with self.lock:
+            if not final and now - self.last < self.interval:
+                return
+            self.last = now
+        try:
+            self.client.post_events(self.job, event.to_json(), retry_for=10.0)
+        except ServerError as e:
+            log.warning("progress not sent to the server: %s", e)
+
+
+class LogBuffer(logging.Handler):
+    """Keeps the agent's log lines for upload to the server at the end (bounded)."""
+
+    LIMIT = 4 * 1024 * 1024
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self.lines: list[str] = []
+        self.size = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = self.format(record)
+        if self.size + len(line) < self.LIMIT:
+            self.lines.append(line)
+            self.size += len(line) + 1
+
+
+def _upload_log(client: Client, job: str, buffer: LogBuffer) -> None:
+    text = "\n".join(buffer.lines) + "\n"
+    try:
+        client.post_log(job, text)
+    except ServerError as e:
+        log.warning("the agent log was not uploaded: %s", e)

@@ -1,0 +1,50 @@
+"""`p2v-agent capture`: stream this machine's disks to a p2v-server, with no prompt."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from agent import settings as settings_mod
+from agent.capture import CaptureError, run
+from agent.progress import PlainLines, Progress, human
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("capture", help="send disks to the server (no TUI)",
+                              description="Capture disks into a job on a p2v-server; a job "
+                              "stopped halfway resumes where it stopped.")
+    p.add_argument("--server", metavar="URL", help="https://HOST:PORT of the p2v-server")
+    p.add_argument("--token", metavar="T", help="the token p2v-server printed")
+    p.add_argument("--fingerprint", metavar="sha256:HEX", help="the server certificate's fingerprint")
+    p.add_argument("--disks", metavar="LIST", help="sda,/dev/loop3 or all (default: all)")
+    p.add_argument("--name", help="the job's name (default: the host name)")
+    p.add_argument("--streams", metavar="N", help="parallel connections (default 4)")
+    p.add_argument("--compress", metavar="auto|zstd|off", help="zstd compression (default auto)")
+    p.add_argument("--bwlimit", metavar="RATE", help="bandwidth limit, e.g. 50M (bytes/s)")
+    settings_mod.add_source_arguments(p)
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        settings = settings_mod.load_from_args(args)
+    except settings_mod.SettingsError as e:
+        print(e, file=sys.stderr)
+        return 2
+    if not settings.server or not settings.token:
+        print("capture needs --server URL and --token T (or p2v.server= and p2v.token=).",
+              file=sys.stderr)
+        return 2
+    try:
+        result = run(settings, Progress([PlainLines()], interval=2.0))
+    except CaptureError as e:
+        print(f"Capture failed: {e}", file=sys.stderr)
+        return 1
+    for d in result.disks:
+        print(f"{d.id}: sealed in job {result.job}: {human(d.sent)} sent for {human(d.planned)} "
+              f"read of {human(d.size)}; {d.data_chunks} data, {d.zero_chunks} zero chunks"
+              + (f"; {len(d.bad_ranges)} unreadable ranges zero-filled" if d.bad_ranges else ""))
+    return 0

@@ -1,0 +1,129 @@
+"""Progress of a capture or restore: bytes done and total per disk, rate, ETA.
+
+Workers report bytes as they go; subscribers (the TUI, plain console lines, the server's event
+log) receive a ProgressEvent at most every `interval` seconds per disk, and always at a disk's
+start and end. Subscribers run in the reporting thread, so they must be quick.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Callable, TextIO
+
+RATE_WINDOW = 10.0   # seconds of history the rate is measured over
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    disk: str
+    phase: str           # "capture", "restore", "seal", "done", "failed"
+    done: int            # bytes of this disk processed
+    total: int           # bytes of this disk to process
+    sent: int            # bytes that crossed the network for this disk
+    rate: float          # bytes per second, recent
+    eta: float | None    # seconds left, None when unknown
+    message: str = ""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def line(self) -> str:
+        pct = 100.0 * self.done / self.total if self.total else 100.0
+        text = (f"{self.disk}: {self.phase} {human(self.done)} of {human(self.total)} "
+                f"({pct:.0f}%), {human(self.rate)}/s, {human(self.sent)} sent")
+        if self.eta is not None and self.phase in ("capture", "restore"):
+            text += f", {format_eta(self.eta)} left"
+        if self.message:
+            text += f": {self.message}"
+        return text
+
+
+Subscriber = Callable[[ProgressEvent], None]
+
+
+class _Disk:
+    def __init__(self, total: int, phase: str):
+        self.total = total
+        self.phase = phase
+        self.done = 0
+        self.sent = 0
+        self.samples: deque[tuple[float, int]] = deque()
+        self.last_emit = 0.0
+
+
+class Progress:
+    def __init__(self, subscribers: list[Subscriber] | None = None, interval: float = 1.0):
+        self.subscribers: list[Subscriber] = list(subscribers or [])
+        self.interval = interval
+        self._disks: dict[str, _Disk] = {}
+        self._lock = threading.Lock()
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        self.subscribers.append(subscriber)
+
+    def start(self, disk: str, total: int, phase: str) -> None:
+        with self._lock:
+            self._disks[disk] = _Disk(total, phase)
+            event = self._event(disk, time.monotonic())
+        self._emit(event)
+
+    def advance(self, disk: str, done: int = 0, sent: int = 0) -> None:
+        now = time.monotonic()
+        with self._lock:
+            d = self._disks[disk]
+            d.done += done
+            d.sent += sent
+            if now - d.last_emit < self.interval:
+                return
+            event = self._event(disk, now)
+        self._emit(event)
+
+    def phase(self, disk: str, phase: str, message: str = "") -> None:
+        with self._lock:
+            self._disks[disk].phase = phase
+            event = self._event(disk, time.monotonic(), message)
+        self._emit(event)
+
+    def _event(self, disk: str, now: float, message: str = "") -> ProgressEvent:
+        d = self._disks[disk]
+        d.last_emit = now
+        d.samples.append((now, d.done))
+        while len(d.samples) > 2 and now - d.samples[1][0] > RATE_WINDOW:
+            d.samples.popleft()
+        t0, done0 = d.samples[0]
+        rate = (d.done - done0) / (now - t0) if now > t0 else 0.0
+        eta = (d.total - d.done) / rate if rate > 0 else None
+        return ProgressEvent(disk, d.phase, d.done, d.total, d.sent, rate, eta, message)
+
+    def _emit(self, event: ProgressEvent) -> None:
+        for subscriber in self.subscribers:
+            subscriber(event)
+
+
+class PlainLines:
+    """Unattended mode: one plain line per event, for a console or a log file."""
+
+    def __init__(self, stream: TextIO | None = None):
+        self.stream = stream or sys.stderr
+
+    def __call__(self, event: ProgressEvent) -> None:
+        print(event.line(), file=self.stream, flush=True)
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def format_eta(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}"

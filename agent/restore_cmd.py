@@ -1,0 +1,52 @@
+"""`p2v-agent restore`: write a sealed image from a p2v-server onto a local disk."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from agent import settings as settings_mod
+from agent.progress import PlainLines, Progress, human
+from agent.restore import RestoreError, run
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("restore", help="write a sealed image onto a disk here",
+                              description="Restore one disk of a sealed job onto DEVICE; run it "
+                              "again after any interruption to finish.")
+    p.add_argument("--server", metavar="URL", help="https://HOST:PORT of the p2v-server")
+    p.add_argument("--token", metavar="T", help="the token p2v-server printed")
+    p.add_argument("--fingerprint", metavar="sha256:HEX", help="the server certificate's fingerprint")
+    p.add_argument("--job", metavar="ID", help="the job to restore from")
+    p.add_argument("--disk", dest="image_disk", metavar="ID",
+                   help="which disk of the job (needed when it has several)")
+    p.add_argument("--target", required=True, metavar="DEVICE", help="the disk to write, e.g. /dev/xvda")
+    p.add_argument("--target-zeroed", action="store_true",
+                   help="the target is known to read zeros: skip zeroing the zero extents")
+    p.add_argument("--streams", metavar="N", help="parallel connections (default 4)")
+    settings_mod.add_source_arguments(p)
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        settings = settings_mod.load_from_args(args)
+    except settings_mod.SettingsError as e:
+        print(e, file=sys.stderr)
+        return 2
+    if not settings.server or not settings.token:
+        print("restore needs --server URL and --token T (or p2v.server= and p2v.token=).",
+              file=sys.stderr)
+        return 2
+    try:
+        result = run(settings, args.target, args.image_disk, Progress([PlainLines()], interval=2.0),
+                     target_zeroed=args.target_zeroed)
+    except RestoreError as e:
+        print(f"Restore failed: {e}", file=sys.stderr)
+        return 1
+    print(f"{result.disk} of job {result.job} restored onto {result.target}: "
+          f"{result.fetched_chunks} chunks fetched ({human(result.received)}), "
+          f"{result.kept_chunks} already in place, {human(result.zeroed_bytes)} zeroed")
+    return 0
