@@ -12,7 +12,8 @@ import importlib
 import sys
 
 # Modules that provide subcommands, in the order `--help` lists them.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("server.serve", "server.jobs", "server.verify")
+SUBCOMMAND_MODULES: tuple[str, ...] = ("server.serve", "server.jobs", "server.verify",
+                                         "server.export", "server.xenserver.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:

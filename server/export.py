@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
-from xenp2v.protocol import ChunkKind, DiskState
-from server.xenserver.spec import vm_spec
+from xenp2v.protocol import ChunkKind, DiskState, ProtocolError
 from server import xva
+from server.datadir import add_data_dir, data_dir
+from server.store import Store
+from server.xenserver.spec import vm_spec
 
 FORMATS = ("raw", "vhd", "qcow2", "vmdk", "xva")
 # qemu-img's names and options: a dynamic VHD of exactly the disk's size (no CHS rounding).
@@ -112,3 +115,39 @@ def export_job(store, job_id: str, fmt: str, out: str | os.PathLike,
             convert(image, fmt, path)
         written.append(path)
     return written
+
+
+# --- `p2v-server export` -----------------------------------------------------------------------
+
+def register(sub) -> None:
+    p = sub.add_parser("export", help="write a sealed job as raw, VHD, qcow2, VMDK or XVA",
+                       description="Write a sealed job's disks for an offline import. raw, vhd, "
+                                   "qcow2, vmdk: one file per disk (PATH-<disk>.ext when the job "
+                                   "has several). xva: one file with the VM (CPUs, memory, MACs) "
+                                   "and all its disks, for xe vm-import.")
+    add_data_dir(p)
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--out", required=True, metavar="PATH")
+    p.add_argument("--disk", default=None, metavar="ID", help="export this disk only")
+    p.add_argument("--new-macs", action="store_true",
+                   help="xva: let the pool give the NICs new MACs instead of the source's")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    store = Store(data_dir(args))
+    try:
+        files = export_job(store, args.job, args.format, args.out, disk_id=args.disk,
+                           keep_macs=not args.new_macs)
+    except (ExportError, ProtocolError) as err:
+        print(str(err), file=sys.stderr)
+        return 1
+    except OSError as err:
+        print(f"Cannot write {args.out}: {err.strerror}. Choose another --out.", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    for path in files:
+        print(path)
+    return 0

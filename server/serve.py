@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import ctypes.util
 import json
 import logging
 import signal
@@ -17,6 +19,7 @@ from server import tls
 from server.api import RUNNER_OPTIONS, make_app
 from server.datadir import add_data_dir, data_dir, load_or_make_token
 from server.store import Store
+from server.xenserver.cli import add_xapi_arguments, automatic_path
 
 DEFAULT_LISTEN = "0.0.0.0:8443"
 _ANY = ("", "0.0.0.0", "::")
@@ -27,6 +30,7 @@ def register(sub) -> None:
                        description="Run the receiving server; prints URL, token, fingerprint and "
                                    "the kernel command line for the ISO.")
     add_data_dir(p)
+    add_xapi_arguments(p)
     p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
                    help=f"address and port to listen on (default: {DEFAULT_LISTEN})")
     p.add_argument("--token", default=None,
@@ -76,7 +80,25 @@ def banner(urls_: list[str], token: str, fingerprint: str | None, directory: Pat
     return "\n".join(lines)
 
 
+def keep_freed_memory() -> None:
+    """Tell glibc to reuse freed chunk buffers instead of returning them to the kernel.
+
+    Every chunk passes through several buffers of megabytes; by default glibc maps and unmaps
+    each one, and the page faults cost more system time than the upload itself (measured: three
+    quarters of the server's CPU). Keeping freed memory makes them cheap.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    except OSError:
+        return
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    libc.mallopt(m_mmap_threshold, 32 << 20)
+    libc.mallopt(m_trim_threshold, 512 << 20)
+    libc.mallopt(m_top_pad, 64 << 20)
+
+
 def run(args: argparse.Namespace) -> int:
+    keep_freed_memory()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     try:
         host, port = parse_listen(args.listen)
@@ -98,14 +120,22 @@ def run(args: argparse.Namespace) -> int:
         return 1
     scheme = "http" if args.plain_http else "https"
     try:
+        hooks = automatic_path(args, store)
+    except ValueError as err:
+        store.close()
+        print(err, file=sys.stderr)
+        return 2
+    try:
         return asyncio.run(_serve(store, token, host, port, ssl_context,
-                                  banner(urls(host, port, scheme), token, fingerprint, directory)))
+                                  banner(urls(host, port, scheme), token, fingerprint, directory),
+                                  hooks))
     finally:
         store.close()
 
 
-async def _serve(store: Store, token: str, host: str, port: int, ssl_context, text: str) -> int:
-    runner = web.AppRunner(make_app(store, token), handle_signals=False, **RUNNER_OPTIONS)
+async def _serve(store: Store, token: str, host: str, port: int, ssl_context, text: str,
+                 hooks: dict) -> int:
+    runner = web.AppRunner(make_app(store, token, **hooks), handle_signals=False, **RUNNER_OPTIONS)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host or None, port, ssl_context=ssl_context, backlog=512)
