@@ -36,7 +36,10 @@ def disk_userdevices(count: int) -> list[str]:
 
 
 def repair_ok(report: dict) -> bool:
-    return report.get("ok") is True
+    """The store's ``ok`` flag when given, else the repair runner's own ``status``."""
+    if isinstance(report.get("ok"), bool):
+        return report["ok"]
+    return report.get("status") == "ok"
 
 
 class _Run:

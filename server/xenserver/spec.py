@@ -68,7 +68,7 @@ def vm_spec(job: dict, keep_macs: bool = False) -> VmSpec:
     firmware = "uefi" if str(machine.get("firmware", "bios")).lower() == "uefi" else "bios"
     nics = tuple(
         NicSpec(str(nic.get("name") or f"nic{i}"), _mac(nic.get("mac")) if keep_macs else "")
-        for i, nic in enumerate(machine.get("nics") or [])
+        for i, nic in enumerate(machine.get("nics") or inventory.get("nics") or [])
     )
     disks = tuple(DiskSpec(str(d["id"]), int(d["size"])) for d in inventory.get("disks") or [])
     adjustments = []
