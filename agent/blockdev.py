@@ -8,14 +8,17 @@ tool allows it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+import re
 import stat
 import struct
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 # ioctl numbers from <linux/fs.h>.
 _BLKSSZGET = 0x1268
@@ -197,7 +200,7 @@ def filesystem(dev: str) -> dict[str, str]:
     for line in proc.stdout.splitlines():
         key, sep, value = line.partition("=")
         if sep:
-            out[key] = value
+            out[key] = re.sub(r"\\(.)", r"\1", value)  # export form escapes spaces and quotes
     return out
 
 
@@ -309,3 +312,17 @@ def md_member(dev: str) -> MdMember | None:
         data_offset=int(offset) * 512,
         role=int(role.split()[-1]) if role.startswith("Active device") else None,
     )
+
+
+@contextlib.contextmanager
+def readonly_view(dev: str, offset: int = 0, size: int | None = None) -> Iterator[str]:
+    """A read-only loop device over `size` bytes of `dev` from `offset` (an LV segment, the data
+    of a RAID member, a partition without a node); detached when the block ends."""
+    args = ["losetup", "--show", "-f", "-r", "-o", str(offset)]
+    if size is not None:
+        args += ["--sizelimit", str(size)]
+    loop = _run([*args, dev], f"open a read-only view of {dev}").stdout.strip()
+    try:
+        yield loop
+    finally:
+        subprocess.run(["losetup", "-d", loop], capture_output=True, timeout=60)

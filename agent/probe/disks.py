@@ -116,6 +116,15 @@ def boot_device(medium: Path = LIVE_MEDIUM, mounts: dict[str, str] | None = None
     return by_place.get(str(medium)) or by_place.get("/")
 
 
+def parent_disk(dev: str) -> str:
+    """The whole disk a partition node belongs to (sysfs knows); `dev` itself for a disk."""
+    name = Path(dev).resolve().name
+    entry = Path("/sys/class/block") / name
+    if (entry / "partition").exists():
+        return f"/dev/{entry.resolve().parent.name}"
+    return dev
+
+
 def filesystem(dev: str) -> Filesystem | None:
     """What blkid finds on `dev`, as a Filesystem (usage and OS filled in later); None if nothing."""
     found = blockdev.filesystem(dev)

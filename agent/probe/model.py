@@ -75,10 +75,6 @@ class Disk:
     partitions: list[Partition] = field(default_factory=list)
     fs: Filesystem | None = None     # a filesystem, PV or RAID member on the whole disk
 
-    def holds(self, device: str) -> bool:
-        """True when `device` is this disk or one of its partitions."""
-        return device == self.path or any(p.path == device for p in self.partitions)
-
 
 @dataclass
 class LvmSegment:

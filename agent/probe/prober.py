@@ -67,8 +67,9 @@ class LiveProber:
             machine.problems.append(str(e))
             return machine
         boot = edge.boot_device(self.medium)
-        machine.disks = [d for d in all_disks if not (boot and d.holds(boot))]
-        machine.boot_medium = next((d for d in all_disks if boot and d.holds(boot)), None)
+        boot_disk = edge.parent_disk(boot) if boot else None
+        machine.disks = [d for d in all_disks if d.path != boot_disk]
+        machine.boot_medium = next((d for d in all_disks if d.path == boot_disk), None)
         mounts = edge.mountpoints()
         found = _Found()
         for disk in machine.disks:
@@ -175,24 +176,28 @@ class LiveProber:
 
 def _examine(node: str, fs: Filesystem, mounts: dict[str, str], problems: list[str],
              name: str) -> None:
-    """Size, use and OS of the filesystem at `node`: from its mount, else from its metadata."""
+    """Size, use and OS of the filesystem at `node`.
+
+    Use comes from the filesystem's own metadata where a tool reads it (it counts metadata
+    blocks, as a copy must), else from statvfs; the OS from a read-only mount.
+    """
     if fs.type not in oses.MOUNTABLE:
         return
-    where = mounts.get(node)
-    try:
-        with (contextlib.nullcontext(Path(where)) if where else oses.mounted(node, fs.type)) as root:
-            fs.size, fs.used = oses.used_bytes(root)
-            fs.os = oses.find_os(root, fs.type)
-            if fs.os is None:
-                fs.boot_files = oses.boot_files(root)
-            return
-    except oses.MountError as e:
-        reason = str(e)
     usage = edge.superblock_usage(node, fs.type)
     if usage:
         fs.size, fs.used = usage
-    else:
-        problems.append(f"{reason}; how much of {name} is in use is unknown, so it will be read whole.")
+    where = mounts.get(node)
+    try:
+        with (contextlib.nullcontext(Path(where)) if where else oses.mounted(node, fs.type)) as root:
+            if not usage:
+                fs.size, fs.used = oses.used_bytes(root)
+            fs.os = oses.find_os(root, fs.type)
+            if fs.os is None:
+                fs.boot_files = oses.boot_files(root)
+    except oses.MountError as e:
+        if not usage:
+            problems.append(f"{e}; how much of {name} is in use is unknown, so it will be read "
+                            "whole.")
 
 
 @contextlib.contextmanager

@@ -44,7 +44,7 @@ def _os(fs: Filesystem) -> str:
     return text
 
 
-def _disk_line(disk: Disk) -> str:
+def _disk_line(disk: Disk, read: bool = True) -> str:
     kind = "HDD" if disk.rotational else "SSD/flash"
     bits = [f"{disk.name:<10} {human_size(disk.size):>10}"]
     if disk.model or disk.serial:
@@ -55,7 +55,8 @@ def _disk_line(disk: Disk) -> str:
         details.append("removable")
     if disk.wwn:
         details.append(f"WWN {disk.wwn}")
-    details.append({"gpt": "GPT", "dos": "MBR"}.get(disk.table or "", "no partition table"))
+    if read:
+        details.append({"gpt": "GPT", "dos": "MBR"}.get(disk.table or "", "no partition table"))
     bits.append(", ".join(details))
     return "  ".join(bits)
 
@@ -103,7 +104,7 @@ def render(machine: Machine) -> str:
     for mp in machine.multipaths:
         lines.append(f"Multipath {mp.name} (WWID {mp.wwid}): {', '.join(mp.paths)}")
     if machine.boot_medium:
-        lines.append("Boot medium (not offered): " + _disk_line(machine.boot_medium))
+        lines.append("Boot medium (not offered): " + _disk_line(machine.boot_medium, read=False))
     roots = machine.os_roots()
     lines.append("Operating systems:" if roots else "Operating systems: none found")
     for where, fs in roots:
