@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 
 # Debian packages the tests and tools call (disks, filesystems, boots). Keep sorted.
 APT_PACKAGES := btrfs-progs cryptsetup-bin dmsetup dosfstools e2fsprogs fdisk gdisk lvm2 mdadm \
-	ntfs-3g openssl parted partclone qemu-utils tmux util-linux xfsprogs zstd
+	libfuse2 mtools ntfs-3g openssl parted partclone qemu-utils tmux util-linux xfsprogs zstd
 
 .PHONY: all venv system-deps test serve iso pxe iso-test e2e bench clean
 

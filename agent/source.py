@@ -7,6 +7,7 @@ retried in smaller reads; what stays unreadable is zero-filled and reported as a
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 from dataclasses import dataclass, field
 
@@ -16,6 +17,7 @@ log = logging.getLogger(__name__)
 
 # Retry sizes after a failed read: the last is the smallest unit buffered reads can fail in.
 RETRY_SIZES = (256 * 1024, 4096)
+DIRECT_ALIGN = 4096
 # With more used pieces than this in one chunk, one read of their span is cheaper than many.
 MAX_PIECES = 8
 
@@ -34,6 +36,7 @@ class SourceDisk:
 
     path: str
     fd: int = -1
+    direct_fd: int | None = None
     bad: list[Range] = field(default_factory=list)
 
     def __enter__(self) -> "SourceDisk":
@@ -42,6 +45,8 @@ class SourceDisk:
 
     def __exit__(self, *exc) -> None:
         os.close(self.fd)
+        if self.direct_fd is not None and self.direct_fd >= 0:
+            os.close(self.direct_fd)
 
     def read_chunk(self, index: int, offset: int, length: int, parts: list[Range]) -> Chunk:
         """The chunk at `offset`: the `parts` (disk byte ranges) read, everything else zero."""
@@ -74,7 +79,7 @@ class SourceDisk:
         while pos < e:
             end = min(e, (pos // step + 1) * step)
             try:
-                _pread_exact(self.fd, view[pos - base:end - base], pos)
+                self._read_direct(view[pos - base:end - base], pos)
             except OSError:
                 if level + 1 < len(RETRY_SIZES):
                     self._read_carefully(view, base, pos, end, level + 1)
@@ -82,6 +87,27 @@ class SourceDisk:
                     view[pos - base:end - base] = bytes(end - pos)
                     self._add_bad(pos, end)
             pos = end
+
+    def _read_direct(self, view: memoryview, offset: int) -> None:
+        """Read bypassing the page cache: its readahead would fail good sectors with bad ones."""
+        if self.direct_fd is None:
+            try:
+                self.direct_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+            except OSError:
+                self.direct_fd = -1
+        if self.direct_fd < 0:
+            _pread_exact(self.fd, view, offset)
+            return
+        start = offset // DIRECT_ALIGN * DIRECT_ALIGN
+        end = -(-(offset + len(view)) // DIRECT_ALIGN) * DIRECT_ALIGN
+        buf = mmap.mmap(-1, end - start)  # page-aligned, as O_DIRECT wants
+        window = memoryview(buf)
+        try:
+            _pread_exact(self.direct_fd, window, start)
+            view[:] = window[offset - start:offset - start + len(view)]
+        finally:
+            window.release()
+            buf.close()
 
     def _add_bad(self, start: int, end: int) -> None:
         self.bad = normalize(self.bad + [(start, end)])
