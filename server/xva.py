@@ -83,7 +83,8 @@ def _vm_record(spec: VmSpec, vbds: list[str], vifs: list[str]) -> dict:
                 "viridian": "true" if spec.windows else "false"}
     if spec.windows:
         platform.update({"viridian_time_ref_count": "true", "viridian_reference_tsc": "true"})
-    boot_params = {"order": "cd"}
+    # CD first: the technician inserts the xenp2v ISO after the import and the repair runs first.
+    boot_params = {"order": "dc"}
     if spec.firmware == "uefi":
         boot_params["firmware"] = "uefi"
     memory = spec.memory

@@ -114,7 +114,7 @@ def test_xva_rebuilds_each_disk_and_carries_the_vm(tmp_path, sealed):
     assert vm["name_label"] == "web01"
     assert vm["VCPUs_max"] == vm["VCPUs_at_startup"] == "3"
     assert vm["memory_static_max"] == vm["memory_dynamic_min"] == str(3 << 30)
-    assert vm["HVM_boot_policy"] == "BIOS order" and vm["HVM_boot_params"]["order"] == "cd"
+    assert vm["HVM_boot_policy"] == "BIOS order" and vm["HVM_boot_params"]["order"] == "dc"
     assert vm["platform"]["viridian"] == "false"
     assert head["version"]["export_vsn"] == "2"
     macs = [objects[r]["snapshot"]["MAC"] for r in vm["VIFs"]]

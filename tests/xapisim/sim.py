@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 import ssl
@@ -356,18 +357,35 @@ class XapiSim:
         return self.host_free_memory()
 
     def _boot(self, vm: str, rec: dict) -> None:
-        devices = []
+        """Note what the VM boots from, in ``boots`` and as a line of ``<root>/boots.jsonl``.
+
+        A line says what a QEMU run standing in for the domain needs: SMBIOS UUID (the VM's
+        UUID), firmware, boot order, vCPUs, memory, MACs, disk files by slot and the CD's file.
+        """
+        devices, files, cd = [], {}, None
         for vbd in rec["VBDs"]:
             v = self.db["VBD"][vbd]
             v["currently_attached"] = True
             media = "" if v["empty"] else self.db["VDI"][v["VDI"]]["name_label"]
             devices.append({"type": v["type"], "userdevice": v["userdevice"], "media": media})
-        self.boots.append({
+            if v["type"] == "Disk":
+                files[v["userdevice"]] = str(self.vdi_path(v["VDI"]))
+            elif not v["empty"]:
+                cd = str(self.vdi_path(v["VDI"]))
+        boot = {
             "vm": vm, "order": rec["HVM_boot_params"].get("order", ""),
             "policy": rec["HVM_boot_policy"], "firmware": rec["HVM_boot_params"].get("firmware",
                                                                                       "bios"),
             "devices": devices,
-        })
+        }
+        self.boots.append(boot)
+        line = {**boot, "uuid": rec["uuid"], "name": rec["name_label"],
+                "vcpus": rec["VCPUs_at_startup"], "memory": rec["memory_static_max"],
+                "pv_bootloader": rec["PV_bootloader"],
+                "macs": [self.db["VIF"][v]["MAC"] for v in rec["VIFs"]],
+                "disks": [files[k] for k in sorted(files, key=int)], "cd": cd}
+        with open(self.root / "boots.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
 
     def _VM_start(self, vm: str, start_paused=False, force=False) -> str:
         rec = self._get("VM", vm)

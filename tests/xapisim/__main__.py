@@ -1,0 +1,40 @@
+"""Run the simulator as a process (for the e2e harness): prints its URL, then serves until killed.
+
+    python -m xapisim --root DIR [--iso FILE] [--sr-type ext] [--tls] [--password secret]
+
+Run from tests/ (or with tests/ on PYTHONPATH). Each VM (re)boot appends a line to
+DIR/boots.jsonl with what to boot: the VM's UUID, firmware, boot order, disk files, CD file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from pathlib import Path
+
+from xapisim.sim import XapiSim
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m xapisim")
+    parser.add_argument("--root", type=Path, required=True)
+    parser.add_argument("--iso", type=Path)
+    parser.add_argument("--sr-type", default="ext")
+    parser.add_argument("--user", default="root")
+    parser.add_argument("--password", default="secret")
+    parser.add_argument("--tls", action="store_true")
+    args = parser.parse_args()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with XapiSim(args.root, user=args.user, password=args.password, iso_path=args.iso,
+                 sr_type=args.sr_type, tls=args.tls) as sim:
+        print(f"URL: {sim.url}", flush=True)
+        if sim.cert:
+            print(f"Certificate: {sim.cert}", flush=True)
+        stop.wait()
+
+
+if __name__ == "__main__":
+    main()
