@@ -84,7 +84,8 @@ def nics() -> list[Nic]:
         out.append(Nic(
             name=dev.sys_name,
             mac=(_read(base / "address") or "").lower(),
-            driver=dev.parent.driver if dev.parent else None,
+            driver=(base / "device/driver").resolve().name if (base / "device/driver").exists()
+            else None,
             speed=int(speed) if speed and speed.lstrip("-").isdigit() and int(speed) > 0 else None,
             link=_read(base / "carrier") == "1",
             addresses=[a.address for a in addrs.get(dev.sys_name, [])
