@@ -13,7 +13,8 @@ Checksums: XAPI since 8.x writes ``.xxhash`` (XXH64, 16 upper-case hex digits) a
 and the older ``.checksum`` (SHA-1, 40 lower-case hex digits). Only the SHA-1 form is read by every
 release from XenServer 6.5 on, so that is what we write.
 
-Integer fields travel as strings and references as ``Ref:N``, as in XAPI's XML-RPC.
+Integer fields travel as strings, dates as ``dateTime.iso8601`` and references as ``Ref:N``, as in
+XAPI's own ova.xml; the version header's integers are ``<i4>``.
 """
 
 from __future__ import annotations
@@ -32,9 +33,20 @@ from server.xenserver.spec import VmSpec
 
 BLOCK = 1024 * 1024
 NULL_REF = "OpaqueRef:NULL"
-# The oldest API version we claim: the importer only refuses exports from a newer API than its own.
-XAPI_MAJOR, XAPI_MINOR = 2, 0
+# The xapi version we claim, that of XenServer 6.x: the importer refuses only newer ones.
+XAPI_MAJOR, XAPI_MINOR = 1, 9
 EXPORT_VSN = 2          # inline checksum files follow each block
+
+
+class DateTime(str):
+    """A field XAPI types as a date: written as ``<dateTime.iso8601>``."""
+
+
+EPOCH = DateTime("19700101T00:00:00Z")
+
+
+class I4(int):
+    """An integer XAPI writes as ``<i4>`` (the version header), not as a string like fields."""
 
 
 class Image(Protocol):
@@ -53,6 +65,10 @@ def _value(parent: ET.Element, value: object) -> None:
     node = ET.SubElement(parent, "value")
     if isinstance(value, bool):
         ET.SubElement(node, "boolean").text = "1" if value else "0"
+    elif isinstance(value, I4):
+        ET.SubElement(node, "i4").text = str(int(value))
+    elif isinstance(value, DateTime):
+        ET.SubElement(node, "dateTime.iso8601").text = str(value)
     elif isinstance(value, float):
         ET.SubElement(node, "double").text = repr(value)
     elif isinstance(value, int):
@@ -92,7 +108,8 @@ def _vm_record(spec: VmSpec, vbds: list[str], vifs: list[str]) -> dict:
         "uuid": str(uuid.uuid4()), "name_label": spec.name,
         "name_description": "Migrated by xenp2v", "user_version": 1, "is_a_template": False,
         "is_default_template": False, "is_a_snapshot": False, "snapshot_of": NULL_REF,
-        "snapshots": [], "snapshot_time": "19700101T00:00:00Z", "transportable_snapshot_id": "",
+        "snapshots": [], "snapshot_time": EPOCH, "transportable_snapshot_id": "",
+        "snapshot_info": {}, "snapshot_metadata": "", "blobs": {},
         "parent": NULL_REF, "children": [], "power_state": "Halted",
         "memory_overhead": 0, "memory_target": memory, "memory_static_max": memory,
         "memory_dynamic_max": memory, "memory_dynamic_min": memory, "memory_static_min": memory,
@@ -136,8 +153,9 @@ def header(spec: VmSpec, sizes: list[int]) -> tuple[dict, list[str]]:
             "type": "system", "sharable": False, "read_only": False, "other_config": {},
             "storage_lock": False, "location": "", "managed": True, "missing": False,
             "parent": NULL_REF, "xenstore_data": {}, "sm_config": {}, "is_a_snapshot": False,
-            "snapshot_of": NULL_REF, "snapshots": [], "snapshot_time": "19700101T00:00:00Z",
+            "snapshot_of": NULL_REF, "snapshots": [], "snapshot_time": EPOCH,
             "tags": [], "allow_caching": False, "on_boot": "persist", "metadata_latest": False,
+            "metadata_of_pool": NULL_REF,
             "allowed_operations": [], "current_operations": {},
         }))
         records.append(("VBD", vbd_ref, {
@@ -188,13 +206,14 @@ def header(spec: VmSpec, sizes: list[int]) -> tuple[dict, list[str]]:
         "uuid": str(uuid.uuid4()), "name_label": "Pool-wide network associated with eth0",
         "name_description": "", "VIFs": vif_refs, "PIFs": [], "MTU": 1500,
         "other_config": {}, "bridge": "xenbr0", "blobs": {}, "tags": [],
-        "default_locking_mode": "unlocked", "allowed_operations": [], "current_operations": {},
+        "default_locking_mode": "unlocked", "assigned_ips": {}, "allowed_operations": [],
+        "current_operations": {},
     }})
     objects += [{"class": cls, "id": ref, "snapshot": rec} for cls, ref, rec in records]
     version = {
         "hostname": "xenp2v", "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "product_version": "", "product_brand": "xenp2v", "build_number": "",
-        "xapi_major": XAPI_MAJOR, "xapi_minor": XAPI_MINOR, "export_vsn": EXPORT_VSN,
+        "xapi_major": I4(XAPI_MAJOR), "xapi_minor": I4(XAPI_MINOR), "export_vsn": I4(EXPORT_VSN),
     }
     return {"version": version, "objects": objects}, vdi_refs
 

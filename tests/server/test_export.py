@@ -116,7 +116,7 @@ def test_xva_rebuilds_each_disk_and_carries_the_vm(tmp_path, sealed):
     assert vm["memory_static_max"] == vm["memory_dynamic_min"] == str(3 << 30)
     assert vm["HVM_boot_policy"] == "BIOS order" and vm["HVM_boot_params"]["order"] == "dc"
     assert vm["platform"]["viridian"] == "false"
-    assert head["version"]["export_vsn"] == "2"
+    assert head["version"]["export_vsn"] == 2 and head["version"]["xapi_major"] == 1
     macs = [objects[r]["snapshot"]["MAC"] for r in vm["VIFs"]]
     assert macs == ["52:54:00:12:34:56", "52:54:00:ab:cd:ef"]
     vbds = [objects[r]["snapshot"] for r in vm["VBDs"]]
