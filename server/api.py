@@ -96,23 +96,27 @@ async def in_pool(request: web.Request, fn: Callable, *args):
     return await loop.run_in_executor(request.app[POOL], functools.partial(fn, *args))
 
 
-async def read_body(request: web.Request, limit: int, what: str) -> bytearray:
+async def read_body(request: web.Request, limit: int, what: str) -> bytes:
     """The whole body, refusing more than ``limit`` bytes as soon as it is known."""
     too_large = ProtocolError(ErrorCode.TOO_LARGE, f"The {what} is larger than the {limit} bytes allowed.")
     if request.content_length is not None and request.content_length > limit:
         raise too_large
-    body = bytearray()
-    while True:
-        try:
-            piece = await asyncio.wait_for(request.content.readany(), BODY_IDLE_TIMEOUT)
-        except asyncio.TimeoutError:
-            raise ProtocolError(ErrorCode.BAD_REQUEST,
-                                f"The {what} stopped arriving for {BODY_IDLE_TIMEOUT:.0f} s.") from None
-        if not piece:
-            return body
-        if len(body) + len(piece) > limit:
-            raise too_large
-        body += piece
+    pieces: list[bytes] = []
+    total = 0
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(BODY_IDLE_TIMEOUT) as deadline:
+            while piece := await request.content.readany():
+                total += len(piece)
+                if total > limit:
+                    raise too_large
+                pieces.append(piece)
+                deadline.reschedule(loop.time() + BODY_IDLE_TIMEOUT)
+    except TimeoutError:
+        raise ProtocolError(ErrorCode.BAD_REQUEST,
+                            f"The {what} stopped arriving for {BODY_IDLE_TIMEOUT:.0f} s.") from None
+    # One copy at the end: growing a buffer piece by piece would copy each chunk many times.
+    return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
 
 async def read_json(request: web.Request, limit: int = MAX_JSON_BODY, what: str = "JSON body"):
@@ -251,7 +255,7 @@ def _pairs(value: object, what: str) -> list[tuple[int, int]]:
 async def upload_log(request: web.Request) -> web.Response:
     (job,) = ids(request, "job")
     text = await read_body(request, MAX_LOG_BODY, "log upload")
-    await in_pool(request, request.app[STORE].append_log, job, bytes(text))
+    await in_pool(request, request.app[STORE].append_log, job, text)
     return web.Response(status=204)
 
 
