@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from construct import ConstructError
 from regipy.exceptions import RegipyException
 from regipy.registry import RegistryHive
 
@@ -14,7 +15,8 @@ _VERSION_VALUES = ("ProductName", "DisplayVersion", "CurrentVersion", "CurrentBu
 def _values(hive: Path, key: str, names: tuple[str, ...]) -> dict[str, str]:
     try:
         node = RegistryHive(str(hive)).get_key(key)
-    except (RegipyException, OSError, ValueError):
+    except (RegipyException, ConstructError, OSError, ValueError, KeyError):
+        # A damaged or foreign hive: Windows is still there, its version just unknown.
         return {}
     out = {}
     for name in names:
