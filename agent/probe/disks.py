@@ -7,6 +7,7 @@ identity comes from lsblk and the sysfs attributes, filesystems from `blkid -p`.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -103,8 +104,9 @@ def mountpoints() -> dict[str, str]:
     """Mounted block devices and where: a filesystem already mounted is read there, not again."""
     out = {}
     for part in psutil.disk_partitions(all=True):
-        if part.device.startswith("/dev/") and part.device not in out:
-            out[part.device] = part.mountpoint
+        if part.device.startswith("/dev/"):
+            # /proc/mounts says /dev/mapper/vg-lv where LVM says /dev/vg/lv: key by the real node.
+            out.setdefault(os.path.realpath(part.device), part.mountpoint)
     return out
 
 
@@ -112,7 +114,7 @@ def boot_device(medium: Path = LIVE_MEDIUM, mounts: dict[str, str] | None = None
     """The block device the agent runs from: the one holding the live medium, else the one
     mounted on /. None when neither is a block device (netboot, toram, overlay root)."""
     mounts = mountpoints() if mounts is None else mounts
-    by_place = {place: dev for dev, place in mounts.items()}
+    by_place = {place: dev for dev, place in mounts.items()}  # first device wins on a shared place
     return by_place.get(str(medium)) or by_place.get("/")
 
 
@@ -186,6 +188,7 @@ def multipaths(sysfs: Path = Path("/sys")) -> list[Multipath]:
             out.append(Multipath(
                 name=_sysfs_text(dm, "dm/name") or dm.name,
                 wwid=uuid.removeprefix("mpath-"),
+                path=f"/dev/{dm.name}",
                 paths=sorted(f"/dev/{p.name}" for p in (dm / "slaves").iterdir()),
             ))
     return out

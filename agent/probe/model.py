@@ -128,6 +128,7 @@ class LuksVolume:
 class Multipath:
     name: str                        # the dm map name (mpatha)
     wwid: str
+    path: str                        # /dev/dm-N: read this, never its paths one by one
     paths: list[str] = field(default_factory=list)   # the disks it joins
 
 

@@ -6,6 +6,7 @@ The choice is made once, by `Prober(recorded=...)`; everything after takes the M
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -61,8 +62,14 @@ class LiveProber:
         ident = system.dmi()
         machine = Machine(firmware=system.firmware(), cpu=system.cpu(), memory=system.memory(),
                           nics=system.nics(), **ident)
+        machine.multipaths = edge.multipaths()
+        paths = edge.disk_paths(self.devices)
+        if self.devices is None:
+            # A multipath LUN shows once per path; the map is the disk, its paths are not.
+            joined = {p for mp in machine.multipaths for p in mp.paths}
+            paths = [p for p in paths if p not in joined] + [mp.path for mp in machine.multipaths]
         try:
-            all_disks = edge.identify(edge.disk_paths(self.devices))
+            all_disks = edge.identify(paths)
         except blockdev.BlockDevError as e:
             machine.problems.append(str(e))
             return machine
@@ -77,7 +84,6 @@ class LiveProber:
         machine.volume_groups = self._volume_groups(found, mounts)
         machine.raids = self._raids(found, mounts)
         machine.luks = found.luks
-        machine.multipaths = edge.multipaths()
         machine.problems += found.problems
         return machine
 
@@ -186,7 +192,7 @@ def _examine(node: str, fs: Filesystem, mounts: dict[str, str], problems: list[s
     usage = edge.superblock_usage(node, fs.type)
     if usage:
         fs.size, fs.used = usage
-    where = mounts.get(node)
+    where = mounts.get(os.path.realpath(node))
     try:
         with (contextlib.nullcontext(Path(where)) if where else oses.mounted(node, fs.type)) as root:
             if not usage:

@@ -144,3 +144,19 @@ def test_probe_command_saves_what_it_prints(loopdev, tmp_path):
     assert data["disks"][0]["path"] == dev and data["disks"][0]["fs"]["label"] == "whole"
     replay = run(sys.executable, "-m", "agent.cli", "probe", "--machine", str(saved))
     assert replay.stdout == out.stdout
+
+
+def test_luks_partition_is_listed_not_opened(loopdev):
+    dev = loopdev(64 << 20)
+    run("sfdisk", "-q", dev, input="label: gpt\nsize=32M,type=L\n,,L\n")
+    subprocess.run(["partx", "-a", dev], capture_output=True)
+    plain, secret = f"{dev}p1", f"{dev}p2"
+    run("mkfs.ext4", "-q", plain)
+    run("cryptsetup", "luksFormat", "-q", "--type", "luks2", "--pbkdf", "pbkdf2",
+        "--pbkdf-force-iterations", "1000", secret, "-", input="passphrase")
+    machine = LiveProber(devices=[dev], medium=Path("/nonexistent")).machine()
+    (luks,) = machine.luks
+    assert luks.device == secret and luks.version == "2"
+    assert luks.uuid == run("cryptsetup", "luksUUID", secret).stdout.strip()
+    assert machine.disks[0].partitions[1].fs.type == "crypto_LUKS"
+    assert machine.problems == []

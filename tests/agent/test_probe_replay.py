@@ -206,3 +206,20 @@ def test_system_from_a_fixture_sysfs(tmp_path):
         "Test CPU 9000", 2, 4, 8, True)
     machine = Machine(firmware="uefi", cpu=cpu, **system.dmi(sysfs))
     assert machine.is_virtual
+
+
+def test_multipath_maps_from_sysfs(tmp_path):
+    sysfs = _tree(tmp_path, {
+        "block/dm-0/dm/uuid": "mpath-3600508b4000156d700012000000b0000\n",
+        "block/dm-0/dm/name": "mpatha\n",
+        "block/dm-0/slaves/sdb": "", "block/dm-0/slaves/sdc": "",
+        "block/dm-1/dm/uuid": "LVM-abcdef\n",
+        "block/dm-1/slaves/dm-0": "",
+    })
+    (mp,) = edge.multipaths(sysfs)
+    assert (mp.name, mp.wwid, mp.path, mp.paths) == (
+        "mpatha", "3600508b4000156d700012000000b0000", "/dev/dm-0", ["/dev/sdb", "/dev/sdc"])
+    machine = Machine(firmware="bios", multipaths=[mp])
+    assert "Multipath mpatha (WWID 3600508b4000156d700012000000b0000): /dev/sdb, /dev/sdc" \
+        in render(machine)
+    assert Machine.from_json(machine.to_json()) == machine
