@@ -23,6 +23,8 @@ NULL = "OpaqueRef:NULL"
 CD_USERDEVICE = "3"          # where XenCenter puts the DVD drive
 BOOT_CD_FIRST = "dc"         # HVM boot order letters: d = CD-ROM, c = first disk
 BOOT_DISK_FIRST = "cd"
+# A job in these states has its VM already: a second "sealed" must not make another.
+BUSY_STATES = {JobState.PROVISIONING, JobState.REPAIRING, JobState.DONE}
 
 
 def _now() -> str:
@@ -245,6 +247,11 @@ class Provisioner:
     def provision(self, job_id: str) -> bool:
         """Build and start the VM for a sealed job; False (and the job says why) on failure."""
         job = self.store.get_job(job_id)
+        made = ((job.get("records") or {}).get(RECORD_KEY) or {}).get("vm")
+        if made and job["state"] in BUSY_STATES:
+            log.info("Job %s already has VM %s (%s); not making another", job_id, made["name"],
+                     made["uuid"])
+            return False
         unsealed = [d["id"] for d in job["disks"] if d["state"] != DiskState.SEALED]
         if unsealed:
             self.fail(job_id, f"Disk {', '.join(unsealed)} is not sealed: the VM is made only "

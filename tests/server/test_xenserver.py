@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import xmlrpc.client
+from pathlib import Path
 
 import pytest
 import XenAPI
@@ -97,6 +100,9 @@ def test_whole_automatic_path(sim, images):
     assert [o["class"] for o in rec["created"]] == ["VM", "VDI", "VBD", "VDI", "VBD", "VIF", "VIF",
                                                     "VBD"]
     assert all(o["uuid"] for o in rec["created"])
+
+    assert not prov.provision("job1"), "a job with a running VM gets no second one"
+    assert len([v for v in sim.db["VM"].values() if not v["is_a_template"]]) == 1
 
     assert prov.after_repair("job1", {"ok": True, "detail": "repaired"})
     names = call_names(sim)
@@ -287,3 +293,21 @@ def test_simulator_envelope_and_power_state_errors(sim):
         "MESSAGE_METHOD_UNKNOWN", "VM.set_power_state"]
     assert proxy.VM.get_record(session, "OpaqueRef:x")["ErrorDescription"] == [
         "HANDLE_INVALID", "VM", "OpaqueRef:x"]
+
+
+def test_provision_command_says_what_is_missing(tmp_path):
+    root = Path(__file__).resolve().parents[2]
+    base = [sys.executable, "-m", "server.cli", "provision", "job1", "--data-dir",
+            str(tmp_path / "data"), "--xapi-url", "https://pool"]
+    proc = subprocess.run(base, capture_output=True, text=True, cwd=root, timeout=60)
+    assert proc.returncode == 2 and "--xapi-password-file" in proc.stderr
+    password = tmp_path / "pw"
+    password.write_text("")
+    proc = subprocess.run(base + ["--xapi-password-file", str(password), "--iso", "x.iso"],
+                          capture_output=True, text=True, cwd=root, timeout=60)
+    assert proc.returncode == 2 and "is empty" in proc.stderr
+    password.write_text("secret\n")
+    proc = subprocess.run(base + ["--xapi-password-file", str(password), "--iso", "x.iso"],
+                          capture_output=True, text=True, cwd=root, timeout=60)
+    assert proc.returncode == 1 and "There is no job job1" in proc.stderr
+    assert "Traceback" not in proc.stderr
