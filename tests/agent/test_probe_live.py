@@ -16,11 +16,14 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "machines"))
 import record  # noqa: E402
 
 
-def _leftovers() -> tuple[str, str]:
-    mounts = "".join(line for line in Path("/proc/mounts").read_text().splitlines(True)
-                     if "p2v-probe-" in line)
-    loops = run("losetup", "-a").stdout
-    return mounts, loops
+def _views_of(devices: list[str]) -> set[str]:
+    """Loop devices over any of `devices` or their partitions (others' tests make loops too)."""
+    lines = run("losetup", "-a").stdout.splitlines()
+    return {line for line in lines if any(f"({dev}" in line for dev in devices)}
+
+
+def _probe_mounts() -> list[str]:
+    return [line for line in Path("/proc/mounts").read_text().splitlines() if "p2v-probe-" in line]
 
 
 @pytest.fixture
@@ -32,10 +35,10 @@ def lab():
 
 def _probe(lab, name):
     setup = record.build(name, lab)
-    loops_before = run("losetup", "-a").stdout
+    views_before = _views_of(setup.devices)
     machine = record.probe(setup)
-    mounts, loops_after = _leftovers()
-    assert mounts == "" and loops_after == loops_before, "the probe left mounts or loop devices"
+    assert _views_of(setup.devices) == views_before, "the probe left loop devices behind"
+    assert not any(setup.devices[0] in line for line in _probe_mounts()), "the probe left mounts"
     assert machine.problems == []
     return setup, machine
 

@@ -276,3 +276,14 @@ def test_argparse_front(tmp_path):
 
 def test_reads_proc_cmdline_when_not_given():
     assert isinstance(load_settings(cfg_paths=[]), Settings)  # this machine's boot line has no p2v.*
+
+
+def test_luks_file_relative_to_the_boot_medium(tmp_path, monkeypatch):
+    import agent.settings
+
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys/luks.txt").write_text("one\ntwo\n")
+    monkeypatch.setattr(agent.settings, "BOOT_MEDIUM", tmp_path)
+    assert load_settings("p2v.luks=keys/luks.txt", cfg_paths=[]).luks == str(tmp_path / "keys/luks.txt")
+    with pytest.raises(SettingsError, match="p2v.luks=… names no readable file"):
+        load_settings("p2v.luks=keys/other.txt", cfg_paths=[])
