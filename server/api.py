@@ -228,7 +228,10 @@ async def complete(request: web.Request) -> web.Response:
     body = await read_json(request, what="completion")
     if not isinstance(body, dict):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "The completion must be a JSON object with 'digest'.")
-    digest = parse_digest(body.get("digest"))
+    if not isinstance(body.get("digest"), str):
+        raise ProtocolError(ErrorCode.BAD_REQUEST,
+                            "The completion needs 'digest': the image digest as 'blake3:<64 hex digits>'.")
+    digest = parse_digest(body["digest"])
     zero = _pairs(body.get("zero", []), "zero")
     bad_ranges = _pairs(body.get("bad_ranges", []), "bad_ranges")
     job_json, job_sealed = await in_pool(request, request.app[STORE].seal, job, disk, digest,
