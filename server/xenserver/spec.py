@@ -57,6 +57,8 @@ def _mac(value: object) -> str:
 def vm_spec(job: dict, keep_macs: bool = False) -> VmSpec:
     """The VM for a job: name from the job, vCPUs, memory, firmware, NICs and disks from its inventory.
 
+    MACs are kept when ``keep_macs`` (the server's --keep-macs) or the NIC's own ``keep_mac`` says so.
+
     The agent's own overrides (``vcpus`` and ``memory`` at the top of the inventory, from
     ``p2v.vcpus`` / ``p2v.memory``) win over what the source machine had.
     """
@@ -65,9 +67,13 @@ def vm_spec(job: dict, keep_macs: bool = False) -> VmSpec:
     name = str(job.get("name") or inventory.get("name") or job.get("id") or "p2v")
     vcpus = int(inventory.get("vcpus") or machine.get("cpus") or 1)
     memory = int(inventory.get("memory") or machine.get("memory") or DEFAULT_MEMORY)
-    firmware = "uefi" if str(machine.get("firmware", "bios")).lower() == "uefi" else "bios"
+    # The agent's capture puts firmware and NICs in "machine"; its unattended mode at the top,
+    # where each NIC may carry its own "keep_mac" (p2v.keep_macs on the source).
+    firmware = machine.get("firmware") or inventory.get("firmware") or "bios"
+    firmware = "uefi" if str(firmware).lower() == "uefi" else "bios"
     nics = tuple(
-        NicSpec(str(nic.get("name") or f"nic{i}"), _mac(nic.get("mac")) if keep_macs else "")
+        NicSpec(str(nic.get("name") or f"nic{i}"),
+                _mac(nic.get("mac")) if keep_macs or nic.get("keep_mac") is True else "")
         for i, nic in enumerate(machine.get("nics") or inventory.get("nics") or [])
     )
     disks = tuple(DiskSpec(str(d["id"]), int(d["size"])) for d in inventory.get("disks") or [])
