@@ -10,6 +10,7 @@ resumes where the last one stopped. At the end: the whole-image digest, the seal
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import socket
@@ -22,6 +23,7 @@ from agent import blockdev
 from agent.client import Client, ServerError
 from agent.link import Compression, RateLimit
 from agent.plan import ReadPlan, clip, plan_disk, total
+from agent.probe import Machine, ProbeError, probe_machine
 from agent.progress import Progress, human
 from agent.settings import Settings
 from agent.source import SourceDisk
@@ -66,49 +68,64 @@ def disk_id(device: str) -> str:
     return protocol.check_id(Path(device).name, "disk id")
 
 
-def all_disks() -> list[str]:
-    """Every whole disk backed by hardware (not loop, RAM, md or dm), with a non-zero size."""
-    out = []
-    for entry in sorted(Path("/sys/block").iterdir()):
-        try:
-            if (entry / "device").exists() and int((entry / "size").read_text()) > 0:
-                out.append(f"/dev/{entry.name}")
-        except (OSError, ValueError):
-            continue
-    return out
-
-
-def machine_identity() -> dict:
-    """SMBIOS identity from sysfs: what makes the server resume rather than duplicate a job."""
-    dmi = Path("/sys/class/dmi/id")
-    fields = {"system_uuid": "product_uuid", "vendor": "sys_vendor", "product": "product_name",
-              "serial": "product_serial"}
-    out = {}
-    for key, name in fields.items():
-        try:
-            out[key] = (dmi / name).read_text().strip()
-        except OSError:
-            continue
-    return out
-
-
-def inventory(settings: Settings, plans: list[ReadPlan], machine: dict | None,
-              extra: dict | None) -> dict:
+def machine_inventory(machine: Machine) -> dict:
+    """The inventory's "machine": identity (what makes the server resume rather than duplicate
+    a job) and what the VM is sized from."""
+    roots = machine.os_roots()
     return {
-        **(extra or {}),
+        "system_uuid": machine.system_uuid,
+        "vendor": machine.vendor,
+        "product": machine.product,
+        "serial": machine.serial,
+        "firmware": machine.firmware,
+        "cpus": machine.cpu.threads if machine.cpu else None,
+        "memory": machine.memory,
+        "nics": [dataclasses.asdict(n) for n in machine.nics],
+        "os": dataclasses.asdict(roots[0][1].os) if roots else None,
+    }
+
+
+def inventory(settings: Settings, plans: list[ReadPlan], machine: dict) -> dict:
+    inv = {
         "name": settings.name or socket.gethostname(),
-        "machine": machine if machine is not None else machine_identity(),
+        "machine": machine,
         "disks": [{"id": disk_id(p.device), "size": p.size, "used": min(p.read_bytes, p.size),
                    "device": p.device, "plan": p.notes} for p in plans],
     }
+    if settings.vcpus:
+        inv["vcpus"] = settings.vcpus
+    if settings.memory:
+        inv["memory"] = settings.memory
+    return inv
+
+
+def select_disks(settings: Settings, probed: Machine | None) -> tuple[list[str], Machine]:
+    """Device paths of the disks to capture, and the probe they come from."""
+    if probed is None:
+        named = [disk_device(d) for d in settings.disks] if settings.disks else None
+        try:
+            probed = probe_machine(devices=named)
+        except ProbeError as e:
+            raise CaptureError(str(e)) from None
+    try:
+        disks = probed.select_disks(settings.disks)
+    except ValueError as e:
+        raise CaptureError(str(e)) from None
+    if not disks:
+        raise CaptureError("No disk to capture was found; name them with --disks (p2v.disks=).")
+    return [d.path for d in disks], probed
 
 
 # --- the run -------------------------------------------------------------------------------------
 
 def run(settings: Settings, progress: Progress | None = None, *, client: Client | None = None,
-        machine: dict | None = None, extra_inventory: dict | None = None,
+        probed: Machine | None = None, identity: dict | None = None,
         retry_for: float = 600.0) -> CaptureResult:
-    """Capture the settings' disks into a (new or resumed) job; raises CaptureError."""
+    """Capture the settings' disks into a (new or resumed) job; raises CaptureError.
+
+    `probed` is the probe the TUI already made (else the disks are probed here); `identity`
+    replaces the machine's identity fields (tests capture many "machines" from one box).
+    """
     progress = progress or Progress()
     buffer = LogBuffer()
     agent_log = logging.getLogger("agent")
@@ -119,16 +136,15 @@ def run(settings: Settings, progress: Progress | None = None, *, client: Client 
     try:
         client = client or Client(settings.server, settings.token, settings.fingerprint,
                                   retry_for=retry_for)
-        devices = [disk_device(d) for d in settings.disks] if settings.disks else all_disks()
-        if not devices:
-            raise CaptureError("No disk to capture was found; name them with --disks.")
+        devices, probed = select_disks(settings, probed)
         plans = []
         for dev in devices:
             plan = plan_disk(dev)
             for note in plan.notes:
                 log.info("plan: %s", note)
             plans.append(plan)
-        job = client.create_job(inventory(settings, plans, machine, extra_inventory))
+        machine = {**machine_inventory(probed), **(identity or {})}
+        job = open_job(client, settings, inventory(settings, plans, machine))
         job_id = job["id"]
         log.info("job %s (%s)", job_id, "resumed" if job.get("resumed") else "new")
         geometry = {d["id"]: d for d in job["disks"]}
@@ -150,6 +166,19 @@ def run(settings: Settings, progress: Progress | None = None, *, client: Client 
     finally:
         agent_log.removeHandler(buffer)
         agent_log.setLevel(level)
+
+
+def open_job(client: Client, settings: Settings, inv: dict) -> dict:
+    """A new job, the server's unfinished one for this machine, or the one `--job` names."""
+    if not settings.job:
+        return client.create_job(inv)
+    job = client.job(settings.job)
+    have = sorted((d["id"], d["size"]) for d in job.get("disks", []))
+    want = sorted((d["id"], d["size"]) for d in inv["disks"])
+    if have != want:
+        raise CaptureError(f"Job {settings.job} holds disks {have}, not the {want} chosen here; "
+                           "drop --job to start a new job, or choose the same disks.")
+    return {**job, "resumed": True}
 
 
 def capture_disk(client: Client, job: str, did: str, plan: ReadPlan, chunk_size: int,

@@ -42,7 +42,7 @@ def test_unreadable_sectors_are_zero_filled_and_reported(loopdev, p2v_server, tm
                 pass
         result = capture.run(settings_for(p2v_server, disks=[flaky], streams=2),
                              Progress([events.append], interval=0.0),
-                             machine={"system_uuid": str(uuid.uuid4())})
+                             identity={"system_uuid": str(uuid.uuid4())})
     (disk,) = result.disks
     assert disk.bad_ranges == [[bad[0], bad[1] - bad[0]]]
     assert events[-1].phase == "done" and "1 unreadable ranges" in events[-1].message
