@@ -1,0 +1,17 @@
+"""The technician's TUI (Textual): it fills the Settings and shows progress; the work is done by
+the same functions the unattended run calls (agent.unattended).
+
+This package is the only place that imports textual; `p2v-agent` imports it late, and only
+when a person sits at the terminal. `make_app()` (agent.tui.app) builds the app for tests with
+their own edges (a recorded machine, a loop device, a test server).
+"""
+
+from __future__ import annotations
+
+from agent.settings import Settings
+
+
+def run(settings: Settings) -> int:
+    from agent.tui.app import make_app
+
+    return make_app(settings).run() or 0

@@ -1,0 +1,103 @@
+"""What every screen shares: the title line, F1 help, the shell escape, quit with confirmation."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.screen import ModalScreen, Screen
+from textual.widgets import Button, Footer, Static
+
+STEPS = ("Start", "Network", "Server", "Disks", "VM", "Summary", "Transfer", "Done")
+
+
+class Step(Screen):
+    """One screen of the flow. Subclasses set TITLE, HELP and compose `body()`."""
+
+    TITLE = ""
+    HELP = ""
+    BINDINGS = [
+        Binding("f1", "help", "Help"),
+        Binding("f9", "app.shell", "Shell"),
+        Binding("escape", "back", "Back"),
+        Binding("ctrl+q", "app.quit", "Quit", priority=True),
+    ]
+
+    def compose(self) -> ComposeResult:
+        where = f"  step {STEPS.index(self.TITLE) + 1} of {len(STEPS)}" if self.TITLE in STEPS else ""
+        yield Static(f" xenp2v  |  {self.TITLE}{where}", id="title")
+        with Vertical(id="body"):
+            yield from self.body()
+        yield Footer()
+
+    def body(self) -> ComposeResult:
+        yield from ()
+
+    def action_help(self) -> None:
+        self.app.push_screen(HelpScreen(self.TITLE, self.HELP))
+
+    def action_back(self) -> None:
+        if len(self.app.screen_stack) > 2:
+            self.app.pop_screen()
+
+    def say(self, text: str, problem: bool = False) -> None:
+        """The screen's status line: what just happened, or what to do about a problem."""
+        line = self.query_one("#status", Static)
+        line.update(text)
+        line.set_class(problem, "problem")
+
+
+def buttons(*items: tuple[str, str, str]) -> Horizontal:
+    """A row of buttons from (id, label, variant)."""
+    return Horizontal(*(Button(label, id=bid, variant=variant) for bid, label, variant in items),
+                      classes="buttons")
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS = [Binding("escape,f1,q", "close", "Close")]
+
+    def __init__(self, title: str, text: str):
+        super().__init__()
+        self.title_text, self.text = title, text
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog", classes="help"):
+            yield Static(f"Help: {self.title_text}", classes="dialog-title")
+            with VerticalScroll():
+                yield Static(self.text + "\n\n" + KEYS_HELP)
+            yield buttons(("close", "Close", "primary"))
+
+    def on_button_pressed(self) -> None:
+        self.dismiss()
+
+    def action_close(self) -> None:
+        self.dismiss()
+
+
+KEYS_HELP = ("Keys: Tab and Shift+Tab move between fields, Enter presses a button, arrows move in "
+             "lists and tables, Space ticks a box. F1 help, F9 a shell (type exit to come back), "
+             "Esc goes back a step, Ctrl+Q quits.")
+
+
+class ConfirmScreen(ModalScreen[bool]):
+    """A yes/no question; dismisses with True for yes."""
+
+    BINDINGS = [Binding("escape", "no", "No")]
+
+    def __init__(self, question: str, yes: str = "Yes", no: str = "No"):
+        super().__init__()
+        self.question, self.yes, self.no = question, yes, no
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Static(self.question)
+            yield buttons(("no", self.no, "primary"), ("yes", self.yes, "warning"))
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_no(self) -> None:
+        self.dismiss(False)

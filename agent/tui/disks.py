@@ -1,0 +1,133 @@
+"""Disks: what each disk holds, the boot stick shown but not offered, selection with Space."""
+
+from __future__ import annotations
+
+from textual import on
+from textual.app import ComposeResult
+from textual.widgets import Button, DataTable, Static
+
+from agent.probe import Disk, Machine
+from agent.probe.report import human_size
+from agent.settings import SettingsError, update
+from agent.tui.common import Step, buttons
+
+STICK = "boot-stick"
+
+
+def on_disk(machine: Machine, disk: Disk, where: str) -> bool:
+    """Whether `where` (a partition, LV or array) lives on `disk`."""
+    if where.startswith(disk.path):
+        return True
+    for vg in machine.volume_groups:
+        if any(lv.path == where for lv in vg.lvs):
+            return any(pv.startswith(disk.path) for pv in vg.pvs)
+    for raid in machine.raids:
+        if where == (raid.path or f"RAID {raid.name or raid.uuid}"):
+            return any(m.startswith(disk.path) for m in raid.members)
+    return False
+
+
+def disk_row(machine: Machine, disk: Disk) -> tuple[str, ...]:
+    filesystems = [p.fs for p in disk.partitions if p.fs] + ([disk.fs] if disk.fs else [])
+    kinds = sorted({fs.type for fs in filesystems if fs.type})
+    used = [fs.used for fs in filesystems if fs.used is not None]
+    oses = sorted({fs.os.name for where, fs in machine.os_roots() if on_disk(machine, disk, where)})
+    return (disk.name, human_size(disk.size), (disk.model or "?")[:16], (disk.serial or "?")[:12],
+            disk.transport or "?", str(len(disk.partitions)), ",".join(kinds) or "none",
+            human_size(sum(used)) if used else "?", ", ".join(oses) or "none")
+
+
+def disk_details(machine: Machine, disk: Disk) -> str:
+    lines = [f"{disk.path}: {human_size(disk.size)}, {disk.model or 'unknown model'}, "
+             f"serial {disk.serial or '?'}, {disk.transport or '?'}, "
+             f"{ {'gpt': 'GPT', 'dos': 'MBR'}.get(disk.table or '', 'no partition table')}"]
+    for p in disk.partitions:
+        fs = p.fs
+        what = "no filesystem" if fs is None else (fs.type or "?") + (
+            f", used {human_size(fs.used)}" if fs.used is not None else "") + (
+            f", {fs.os.name}" if fs.os else "")
+        lines.append(f"  {p.path.removeprefix('/dev/')}: {human_size(p.size)}, {what}")
+    return "\n".join(lines)
+
+
+class DisksScreen(Step):
+    TITLE = "Disks"
+    HELP = ("Every disk of this machine that can be copied. Move with the arrows; Space or Enter "
+            "ticks or unticks a disk. Copy every disk the system uses (a root on one disk and "
+            "/home on another need both). The boot stick the agent runs from is shown at the "
+            "bottom and cannot be ticked: it is never copied.")
+
+    def body(self) -> ComposeResult:
+        yield DataTable(id="disks", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="details")
+        yield Static("", id="status")
+        yield buttons(("next", "Next", "primary"))
+
+    def on_mount(self) -> None:
+        machine = self.app.session.machine
+        wanted = self.app.session.settings.disks
+        self.chosen = {d.path for d in machine.select_disks(wanted)} if machine.disks else set()
+        table = self.query_one("#disks", DataTable)
+        table.add_columns("Copy", "Disk", "Size", "Model", "Serial", "Bus", "Parts",
+                          "Filesystems", "Used", "Systems")
+        self.fill()
+        table.focus()
+        if not machine.disks:
+            self.say("No disk can be copied here. Check the disk controller in the shell (F9).", True)
+
+    def fill(self) -> None:
+        machine = self.app.session.machine
+        table = self.query_one("#disks", DataTable)
+        row = table.cursor_row
+        table.clear()
+        for disk in machine.disks:
+            table.add_row("[x]" if disk.path in self.chosen else "[ ]",
+                          *disk_row(machine, disk), key=disk.path)
+        if machine.boot_medium:
+            stick = machine.boot_medium
+            table.add_row("---", stick.name, human_size(stick.size), (stick.model or "?")[:16],
+                          (stick.serial or "?")[:12], stick.transport or "?", "",
+                          "", "", "boot stick, not copied", key=STICK)
+        table.move_cursor(row=row)
+
+    @on(DataTable.RowHighlighted, "#disks")
+    def highlighted(self, event: DataTable.RowHighlighted) -> None:
+        machine = self.app.session.machine
+        key = event.row_key.value
+        if key == STICK:
+            text = "The boot stick the agent runs from. It is never copied."
+        else:
+            text = disk_details(machine, next(d for d in machine.disks if d.path == key))
+        self.query_one("#details", Static).update(text)
+
+    def key_space(self) -> None:
+        self.toggle()
+
+    @on(DataTable.RowSelected, "#disks")
+    def toggle(self) -> None:
+        table = self.query_one("#disks", DataTable)
+        if not table.row_count:
+            return
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+        if key == STICK:
+            self.say("That is the boot stick: it cannot be copied.", True)
+            return
+        self.chosen ^= {key}
+        self.fill()
+        self.say(f"{len(self.chosen)} disk(s) ticked.")
+
+    @on(Button.Pressed, "#next")
+    def next(self) -> None:
+        machine = self.app.session.machine
+        if not self.chosen:
+            self.say("Tick at least one disk (Space).", True)
+            return
+        session = self.app.session
+        chosen = [d.path for d in machine.disks if d.path in self.chosen]
+        try:
+            session.settings = update(session.settings, {"disks": chosen})
+        except SettingsError as e:
+            self.say(" ".join(e.problems), True)
+            return
+        from agent.tui.vm import VmScreen
+        self.app.push_screen(VmScreen())

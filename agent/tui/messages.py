@@ -1,0 +1,67 @@
+"""Typed messages the workers post; the screens' handlers update what is shown."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.message import Message
+
+from agent.probe import Machine, Nic
+from agent.progress import ProgressEvent
+from agent.unattended import Situation
+
+
+@dataclass(eq=False)
+class Probed(Message):
+    machine: Machine | None
+    situation: Situation | None
+    problem: str | None
+
+
+@dataclass(eq=False)
+class NetworkDone(Message):
+    nics: list[Nic]
+    text: str
+
+
+@dataclass(eq=False)
+class ServerChecked(Message):
+    ok: bool
+    fingerprint: str | None     # what the server presents, for the person to compare
+    text: str
+
+
+@dataclass(eq=False)
+class TransferProgress(Message):
+    event: ProgressEvent
+
+
+@dataclass(eq=False)
+class TransferLog(Message):
+    line: str
+
+
+@dataclass(eq=False)
+class TransferEnded(Message):
+    job: str | None
+    lines: list[str]
+    ok: bool
+    cancelled: bool
+
+
+@dataclass(eq=False)
+class RepairPlanned(Message):
+    report: dict | None
+    text: str
+    problem: str | None
+
+
+@dataclass(eq=False)
+class RepairSaid(Message):
+    line: str
+
+
+@dataclass(eq=False)
+class RepairApplied(Message):
+    report: dict | None
+    problem: str | None

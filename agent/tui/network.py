@@ -1,0 +1,126 @@
+"""Network: the cards with link, MAC and address; DHCP or a static address; does the server answer."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.widgets import Button, DataTable, Input, Label, RadioButton, RadioSet, Static
+
+from agent.client import ServerError
+from agent.settings import SettingsError, parse_ip, update
+from agent.tui.common import Step, buttons
+from agent.tui.messages import NetworkDone
+
+
+def static_ip(nic: str, address: str, gateway: str, dns: str) -> str:
+    """The kernel's `ip=` form of a static address typed as 10.0.0.9/24."""
+    try:
+        iface = ipaddress.IPv4Interface(address.strip())
+    except ValueError:
+        raise SettingsError([f"Address '{address}' is not like 10.0.0.9/24."]) from None
+    return f"{iface.ip}::{gateway.strip()}:{iface.netmask}::{nic}:off:{dns.strip()}".rstrip(":")
+
+
+class NetworkScreen(Step):
+    TITLE = "Network"
+    HELP = ("The table lists this machine's network cards: link up means a cable is plugged "
+            "into a live switch port. The live system already asks DHCP on every card. If your "
+            "network has no DHCP, choose Static, type the address as 10.0.0.9/24, the gateway "
+            "and a DNS server, and press Apply.\n\nTest server checks that the server's address "
+            "(set on the next screen, or on the boot line) answers from here.")
+
+    def body(self) -> ComposeResult:
+        yield DataTable(id="nics", cursor_type="row")
+        with Horizontal(classes="row"):
+            with RadioSet(id="method"):
+                yield RadioButton("DHCP", value=True, id="dhcp")
+                yield RadioButton("Static", id="static")
+            with Horizontal(id="static-fields"):
+                yield Label("Address")
+                yield Input(placeholder="10.0.0.9/24", id="address")
+                yield Label("Gateway")
+                yield Input(placeholder="10.0.0.1", id="gateway")
+                yield Label("DNS")
+                yield Input(placeholder="10.0.0.1", id="dns")
+        yield Static("", id="status")
+        yield buttons(("next", "Next", "primary"), ("apply", "Apply", "default"),
+                      ("test", "Test server", "default"))
+
+    def on_mount(self) -> None:
+        table = self.query_one("#nics", DataTable)
+        table.add_columns("Card", "Link", "MAC", "Driver", "Addresses")
+        self.show_nics(self.app.session.machine.nics if self.app.session.machine else [])
+        self.query_one("#static-fields").display = False
+        self.query_one("#next", Button).focus()
+
+    def show_nics(self, nics) -> None:
+        table = self.query_one("#nics", DataTable)
+        table.clear()
+        for nic in nics:
+            link = f"up {nic.speed} Mb/s" if nic.link and nic.speed else "up" if nic.link else "down"
+            table.add_row(nic.name, link, nic.mac, nic.driver or "?",
+                          " ".join(nic.addresses) or "none", key=nic.name)
+        if not nics:
+            self.say("No network card was found: the transfer needs one. Check the cabling, or "
+                     "the shell (F9) for the card's driver.", True)
+
+    @on(RadioSet.Changed, "#method")
+    def method(self, event: RadioSet.Changed) -> None:
+        self.query_one("#static-fields").display = event.pressed.id == "static"
+
+    @on(Button.Pressed, "#next")
+    def next(self) -> None:
+        from agent.tui.server import ServerScreen
+        self.app.push_screen(ServerScreen())
+
+    @on(Button.Pressed, "#apply")
+    def apply(self) -> None:
+        table = self.query_one("#nics", DataTable)
+        if not table.row_count:
+            self.say("There is no network card to configure.", True)
+            return
+        nic = str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
+        session = self.app.session
+        try:
+            if self.query_one("#static", RadioButton).value:
+                text = static_ip(nic, self.query_one("#address", Input).value,
+                                 self.query_one("#gateway", Input).value,
+                                 self.query_one("#dns", Input).value)
+            else:
+                text = f"{nic}:dhcp"
+            session.settings = update(session.settings, {"ip": [text]})
+        except SettingsError as e:
+            self.say(" ".join(e.problems), True)
+            return
+        self.say(f"Configuring {nic}...")
+        self.configure(nic, text)
+
+    @work(thread=True, exclusive=True)
+    def configure(self, nic: str, text: str) -> None:
+        said = self.app.edges.configure_network(nic, parse_ip(text))
+        self.post_message(NetworkDone(self.app.edges.nics(), said))
+
+    @on(Button.Pressed, "#test")
+    def test(self) -> None:
+        settings = self.app.session.settings
+        if not settings.server:
+            self.say("No server address yet: press Next and type it on the Server screen.", True)
+            return
+        self.say(f"Asking {settings.server}...")
+        self.test_server(settings.server)
+
+    @work(thread=True, exclusive=True)
+    def test_server(self, url: str) -> None:
+        try:
+            from agent.tui.server import reachable
+            text = reachable(url)
+        except (ServerError, OSError) as e:
+            text = f"The server does not answer: {e}"
+        self.post_message(NetworkDone(self.app.edges.nics(), text))
+
+    def on_network_done(self, message: NetworkDone) -> None:
+        self.show_nics(message.nics)
+        self.say(message.text, message.text.startswith("The server does not") or "failed" in message.text)

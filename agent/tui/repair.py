@@ -1,0 +1,137 @@
+"""Repair: the system found, the planned changes as diffs to scroll through, apply, results, reboot."""
+
+from __future__ import annotations
+
+from rich.syntax import Syntax
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
+from textual.widgets import Button, RichLog, Static
+
+from agent.client import ServerError
+from agent.repair.guest import RepairError
+from agent.tui.common import ConfirmScreen, Step, buttons
+from agent.tui.messages import RepairApplied, RepairPlanned, RepairSaid
+from agent.unattended import apply_repair, client_for, plan_repair, post_action
+
+
+def plan_overview(report: dict) -> str:
+    lines = [f"System   {report.get('os')} ({report.get('family')} family) on {report.get('root')}",
+             f"Disk     {report.get('disk')}"]
+    steps = report.get("steps") or []
+    busy = [s for s in steps if s["files"] or s["commands"]]
+    if not busy:
+        lines.append("Nothing to change: this system is already repaired.")
+    for step in busy:
+        lines.append(f"- {step['step']}: {len(step['files'])} file(s), "
+                     f"{len(step['commands'])} command(s)")
+    return "\n".join(lines)
+
+
+class RepairScreen(Step):
+    TITLE = "Repair"
+    HELP = ("The agent found the copied system on this machine's disks and planned how to make "
+            "it boot here: device names become UUIDs, old network names are mapped to the new "
+            "cards, the initramfs gets the VM's disk and network drivers, the bootloader is "
+            "installed again. The diffs below show every file it will change; scroll them with "
+            "the arrows or Page Up/Down. Apply makes the changes (each file is backed up in the "
+            "guest's /var/backups/xenp2v); then reboot the VM from its disk.")
+
+    def body(self) -> ComposeResult:
+        yield Static("Looking for the copied system and planning the repair...", id="found")
+        with VerticalScroll(id="diffs"):
+            yield Static("", id="plan")
+        yield RichLog(id="log", wrap=True, max_lines=2000)
+        yield Static("", id="status")
+        yield buttons(("apply", "Apply the changes", "warning"), ("reboot", "Reboot", "primary"))
+
+    def on_mount(self) -> None:
+        self.query_one("#log").display = False
+        self.query_one("#apply").display = False
+        self.query_one("#reboot").display = False
+        self.plan()
+
+    def job(self) -> dict | None:
+        situation = self.app.session.situation
+        return situation.job if situation else None
+
+    @work(thread=True, exclusive=True)
+    def plan(self) -> None:
+        said: list[str] = []
+        inventory = (self.job() or {}).get("inventory")
+        try:
+            report = plan_repair(self.app.edges.repair_disk, inventory, said.append)
+        except RepairError as e:
+            self.post_message(RepairPlanned(None, "", str(e)))
+            return
+        self.post_message(RepairPlanned(report, "\n".join(said[1:]), None))
+
+    def on_repair_planned(self, message: RepairPlanned) -> None:
+        if message.problem:
+            self.query_one("#found", Static).update("No repair is possible here.")
+            self.say(message.problem, True)
+            return
+        self.report = message.report
+        self.query_one("#found", Static).update(plan_overview(message.report))
+        self.query_one("#plan", Static).update(
+            Syntax(message.text, "diff", theme="ansi_dark", word_wrap=True))
+        if message.report["changed"]:
+            self.query_one("#apply").display = True
+            self.query_one("#apply").focus()
+            self.say("Read the changes above (arrows scroll), then Apply.")
+        else:
+            self.query_one("#reboot").display = True
+            self.query_one("#reboot").focus()
+            self.say("Nothing to change. Reboot the VM from its disk.")
+
+    @on(Button.Pressed, "#apply")
+    def apply(self) -> None:
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.query_one("#apply").display = False
+                self.query_one("#diffs").display = False
+                self.query_one("#log").display = True
+                self.say("Applying...")
+                self.run_apply()
+
+        self.app.push_screen(ConfirmScreen("Change the copied system as planned? Every file is "
+                                           "backed up first.", yes="Apply", no="Not yet"), answer)
+
+    @work(thread=True, exclusive=True)
+    def run_apply(self) -> None:
+        settings = self.app.session.settings
+        job = self.job()
+        client = None
+        if job and settings.server and settings.token:
+            try:
+                client = client_for(settings, retry_for=60)
+            except ServerError:
+                client = None
+
+        def say(line: str) -> None:
+            self.post_message(RepairSaid(line))
+
+        try:
+            report = apply_repair(self.app.edges.repair_disk, (job or {}).get("inventory"), say,
+                                  client, job and job["id"])
+        except RepairError as e:
+            self.post_message(RepairApplied(None, str(e)))
+            return
+        self.post_message(RepairApplied(report, None))
+
+    def on_repair_said(self, message: RepairSaid) -> None:
+        self.query_one("#log", RichLog).write(message.line)
+
+    def on_repair_applied(self, message: RepairApplied) -> None:
+        if message.problem:
+            self.say(f"The repair failed: {message.problem}", True)
+            return
+        self.app.session.finished = True
+        self.app.session.outcome = [f"Repair {message.report['status']}: {message.report.get('os')}."]
+        self.say("The repair is done. Reboot the VM from its disk (remove the ISO first).")
+        self.query_one("#reboot").display = True
+        self.query_one("#reboot").focus()
+
+    @on(Button.Pressed, "#reboot")
+    def reboot(self) -> None:
+        self.say(post_action("reboot", self.app.edges.power))

@@ -1,0 +1,120 @@
+"""Start: what this machine is, in one glance, and what to do with it."""
+
+from __future__ import annotations
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.widgets import OptionList, Static
+from textual.widgets.option_list import Option
+
+from agent.blockdev import BlockDevError
+from agent.client import ServerError
+from agent.probe import Machine, ProbeError
+from agent.probe.report import human_size
+from agent.tui.common import Step
+from agent.tui.messages import Probed
+from agent.unattended import client_for, situation
+
+CHOICES = {
+    "capture": "Migrate this machine: send its disks to the server",
+    "repair": "Repair the copied system on this machine's disks",
+    "shell": "Open a shell (F9), then come back here",
+}
+
+
+def glance(machine: Machine) -> str:
+    """The machine in a few lines that fit 80 columns."""
+    kind = "virtual machine" if machine.is_virtual else "physical machine"
+    ident = " ".join(filter(None, [machine.vendor, machine.product])) or "unknown machine"
+    lines = [f"Machine  {ident} ({kind}, {machine.firmware.upper()})"]
+    cpu = f"{machine.cpu.threads} CPU threads" if machine.cpu else "CPU unknown"
+    lines.append(f"CPU      {cpu}, memory {human_size(machine.memory)}")
+    oses = {}
+    for where, fs in machine.os_roots():
+        oses.setdefault(where, fs.os.name)
+    for disk in machine.disks:
+        found = [name for where, name in oses.items() if where.startswith(disk.path)]
+        lines.append(f"Disk     {disk.name} {human_size(disk.size)} "
+                     f"{disk.model or ''} {('- ' + ', '.join(found)) if found else ''}".rstrip())
+    if not machine.disks:
+        lines.append("Disks    none found to migrate")
+    others = [name for where, name in oses.items()
+              if not any(where.startswith(d.path) for d in machine.disks)]
+    if others:
+        lines.append(f"Systems  {', '.join(others)} (on LVM or RAID)")
+    if machine.boot_medium:
+        lines.append(f"Stick    {machine.boot_medium.name} (the boot stick, never copied)")
+    links = ", ".join(f"{n.name} {'up' if n.link else 'down'}" for n in machine.nics) or "no card"
+    lines.append(f"Network  {links}")
+    return "\n".join(lines)
+
+
+class StartScreen(Step):
+    TITLE = "Start"
+    HELP = ("The agent looks at this machine first: its hardware, disks and the systems on "
+            "them. Nothing is written to the disks.\n\nOn a physical machine, choose to migrate "
+            "it: the next screens set the network, the server, the disks and the VM. In a VM "
+            "that the server created for a job, choose repair: the copied system is made to boot "
+            "on the VM's hardware.")
+
+    def body(self) -> ComposeResult:
+        yield Static("Looking at this machine's hardware and disks...", id="glance")
+        yield Static("", id="status")
+        yield OptionList(id="choices")
+
+    def on_mount(self) -> None:
+        self.query_one("#choices", OptionList).display = False
+        self.probe()
+
+    @work(thread=True, exclusive=True)
+    def probe(self) -> None:
+        session = self.app.session
+        settings = session.settings
+        try:
+            machine = self.app.edges.probe(settings.disks)
+        except (ProbeError, BlockDevError, OSError) as e:
+            self.post_message(Probed(None, None, f"The probe failed: {e}"))
+            return
+        client = None
+        if settings.server and settings.token:
+            try:
+                client = client_for(settings, retry_for=10)
+            except ServerError:
+                client = None
+        try:
+            found = situation(machine, settings, client)
+        except ServerError:
+            found = situation(machine, settings, None)
+        self.post_message(Probed(machine, found, None))
+
+    def on_probed(self, message: Probed) -> None:
+        if message.problem:
+            self.say(message.problem + " Open a shell (F9) to look, or quit (Ctrl+Q).", True)
+            return
+        session = self.app.session
+        session.machine, session.situation = message.machine, message.situation
+        text = glance(message.machine)
+        for problem in message.machine.problems[:3]:
+            text += f"\nProblem  {problem}"
+        self.query_one("#glance", Static).update(text)
+        self.say(message.situation.reason)
+        first = "repair" if message.situation.mode == "repair" else "capture"
+        order = [first] + [c for c in CHOICES if c != first]
+        choices = self.query_one("#choices", OptionList)
+        choices.clear_options()
+        choices.add_options([Option(CHOICES[c], id=c) for c in order])
+        choices.display = True
+        choices.highlighted = 0
+        choices.focus()
+
+    @on(OptionList.OptionSelected, "#choices")
+    def chosen(self, event: OptionList.OptionSelected) -> None:
+        choice = event.option.id
+        if choice == "shell":
+            self.app.action_shell()
+        elif choice == "repair":
+            from agent.tui.repair import RepairScreen
+            self.app.push_screen(RepairScreen())
+        else:
+            from agent.tui.network import NetworkScreen
+            self.app.push_screen(NetworkScreen())

@@ -1,0 +1,145 @@
+"""Transfer: a bar per disk with rate and ETA, overall progress, the log, cancel with confirmation.
+
+The capture runs in a worker thread; a progress subscriber and a log handler turn what it reports
+into messages. Cancel is a flag the subscriber checks: the next progress report stops the run,
+and the job stays on the server to resume.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Button, Label, ProgressBar, RichLog, Static
+
+from agent.capture import CaptureError
+from agent.progress import Progress, ProgressEvent, format_eta, human
+from agent.tui.common import ConfirmScreen, Step, buttons
+from agent.tui.messages import TransferEnded, TransferLog, TransferProgress
+from agent.unattended import capture, capture_summary
+
+
+class Cancelled(Exception):
+    """The person stopped the transfer."""
+
+
+class _LogLines(logging.Handler):
+    def __init__(self, screen: "TransferScreen"):
+        super().__init__(logging.INFO)
+        self.screen = screen
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.screen.post_message(TransferLog(f"{record.levelname.lower()}: {record.getMessage()}"))
+
+
+def disk_line(event: ProgressEvent) -> str:
+    if event.phase in ("capture", "restore"):
+        eta = format_eta(event.eta) if event.eta is not None else "--:--"
+        return f"{human(event.done)} of {human(event.total)}  {human(event.rate)}/s  ETA {eta}"
+    return {"seal": "sealing: the server checks the whole image",
+            "done": "done: sealed on the server"}.get(event.phase, event.phase)
+
+
+class TransferScreen(Step):
+    TITLE = "Transfer"
+    HELP = ("Each disk has a bar with its rate and the time left; the last bar is the whole "
+            "transfer. The log shows what the agent does. If the network or the server goes "
+            "away, the agent retries for ten minutes and goes on where it stopped: that is shown "
+            "as 'resuming', not as a failure. Cancel (Esc) stops the transfer; the job stays on "
+            "the server and a new transfer of the same disks resumes it.")
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def body(self) -> ComposeResult:
+        with Vertical(id="bars"):
+            for path in self.app.session.settings.disks or []:
+                did = path.rsplit("/", 1)[-1]
+                with Horizontal(classes="disk", id=f"disk-{did}"):
+                    yield Label(did, classes="disk-name")
+                    yield ProgressBar(total=None, show_eta=False, id=f"bar-{did}")
+                    yield Static("waiting", id=f"line-{did}", classes="disk-line")
+            with Horizontal(classes="disk"):
+                yield Label("overall", classes="disk-name")
+                yield ProgressBar(total=100, show_eta=False, id="overall")
+                yield Static("", id="overall-line", classes="disk-line")
+        yield RichLog(id="log", wrap=True, max_lines=2000)
+        yield Static("Starting...", id="status")
+        yield buttons(("cancel", "Cancel", "error"))
+
+    def on_mount(self) -> None:
+        self.cancelled = False
+        self.fractions: dict[str, float] = {}
+        self.query_one("#cancel", Button).focus()
+        self.run_capture()
+
+    @work(thread=True, exclusive=True)
+    def run_capture(self) -> None:
+        session = self.app.session
+
+        def report(event: ProgressEvent) -> None:
+            if self.cancelled:
+                raise Cancelled()
+            self.post_message(TransferProgress(event))
+
+        handler = _LogLines(self)
+        agent_log = logging.getLogger("agent")
+        agent_log.addHandler(handler)
+        try:
+            result = capture(session.settings, Progress([report], interval=0.5),
+                             session.machine, session.keep_macs)
+        except Cancelled:
+            self.post_message(TransferEnded(None, ["The transfer was cancelled."], False, True))
+        except CaptureError as e:
+            stopped = isinstance(e.__cause__, Cancelled)
+            self.post_message(TransferEnded(None, ["The transfer was cancelled." if stopped else
+                                             f"The transfer stopped: {e}"], False, stopped))
+        else:
+            self.post_message(TransferEnded(result.job, capture_summary(result), True, False))
+        finally:
+            agent_log.removeHandler(handler)
+
+    def on_transfer_progress(self, message: TransferProgress) -> None:
+        event = message.event
+        bar = self.query(f"#bar-{event.disk}")
+        if bar:
+            bar.first(ProgressBar).update(total=max(event.total, 1), progress=event.done)
+            self.query_one(f"#line-{event.disk}", Static).update(disk_line(event))
+        self.fractions[event.disk] = 1.0 if event.phase == "done" else (
+            event.done / event.total if event.total else 0.0)
+        disks = len(self.app.session.settings.disks or []) or 1
+        overall = 100 * sum(self.fractions.values()) / disks
+        self.query_one("#overall", ProgressBar).update(progress=overall)
+        self.query_one("#overall-line", Static).update(
+            f"{sum(1 for f in self.fractions.values() if f >= 1.0)} of {disks} disks done")
+        if event.phase == "capture":
+            self.say(f"Copying {event.disk}...")
+
+    def on_transfer_log(self, message: TransferLog) -> None:
+        line = message.line
+        if "retrying" in line:
+            line += " (the transfer resumes where it stopped)"
+            self.say("The server cannot be reached right now: retrying, then resuming.")
+        elif "(resumed)" in line:
+            self.say("Resuming: what the server already holds is not sent again.")
+        self.query_one("#log", RichLog).write(line)
+
+    def on_transfer_ended(self, message: TransferEnded) -> None:
+        session = self.app.session
+        session.outcome = message.lines
+        session.job = message.job or session.job
+        session.finished = message.ok
+        from agent.tui.done import DoneScreen
+        self.app.switch_screen(DoneScreen(message.ok, message.cancelled))
+
+    @on(Button.Pressed, "#cancel")
+    def action_cancel(self) -> None:
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.cancelled = True
+                self.say("Stopping at the next chunk...")
+
+        self.app.push_screen(ConfirmScreen("Stop the transfer? The job stays on the server; "
+                                           "starting the transfer again resumes it.",
+                                           yes="Stop it", no="Go on"), answer)

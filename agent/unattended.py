@@ -1,0 +1,217 @@
+"""The unattended run, and the core actions the TUI calls too.
+
+`p2v-agent` with no subcommand and settings that say unattended (p2v.unattended, or server, token
+and mode all given) runs `run(settings)`: it works out what to do (p2v.mode=auto: capture on bare
+metal, repair in a VM the server knows, restore then repair in a VM given p2v.job), prints plain
+progress lines on the console, and ends with p2v.post. The TUI fills the same Settings and calls
+the same functions below; only the asking and the showing differ.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, TextIO
+
+from agent.capture import CaptureError, CaptureResult
+from agent.capture import run as capture_run
+from agent.client import Client, ServerError
+from agent.probe import Machine, ProbeError, probe_machine
+from agent.progress import PlainLines, Progress, human
+from agent.repair.guest import RepairError
+from agent.repair.runner import Request, repair, vm_disks
+from agent.restore import RestoreError, RestoreResult
+from agent.restore import run as restore_run
+from agent.settings import Settings
+from xenp2v import protocol
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class Situation:
+    """Where the agent runs and what it should do there."""
+
+    mode: str                      # "capture", "repair", "restore" or "ask"
+    reason: str                    # one sentence for the person (or the console)
+    job: dict | None = None        # the server's job, when the server knows this VM
+
+
+@dataclass
+class Outcome:
+    ok: bool
+    lines: list[str] = field(default_factory=list)   # what happened, as sentences
+
+
+def client_for(settings: Settings, retry_for: float = 600.0) -> Client:
+    return Client(settings.server, settings.token, settings.fingerprint, retry_for=retry_for)
+
+
+def job_for_machine(client: Client, system_uuid: str) -> dict | None:
+    """The job whose target VM has this SMBIOS UUID, or None when the server knows none."""
+    try:
+        return client.request("GET", protocol.machine_path(system_uuid), ok=(200,),
+                              what="ask the server about this VM", retry_for=15).json()
+    except ServerError as e:
+        if e.status == 404:
+            return None
+        raise
+
+
+def situation(machine: Machine, settings: Settings, client: Client | None) -> Situation:
+    """What p2v.mode=auto means here: the rule the design gives, decided once."""
+    if not machine.is_virtual:
+        return Situation("capture", "This is a physical machine: its disks can be migrated.")
+    job = None
+    if client and machine.system_uuid:
+        job = job_for_machine(client, machine.system_uuid)
+    if job:
+        return Situation("repair", f"This VM is the target of job {job['id']} "
+                         f"({job.get('name') or 'no name'}): its copied system can be repaired.", job)
+    if settings.job:
+        return Situation("restore", f"Job {settings.job} was given: its image goes onto this VM's "
+                         "disks, then the system there is repaired.")
+    return Situation("ask", "This is a virtual machine the server does not know: it can be "
+                     "migrated as it is, or the system on its disks can be repaired.")
+
+
+def capture(settings: Settings, progress: Progress, machine: Machine | None = None,
+            keep_macs: bool = True) -> CaptureResult:
+    """Capture the disks the settings name (None: all); raises CaptureError.
+
+    The inventory carries what the VM is made from: vCPUs, memory, firmware, and the NICs with
+    whether the VM keeps their MACs.
+    """
+    identity = None
+    if machine is not None:
+        identity = {k: v for k, v in (("system_uuid", machine.system_uuid),
+                                      ("vendor", machine.vendor), ("product", machine.product),
+                                      ("serial", machine.serial)) if v}
+    extra = {}
+    if settings.vcpus:
+        extra["vcpus"] = settings.vcpus
+    if settings.memory:
+        extra["memory"] = settings.memory
+    if machine is not None:
+        extra["nics"] = [{"name": n.name, "mac": n.mac, "keep_mac": keep_macs}
+                         for n in machine.nics]
+        extra["firmware"] = machine.firmware
+    return capture_run(settings, progress, machine=identity, extra_inventory=extra)
+
+
+def capture_summary(result: CaptureResult) -> list[str]:
+    lines = [f"Job {result.job}" + (" (resumed)" if result.resumed else "") + ":"]
+    for d in result.disks:
+        lines.append(f"{d.id}: sealed, {human(d.sent)} sent for {human(d.planned)} read of "
+                     f"{human(d.size)}" + (f"; {len(d.bad_ranges)} unreadable ranges were "
+                                           "zero-filled" if d.bad_ranges else ""))
+    return lines
+
+
+def restore(settings: Settings, progress: Progress, client: Client,
+            targets: list[str] | None = None) -> list[RestoreResult]:
+    """Every disk of job settings.job onto this VM's disks, in order; raises RestoreError."""
+    job = client.job(settings.job)
+    disks = sorted(job["disks"], key=lambda d: d.get("position", 0))
+    targets = targets if targets is not None else vm_disks()
+    if len(targets) < len(disks):
+        raise RestoreError(f"Job {settings.job} has {len(disks)} disks but this VM has "
+                           f"{len(targets)} free; add disks to the VM and start again.")
+    return [restore_run(settings, target, d["id"], progress) for d, target in zip(disks, targets)]
+
+
+def plan_repair(disk: str | None, inventory: dict | None, say: Say) -> dict:
+    """The repair as it would run, changing nothing; `say` receives the steps and the diffs."""
+    return repair(Request(disk=disk, dry_run=True, inventory=inventory), say)
+
+
+def apply_repair(disk: str | None, inventory: dict | None, say: Say,
+                 client: Client | None = None, job: str | None = None) -> dict:
+    """Repair for real; the report goes to the server when there is a job. Raises RepairError."""
+    try:
+        report = repair(Request(disk=disk, inventory=inventory), say)
+    except RepairError as e:
+        if client and job:
+            send_repair_report(client, job, {"status": "failed", "error": str(e)}, say)
+        raise
+    if client and job:
+        send_repair_report(client, job, report, say)
+    return report
+
+
+def send_repair_report(client: Client, job: str, report: dict, say: Say) -> None:
+    try:
+        client.request("POST", protocol.repair_path(job), json=report, ok=(200, 201, 204),
+                       what="send the repair report", retry_for=60)
+    except ServerError as e:
+        say(f"The repair report did not reach the server: {e}")
+
+
+def post_action(post: str, command: Callable[[list[str]], object] = subprocess.run) -> str:
+    """Power off or reboot (p2v.post); shell and wait hand the console back. Returns a sentence."""
+    if post == "poweroff":
+        command(["systemctl", "poweroff"])
+        return "Powering off."
+    if post == "reboot":
+        command(["systemctl", "reboot"])
+        return "Rebooting."
+    if post == "shell":
+        return "The console becomes a root shell."
+    return "The agent is done; the console waits for someone."
+
+
+# --- the unattended run ----------------------------------------------------------------------------
+
+def run(settings: Settings, stream: TextIO | None = None, machine: Machine | None = None,
+        command: Callable[[list[str]], object] = subprocess.run) -> int:
+    """One run with no prompt; returns the exit status (0 only on full success)."""
+    stream = stream or sys.stderr
+
+    def say(line: str) -> None:
+        print(line, file=stream, flush=True)
+
+    outcome = _run(settings, say, stream, machine)
+    for line in outcome.lines:
+        say(line)
+    say(post_action(settings.post, command))
+    return 0 if outcome.ok else 1
+
+
+def _run(settings: Settings, say: Say, stream: TextIO, machine: Machine | None) -> Outcome:
+    mode = settings.mode or "auto"
+    if mode == "shell":
+        return Outcome(True, ["p2v.mode=shell: nothing to do."])
+    client = None
+    try:
+        if settings.server and settings.token:
+            client = client_for(settings)
+        if machine is None:
+            say("Looking at this machine's hardware and disks…")
+            machine = probe_machine(devices=settings.disks)
+        for problem in machine.problems:
+            say(f"Probe: {problem}")
+        if mode == "auto":
+            found = situation(machine, settings, client)
+            say(found.reason)
+            mode = "capture" if found.mode == "ask" else found.mode
+            job = found.job
+        else:
+            job = client.job(settings.job) if client and settings.job and mode == "repair" else None
+        if mode in ("capture", "restore") and client is None:
+            return Outcome(False, [f"p2v.mode={mode} needs p2v.server and p2v.token; add them "
+                                   "to the boot line or to p2v.cfg."])
+        progress = Progress([PlainLines(stream)], interval=5.0)
+        if mode == "capture":
+            return Outcome(True, capture_summary(capture(settings, progress, machine)))
+        if mode == "restore":
+            if not settings.job:
+                return Outcome(False, ["p2v.mode=restore needs p2v.job=ID: the job to restore."])
+            restore(settings, progress, client)
+            job = client.job(settings.job)
+        inventory = (job or {}).get("inventory")
+        disk = settings.disks[0] if settings.disks else None
+        report = apply_repair(disk, inventory, say, client, job and job["id"])
+        return Outcome(True, [f"Repair {report['status']}: {report.get('os', 'the system')}."])
+    except (CaptureError, RestoreError, RepairError, ServerError, ProbeError) as e:
+        return Outcome(False, [f"Stopped: {e}"])
