@@ -80,7 +80,10 @@ class LiveProber:
         mounts = edge.mountpoints()
         found = _Found()
         for disk in machine.disks:
-            self._read_disk(disk, found, mounts)
+            try:
+                self._read_disk(disk, found, mounts)
+            except blockdev.BlockDevError as e:
+                found.problems.append(f"{e} Part of {disk.path} was not examined.")
         machine.volume_groups = self._volume_groups(found, mounts)
         machine.raids = self._raids(found, mounts)
         machine.luks = found.luks
@@ -109,11 +112,7 @@ class LiveProber:
     def _signature(self, node: str, name: str, found: _Found, mounts: dict[str, str]) \
             -> Filesystem | None:
         """Read the signature at `node` (known to people as `name`) and sort it."""
-        try:
-            fs = edge.filesystem(node)
-        except blockdev.BlockDevError as e:
-            found.problems.append(str(e))
-            return None
+        fs = edge.filesystem(node)
         if fs is None:
             return None
         if fs.type == "LVM2_member":
@@ -144,20 +143,19 @@ class LiveProber:
                     name=lv.name, path=lv.path, size=lv.size, uuid=lv.uuid,
                     segments=[LvmSegment(**s) for s in lv.segments])
                 group.lvs.append(volume)
-                with _lv_node(volume) as node:
-                    if node is None:
-                        found.problems.append(
-                            f"{volume.path} spans several segments and is not active; "
-                            "its filesystem was not examined.")
-                        continue
-                    volume.fs = edge.filesystem(node)
-                    if volume.fs:
-                        _examine(node, volume.fs, mounts, found.problems, volume.path)
+                volume.fs = _look_inside(
+                    _lv_node(volume), volume.path, found, mounts,
+                    f"{volume.path} spans several segments and is not active; "
+                    "its filesystem was not examined.")
             groups.append(group)
         return groups
 
     def _raids(self, found: _Found, mounts: dict[str, str]) -> list[RaidArray]:
-        assembled = {a.uuid: a for a in blockdev.md_arrays()}
+        try:
+            assembled = {a.uuid: a for a in blockdev.md_arrays()}
+        except blockdev.BlockDevError as e:
+            found.problems.append(str(e))
+            assembled = {}
         arrays: dict[str, RaidArray] = {}
         for m in sorted(found.raid_members, key=lambda m: (m.role is None, m.role or 0)):
             raid = arrays.setdefault(m.array_uuid, RaidArray(
@@ -167,17 +165,29 @@ class LiveProber:
         for raid in arrays.values():
             live = assembled.get(raid.uuid)
             raid.path = live.path if live else None
-            with _raid_node(raid) as node:
-                if node is None:
-                    found.problems.append(
-                        f"The {raid.level} array {raid.name or raid.uuid} is not assembled; "
-                        "its filesystem was not examined.")
-                    continue
-                raid.fs = edge.filesystem(node)
-                if raid.fs:
-                    _examine(node, raid.fs, mounts, found.problems,
-                             raid.path or f"RAID {raid.name or raid.uuid}")
+            name = raid.path or f"RAID {raid.name or raid.uuid}"
+            raid.fs = _look_inside(
+                _raid_node(raid), name, found, mounts,
+                f"The {raid.level} array {raid.name or raid.uuid} is not assembled; "
+                "its filesystem was not examined.")
         return list(arrays.values())
+
+
+def _look_inside(view, name: str, found: _Found, mounts: dict[str, str], unreadable: str) \
+        -> Filesystem | None:
+    """The filesystem in an LV or array, through `view` (a context giving a node, or None)."""
+    try:
+        with view as node:
+            if node is None:
+                found.problems.append(unreadable)
+                return None
+            fs = edge.filesystem(node)
+            if fs:
+                _examine(node, fs, mounts, found.problems, name)
+            return fs
+    except blockdev.BlockDevError as e:
+        found.problems.append(f"{e} What {name} holds was not examined.")
+        return None
 
 
 def _examine(node: str, fs: Filesystem, mounts: dict[str, str], problems: list[str],

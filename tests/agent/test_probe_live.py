@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.probe import LiveProber
+from agent.probe.report import render
 from conftest import needs_root, run
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "machines"))
@@ -163,3 +164,21 @@ def test_luks_partition_is_listed_not_opened(loopdev):
     assert luks.uuid == run("cryptsetup", "luksUUID", secret).stdout.strip()
     assert machine.disks[0].partitions[1].fs.type == "crypto_LUKS"
     assert machine.problems == []
+
+
+def test_what_cannot_be_read_is_reported_not_fatal(loopdev):
+    dev = loopdev(96 << 20)
+    run("lvm", "pvcreate", "-q", "--devices", dev, dev)
+    run("lvm", "vgcreate", "-q", "--devices", dev, "vgsplit", dev)
+    no_dm = ["--driverloaded", "n", "--devices", dev, "-q"]
+    run("lvm", "lvcreate", *no_dm, "-an", "-Zn", "-L", "8M", "-n", "first", "vgsplit")
+    run("lvm", "lvcreate", *no_dm, "-an", "-Zn", "-L", "8M", "-n", "second", "vgsplit")
+    run("lvm", "lvextend", *no_dm, "-L", "16M", "vgsplit/first")  # now in two segments
+    machine = LiveProber(devices=[dev], medium=Path("/nonexistent")).machine()
+    (vg,) = machine.volume_groups
+    first = next(lv for lv in vg.lvs if lv.name == "first")
+    assert len(first.segments) == 2 and first.fs is None
+    assert machine.problems == [
+        "/dev/vgsplit/first spans several segments and is not active; "
+        "its filesystem was not examined."]
+    assert "Problems:\n  - /dev/vgsplit/first spans several segments" in render(machine)
