@@ -7,6 +7,10 @@ BIN := $(VENV)/bin
 # Debian packages the tests and tools call (disks, filesystems, boots). Keep sorted.
 APT_PACKAGES := btrfs-progs cryptsetup-bin dmsetup dosfstools e2fsprogs fdisk gdisk lvm2 mdadm \
 	libfuse2 mtools ntfs-3g openssl parted partclone qemu-utils tmux util-linux xfsprogs zstd
+# What `make e2e` adds: debootstrap for the source machines, QEMU and OVMF to boot them. Keep sorted.
+E2E_APT_PACKAGES := debootstrap fusefat ovmf qemu-system-x86
+# Scenarios `make e2e` runs (empty: all of them), e.g. `make e2e SCENARIOS=bios-mbr`.
+SCENARIOS ?=
 
 .PHONY: all venv system-deps test serve iso pxe iso-test e2e bench clean
 
@@ -49,6 +53,12 @@ iso-test: venv
 	$(MAKE) system-deps APT_PACKAGES="qemu-system-x86 ovmf"
 	XENP2V_ISO=$(CURDIR)/out/xenp2v.iso XENP2V_VGA_PICTURE=$(CURDIR)/out/vga-console.png \
 		$(BIN)/pytest -q tests/iso
+
+# Real boots: source machines built with debootstrap (cached in /var/cache/xenp2v/e2e) boot on
+# their own AHCI disk, fail on the VM's IDE and virtio, and boot again after `p2v-agent repair`.
+e2e: venv system-deps
+	$(MAKE) --no-print-directory system-deps APT_PACKAGES="$(E2E_APT_PACKAGES)"
+	$(BIN)/python tests/e2e/run.py $(SCENARIOS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

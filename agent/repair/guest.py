@@ -49,6 +49,23 @@ class DiskLayout:
     bios: bool             # MBR, or GPT with a BIOS boot partition
     uefi: bool             # has an EFI system partition
     volume_groups: list[str]
+    aliases: dict[str, Filesystem]   # LV names (/dev/mapper/vg-lv, /dev/vg/lv) → filesystem
+
+
+def map_lv(lv: blockdev.LogicalVolume, stack: ExitStack) -> str:
+    """A loop device over a linear LV: its contents where this kernel has no device-mapper."""
+    if len(lv.segments) != 1 or lv.segments[0]["size"] != lv.size:
+        raise RepairError(f"Logical volume {lv.vg}/{lv.name} is not one linear segment, and this "
+                          "machine has no device-mapper to activate it; repair from the live ISO.")
+    seg = lv.segments[0]
+    loop = run(["losetup", "--show", "-f", "--offset", str(seg["pv_start"]), "--sizelimit",
+                str(lv.size), seg["pv"]], f"map {lv.vg}/{lv.name}").stdout.strip()
+    stack.callback(subprocess.run, ["losetup", "-d", loop], capture_output=True)
+    return loop
+
+
+def lv_names(vg: str, lv: str) -> list[str]:
+    return [f"/dev/mapper/{vg.replace('-', '--')}-{lv.replace('-', '--')}", f"/dev/{vg}/{lv}"]
 
 
 def read_layout(disk: str, stack: ExitStack) -> DiskLayout:
@@ -72,17 +89,25 @@ def read_layout(disk: str, stack: ExitStack) -> DiskLayout:
             elif kind:
                 found.append(Filesystem(part.node, kind, info.get("UUID"), info.get("LABEL"), part.number))
         vgs = blockdev.lvm_layout(pvs) if pvs else []
+        aliases = {}
         for vg in vgs:
             if any(pv not in pvs for pv in vg.pvs):
                 raise RepairError(f"Volume group {vg.name} spans disks other than {disk}; "
                                   "attach them all and repair from inside the VM.")
-            blockdev.lvm_activate(vg.name)
-            stack.callback(subprocess.run, ["lvm", "vgchange", "--config", _LVM_CONFIG, "-an", vg.name],
-                           capture_output=True)
+            try:
+                blockdev.lvm_activate(vg.name)
+                stack.callback(subprocess.run, ["lvm", "vgchange", "--config", _LVM_CONFIG, "-an", vg.name],
+                               capture_output=True)
+                mapped = False
+            except blockdev.BlockDevError:
+                mapped = True  # no device-mapper here: read the LVs through loop devices
             for lv in vg.lvs:
-                info = blockdev.filesystem(lv.path)
+                device = map_lv(lv, stack) if mapped else lv.path
+                info = blockdev.filesystem(device)
                 if info.get("TYPE"):
-                    found.append(Filesystem(lv.path, info["TYPE"], info.get("UUID"), info.get("LABEL")))
+                    fs = Filesystem(device, info["TYPE"], info.get("UUID"), info.get("LABEL"))
+                    found.append(fs)
+                    aliases.update(dict.fromkeys(lv_names(vg.name, lv.name), fs))
     except blockdev.BlockDevError as e:
         raise RepairError(str(e)) from None
     types = {p.type.upper() if table and table.label == "gpt" else p.type.lower() for p in parts}
@@ -90,16 +115,27 @@ def read_layout(disk: str, stack: ExitStack) -> DiskLayout:
         disk=disk, filesystems=found,
         bios=table is None or table.label == "dos" or BIOS_BOOT_TYPE in types,
         uefi=bool(types & ESP_TYPES),
-        volume_groups=[vg.name for vg in vgs],
+        volume_groups=[vg.name for vg in vgs], aliases=aliases,
     )
 
 
 def mount(source: str, target: Path, stack: ExitStack, fstype: str | None = None,
           options: str | None = None) -> None:
     target.mkdir(parents=True, exist_ok=True)
-    argv = ["mount"] + (["-t", fstype] if fstype else []) + (["-o", options] if options else []) + [source, str(target)]
+    if fstype == "vfat" and not kernel_knows("vfat"):
+        # A kernel without vfat (some hosts a disk is attached to): FUSE reads and writes the ESP;
+        # fsname lets grub-install find the ESP's device from mountinfo.
+        mode = "ro" if "ro" in (options or "").split(",") else "rw+"
+        argv = ["fusefat", "-o", f"{mode},fsname={source}", source, str(target)]
+    else:
+        argv = ["mount"] + (["-t", fstype] if fstype else []) + (["-o", options] if options else []) + [source, str(target)]
     run(argv, f"mount {source} on {target}")
-    stack.callback(subprocess.run, ["umount", "-l", str(target)], capture_output=True)
+    lazy = [] if argv[0] == "fusefat" else ["-l"]
+    stack.callback(subprocess.run, ["umount", *lazy, str(target)], capture_output=True)
+
+
+def kernel_knows(fstype: str) -> bool:
+    return any(line.split()[-1] == fstype for line in Path("/proc/filesystems").read_text().splitlines())
 
 
 def _os_release(root: Path) -> bool:
@@ -139,7 +175,10 @@ def fstab_entries(text: str) -> list[tuple[str, str, str, str]]:
 
 
 def resolve(spec: str, filesystems: list[Filesystem], names: dict[str, Filesystem]) -> Filesystem | None:
-    """The filesystem on this disk that an fstab spec names, or None (never another disk's)."""
+    """The filesystem on this disk that an fstab spec names, or None (never another disk's).
+
+    `names` holds old device names and LV names; anything else must match one of `filesystems`.
+    """
     if spec in names:
         return names[spec]
     for key, attr in (("UUID=", "uuid"), ("LABEL=", "label"), ("/dev/disk/by-uuid/", "uuid"),

@@ -1,0 +1,230 @@
+"""Source machines for the boot tests: Debian bookworm disks built with debootstrap, cached.
+
+Each source is what a technician meets in the field: fstab and grub name the disk by its
+controller's name (`/dev/sda1`, by-id links), the NIC is configured by name in ifupdown, and
+the initramfs holds only the drivers of its own AHCI controller (an explicit module list: built
+here through a loop device, `MODULES=dep` would pick the loop driver instead). A unit prints
+`XENP2V-BOOT-OK root=<dev> net=<iface>:<addr>` on the serial line once multi-user is reached
+with the network up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.blockdev import lvm_layout
+
+CACHE = Path(os.environ.get("XENP2V_E2E_CACHE", "/var/cache/xenp2v/e2e"))
+MIRROR = "http://deb.debian.org/debian"
+SUITE = "bookworm"
+PACKAGES = ("systemd-sysv,udev,kmod,ifupdown,iproute2,linux-image-amd64,initramfs-tools,zstd,"
+            "grub-pc-bin,grub-efi-amd64-bin,grub2-common,lvm2,e2fsprogs")
+SOURCE_NIC = "ens3"         # e1000 in PCI slot 3 of QEMU's pc machine
+ADDRESS = "10.0.2.15/24"    # QEMU user networking, restricted: nothing leaves the emulator
+DISK_SIZE = 3 * 1024**3
+SERIAL = "SRC0001"          # the source disk's serial: its by-id name
+BY_ID = f"/dev/disk/by-id/ata-QEMU_HARDDISK_{SERIAL}"
+LVM_CONFIG = "devices { obtain_device_list_from_udev=0 use_devicesfile=0 } activation { udev_sync=0 udev_rules=0 }"
+
+MARKER_SCRIPT = """#!/bin/sh
+# Says on the serial line that the system is up: which root, which NIC with which address.
+root=$(findmnt -no SOURCE /)
+net=$(ip -o -4 addr show scope global | awk '{print $2 ":" $4}' | head -n 1)
+echo "XENP2V-BOOT-OK root=$root net=${net:-none}" > /dev/ttyS0
+"""
+MARKER_UNIT = """[Unit]
+Description=xenp2v e2e boot marker
+Wants=network-online.target
+After=network-online.target multi-user.target
+
+[Service]
+Type=oneshot
+ExecStart=/usr/local/sbin/xenp2v-boot-ok
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def sh(*args: str, timeout: int = 1800, **kw) -> str:
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kw)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    return proc.stdout
+
+
+def base_tree() -> Path:
+    """The debootstrapped tree every source starts from; built once, kept in the cache."""
+    base, stamp = CACHE / f"base-{SUITE}", CACHE / f"base-{SUITE}.stamp"
+    if stamp.exists() and stamp.read_text() == PACKAGES and base.is_dir():
+        return base
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tmp = CACHE / f"base-{SUITE}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(base, ignore_errors=True)
+    sh("debootstrap", "--variant=minbase", f"--include={PACKAGES}", SUITE, str(tmp), MIRROR, timeout=3600)
+    for deb in (tmp / "var/cache/apt/archives").glob("*.deb"):
+        deb.unlink()
+    tmp.rename(base)
+    stamp.write_text(PACKAGES)
+    return base
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a source's disk is cut, and how its configuration names what is on it."""
+
+    name: str
+    firmware: str                 # bios | uefi
+    sfdisk: str                   # sfdisk script
+    recipe_version: str = "4"
+
+    def image(self) -> Path:
+        digest = hashlib.sha256((self.sfdisk + self.recipe_version + PACKAGES + MARKER_SCRIPT +
+                                 MARKER_UNIT).encode()).hexdigest()[:12]
+        return CACHE / f"source-{self.name}-{digest}.img"
+
+
+LAYOUTS = {
+    "bios-mbr": Layout("bios-mbr", "bios", "label: dos\n,2800MiB,83,*\n,,82\n"),
+    "gpt-lvm": Layout("gpt-lvm", "bios",
+                      "label: gpt\n,1MiB,21686148-6449-6E6F-744E-656564454649\n"
+                      ",300MiB,0FC63DAF-8483-4772-8E79-3D69D8477DE4\n,,E6D6D379-F507-44C2-A23C-238F2A3DF928\n"),
+    "uefi-esp": Layout("uefi-esp", "uefi",
+                       "label: gpt\n,100MiB,C12A7328-F81F-11D2-BA4B-00A0C93EC93B\n"
+                       ",,0FC63DAF-8483-4772-8E79-3D69D8477DE4\n"),
+}
+
+
+def source_image(name: str, say=print) -> Path:
+    """The cached source disk of scenario `name`, built when missing."""
+    layout = LAYOUTS[name]
+    image = layout.image()
+    if image.exists():
+        return image
+    base = base_tree()
+    tmp = image.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    with open(tmp, "wb") as f:
+        f.truncate(DISK_SIZE)
+    started = time.monotonic()
+    with ExitStack() as stack:
+        loop = sh("losetup", "--show", "-f", "-P", str(tmp)).strip()
+        stack.callback(subprocess.run, ["losetup", "-d", loop], capture_output=True)
+        sh("sfdisk", "-q", loop, input=layout.sfdisk)
+        subprocess.run(["partx", "-a", loop], capture_output=True)
+        subprocess.run(["partx", "-u", loop], capture_output=True)
+        stack.callback(subprocess.run, ["partx", "-d", loop], capture_output=True)
+        root, mounts, fstab, cmdline_root, modules = _filesystems(layout, loop, stack)
+        stack.callback(subprocess.run, ["sync"])
+        mnt = CACHE / f"mnt-{layout.name}"
+        _mount(root, mnt, stack)
+        for dev, point in mounts:
+            _mount(dev, mnt / point.lstrip("/"), stack)
+        sh("cp", "-a", f"{base}/.", str(mnt))
+        _configure(mnt, fstab, cmdline_root, modules)
+        for point, kind in (("proc", "proc"), ("sys", "sysfs")):
+            sh("mount", "-t", kind, kind, str(mnt / point))
+            stack.callback(subprocess.run, ["umount", "-l", str(mnt / point)], capture_output=True)
+        sh("mount", "--bind", "/dev", str(mnt / "dev"))
+        stack.callback(subprocess.run, ["umount", "-l", str(mnt / "dev")], capture_output=True)
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+        sh("chroot", str(mnt), "update-initramfs", "-u", "-k", "all", env=env)
+        if layout.firmware == "bios":
+            sh("chroot", str(mnt), "grub-install", "--target=i386-pc", loop, env=env)
+        else:
+            sh("chroot", str(mnt), "grub-install", "--target=x86_64-efi", "--efi-directory=/boot/efi",
+               "--removable", "--no-nvram", env=env)
+        sh("chroot", str(mnt), "grub-mkconfig", "-o", "/boot/grub/grub.cfg", env=env)
+        cfg = mnt / "boot/grub/grub.cfg"
+        # grub-mkconfig named the loop devices; the source machine calls its root as fstab does.
+        cfg.write_text(cfg.read_text().replace(f"root={root} ", f"root={cmdline_root} "))
+    tmp.rename(image)
+    say(f"built source {name} in {time.monotonic() - started:.0f} s: {image}")
+    return image
+
+
+def _mount(dev: str, where: Path, stack: ExitStack) -> None:
+    where.mkdir(parents=True, exist_ok=True)
+    if "vfat" in Path("/proc/filesystems").read_text() or "vfat" not in sh("blkid", "-p", dev):
+        sh("mount", dev, str(where))
+        stack.callback(subprocess.run, ["umount", "-l", str(where)], capture_output=True)
+    else:
+        # This kernel has no vfat: FUSE writes the ESP (fsname: grub-install finds the device).
+        sh("fusefat", "-o", f"rw+,fsname={dev}", dev, str(where))
+        stack.callback(subprocess.run, ["umount", str(where)], capture_output=True)
+
+
+def _filesystems(layout: Layout, loop: str, stack: ExitStack):
+    """Make the filesystems; returns (root device, [(device, mountpoint)], fstab, root=, modules)."""
+    p = lambda n: f"{loop}p{n}"  # noqa: E731
+    ahci = ["ahci", "libahci", "sd_mod", "ext4"]
+    if layout.name == "bios-mbr":
+        sh("mkfs.ext4", "-q", p(1))
+        sh("mkswap", p(2))
+        fstab = "/dev/sda1 / ext4 errors=remount-ro 0 1\n/dev/sda2 none swap sw 0 0\n"
+        return p(1), [], fstab, "/dev/sda1", ahci
+    if layout.name == "gpt-lvm":
+        sh("mkfs.ext4", "-q", p(2))
+        # Made without device-mapper (this kernel may lack it): the LVs are written through loop
+        # devices over their one linear segment each.
+        cfg = ("--config", LVM_CONFIG)
+        sh("lvm", "pvcreate", *cfg, "-q", p(3))
+        sh("lvm", "vgcreate", *cfg, "-q", "vgsrc", p(3))
+        for lv, size in (("swap", ("-L", "256M")), ("root", ("-l", "100%FREE"))):
+            sh("lvm", "lvcreate", "--driverloaded", "n", *cfg, "-an", "-Zn", "-q", "-y", *size, "-n", lv, "vgsrc")
+        lvs = {lv.name: _map_lv(lv, stack) for vg in lvm_layout([p(3)]) for lv in vg.lvs}
+        sh("mkfs.ext4", "-q", lvs["root"])
+        sh("mkswap", lvs["swap"])
+        fstab = ("/dev/mapper/vgsrc-root / ext4 errors=remount-ro 0 1\n"
+                 f"{BY_ID}-part2 /boot ext4 defaults 0 2\n"
+                 "/dev/mapper/vgsrc-swap none swap sw 0 0\n")
+        return lvs["root"], [(p(2), "/boot")], fstab, "/dev/mapper/vgsrc-root", ahci + ["dm_mod"]
+    sh("mkfs.vfat", "-F", "32", p(1))
+    sh("mkfs.ext4", "-q", p(2))
+    fstab = "/dev/sda2 / ext4 errors=remount-ro 0 1\n/dev/sda1 /boot/efi vfat umask=0077 0 1\n"
+    return p(2), [(p(1), "/boot/efi")], fstab, "/dev/sda2", ahci
+
+
+def _map_lv(lv, stack: ExitStack) -> str:
+    seg = lv.segments[0]
+    loop = sh("losetup", "--show", "-f", "--offset", str(seg["pv_start"]), "--sizelimit", str(lv.size),
+              seg["pv"]).strip()
+    stack.callback(subprocess.run, ["losetup", "-d", loop], capture_output=True)
+    return loop
+
+
+def _configure(mnt: Path, fstab: str, root: str, modules: list[str]) -> None:
+    (mnt / "etc/fstab").write_text(fstab)
+    (mnt / "etc/hostname").write_text("source\n")
+    (mnt / "etc/network/interfaces").write_text(
+        "auto lo\niface lo inet loopback\n\n"
+        f"auto {SOURCE_NIC}\niface {SOURCE_NIC} inet static\n    address {ADDRESS}\n")
+    # rootdelay: a disk the initramfs cannot see fails the boot in 30 s, not 180.
+    (mnt / "etc/default/grub").write_text(
+        "GRUB_DEFAULT=0\nGRUB_TIMEOUT=0\nGRUB_DISTRIBUTOR=Debian\n"
+        "GRUB_CMDLINE_LINUX_DEFAULT=\"\"\n"
+        "GRUB_CMDLINE_LINUX=\"console=ttyS0,115200 rootdelay=30\"\n"
+        "GRUB_TERMINAL=serial\nGRUB_SERIAL_COMMAND=\"serial --unit=0 --speed=115200\"\n"
+        "GRUB_DISABLE_LINUX_UUID=true\nGRUB_DISABLE_OS_PROBER=true\n")
+    conf = mnt / "etc/initramfs-tools/initramfs.conf"
+    conf.write_text(conf.read_text().replace("MODULES=most", "MODULES=list"))
+    (mnt / "etc/initramfs-tools/modules").write_text("".join(f"{m}\n" for m in modules))
+    if "sda" in fstab and "swap" in fstab and root == "/dev/sda1":
+        (mnt / "etc/initramfs-tools/conf.d/resume").write_text("RESUME=/dev/sda2\n")
+    script = mnt / "usr/local/sbin/xenp2v-boot-ok"
+    script.write_text(MARKER_SCRIPT)
+    script.chmod(0o755)
+    (mnt / "etc/systemd/system/xenp2v-boot-ok.service").write_text(MARKER_UNIT)
+    wants = mnt / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    link = wants / "xenp2v-boot-ok.service"
+    if not link.is_symlink():
+        link.symlink_to("/etc/systemd/system/xenp2v-boot-ok.service")
