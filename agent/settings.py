@@ -374,7 +374,7 @@ def read_cmdline(text: str) -> tuple[dict[str, Any], list[str]]:
     return parse_words(split_cmdline(text), "kernel command line", all_ours=False)
 
 
-def _cli_text(value: Any) -> str | None:
+def _cli_text(value: Any) -> str:
     if isinstance(value, bool):
         return "1" if value else "0"
     if isinstance(value, (list, tuple)):
