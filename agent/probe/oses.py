@@ -177,12 +177,16 @@ def windows_os(root: Path) -> OperatingSystem | None:
     system = _ci(root, "Windows/System32/config/SYSTEM")
     version = registry.windows_version(software) if software else {}
     hostname = registry.computer_name(system) if system else None
+    name = version.get("ProductName") or "Windows (version unknown)"
+    build = version.get("CurrentBuild", "")
+    if name.startswith("Windows 10") and build.isdigit() and int(build) >= 22000:
+        name = "Windows 11" + name.removeprefix("Windows 10")  # 11 kept 10's ProductName
     return OperatingSystem(
         family="windows",
-        name=version.get("ProductName") or "Windows (version unknown)",
+        name=name,
         id="windows",
         version=version.get("DisplayVersion") or version.get("CurrentVersion"),
-        build=version.get("CurrentBuild"),
+        build=build or None,
         hostname=hostname,
     )
 

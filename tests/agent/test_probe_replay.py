@@ -180,6 +180,9 @@ def test_windows_found_case_insensitively(tmp_path):
     found = oses.find_os(root)
     assert (found.family, found.name, found.version, found.build, found.hostname) == (
         "windows", "Windows 10 Pro", "22H2", "19045", None)
+    (config / "software").write_bytes(regf.hive({"Microsoft": {"Windows NT": {"CurrentVersion": {
+        "ProductName": "Windows 10 Enterprise", "CurrentBuild": "22631"}}}}))
+    assert oses.find_os(root).name == "Windows 11 Enterprise"
     (config / "software").write_bytes(b"not a hive")
     assert oses.find_os(root).name == "Windows (version unknown)"
 
