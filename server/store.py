@@ -332,14 +332,19 @@ class Store:
             raise storage_error(err, path.parent) from None
 
     def set_repair(self, job_id: str, report: dict) -> None:
-        """Keeps the VM's repair report; its ``ok`` field, when given, finishes the job."""
+        """Keeps the VM's repair report; its outcome (``ok``, else ``status``) finishes the job."""
         self._job_row(job_id)
         with self._db() as db:
             db.execute("UPDATE jobs SET repair=?, updated=? WHERE id=?",
                        (json.dumps(report), _now(), job_id))
         if isinstance(report.get("ok"), bool):
-            self.set_state(job_id, JobState.DONE if report["ok"] else JobState.FAILED,
-                           str(report.get("detail", "")))
+            ok = report["ok"]
+        elif isinstance(report.get("status"), str):
+            ok = report["status"] == "ok"
+        else:
+            return
+        self.set_state(job_id, JobState.DONE if ok else JobState.FAILED,
+                       str(report.get("detail", "")) or ("repaired" if ok else "the repair failed"))
 
     # --- chunks ---------------------------------------------------------------------------
 

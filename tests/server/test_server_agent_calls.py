@@ -1,0 +1,86 @@
+"""Log, events, machine lookup and repair report; the app's hooks for the XenServer automation."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from aiohttp.test_utils import TestClient, TestServer
+
+from server.api import RUNNER_OPTIONS, make_app
+from server.store import Store
+from wire import CHUNK, Wire
+from xenp2v import protocol as p
+
+UUID = "4c4c4544-0042-3510-8052-b4c04f4e4e31"
+
+
+def test_log_events_machine_lookup_and_repair_report(p2v_server):
+    wire = Wire(p2v_server)
+    job = wire.create([{"id": "sda", "size": 4 * CHUNK, "chunk_size": CHUNK}]).json()["id"]
+    assert wire.call("POST", p.log_path(job), data=b"probe: 2 disks\ncapture: started").status_code == 204
+    assert wire.call("POST", p.log_path(job), data="mot accentué\n".encode()).status_code == 204
+    log = (p2v_server.data_dir / "jobs" / job / "agent.log").read_text()
+    assert log == "probe: 2 disks\ncapture: started\nmot accentué\n"
+    r = wire.call("POST", p.log_path(job), data=b"x" * (p.MAX_LOG_BODY + 1))
+    assert r.status_code == 413
+
+    assert wire.call("POST", p.events_path(job), json={"phase": "capture", "done": 10}).status_code == 204
+    assert wire.call("POST", p.events_path(job),
+                     json=[{"phase": "capture", "done": 20}, {"phase": "seal"}]).status_code == 204
+    got = wire.call("GET", p.job_path(job)).json()
+    assert got["last_event"]["phase"] == "seal" and got["last_event"]["at"]
+
+    # Repair mode finds its job by the VM's SMBIOS UUID once the automation has set it.
+    assert wire.call("GET", p.machine_path(UUID)).status_code == 404
+    store = Store(p2v_server.data_dir)
+    store.set_target_uuid(job, UUID.upper())
+    store.close()
+    r = wire.call("GET", p.machine_path(UUID))
+    assert r.status_code == 200 and r.json()["id"] == job
+    assert wire.call("GET", p.machine_path("../../x")).status_code in (400, 404)
+
+    report = {"ok": True, "steps": [{"name": "fstab", "changed": True}]}
+    assert wire.call("POST", p.repair_path(job), json=report).status_code == 204
+    got = wire.call("GET", p.job_path(job)).json()
+    assert got["repair"] == report and got["state"] == "done"
+    assert wire.call("POST", p.repair_path("nosuchjob"), json=report).status_code == 404
+
+
+def test_hooks_run_after_the_answer_without_holding_it(tmp_path):
+    store = Store(tmp_path)
+    release = threading.Event()
+    calls: list[tuple] = []
+
+    def sealed(job_id):
+        release.wait(30)
+        calls.append(("sealed", job_id))
+
+    def repaired(job_id, report):
+        calls.append(("repair", job_id, report))
+
+    async def scenario():
+        app = make_app(store, "t0ken", on_job_sealed=sealed, on_repair_report=repaired)
+        async with TestClient(TestServer(app, **RUNNER_OPTIONS)) as client:
+            auth = {"Authorization": "Bearer t0ken"}
+            r = await client.post(p.jobs_path(), headers=auth, json={
+                "name": "x", "machine": {}, "disks": [{"id": "sda", "size": 2 * CHUNK, "chunk_size": CHUNK}]})
+            job = (await r.json())["id"]
+            r = await client.post(p.complete_path(job, "sda"), headers=auth,
+                                  json={"digest": p.image_digest(2 * CHUNK, CHUNK, {}, [0, 1]),
+                                        "zero": [[0, 2]]})
+            assert r.status == 200, await r.text()
+            assert calls == []  # answered while the hook still runs
+            release.set()
+            r = await client.post(p.repair_path(job), headers=auth, json={"ok": False, "detail": "grub"})
+            assert r.status == 204
+            for _ in range(100):
+                if len(calls) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            return job
+
+    job = asyncio.run(scenario())
+    assert sorted(calls, key=str) == [("repair", job, {"ok": False, "detail": "grub"}), ("sealed", job)]
+    assert store.get_job(job)["state"] == "failed"
+    store.close()

@@ -1,0 +1,166 @@
+"""The store in-process: the journal's crash rules, sealing, the API other server parts use."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from server.inventory import parse_inventory
+from server.store import Journal, SealedImage, Store
+from xenp2v import protocol as p
+
+CHUNK = p.MIN_CHUNK_SIZE
+
+
+def new_job(store: Store, size: int = 8 * CHUNK, uuid="5a4b3c2d-0000-1111-2222-333344445555",
+            disks=("sda",)) -> str:
+    inv = parse_inventory({"name": "db01", "machine": {"system_uuid": uuid, "cpus": 2},
+                           "disks": [{"id": d, "size": size, "chunk_size": CHUNK} for d in disks]})
+    job, resumed = store.create_job(inv)
+    assert not resumed
+    return job["id"]
+
+
+class Crash(BaseException):
+    """Stands for the process dying at this point."""
+
+
+def test_resent_chunk_with_other_bytes_never_leaves_a_stale_journal_entry(tmp_path, monkeypatch):
+    store = Store(tmp_path)
+    job = new_job(store)
+    old, new = os.urandom(CHUNK), os.urandom(CHUNK)
+    assert store.put_chunk(job, "sda", 2, old, p.chunk_digest(old)) is True
+    assert store.put_chunk(job, "sda", 2, old, p.chunk_digest(old)) is False  # same again: nothing done
+
+    # The new bytes reach the image, then the process dies before they are journaled.
+    def die(self, fd, row):
+        raise Crash()
+
+    monkeypatch.setattr(Journal, "add", die)
+    with pytest.raises(Crash):
+        store.put_chunk(job, "sda", 2, new, p.chunk_digest(new))
+    monkeypatch.undo()
+    store.close()
+
+    after = Store(tmp_path)
+    image = store.image_path(job, "sda").read_bytes()
+    assert image[2 * CHUNK:3 * CHUNK] == new
+    assert after.held_chunks(job, "sda") == {}  # not the old digest over the new bytes
+    assert after.put_chunk(job, "sda", 2, new, p.chunk_digest(new)) is True
+    assert after.held_chunks(job, "sda") == {2: p.chunk_digest(new)}
+    after.close()
+
+
+def test_racing_writers_of_one_chunk_leave_journal_and_image_agreeing(tmp_path):
+    store = Store(tmp_path)
+    job = new_job(store)
+    bodies = [os.urandom(CHUNK) for _ in range(8)]
+    threads = [threading.Thread(target=store.put_chunk, args=(job, "sda", 0, b, p.chunk_digest(b)))
+               for b in bodies * 3]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    held = store.held_chunks(job, "sda")
+    image = store.image_path(job, "sda").read_bytes()
+    assert held == {0: p.chunk_digest(image[:CHUNK])}
+    store.close()
+
+
+def test_seal_zeroes_zero_chunks_and_serves_the_sealed_image(tmp_path):
+    store = Store(tmp_path)
+    job = new_job(store, disks=("sda", "sdb"))
+    data = {0: os.urandom(CHUNK), 5: os.urandom(CHUNK)}
+    for i, b in data.items():
+        store.put_chunk(job, "sda", i, b, p.chunk_digest(b))
+    # Bytes left by a write that never reached the journal (a crash), where the agent now says zero.
+    with open(store.image_path(job, "sda"), "r+b") as f:
+        f.seek(3 * CHUNK)
+        f.write(b"\xff" * CHUNK)
+    with pytest.raises(p.ProtocolError) as err:
+        store.sealed_image(job, "sda")
+    assert err.value.status == 409 and "not sealed" in err.value.detail
+
+    digests = {i: p.chunk_digest(b) for i, b in data.items()}
+    with pytest.raises(p.ProtocolError) as err:
+        store.seal(job, "sda", p.image_digest(8 * CHUNK, CHUNK, digests, [3]), [], [])
+    assert err.value.code is p.ErrorCode.BAD_DIGEST
+    got, job_sealed = store.seal(job, "sda", p.image_digest(8 * CHUNK, CHUNK, digests, [3, 4]),
+                                 [(3, 2)], [(100, 50)])
+    assert not job_sealed and got["state"] == "receiving"
+    assert got["disks"][0]["state"] == "sealed" and got["disks"][0]["bad_ranges"] == [[100, 50]]
+    image = store.image_path(job, "sda").read_bytes()
+    assert image[3 * CHUNK:5 * CHUNK] == bytes(2 * CHUNK)
+    assert image[5 * CHUNK:6 * CHUNK] == data[5]
+
+    sealed = store.sealed_image(job, "sda")
+    assert isinstance(sealed, SealedImage)
+    assert (sealed.path, sealed.size, sealed.chunk_size) == (store.image_path(job, "sda"), 8 * CHUNK, CHUNK)
+    assert [(e.kind.value, e.start, e.count) for e in sealed.extents] == [
+        ("data", 0, 1), ("free", 1, 2), ("zero", 3, 2), ("data", 5, 1), ("free", 6, 2)]
+    with pytest.raises(p.ProtocolError) as err:
+        store.put_chunk(job, "sda", 1, data[0], p.chunk_digest(data[0]))
+    assert err.value.status == 409
+
+    _, job_sealed = store.seal(job, "sdb", p.image_digest(8 * CHUNK, CHUNK, {}, []), [], [])
+    assert job_sealed and store.get_job(job)["state"] == "sealed"
+    store.close()
+
+
+def test_the_api_other_server_parts_use(tmp_path):
+    store = Store(tmp_path)
+    job = new_job(store)
+    assert store.get_job(job)["inventory"]["machine"]["cpus"] == 2
+    store.set_state(job, p.JobState.PROVISIONING, "creating the VM")
+    store.record(job, "vm", {"uuid": "vm-1"})
+    store.record(job, "vdis", ["vdi-1"])
+    store.set_target_uuid(job, "ABCDEF01-0000-1111-2222-333344445555")
+    got = store.job_for_machine("abcdef01-0000-1111-2222-333344445555")
+    assert got["id"] == job and got["state"] == "provisioning" and got["detail"] == "creating the VM"
+    assert got["records"] == {"vm": {"uuid": "vm-1"}, "vdis": ["vdi-1"]}
+    assert [j["id"] for j in store.list_jobs()] == [job]
+    with pytest.raises(p.ProtocolError) as err:
+        store.get_job("nope")
+    assert err.value.status == 404
+    with pytest.raises(ValueError):
+        store.set_state(job, "sideways")
+    store.close()
+
+
+def test_verify_finds_changed_data_and_dirty_zero_chunks(tmp_path):
+    store = Store(tmp_path)
+    job = new_job(store)
+    rng = random.Random(1)
+    data = {i: rng.randbytes(CHUNK) for i in (0, 1, 6)}
+    for i, b in data.items():
+        store.put_chunk(job, "sda", i, b, p.chunk_digest(b))
+    digests = {i: p.chunk_digest(b) for i, b in data.items()}
+    store.seal(job, "sda", p.image_digest(8 * CHUNK, CHUNK, digests, [2, 3]), [(2, 2)], [])
+    path = store.image_path(job, "sda")
+    store.close()
+
+    def verify():
+        return subprocess.run([sys.executable, "-m", "server.cli", "verify", job, "--data-dir",
+                               str(tmp_path)], capture_output=True, text=True)
+
+    out = verify()
+    assert out.returncode == 0, out.stderr
+    assert "disk sda (sealed): 3 data chunks, 2 zero chunks: all good" in out.stdout
+    with open(path, "r+b") as f:
+        f.seek(6 * CHUNK + 17)
+        f.write(b"\x00\x01")
+        f.seek(3 * CHUNK + 9)
+        f.write(b"\x07")
+    out = verify()
+    assert out.returncode == 1
+    assert "chunk 6: journal says" in out.stdout
+    assert f"zero chunk 3: byte {3 * CHUNK + 9} is not zero" in out.stdout
+    assert "capture this disk again" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "server.cli", "verify", "nosuchjob", "--data-dir",
+                          str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 1 and "no job nosuchjob" in out.stderr and "Traceback" not in out.stderr
