@@ -83,26 +83,31 @@ def names_from_disk(refs: list[Reference], filesystems: list[Filesystem]) -> tup
     """Map old names to filesystems found on the repaired disk, with no inventory to help.
 
     The partition number survives the copy, so `/dev/sda2` is partition 2 of this disk, as long
-    as the filesystem types agree. When the guest names several old disks, only the one that held
-    `/` (or `/boot`) is this disk; the others are reported, not guessed.
+    as the filesystem types agree. The disk that held `/` (or `/boot`) is this disk. Another
+    kernel name (`sdb` beside `sda`) is another disk: reported, not guessed. A by-id or by-path
+    name may well be this disk under its other name, so it maps when the types agree.
     """
     parts = {fs.partition: fs for fs in filesystems if fs.partition is not None}
     tied = [(r, partition_ref(r.name)) for r in refs if is_hardware_name(r.name)]
-    disks = {ref[0] for _, ref in tied}
-    if len(disks) > 1:
-        anchors = [ref[0] for r, ref in tied if r.mountpoint in ("/", "/boot")]
-        disks = {anchors[0]} if anchors else set()
+    keys = {ref[0] for _, ref in tied}
+    anchors = [ref[0] for r, ref in tied if r.mountpoint in ("/", "/boot")]
+    anchor = anchors[0] if anchors else (next(iter(keys)) if len(keys) == 1 else None)
     names: dict[str, Filesystem] = {}
     notes = []
     for r, (disk, number) in tied:
         fs = parts.get(number)
-        if disk not in disks:
+        other_disk = anchor is None or (disk != anchor and _kernel_name(disk) and _kernel_name(anchor))
+        if other_disk:
             notes.append(f"{r.name} is on another disk of the source machine; left as it is.")
         elif fs is None or not _same_type(r.fstype, fs.fstype):
             notes.append(f"{r.name} matches no filesystem on this disk; left as it is.")
         else:
             names[r.name] = fs
     return names, notes
+
+
+def _kernel_name(disk: str) -> bool:
+    return "/" not in disk and not disk.startswith(("ata-", "scsi-", "wwn-", "nvme-", "pci-", "virtio-", "usb-"))
 
 
 def names_from_inventory(inventory: dict, filesystems: list[Filesystem]) -> dict[str, Filesystem]:

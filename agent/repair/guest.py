@@ -192,10 +192,13 @@ def resolve(spec: str, filesystems: list[Filesystem], names: dict[str, Filesyste
 
 
 def mount_guest(root_fs: Filesystem, subvolume: str | None, filesystems: list[Filesystem],
-                names: dict[str, Filesystem], workdir: Path, stack: ExitStack) -> tuple[Path, list[str]]:
+                names: dict[str, Filesystem], workdir: Path, stack: ExitStack,
+                readonly: bool = False) -> tuple[Path, list[str]]:
     """Mount the root and what its fstab puts under /boot, /usr and /var; returns (root, notes)."""
     root = workdir / "root"
-    mount(root_fs.device, root, stack, root_fs.fstype, f"subvol={subvolume}" if subvolume else None)
+    ro = ["ro"] if readonly else []
+    mount(root_fs.device, root, stack, root_fs.fstype,
+          ",".join(ro + ([f"subvol={subvolume}"] if subvolume else [])) or None)
     notes = []
     wanted = ("/boot", "/boot/efi", "/efi", "/usr", "/var")
     entries = sorted((e for e in fstab_entries((root / "etc/fstab").read_text()) if e[1] in wanted),
@@ -205,8 +208,8 @@ def mount_guest(root_fs: Filesystem, subvolume: str | None, filesystems: list[Fi
         if fs is None:
             notes.append(f"{point} ({spec}) is not on this disk: not mounted.")
             continue
-        subvol = next((o for o in options.split(",") if o.startswith(("subvol=", "subvolid="))), None)
-        mount(fs.device, root / point.lstrip("/"), stack, fs.fstype, subvol)
+        subvol = [o for o in options.split(",") if o.startswith(("subvol=", "subvolid="))][:1]
+        mount(fs.device, root / point.lstrip("/"), stack, fs.fstype, ",".join(ro + subvol) or None)
     return root, notes
 
 

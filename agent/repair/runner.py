@@ -127,7 +127,8 @@ def _repair_root(request: Request, disk: str, layout: guest.DiskLayout, roots: l
         names.update(names_from_inventory(request.inventory, layout.filesystems))
         nics = {**nics_from_inventory(request.inventory, local_nics()), **nics}
     root, mount_notes = guest.mount_guest(root_fs, subvolume, layout.filesystems,
-                                          {**layout.aliases, **names}, work, stack)
+                                          {**layout.aliases, **names}, work, stack,
+                                          readonly=request.dry_run)
     tree = GuestTree(root)
     facts = Facts(filesystems=layout.filesystems, names=names, nics=nics, disk=disk,
                   bios=layout.bios, uefi=layout.uefi,

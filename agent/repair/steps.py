@@ -168,7 +168,8 @@ def network(tree: GuestTree, facts: Facts) -> StepPlan:
             old = tree.read(path)
             new = rename_interfaces(old, facts.nics)
             dirname, _, base = path.rpartition("/")
-            renamed = rename_interfaces(base, facts.nics) if base.startswith(("ifcfg-", "route-", "ifroute-")) else base
+            kind, _, name = base.partition("-")
+            renamed = f"{kind}-{facts.nics[name]}" if kind in ("ifcfg", "route", "ifroute") and name in facts.nics else base
             if renamed != base:
                 # The name is the file's identity in ifcfg; a MAC pin would stop it matching.
                 new = "".join(l for l in new.splitlines(keepends=True) if not l.startswith("HWADDR="))

@@ -1,0 +1,89 @@
+"""`p2v-agent repair --disk` on real loop devices: it finds the guest, plans without writing, and
+refuses what it must not touch."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agent.cli import main
+from tests.conftest import rescan, run
+
+FSTAB = "/dev/sda1 / ext4 errors=remount-ro 0 1\n/dev/sda2 none swap sw 0 0\n"
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def guest_disk(loopdev, tmp_path):
+    """A 64 MiB MBR disk: ext4 root holding a small Debian tree that names /dev/sda*, and swap."""
+    dev = loopdev(64 * 1024 * 1024)
+    run("sfdisk", "-q", dev, input="label: dos\n,40MiB,83\n,,82\n")
+    root, swap = rescan(dev)
+    run("mkfs.ext4", "-q", root)
+    run("mkswap", swap)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    run("mount", root, str(mnt))
+    try:
+        for path, text in {"etc/os-release": "PRETTY_NAME=\"Debian GNU/Linux 12\"\nID=debian\n",
+                           "etc/fstab": FSTAB,
+                           "etc/network/interfaces": "auto ens3\niface ens3 inet dhcp\n",
+                           "etc/initramfs-tools/initramfs.conf": "MODULES=dep\n",
+                           "usr/sbin/grub-mkconfig": "", "usr/lib/grub/i386-pc/normal.mod": ""}.items():
+            (mnt / path).parent.mkdir(parents=True, exist_ok=True)
+            (mnt / path).write_text(text)
+    finally:
+        run("umount", str(mnt))
+    uuids = {part: run("blkid", "-p", "-s", "UUID", "-o", "value", part).stdout.strip() for part in (root, swap)}
+    return dev, root, swap, uuids
+
+
+def test_dry_run_prints_every_diff_and_writes_nothing(guest_disk, capsys, tmp_path):
+    dev, root, swap, uuids = guest_disk
+    backing = Path(run("losetup", "-nO", "BACK-FILE", dev).stdout.strip())
+    before = digest(backing)
+    assert main(["repair", "--dry-run", "--disk", dev, "--nic", "ens3=enX0"]) == 0
+    out = capsys.readouterr().out
+    assert "Found Debian GNU/Linux 12 (debian family)" in out
+    assert f"+UUID={uuids[root]} / ext4 errors=remount-ro 0 1\n+UUID={uuids[swap]} none swap sw 0 0\n" in out
+    assert "-auto ens3\n-iface ens3 inet dhcp\n+auto enX0\n+iface enX0 inet dhcp\n" in out
+    assert "$ update-initramfs -u -k all" in out and f"$ grub-install --target=i386-pc {dev}" in out
+    run("sync")
+    assert digest(backing) == before
+    assert "xenp2v-repair" not in Path("/proc/mounts").read_text()
+
+
+def test_a_disk_without_an_os_is_refused(loopdev, capsys):
+    dev = loopdev(32 * 1024 * 1024)
+    run("sfdisk", "-q", dev, input="label: dos\n,,83\n")
+    (part,) = rescan(dev)
+    run("mkfs.ext4", "-q", part)
+    assert main(["repair", "--disk", dev]) == 1
+    err = capsys.readouterr().err
+    assert f"{dev} holds no Linux system that repair can fix" in err
+    assert "Traceback" not in err
+
+
+def test_a_disk_in_use_here_is_refused(guest_disk, tmp_path, capsys):
+    dev, root, _, _ = guest_disk
+    mnt = tmp_path / "busy"
+    mnt.mkdir()
+    run("mount", "-o", "ro", root, str(mnt))
+    try:
+        assert main(["repair", "--disk", dev]) == 1
+    finally:
+        subprocess.run(["umount", str(mnt)])
+    assert "has filesystems mounted on this machine" in capsys.readouterr().err
+
+
+def test_bad_nic_flag_and_half_a_server_are_sentences(capsys):
+    assert main(["repair", "--disk", "/dev/null", "--nic", "ens3"]) == 1
+    assert "--nic 'ens3' is not of the form OLD=NEW" in capsys.readouterr().err
+    assert main(["repair", "--job", "j1"]) == 1
+    assert "--server, --token and --job go together" in capsys.readouterr().err

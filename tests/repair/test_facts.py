@@ -1,0 +1,47 @@
+"""Mapping old device and NIC names onto the VM: from the disk alone, and from a job's inventory."""
+
+from __future__ import annotations
+
+from agent.repair.facts import (Filesystem, Reference, names_from_disk, names_from_inventory,
+                                nics_from_inventory, partition_ref)
+
+ROOT = Filesystem("/dev/xvda2", "ext4", "root-uuid", None, 2)
+BOOT = Filesystem("/dev/xvda1", "ext4", "boot-uuid", None, 1)
+
+
+def test_partition_names_of_every_kind():
+    assert partition_ref("/dev/sda2") == ("sda", 2)
+    assert partition_ref("/dev/hda1") == ("hda", 1)
+    assert partition_ref("/dev/xvdb10") == ("xvdb", 10)
+    assert partition_ref("/dev/nvme0n1p3") == ("nvme0n1", 3)
+    assert partition_ref("/dev/mmcblk0p1") == ("mmcblk0", 1)
+    assert partition_ref("/dev/disk/by-path/pci-0000:00:1f.2-ata-1-part2") == ("pci-0000:00:1f.2-ata-1", 2)
+    assert partition_ref("/dev/mapper/vg-root") is None
+    assert partition_ref("/dev/disk/by-id/ata-DISK") is None   # a whole disk
+
+
+def test_a_second_disk_and_a_wrong_type_are_left_alone():
+    refs = [Reference("/dev/sda2", "/", "ext4"), Reference("/dev/sdb1", "/home", "ext4"),
+            Reference("/dev/sda1", "/boot/efi", "vfat")]
+    names, notes = names_from_disk(refs, [ROOT, BOOT])
+    assert names == {"/dev/sda2": ROOT}
+    assert notes == ["/dev/sdb1 is on another disk of the source machine; left as it is.",
+                     "/dev/sda1 matches no filesystem on this disk; left as it is."]
+
+
+def test_inventory_names_map_by_uuid():
+    inventory = {"disks": [{"id": "sda", "partitions": [
+        {"name": "sda1", "uuid": "boot-uuid", "links": ["/dev/disk/by-id/wwn-0x5000-part1"]},
+        {"path": "/dev/sda2", "uuid": "root-uuid"},
+        {"name": "sda3", "uuid": "gone"}]}]}
+    assert names_from_inventory(inventory, [ROOT, BOOT]) == {
+        "/dev/sda1": BOOT, "/dev/disk/by-id/wwn-0x5000-part1": BOOT, "/dev/sda2": ROOT}
+
+
+def test_nics_by_mac_then_the_only_one():
+    inventory = {"nics": [{"name": "eno1", "mac": "00:11:22:33:44:55"}, {"name": "eno2", "mac": "00:11:22:33:44:66"}]}
+    assert nics_from_inventory(inventory, {"00:11:22:33:44:55": "enX0", "00:11:22:33:44:66": "enX1"}) == \
+        {"eno1": "enX0", "eno2": "enX1"}
+    single = {"nics": [{"name": "eth0", "mac": "00:11:22:33:44:55"}]}
+    assert nics_from_inventory(single, {"aa:bb:cc:dd:ee:ff": "enX0"}) == {"eth0": "enX0"}
+    assert nics_from_inventory(single, {"00:11:22:33:44:55": "eth0"}) == {}

@@ -1,0 +1,272 @@
+"""Repair steps on fixture guest trees, one per distro family: the exact file changes, then a
+second plan on the changed tree that must be empty."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agent.repair.apply import apply_plan
+from agent.repair.facts import Facts, Filesystem, Reference, names_from_disk
+from agent.repair.plan import Plan
+from agent.repair.steps import STAMP, plan_repair
+from agent.repair.tree import GuestTree
+
+ROOT_UUID = "11111111-1111-4111-8111-111111111111"
+BOOT_UUID = "22222222-2222-4222-8222-222222222222"
+SWAP_UUID = "33333333-3333-4333-8333-333333333333"
+LUKS_UUID = "44444444-4444-4444-8444-444444444444"
+ESP_UUID = "ABCD-1234"
+BY_ID = "/dev/disk/by-id/ata-SAMSUNG_SSD_860_S3Z9NB0K123456"
+
+DEBIAN_OS = 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\n'
+UBUNTU_OS = 'PRETTY_NAME="Ubuntu 22.04.4 LTS"\nID=ubuntu\nID_LIKE=debian\n'
+RHEL_OS = 'PRETTY_NAME="Rocky Linux 9.3 (Blue Onyx)"\nID="rocky"\nID_LIKE="rhel centos fedora"\n'
+SUSE_OS = 'PRETTY_NAME="openSUSE Leap 15.5"\nID="opensuse-leap"\nID_LIKE="suse opensuse"\n'
+ARCH_OS = 'PRETTY_NAME="Arch Linux"\nID=arch\n'
+MODULES_DEP = ("kernel/drivers/ata/ata_piix.ko.xz: kernel/drivers/ata/libata.ko.xz\n"
+               "kernel/drivers/ata/ata_generic.ko.xz:\nkernel/drivers/ata/ahci.ko.xz:\n"
+               "kernel/drivers/block/xen-blkfront.ko.xz:\nkernel/drivers/net/xen-netfront.ko.xz:\n"
+               "kernel/drivers/block/virtio_blk.ko.xz:\nkernel/drivers/scsi/virtio_scsi.ko.xz:\n"
+               "kernel/drivers/net/virtio_net.ko.xz:\nkernel/drivers/scsi/sd_mod.ko.xz:\n")
+BUILTIN = "kernel/drivers/virtio/virtio_pci.ko\n"
+
+
+def make_tree(root: Path, files: dict[str, str]) -> GuestTree:
+    for path, text in files.items():
+        host = root / path.lstrip("/")
+        host.parent.mkdir(parents=True, exist_ok=True)
+        host.write_text(text)
+    return GuestTree(root)
+
+
+def fs(device: str, fstype: str, uuid: str, partition: int | None) -> Filesystem:
+    return Filesystem(device, fstype, uuid, None, partition)
+
+
+DISK = [fs("/dev/xvda1", "ext4", BOOT_UUID, 1), fs("/dev/xvda2", "ext4", ROOT_UUID, 2),
+        fs("/dev/xvda3", "swap", SWAP_UUID, 3)]
+
+
+def facts(names: dict[str, Filesystem], nics: dict[str, str] | None = None, **kw) -> Facts:
+    return Facts(filesystems=DISK, names=names, nics=nics or {}, disk="/dev/xvda", **kw)
+
+
+def changes(steps) -> dict[str, str | None]:
+    return {c.path: c.new for c in Plan(steps).changes}
+
+
+def apply_and_replan(tree: GuestTree, f: Facts) -> Plan:
+    """Apply the plan's file changes (commands succeed), then plan again."""
+    apply_plan(tree.root, plan_repair(tree, f), lambda cmd: (0, ""), lambda line: None)
+    return Plan(plan_repair(tree, f))
+
+
+def assert_second_run_empty(tree: GuestTree, f: Facts) -> None:
+    again = apply_and_replan(tree, f)
+    assert [s.name for s in again.steps if not s.empty] == []
+
+
+def test_debian_by_name_and_by_id_become_uuids(tmp_path):
+    tree = make_tree(tmp_path, {
+        "/etc/os-release": DEBIAN_OS,
+        "/etc/fstab": "# <file system> <mount point> <type> <options> <dump> <pass>\n"
+                      "/dev/sda2  /      ext4  errors=remount-ro 0 1\n"
+                      f"{BY_ID}-part1 /boot ext4 defaults 0 2\n"
+                      "/dev/sda3  none   swap  sw 0 0\n"
+                      "tmpfs /tmp tmpfs defaults 0 0\n",
+        "/etc/initramfs-tools/conf.d/resume": "RESUME=/dev/sda3\n",
+        "/etc/initramfs-tools/initramfs.conf": "MODULES=dep\nBUSYBOX=auto\n",
+        "/etc/initramfs-tools/modules": "# List of modules\n",
+        "/etc/default/grub": 'GRUB_DEFAULT=0\nGRUB_CMDLINE_LINUX="root=/dev/sda2 resume=/dev/sda3 quiet"\n'
+                             "GRUB_DISABLE_LINUX_UUID=true\n",
+        "/etc/network/interfaces": "auto lo\niface lo inet loopback\n\nallow-hotplug eth0\n"
+                                   "iface eth0 inet static\n  address 192.0.2.10/24\n"
+                                   "auto eth0:1\niface eth0:1 inet static\n  address 192.0.2.11/24\n"
+                                   "auto eth10\niface eth10 inet dhcp\n",
+        "/etc/udev/rules.d/70-persistent-net.rules": 'SUBSYSTEM=="net", ATTR{address}=="00:11:22:33:44:55", NAME="eth0"\n',
+        "/lib/modules/6.1.0-18-amd64/modules.dep": MODULES_DEP,
+        "/lib/modules/6.1.0-18-amd64/modules.builtin": BUILTIN,
+        "/usr/sbin/grub-mkconfig": "", "/usr/lib/grub/i386-pc/normal.mod": "",
+    })
+    refs = [Reference("/dev/sda2", "/", "ext4"), Reference(f"{BY_ID}-part1", "/boot", "ext4"),
+            Reference("/dev/sda3", None, "swap")]
+    names, notes = names_from_disk(refs, DISK)
+    assert notes == []
+    f = facts(names, {"eth0": "enX0"})
+    steps = plan_repair(tree, f)
+    got = changes(steps)
+    assert got["/etc/fstab"] == (
+        "# <file system> <mount point> <type> <options> <dump> <pass>\n"
+        f"UUID={ROOT_UUID}  /      ext4  errors=remount-ro 0 1\n"
+        f"UUID={BOOT_UUID} /boot ext4 defaults 0 2\n"
+        f"UUID={SWAP_UUID}  none   swap  sw 0 0\n"
+        "tmpfs /tmp tmpfs defaults 0 0\n")
+    assert got["/etc/initramfs-tools/conf.d/resume"] == f"RESUME=UUID={SWAP_UUID}\n"
+    assert got["/etc/default/grub"] == (
+        f'GRUB_DEFAULT=0\nGRUB_CMDLINE_LINUX="root=UUID={ROOT_UUID} resume=UUID={SWAP_UUID} quiet"\n')
+    assert got["/etc/network/interfaces"] == (
+        "auto lo\niface lo inet loopback\n\nallow-hotplug enX0\n"
+        "iface enX0 inet static\n  address 192.0.2.10/24\n"
+        "auto enX0:1\niface enX0:1 inet static\n  address 192.0.2.11/24\n"
+        "auto eth10\niface eth10 inet dhcp\n")
+    assert got["/etc/udev/rules.d/70-persistent-net.rules"] is None
+    assert got["/etc/initramfs-tools/initramfs.conf"] == "MODULES=most\nBUSYBOX=auto\n"
+    # virtio_pci is built in, xen-platform-pci absent from this kernel: neither is asked for.
+    assert got["/etc/initramfs-tools/modules"] == (
+        "# List of modules\n# Added by xenp2v repair: drivers for the VM's disk and network controllers.\n"
+        "xen-blkfront\nxen-netfront\nata_piix\nata_generic\nvirtio_blk\nvirtio_scsi\nvirtio_net\nahci\nsd_mod\n")
+    commands = [str(c) for c in Plan(steps).commands]
+    assert commands == ["update-initramfs -u -k all", "grub-install --target=i386-pc /dev/xvda",
+                        "grub-mkconfig -o /boot/grub/grub.cfg"]
+    assert got[STAMP] == "repaired by xenp2v\n"
+    assert_second_run_empty(tree, f)
+
+
+def test_ubuntu_netplan_luks_and_lvm(tmp_path):
+    tree = make_tree(tmp_path, {
+        "/etc/os-release": UBUNTU_OS,
+        "/etc/fstab": "/dev/mapper/ubuntu--vg-root / ext4 defaults 0 1\n"
+                      "/dev/sda1 /boot ext4 defaults 0 2\n/dev/ubuntu-vg/swap none swap sw 0 0\n",
+        "/etc/crypttab": "sda3_crypt /dev/sda3 none luks,discard\n",
+        "/etc/netplan/00-installer-config.yaml": "network:\n  ethernets:\n    ens33:\n      dhcp4: true\n  version: 2\n",
+        "/etc/lvm/devices/system.devices": "VERSION=1.1.2\nIDTYPE=sys_wwid IDNAME=naa.5000 DEVNAME=/dev/sda3 PVID=x\n",
+        "/etc/initramfs-tools/initramfs.conf": "MODULES=most\n",
+    })
+    disk = [fs("/dev/xvda1", "ext4", BOOT_UUID, 1), fs("/dev/xvda3", "crypto_LUKS", LUKS_UUID, 3)]
+    refs = [Reference("/dev/sda1", "/boot", "ext4"), Reference("/dev/sda3", None, "crypto_LUKS")]
+    names, _ = names_from_disk(refs, disk)
+    f = Facts(filesystems=disk, names=names, nics={"ens33": "enX0"}, disk="/dev/xvda")
+    got = changes(plan_repair(tree, f))
+    assert got["/etc/fstab"] == ("/dev/mapper/ubuntu--vg-root / ext4 defaults 0 1\n"
+                                 f"UUID={BOOT_UUID} /boot ext4 defaults 0 2\n/dev/ubuntu-vg/swap none swap sw 0 0\n")
+    assert got["/etc/crypttab"] == f"sda3_crypt UUID={LUKS_UUID} none luks,discard\n"
+    assert got["/etc/netplan/00-installer-config.yaml"] == \
+        "network:\n  ethernets:\n    enX0:\n      dhcp4: true\n  version: 2\n"
+    assert got["/etc/lvm/devices/system.devices"] is None
+    assert "/etc/initramfs-tools/initramfs.conf" not in got
+    assert_second_run_empty(tree, f)
+
+
+def test_rhel_bls_ifcfg_dracut_selinux(tmp_path):
+    tree = make_tree(tmp_path, {
+        "/etc/os-release": RHEL_OS,
+        "/etc/fstab": "/dev/sda2 / xfs defaults 0 0\n/dev/sda1 /boot xfs defaults 0 0\n",
+        "/boot/loader/entries/abc-5.14.0-362.el9.x86_64.conf":
+            "title Rocky Linux\nlinux /vmlinuz-5.14.0-362.el9.x86_64\n"
+            "options root=/dev/sda2 ro resume=/dev/sda3 crashkernel=1G-4G:192M\n",
+        "/etc/kernel/cmdline": "root=/dev/sda2 ro resume=/dev/sda3\n",
+        "/etc/default/grub": 'GRUB_CMDLINE_LINUX="resume=/dev/sda3"\nGRUB_ENABLE_BLSCFG=true\n',
+        "/etc/sysconfig/network-scripts/ifcfg-eth0": 'DEVICE=eth0\nNAME=eth0\nHWADDR=00:11:22:33:44:55\n'
+                                                     'BOOTPROTO=none\nIPADDR=192.0.2.20\n',
+        "/etc/selinux/config": "SELINUX=enforcing\nSELINUXTYPE=targeted\n",
+        "/etc/dracut.conf": "",
+        "/usr/sbin/grub2-mkconfig": "",
+        "/usr/lib/modules/5.14.0-362.el9.x86_64/modules.dep": MODULES_DEP,
+    })
+    disk = [fs("/dev/xvda1", "xfs", BOOT_UUID, 1), fs("/dev/xvda2", "xfs", ROOT_UUID, 2),
+            fs("/dev/xvda3", "swap", SWAP_UUID, 3)]
+    refs = [Reference("/dev/sda2", "/", "xfs"), Reference("/dev/sda1", "/boot", "xfs"),
+            Reference("/dev/sda3", None, "swap")]
+    names, _ = names_from_disk(refs, disk)
+    f = Facts(filesystems=disk, names=names, nics={"eth0": "enX0"}, disk="/dev/xvda")
+    steps = plan_repair(tree, f)
+    got = changes(steps)
+    assert got["/boot/loader/entries/abc-5.14.0-362.el9.x86_64.conf"].endswith(
+        f"options root=UUID={ROOT_UUID} ro resume=UUID={SWAP_UUID} crashkernel=1G-4G:192M\n")
+    assert got["/etc/kernel/cmdline"] == f"root=UUID={ROOT_UUID} ro resume=UUID={SWAP_UUID}\n"
+    assert got["/etc/default/grub"] == f'GRUB_CMDLINE_LINUX="resume=UUID={SWAP_UUID}"\nGRUB_ENABLE_BLSCFG=true\n'
+    assert got["/etc/sysconfig/network-scripts/ifcfg-eth0"] is None
+    assert got["/etc/sysconfig/network-scripts/ifcfg-enX0"] == \
+        "DEVICE=enX0\nNAME=enX0\nBOOTPROTO=none\nIPADDR=192.0.2.20\n"
+    assert got["/etc/dracut.conf.d/90-xenp2v.conf"].splitlines()[1] == \
+        'add_drivers+=" xen-blkfront xen-netfront ata_piix ata_generic virtio_blk virtio_scsi virtio_net ahci sd_mod "'
+    assert 'hostonly="no"' in got["/etc/dracut.conf.d/90-xenp2v.conf"]
+    assert got["/.autorelabel"] == ""
+    assert [str(c) for c in Plan(steps).commands] == [
+        "dracut -f --regenerate-all", "grub2-mkconfig -o /boot/grub2/grub.cfg"]
+    assert_second_run_empty(tree, f)
+
+
+def test_suse_btrfs_by_id_and_ifcfg(tmp_path):
+    tree = make_tree(tmp_path, {
+        "/etc/os-release": SUSE_OS,
+        "/etc/fstab": f"{BY_ID}-part2 / btrfs defaults 0 0\n"
+                      f"{BY_ID}-part2 /home btrfs subvol=/@/home 0 0\n"
+                      f"{BY_ID}-part2 /.snapshots btrfs subvol=/@/.snapshots 0 0\n",
+        "/etc/default/grub": f'GRUB_CMDLINE_LINUX_DEFAULT="splash=silent resume={BY_ID}-part3 quiet"\n',
+        "/etc/sysconfig/network/ifcfg-eth0": "BOOTPROTO='dhcp'\nSTARTMODE='auto'\n",
+        "/etc/sysconfig/network/ifroute-eth0": "default 192.0.2.1 - eth0\n",
+        "/etc/dracut.conf.d/10-hostonly.conf": 'hostonly="yes"\n',
+        "/usr/sbin/grub2-mkconfig": "",
+    })
+    disk = [fs("/dev/xvda2", "btrfs", ROOT_UUID, 2), fs("/dev/xvda3", "swap", SWAP_UUID, 3)]
+    refs = [Reference(f"{BY_ID}-part2", "/", "btrfs"), Reference(f"{BY_ID}-part3", None, "swap")]
+    names, _ = names_from_disk(refs, disk)
+    f = Facts(filesystems=disk, names=names, nics={"eth0": "eth1"}, disk="/dev/xvda")
+    got = changes(plan_repair(tree, f))
+    assert got["/etc/fstab"] == (f"UUID={ROOT_UUID} / btrfs defaults 0 0\n"
+                                 f"UUID={ROOT_UUID} /home btrfs subvol=/@/home 0 0\n"
+                                 f"UUID={ROOT_UUID} /.snapshots btrfs subvol=/@/.snapshots 0 0\n")
+    assert got["/etc/default/grub"] == f'GRUB_CMDLINE_LINUX_DEFAULT="splash=silent resume=UUID={SWAP_UUID} quiet"\n'
+    assert got["/etc/sysconfig/network/ifcfg-eth0"] is None
+    assert got["/etc/sysconfig/network/ifcfg-eth1"] == "BOOTPROTO='dhcp'\nSTARTMODE='auto'\n"
+    assert got["/etc/sysconfig/network/ifroute-eth1"] == "default 192.0.2.1 - eth1\n"
+    assert "/etc/dracut.conf.d/90-xenp2v.conf" in got
+    assert_second_run_empty(tree, f)
+
+
+def test_arch_nvme_mkinitcpio_networkd_networkmanager_uefi(tmp_path):
+    tree = make_tree(tmp_path, {
+        "/etc/os-release": ARCH_OS,
+        "/etc/fstab": "/dev/nvme0n1p2 / ext4 rw,relatime 0 1\n/dev/nvme0n1p1 /boot/efi vfat rw 0 2\n",
+        "/etc/mkinitcpio.conf": "MODULES=(nvme)\nHOOKS=(base udev autodetect modconf block filesystems fsck)\n",
+        "/etc/systemd/network/20-wired.network": "[Match]\nName=enp3s0\n\n[Network]\nDHCP=yes\n",
+        "/etc/NetworkManager/system-connections/Wired.nmconnection":
+            "[connection]\nid=Wired\ntype=ethernet\ninterface-name=enp3s0\n",
+        "/usr/bin/grub-mkconfig": "",
+        "/usr/lib/modules/6.7.4-arch1-1/modules.dep": MODULES_DEP,
+    })
+    disk = [fs("/dev/xvda1", "vfat", ESP_UUID, 1), fs("/dev/xvda2", "ext4", ROOT_UUID, 2)]
+    refs = [Reference("/dev/nvme0n1p2", "/", "ext4"), Reference("/dev/nvme0n1p1", "/boot/efi", "vfat")]
+    names, _ = names_from_disk(refs, disk)
+    f = Facts(filesystems=disk, names=names, nics={"enp3s0": "enX0"}, disk="/dev/xvda",
+              bios=False, uefi=True)
+    steps = plan_repair(tree, f)
+    got = changes(steps)
+    assert got["/etc/fstab"] == f"UUID={ROOT_UUID} / ext4 rw,relatime 0 1\nUUID={ESP_UUID} /boot/efi vfat rw 0 2\n"
+    assert got["/etc/mkinitcpio.conf"].splitlines()[0] == \
+        "MODULES=(nvme xen-blkfront xen-netfront ata_piix ata_generic virtio_blk virtio_scsi virtio_net ahci sd_mod)"
+    assert got["/etc/systemd/network/20-wired.network"] == "[Match]\nName=enX0\n\n[Network]\nDHCP=yes\n"
+    assert got["/etc/NetworkManager/system-connections/Wired.nmconnection"].endswith("interface-name=enX0\n")
+    assert [str(c) for c in Plan(steps).commands] == [
+        "mkinitcpio -P",
+        "grub-install --target=x86_64-efi --efi-directory=/boot/efi --removable --no-nvram",
+        "grub-mkconfig -o /boot/grub/grub.cfg"]
+    assert_second_run_empty(tree, f)
+
+
+def test_apply_keeps_backups_and_a_failed_command_leaves_no_record(tmp_path):
+    tree = make_tree(tmp_path, {"/etc/os-release": DEBIAN_OS, "/etc/fstab": "/dev/sda1 / ext4 defaults 0 1\n",
+                                "/etc/initramfs-tools/initramfs.conf": "MODULES=most\n"})
+    f = facts({"/dev/sda1": DISK[1]})
+    lines = []
+    try:
+        apply_plan(tmp_path, plan_repair(tree, f), lambda cmd: (1, "mkinitramfs: boom"), lines.append)
+        raise AssertionError("a failing command must stop the repair")
+    except Exception as e:  # RepairError, with what to do next
+        assert "update-initramfs -u -k all" in str(e) and "run repair again" in str(e)
+    backups = list(tmp_path.glob("var/backups/xenp2v/*/etc/fstab"))
+    assert [b.read_text() for b in backups] == ["/dev/sda1 / ext4 defaults 0 1\n"]
+    assert not tree.exists(STAMP)
+    # The files are fixed, but no repair finished: the next plan reruns the tools, nothing else.
+    again = Plan(plan_repair(tree, f))
+    assert again.changes == [c for c in again.changes if c.path == STAMP]
+    assert [str(c) for c in again.commands][0] == "update-initramfs -u -k all"
+
+
+def test_dry_run_render_shows_steps_and_diffs(tmp_path):
+    tree = make_tree(tmp_path, {"/etc/os-release": DEBIAN_OS, "/etc/fstab": "/dev/sda2 / ext4 defaults 0 1\n"})
+    text = Plan(plan_repair(tree, facts({"/dev/sda2": DISK[1]}))).render()
+    assert "== device names in fstab: 1 file(s), 0 command(s)" in text
+    assert f"-/dev/sda2 / ext4 defaults 0 1\n+UUID={ROOT_UUID} / ext4 defaults 0 1\n" in text
+    assert "--- a/etc/fstab\n+++ b/etc/fstab\n" in text
