@@ -17,7 +17,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -152,7 +152,6 @@ class Setup:
     machine: dict                         # Machine fields this box cannot show
     note: str
     medium: Path | None = None            # where the boot medium is mounted, if one is
-    expect: dict = field(default_factory=dict)  # what the tests check on the raw probe
 
 
 def _box(vendor: str, product: str, serial: str, uuid: str, firmware: str, cpu: dict,
@@ -180,7 +179,6 @@ def bios_mbr(lab: Lab) -> Setup:
                               "cores": 4, "threads": 4}, 8 * GiB,
                      [{"name": "eno1", "mac": "b8:ca:3a:6e:11:22", "driver": "e1000e"}]),
         note="",
-        expect={"table": "dos", "fs": ["ext4", "swap"], "os": ["Debian GNU/Linux 12 (bookworm)"]},
     )
 
 
@@ -221,9 +219,6 @@ def uefi_gpt_lvm(lab: Lab) -> Setup:
                       {"name": "eno2", "mac": "24:6e:96:10:20:31", "driver": "tg3",
                        "link": False, "speed": None}]),
         note="",
-        expect={"table": "gpt", "fs": ["vfat", "ext4", "LVM2_member"],
-                "lvs": {"root": "xfs", "swap": "swap"},
-                "os": ["Rocky Linux 9.3 (Blue Onyx)"]},
     )
 
 
@@ -254,7 +249,6 @@ def md_raid1(lab: Lab) -> Setup:
                      [{"name": "eno1", "mac": "0c:c4:7a:12:34:56", "driver": "igb"}]),
         note="The RAID superblocks were written by tests/machines/md_superblock.py (this kernel "
              "has no md driver) and the array's filesystem made through the member's data offset.",
-        expect={"table": "dos", "raid": "raid1", "os": ["Ubuntu 22.04.4 LTS"]},
     )
 
 
@@ -281,8 +275,6 @@ def nvme(lab: Lab) -> Setup:
                      [{"name": "wlp0s20f3", "mac": "9c:2d:cd:12:34:56", "driver": "iwlwifi",
                        "speed": None}]),
         note="",
-        expect={"table": "gpt", "fs": ["vfat", "btrfs", "swap"], "os": ["Ubuntu 24.04 LTS"],
-                "subvolume": "/@"},
     )
 
 
@@ -316,8 +308,6 @@ def two_disks_usb(lab: Lab) -> Setup:
         note="The USB stick holds ext4 here, not the ISO's iso9660 (this kernel has no isofs); "
              "it was mounted as the live medium.",
         medium=medium,
-        expect={"disks": 2, "boot_medium": True, "fs": ["ext4", "swap", "xfs"],
-                "os": ["Debian GNU/Linux 11 (bullseye)"]},
     )
 
 
@@ -349,7 +339,6 @@ def windows(lab: Lab) -> Setup:
                        "speed": 10000}]),
         note="The registry hives were written by tests/machines/regf.py with the values a "
              "Windows Server 2019 install holds; the rest of Windows is absent.",
-        expect={"table": "dos", "fs": ["ntfs", "ntfs"], "os": ["Windows Server 2019 Standard"]},
     )
 
 
@@ -401,6 +390,11 @@ def adjust(machine: Machine, setup: Setup, name: str) -> Machine:
 
 
 def main(names: list[str]) -> int:
+    unknown = [n for n in names if n not in BUILDERS]
+    if unknown:
+        print(f"No machine called {', '.join(unknown)}; choose from {', '.join(BUILDERS)}.",
+              file=sys.stderr)
+        return 2
     for name in names or list(BUILDERS):
         with lab() as the_lab:
             setup = build(name, the_lab)
