@@ -109,7 +109,7 @@ def _run(args: list[str], what: str, ok: tuple[int, ...] = (0,)) -> subprocess.C
     if proc.returncode not in ok:
         detail = proc.stderr.strip().splitlines()
         reason = detail[-1] if detail else f"exit status {proc.returncode}"
-        raise BlockDevError(f"Cannot {what}: {reason}")
+        raise BlockDevError(f"Cannot {what}: {reason.rstrip('.')}.")
     return proc
 
 
