@@ -59,8 +59,11 @@ def config_from_args(args: argparse.Namespace) -> XapiConfig | None:
     if not args.iso:
         raise ValueError("--xapi-url needs --iso NAME: the xenp2v ISO in one of the pool's ISO "
                          "libraries, which the VM boots for the repair.")
+    url = args.xapi_url.rstrip("/")
+    if "://" not in url:
+        url = "https://" + url
     return XapiConfig(
-        url=args.xapi_url.rstrip("/"), user=args.xapi_user, password=lines[0],
+        url=url, user=args.xapi_user, password=lines[0],
         verify_tls=not args.no_verify_tls, ca_file=args.xapi_ca, sr=args.sr,
         network=args.network, iso=args.iso, template=args.template, keep_macs=args.keep_macs,
         pv=args.pv, keep_on_failure=args.keep_on_failure,

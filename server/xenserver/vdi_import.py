@@ -135,7 +135,16 @@ def import_image(x, url: str, session: str, vdi: str, image, send_zero: bool, co
     task = x.task.create(label, f"{image.job}/{image.disk}")
     started = time.monotonic()
     try:
-        sent = upload(url, session, vdi, task, image, send_zero, context=context)
+        try:
+            sent = upload(url, session, vdi, task, image, send_zero, context=context)
+        except VdiImportError as err:
+            # A connection cut by XAPI: its task holds the reason, which says more than ours.
+            try:
+                wait_task(x, task, timeout=10)
+            except VdiImportError as task_err:
+                if x.task.get_status(task) != "pending":
+                    raise task_err from None
+            raise err
         wait_task(x, task)
     finally:
         try:
