@@ -52,6 +52,13 @@ class DiskLayout:
     aliases: dict[str, Filesystem]   # LV names (/dev/mapper/vg-lv, /dev/vg/lv) → filesystem
 
 
+def unlocked(node: str) -> list[str]:
+    """/dev/mapper names of the device-mapper devices open on top of `node` (an unlocked LUKS)."""
+    holders = Path("/sys/class/block") / Path(os.path.realpath(node)).name / "holders"
+    return [f"/dev/mapper/{(h / 'dm/name').read_text().strip()}"
+            for h in sorted(holders.iterdir())] if holders.is_dir() else []
+
+
 def map_lv(lv: blockdev.LogicalVolume, stack: ExitStack) -> str:
     """A loop device over a linear LV: its contents where this kernel has no device-mapper."""
     if len(lv.segments) != 1 or lv.segments[0]["size"] != lv.size:
@@ -88,10 +95,18 @@ def read_layout(disk: str, stack: ExitStack) -> DiskLayout:
                 pvs.append(part.node)
             elif kind:
                 found.append(Filesystem(part.node, kind, info.get("UUID"), info.get("LABEL"), part.number))
+            if kind == "crypto_LUKS":
+                # Opened by the technician (under its crypttab name): what is inside counts too.
+                for inner in unlocked(part.node):
+                    inside = blockdev.filesystem(inner)
+                    if inside.get("TYPE") == "LVM2_member":
+                        pvs.append(inner)
+                    elif inside.get("TYPE"):
+                        found.append(Filesystem(inner, inside["TYPE"], inside.get("UUID"), inside.get("LABEL")))
         vgs = blockdev.lvm_layout(pvs) if pvs else []
         aliases = {}
         for vg in vgs:
-            if any(pv not in pvs for pv in vg.pvs):
+            if any(os.path.realpath(pv) not in {os.path.realpath(p) for p in pvs} for pv in vg.pvs):
                 raise RepairError(f"Volume group {vg.name} spans disks other than {disk}; "
                                   "attach them all and repair from inside the VM.")
             try:

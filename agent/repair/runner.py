@@ -99,8 +99,12 @@ def repair(request: Request, say: Callable[[str], None] = print) -> dict:
             layout = guest.read_layout(disk, stack)
             roots = guest.find_roots(layout, work)
             if not roots:
+                locked = [fs.device for fs in layout.filesystems if fs.fstype == "crypto_LUKS"]
                 errors.append(f"{disk} holds no Linux system that repair can fix (no root "
-                              "filesystem with /etc/fstab and an os-release)")
+                              "filesystem with /etc/fstab and an os-release)" +
+                              (f"; {', '.join(locked)} is encrypted (LUKS): open it with "
+                               "cryptsetup under the name its crypttab gives, then run repair "
+                               "again" if locked else ""))
                 continue
             return _repair_root(request, disk, layout, roots, work, stack, say)
     raise RepairError("; ".join(errors) + ". Check that the image was restored onto this disk.")
