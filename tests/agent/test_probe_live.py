@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.probe import LiveProber
+from agent.probe import disks as edge
 from agent.probe.report import render
 from conftest import needs_root, run
 
@@ -182,3 +184,16 @@ def test_what_cannot_be_read_is_reported_not_fatal(loopdev):
         "/dev/vgsplit/first spans several segments and is not active; "
         "its filesystem was not examined."]
     assert "Problems:\n  - /dev/vgsplit/first spans several segments" in render(machine)
+
+
+def test_this_machine_with_no_disk_named():
+    needs_root()
+    machine = LiveProber().machine()
+    root = edge.boot_device(Path("/nonexistent"))  # no live medium here: the device behind /
+    if root:
+        assert machine.boot_medium.path == edge.parent_disk(root)
+        assert all(d.path != machine.boot_medium.path for d in machine.disks)
+    assert not any(d.name.startswith(("loop", "zram", "ram", "dm-", "md")) for d in machine.disks)
+    assert machine.cpu.threads == os.cpu_count() and machine.memory > 0
+    assert machine.firmware in ("bios", "uefi")
+    assert render(machine).startswith("Machine:")
