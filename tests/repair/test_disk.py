@@ -4,12 +4,18 @@ refuses what it must not touch."""
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import subprocess
+import threading
+from contextlib import ExitStack
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from agent.cli import main
+from agent.repair import guest
 from tests.conftest import rescan, run
 
 FSTAB = "/dev/sda1 / ext4 errors=remount-ro 0 1\n/dev/sda2 none swap sw 0 0\n"
@@ -87,3 +93,61 @@ def test_bad_nic_flag_and_half_a_server_are_sentences(capsys):
     assert "--nic 'ens3' is not of the form OLD=NEW" in capsys.readouterr().err
     assert main(["repair", "--job", "j1"]) == 1
     assert "--server, --token and --job go together" in capsys.readouterr().err
+
+
+def test_chroot_dev_has_by_uuid_links_and_host_dev_is_untouched(guest_disk):
+    dev, root, swap, uuids = guest_disk
+    host_had_by_uuid = Path("/dev/disk/by-uuid").exists()
+    with ExitStack() as stack:
+        work = guest.workdir(stack)
+        layout = guest.read_layout(dev, stack)
+        assert layout.bios and not layout.uefi
+        (found, subvolume), = guest.find_roots(layout, work)
+        assert (found.device, subvolume) == (root, None)
+        mounted, _ = guest.mount_guest(found, None, layout.filesystems, {}, work, stack)
+        guest.enter(mounted, layout.filesystems, layout.volume_groups, stack)
+        link = mounted / "dev/disk/by-uuid" / uuids[root]
+        assert link.is_symlink() and os.readlink(link) == root
+        assert (mounted / "dev" / Path(dev).name).is_block_device()
+    assert Path("/dev/disk/by-uuid").exists() == host_had_by_uuid
+    assert "xenp2v-repair" not in Path("/proc/mounts").read_text()
+
+
+@pytest.fixture
+def job_server():
+    """A stand-in for p2v-server's two repair calls on 127.0.0.1: the job, and the report."""
+    got: dict = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            got["auth"] = self.headers.get("Authorization")
+            body = json.dumps({"id": "j1", "inventory": {"nics": [{"name": "ens3", "mac": "00:16:3e:00:00:01"}]}})
+            self.send_response(200 if self.path == "/api/v1/jobs/j1" else 404)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def do_POST(self):
+            got[self.path] = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}", got
+    server.shutdown()
+    server.server_close()
+
+
+def test_the_server_hears_a_refusal(loopdev, job_server, capsys):
+    url, got = job_server
+    dev = loopdev(16 * 1024 * 1024)
+    assert main(["repair", "--disk", dev, "--server", url, "--token", "secret", "--job", "j1"]) == 1
+    assert got["auth"] == "Bearer secret"
+    report = got["/api/v1/jobs/j1/repair"]
+    assert report["status"] == "failed" and "holds no Linux system" in report["error"]
+    assert "holds no Linux system" in capsys.readouterr().err
