@@ -106,7 +106,9 @@ class Client:
                 resp = self._session().request(method, self.url + path, timeout=self.timeout,
                                                verify=not self.fingerprint, **kw)
             except requests.exceptions.SSLError as e:
-                raise ServerError(self._tls_message(e)) from None
+                if _is_trust_failure(e):
+                    raise ServerError(self._tls_message(e)) from None
+                problem = f"the secure connection to {self.url} broke ({_short(e)})"
             except (requests.ConnectionError, requests.Timeout) as e:
                 problem = f"cannot reach {self.url} ({_short(e)})"
             else:
@@ -115,12 +117,14 @@ class Client:
                 if resp.status_code not in RETRY_STATUS:
                     raise self._refusal(resp, what)
                 problem = f"the server answered {resp.status_code}"
-            if time.monotonic() + delay > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise ServerError(f"Could not {what}: {problem}, and it kept failing for "
                                   f"{retry_for:.0f} s. Check the network and that p2v-server "
                                   "runs, then start again: the transfer resumes where it stopped.")
-            log.warning("%s; retrying in %.1f s", problem, delay)
-            time.sleep(delay * random.uniform(0.8, 1.2))
+            wait = min(delay * random.uniform(0.8, 1.2), left)
+            log.warning("%s; retrying in %.1f s", problem, wait)
+            time.sleep(wait)
             delay = min(delay * 2, BACKOFF_MAX)
 
     def _refusal(self, resp: requests.Response, what: str) -> ServerError:
@@ -198,6 +202,13 @@ class Client:
         self.request("POST", protocol.log_path(job), data=text.encode(),
                      headers={"Content-Type": "text/plain; charset=utf-8"}, ok=(200, 201, 204),
                      what="upload the agent log")
+
+
+def _is_trust_failure(err: Exception) -> bool:
+    """A certificate that is not the pinned or a trusted one, as opposed to a handshake that a
+    cut connection or a restarting server broke off (which is worth retrying)."""
+    text = str(err)
+    return "Fingerprints did not match" in text or "CERTIFICATE_VERIFY_FAILED" in text
 
 
 def _short(err: Exception) -> str:
