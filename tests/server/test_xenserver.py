@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import subprocess
 import sys
 import xmlrpc.client
@@ -311,3 +312,30 @@ def test_provision_command_says_what_is_missing(tmp_path):
                           capture_output=True, text=True, cwd=root, timeout=60)
     assert proc.returncode == 1 and "There is no job job1" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_simulator_import_handler_refuses_what_xapi_refuses(sim):
+    session = XenAPI.Session(sim.url)
+    session.xenapi.login_with_password("root", "secret", "2.0", "test")
+    vdi = session.xenapi.VDI.create({"name_label": "d", "SR": sim.sr, "virtual_size": str(MiB),
+                                     "type": "user", "sharable": False, "read_only": False,
+                                     "other_config": {}})
+    port = int(sim.url.rsplit(":", 1)[1])
+
+    def put(query: str, body, headers=None) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("PUT", f"/import_raw_vdi?{query}", body=body, headers=headers or {})
+        status = conn.getresponse().status
+        conn.close()
+        return status
+
+    assert put(f"session_id=OpaqueRef:bad&vdi={vdi}&format=raw", b"x") == 403
+    # HTTP chunking is not XAPI's "chunked": the handler refuses it.
+    assert put(f"session_id={session.handle}&vdi={vdi}&format=raw&chunked",
+               iter([b"abc"]), {"Transfer-Encoding": "chunked"}) == 403
+    # Plain raw body, no framing: written from offset 0; the 200 comes first, the task tells the end.
+    task = session.xenapi.task.create("import", "")
+    assert put(f"session_id={session.handle}&vdi={vdi}&format=raw&task_id={task}",
+               b"\x07" * 4096) == 200
+    vdi_import.wait_task(session.xenapi, task, timeout=30)
+    assert sim.vdi_path(vdi).read_bytes()[:4097] == b"\x07" * 4096 + b"\0"
