@@ -44,6 +44,7 @@ _INDEX = re.compile(r"^[0-9]{1,12}$")
 STORE = web.AppKey("store", Store)
 TOKEN = web.AppKey("token", str)
 POOL = web.AppKey("pool", ThreadPoolExecutor)
+HOOK_POOL = web.AppKey("hook_pool", ThreadPoolExecutor)
 HOOKS = web.AppKey("hooks", dict)
 SLOTS = web.AppKey("slots", asyncio.Semaphore)
 
@@ -140,7 +141,7 @@ def index_of(request: web.Request) -> int:
 
 
 def fire(request: web.Request, hook: str, *args) -> None:
-    """Runs a hook in the pool without making the client wait for it."""
+    """Runs a hook in its own pool, so a slow one neither delays the answer nor takes request threads."""
     fn = request.app[HOOKS].get(hook)
     if fn is None:
         return
@@ -151,7 +152,7 @@ def fire(request: web.Request, hook: str, *args) -> None:
         except Exception:
             log.exception("The %s hook failed for %s", hook, args[0])
 
-    asyncio.get_running_loop().run_in_executor(request.app[POOL], call)
+    request.app[HOOK_POOL].submit(call)
 
 
 # --- handlers ---------------------------------------------------------------------------------
@@ -301,12 +302,14 @@ def make_app(store: Store, token: str, on_job_sealed: Callable[[str], None] | No
     app[TOKEN] = token
     app[HOOKS] = {"on_job_sealed": on_job_sealed, "on_repair_report": on_repair_report}
     app[POOL] = ThreadPoolExecutor(THREADS, thread_name_prefix="p2v")
+    app[HOOK_POOL] = ThreadPoolExecutor(4, thread_name_prefix="p2v-hook")
 
     async def startup(app: web.Application) -> None:
         app[SLOTS] = asyncio.Semaphore(MAX_CHUNKS_IN_FLIGHT)
 
     async def cleanup(app: web.Application) -> None:
         app[POOL].shutdown(wait=True)
+        app[HOOK_POOL].shutdown(wait=True)
 
     app.on_startup.append(startup)
     app.on_cleanup.append(cleanup)

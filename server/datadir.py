@@ -23,6 +23,14 @@ def data_dir(args: argparse.Namespace) -> Path:
     return (args.data_dir or default_data_dir()).expanduser().resolve()
 
 
+def no_store_here(directory: Path) -> str | None:
+    """A sentence saying why ``directory`` holds no server data, or None when it does."""
+    if (directory / "xenp2v.db").is_file():
+        return None
+    return (f"There is no xenp2v server data in {directory}: give the directory the server runs "
+            "with, as --data-dir DIR.")
+
+
 def load_or_make_token(directory: Path) -> str:
     """The token kept in ``directory/token``; made (readable by the owner only) on first start."""
     path = directory / "token"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
-from server.datadir import add_data_dir, data_dir
+from server.datadir import add_data_dir, data_dir, no_store_here
 from server.store import Store
 
 
@@ -50,7 +51,11 @@ def table(jobs: list[dict]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    store = Store(data_dir(args))
+    directory = data_dir(args)
+    if problem := no_store_here(directory):
+        print(problem, file=sys.stderr)
+        return 1
+    store = Store(directory)
     try:
         jobs = [summary(j) for j in store.list_jobs()]
     finally:

@@ -16,6 +16,7 @@ journal never names bytes that are not on disk.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -415,25 +416,21 @@ class Store:
                 raise conflict(f"Disk {disk.id} of job {disk.job} is being sealed; it takes no more chunks.")
             disk.writers += 1
 
-    def _chunk_lock(self, key):
-        store = self
-
-        class _Held:
-            def __enter__(self):
-                with store._lock:
-                    entry = store._chunk_locks.setdefault(key, [threading.Lock(), 0])
-                    entry[1] += 1
-                entry[0].acquire()
-
-            def __exit__(self, *exc):
-                with store._lock:
-                    entry = store._chunk_locks[key]
-                    entry[0].release()
-                    entry[1] -= 1
-                    if not entry[1]:
-                        del store._chunk_locks[key]
-
-        return _Held()
+    @contextlib.contextmanager
+    def _chunk_lock(self, key: tuple[str, str, int]):
+        """Serialises writers of one chunk; the lock exists only while someone holds or wants it."""
+        with self._lock:
+            entry = self._chunk_locks.setdefault(key, [threading.Lock(), 0])
+            entry[1] += 1
+        entry[0].acquire()
+        try:
+            yield
+        finally:
+            entry[0].release()
+            with self._lock:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._chunk_locks[key]
 
     def _fd(self, disk: _Disk) -> int:
         with self._lock:

@@ -13,7 +13,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from server.datadir import add_data_dir, data_dir
+from server.datadir import add_data_dir, data_dir, no_store_here
 from server.store import Store
 from xenp2v.protocol import (
     ChunkKind, DiskState, ProtocolError, chunk_digest, chunk_span, image_digest,
@@ -112,7 +112,11 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    store = Store(data_dir(args))
+    directory = data_dir(args)
+    if problem := no_store_here(directory):
+        print(problem, file=sys.stderr)
+        return 1
+    store = Store(directory)
     try:
         reports = verify_job(store, args.job)
     except ProtocolError as err:

@@ -77,3 +77,10 @@ def test_jobs_lists_jobs_as_a_table_and_as_json(p2v_server):
     assert [(j["id"], j["name"], j["state"]) for j in listed] == [(job, "mail server", "receiving")]
     assert [(d["id"], d["size"], d["state"]) for d in listed[0]["disks"]] == [
         ("sda", 3 * CHUNK, "receiving"), ("nvme0n1", 5 * CHUNK, "receiving")]
+
+
+def test_jobs_and_verify_refuse_a_directory_without_server_data(tmp_path):
+    for args in (("jobs",), ("verify", "somejob")):
+        out = cli(*args, "--data-dir", str(tmp_path / "typo"))
+        assert out.returncode == 1 and "There is no xenp2v server data in" in out.stderr
+    assert not (tmp_path / "typo").exists()
