@@ -5,7 +5,6 @@ Everything XAPI says goes through ``explain`` so that people read sentences, not
 
 from __future__ import annotations
 
-import socket
 import ssl
 import xmlrpc.client
 from dataclasses import dataclass
@@ -139,7 +138,7 @@ class Pool:
                 f"The pool at {config.url} presented a certificate that cannot be verified "
                 f"({err.verify_message}): give its certificate with --xapi-ca FILE, or use "
                 "--no-verify-tls on a trusted network.") from None
-        except (OSError, socket.error, xmlrpc.client.ProtocolError) as err:
+        except (OSError, xmlrpc.client.ProtocolError) as err:
             raise XenServerError(f"Cannot reach the pool at {config.url} ({err}): check the "
                                  "address and that XAPI answers there.") from None
 

@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xenp2v.protocol import ChunkKind, Extent, chunk_count, image_map
+from xenp2v.protocol import Extent, chunk_count, image_map
 
 
 @dataclass
