@@ -57,8 +57,11 @@ class RestoreResult:
 
 # --- the target ----------------------------------------------------------------------------------
 
+SWAP = "(swap)"
+
+
 def mounted_devices() -> dict[str, str]:
-    """'major:minor' -> where it is mounted (or 'swap'), for everything in use right now."""
+    """'major:minor' -> where it is mounted (or SWAP), for everything in use right now."""
     out = {}
     for line in Path("/proc/self/mountinfo").read_text().splitlines():
         fields = line.split()
@@ -70,7 +73,7 @@ def mounted_devices() -> dict[str, str]:
         except OSError:
             continue
         if stat.S_ISBLK(st.st_mode):
-            out[f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"] = "swap"
+            out[f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"] = SWAP
     return out
 
 
@@ -84,6 +87,10 @@ def check_target_free(target: str) -> None:
     used = mounted_devices()
     for dev in devices:
         number = (dev / "dev").read_text().strip()
+        if used.get(number) == SWAP:
+            raise RestoreError(f"{target} is in use: /dev/{dev.name} is in use as swap. "
+                               f"Run 'swapoff /dev/{dev.name}' (or pick another target) and start "
+                               "again.")
         if number in used:
             raise RestoreError(f"{target} is in use: /dev/{dev.name} is mounted on {used[number]}. "
                                "Unmount it (or pick another target) and start again.")

@@ -1,0 +1,156 @@
+"""Restore onto real loop devices: zero extents zeroed, free ones untouched, refusals, resume, CLI."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from agent import capture, restore
+from agent.restore import RestoreError
+from conftest import rescan, run
+from sourcedisks import MiB, mounted
+from test_capture_restore import settings_for
+
+REPO = Path(__file__).resolve().parents[2]
+CHUNK = 4 * MiB
+
+
+def small_source(loopdev) -> str:
+    """MBR: a 40 MiB ext4 with files, then 16 MiB with no filesystem and only zeros (in use)."""
+    dev = loopdev(64 * MiB, "small")
+    run("sfdisk", "-q", dev, input="label: dos\nstart=2048, size=40M, type=83\nsize=16M, type=da\n")
+    part, raw = rescan(dev)
+    run("mkfs.ext4", "-q", "-b", "4096", part)
+    with mounted(part, "ext4") as mnt:
+        for i in range(3):
+            (mnt / f"f{i}").write_bytes(random.Random(i).randbytes(2 * MiB))
+    os.sync()
+    return dev
+
+
+def fill(dev: str, byte: int) -> None:
+    with open(dev, "r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(0)
+        for _ in range(size // MiB):
+            f.write(bytes([byte]) * MiB)
+
+
+def read(dev: str, offset: int, length: int) -> bytes:
+    with open(dev, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
+
+
+def test_zero_extents_are_zeroed_and_free_ones_left_alone(loopdev, p2v_server):
+    src = small_source(loopdev)
+    job = capture.run(settings_for(p2v_server, disks=[src]),
+                      identity={"system_uuid": str(uuid.uuid4())}).job
+    image = p2v_server.data_dir / "jobs" / job / "disks" / f"{Path(src).name}.img"
+    extents = {(e["kind"], e["start"], e["count"]) for e in
+               settings_client(p2v_server).image_map(job, Path(src).name)["extents"]}
+    zero = [(s, n) for kind, s, n in extents if kind == "zero"]
+    free = [(s, n) for kind, s, n in extents if kind == "free"]
+    assert zero and free, extents
+
+    target = loopdev(80 * MiB, "dirty")
+    fill(target, 0xFF)
+    result = restore.run(settings_for(p2v_server, job=job), target)
+    assert result.zeroed_bytes == sum(n for _, n in zero) * CHUNK
+    for s, n in zero:
+        assert read(target, s * CHUNK, n * CHUNK) == bytes(n * CHUNK)
+    for s, n in free:  # never written: still what the target held
+        assert read(target, s * CHUNK, CHUNK) == b"\xff" * CHUNK
+    for s, n in [(s, n) for kind, s, n in extents if kind == "data"]:
+        assert read(target, s * CHUNK, n * CHUNK) == read(str(image), s * CHUNK, n * CHUNK)
+    run("e2fsck", "-f", "-n", rescan(target)[0])
+
+    # Resume: only a damaged chunk is fetched again.
+    data_start = next(s for kind, s, n in extents if kind == "data")
+    with open(target, "r+b") as f:
+        f.seek(data_start * CHUNK + 4096)
+        f.write(b"damage")
+    again = restore.run(settings_for(p2v_server, job=job), target)
+    assert again.fetched_chunks == 1 and again.kept_chunks == result.fetched_chunks - 1
+
+    # A target known to read zeros is not zeroed again.
+    other = loopdev(64 * MiB, "fresh")
+    fill(other, 0xEE)
+    skipped = restore.run(settings_for(p2v_server, job=job), other, target_zeroed=True)
+    assert skipped.zeroed_bytes == 0
+    assert read(other, zero[0][0] * CHUNK, 16) == b"\xee" * 16
+
+
+def settings_client(server):
+    from agent.client import Client
+    return Client(server.url, server.token, server.fingerprint)
+
+
+def test_refuses_small_mounted_or_held_targets(loopdev, p2v_server):
+    src = small_source(loopdev)
+    job = capture.run(settings_for(p2v_server, disks=[src]),
+                      identity={"system_uuid": str(uuid.uuid4())}).job
+    small = loopdev(32 * MiB, "small-target")
+    with pytest.raises(RestoreError, match=r"holds 32.0 MiB .* but the image is 64.0 MiB .* at least"):
+        restore.run(settings_for(p2v_server, job=job), small)
+
+    target = loopdev(64 * MiB, "target")
+    restore.run(settings_for(p2v_server, job=job), target)
+    part = rescan(target)[0]
+    with mounted(part, "ext4") as mnt:
+        with pytest.raises(RestoreError, match=f"{target} is in use: .*{Path(part).name} is mounted on {mnt}"):
+            restore.run(settings_for(p2v_server, job=job), target)
+    run("mkswap", part)
+    run("swapon", part)
+    try:
+        with pytest.raises(RestoreError, match=f"{Path(part).name} is in use as swap.*swapoff"):
+            restore.run(settings_for(p2v_server, job=job), target)
+    finally:
+        run("swapoff", part)
+    claim = os.open(target, os.O_RDONLY | os.O_EXCL)   # what a mount, md or dm holds
+    try:
+        with pytest.raises(RestoreError, match=f"{target} is in use by the system"):
+            restore.run(settings_for(p2v_server, job=job), target)
+    finally:
+        os.close(claim)
+    with pytest.raises(RestoreError, match="has no disk sdz; its disks are"):
+        restore.run(settings_for(p2v_server, job=job), target, disk="sdz")
+
+
+def agent_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "agent.cli", *args, "--cmdline", ""],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+
+
+def test_command_lines(loopdev, p2v_server):
+    src = small_source(loopdev)
+    common = ["--server", p2v_server.url, "--token", p2v_server.token,
+              "--fingerprint", p2v_server.fingerprint]
+    out = agent_cli("capture", *common, "--disks", src, "--name", "cli-box", "--streams", "2",
+                    "--compress", "zstd", "--bwlimit", "200M")
+    assert out.returncode == 0, out.stderr
+    assert f"{Path(src).name}: sealed in job " in out.stdout
+    assert "capture" in out.stderr and "done" in out.stderr   # plain progress lines
+    job = out.stdout.split("sealed in job ")[1].split(":")[0]
+
+    target = loopdev(64 * MiB, "cli-target")
+    out = agent_cli("restore", *common, "--job", job, "--target", target)
+    assert out.returncode == 0, out.stderr
+    assert f"restored onto {target}" in out.stdout
+    assert read(target, 0, 64 * MiB) != bytes(64 * MiB)
+
+    out = agent_cli("restore", *common, "--job", job, "--target", loopdev(8 * MiB, "tiny"))
+    assert out.returncode == 1 and out.stderr.startswith("Restore failed: The target")
+    assert "Traceback" not in out.stderr
+    out = agent_cli("capture", *common, "--disks", "/dev/nonexistent")
+    assert out.returncode == 1 and "Traceback" not in out.stderr and "nonexistent" in out.stderr
+    out = agent_cli("capture", "--disks", src)
+    assert out.returncode == 2 and "needs --server URL and --token T" in out.stderr
+    out = agent_cli("capture", *common, "--compress", "fast")
+    assert out.returncode == 2 and "compress" in out.stderr
