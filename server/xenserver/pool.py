@@ -50,6 +50,14 @@ def explain(failure: XenAPI.Failure, config: XapiConfig | None = None) -> str:
     if code in ("SR_BACKEND_FAILURE_44", "SR_FULL") or "insufficient space" in " ".join(params):
         return ("The storage repository has not enough free space for the VM's disks: free "
                 "space there or choose another SR with --sr, then provision again.")
+    if code == "HOST_IS_SLAVE":
+        master = params[0] if params else "the pool master"
+        return (f"This host is a pool member, not the master: give --xapi-url "
+                f"https://{master} instead.")
+    if code.startswith("SR_BACKEND_FAILURE"):
+        text = next((p for p in params if p.strip()), code)
+        return (f"The storage repository failed: {text.strip()}. Check the SR in XenCenter / "
+                "Xen Orchestra, or choose another with --sr.")
     if code == "HOST_NOT_ENOUGH_FREE_MEMORY":
         need = int(params[0]) // 2**20 if params and params[0].isdigit() else "?"
         have = int(params[1]) // 2**20 if len(params) > 1 and params[1].isdigit() else "?"

@@ -1,5 +1,8 @@
 """The VM spec from both inventory shapes the agent sends, and its bounds."""
 
+import XenAPI
+
+from server.xenserver.pool import explain
 from server.xenserver.spec import MIB, fit_to_host, vm_spec
 
 
@@ -29,3 +32,14 @@ def test_unattended_inventory_shape_with_overrides_and_per_nic_keep_mac():
     assert [n.mac for n in spec.nics] == ["52:54:00:00:00:01", ""]
     fitted = fit_to_host(spec, host_cpus=1, host_free_memory=10 << 30)
     assert fitted.vcpus == 1 and "vCPUs lowered from 2 to 1" in fitted.adjustments[-1]
+
+
+def test_xapi_errors_read_as_sentences():
+    assert "give --xapi-url https://10.0.0.1" in explain(XenAPI.Failure(["HOST_IS_SLAVE",
+                                                                         "10.0.0.1"]))
+    assert "The storage repository failed: VDI not available." in explain(
+        XenAPI.Failure(["SR_BACKEND_FAILURE_46", "", "VDI not available", ""]))
+    assert "2048 MiB needed, 1024 MiB free" in explain(
+        XenAPI.Failure(["HOST_NOT_ENOUGH_FREE_MEMORY", str(2 << 30), str(1 << 30)]))
+    assert explain(XenAPI.Failure(["LICENCE_RESTRICTION", "x"])) == \
+        "XAPI answered LICENCE_RESTRICTION (x)."
