@@ -14,7 +14,7 @@ from pathlib import Path
 
 from xenp2v.protocol import ChunkKind, DiskState, ProtocolError
 from server import xva
-from server.datadir import add_data_dir, data_dir
+from server.datadir import add_data_dir, data_dir, no_store_here
 from server.store import Store
 from server.xenserver.spec import vm_spec
 
@@ -136,7 +136,11 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    store = Store(data_dir(args))
+    directory = data_dir(args)
+    if problem := no_store_here(directory):
+        print(problem, file=sys.stderr)
+        return 1
+    store = Store(directory)
     try:
         files = export_job(store, args.job, args.format, args.out, disk_id=args.disk,
                            keep_macs=not args.new_macs)

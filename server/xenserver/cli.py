@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from server.datadir import add_data_dir, data_dir
+from server.datadir import add_data_dir, data_dir, no_store_here
 from server.store import Store
 from server.xenserver.pool import DEFAULT_TEMPLATE, Pool, XapiConfig, XenServerError
 from server.xenserver.provision import Provisioner
@@ -110,7 +110,11 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(err, file=sys.stderr)
         return 2
-    store = Store(data_dir(args))
+    directory = data_dir(args)
+    if problem := no_store_here(directory):
+        print(problem, file=sys.stderr)
+        return 1
+    store = Store(directory)
     try:
         ok = Provisioner(store, config).provision(args.job)
         job = store.get_job(args.job)

@@ -310,7 +310,7 @@ def test_provision_command_says_what_is_missing(tmp_path):
     password.write_text("secret\n")
     proc = subprocess.run(base + ["--xapi-password-file", str(password), "--iso", "x.iso"],
                           capture_output=True, text=True, cwd=root, timeout=60)
-    assert proc.returncode == 1 and "There is no job job1" in proc.stderr
+    assert proc.returncode == 1 and "There is no xenp2v server data in" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
