@@ -6,16 +6,18 @@ from __future__ import annotations
 import os
 import re
 import socket
+import struct
 import subprocess
 import threading
 import time
+import zlib
 from pathlib import Path
 
 ANSI = re.compile(rb"\x1b(\[[0-9;?]*[ -/]*[@-~]|[()][0-9A-Za-z]|[=>78cM])")
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 # A TCG boot on a busy machine takes minutes.
-BOOT_TIMEOUT = 900
+BOOT_TIMEOUT = 1500
 
 
 class VM:
@@ -33,7 +35,8 @@ class VM:
         args = [
             "qemu-system-x86_64", "-machine", "q35",
             "-accel", os.environ.get("XENP2V_ACCEL", "tcg"),
-            "-m", str(memory_mb), "-smp", "2",
+            # One CPU: under TCG, two leave the kernel stuck at its timer check (MP-BIOS bug).
+            "-m", str(memory_mb), "-smp", "1",
             "-display", "none", "-vga", "std",
             "-serial", "stdio",
             "-monitor", f"unix:{self.monitor_path},server=on,wait=off",
@@ -96,6 +99,14 @@ class VM:
                 answer += sock.recv(4096)
             return answer.decode("utf-8", "replace")
 
+    def screendump(self, png: Path) -> tuple[int, int, bytes]:
+        """The VGA screen as a PNG file; returns its width, height and RGB bytes."""
+        ppm = png.with_suffix(".ppm")
+        self.monitor(f"screendump {ppm}")
+        width, height, pixels = read_ppm(ppm)
+        png.write_bytes(png_bytes(width, height, pixels))
+        return width, height, pixels
+
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
@@ -106,7 +117,7 @@ class VM:
 def start(iso: Path, workdir: Path, firmware: str, disks=()) -> VM:
     """A machine booting the ISO, stopped at the boot menu."""
     vm = VM(iso, workdir, firmware=firmware, disks=disks)
-    vm.wait_for(r"Migrate this machine", timeout=300)
+    vm.wait_for(r"Migrate this machine", timeout=600)
     return vm
 
 
@@ -115,3 +126,23 @@ def edit_entry(vm: VM, hotkey: str, extra: str) -> None:
     vm.type(hotkey)
     vm.type("\t")
     vm.type(f" {extra}\r")
+
+
+def read_ppm(path: Path) -> tuple[int, int, bytes]:
+    """Width, height and RGB bytes of a binary PPM (what QEMU's screendump writes)."""
+    data = path.read_bytes()
+    header = re.match(rb"P6\s+(\d+)\s+(\d+)\s+255\s", data)
+    assert header, f"{path} is not an 8-bit binary PPM."
+    return int(header[1]), int(header[2]), data[header.end():]
+
+
+def png_bytes(width: int, height: int, rgb: bytes) -> bytes:
+    """An 8-bit RGB PNG of the pixels (QEMU 7.2's screendump writes only PPM)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    stride = width * 3
+    rows = b"".join(b"\0" + rgb[y * stride:(y + 1) * stride] for y in range(height))
+    return (b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b""))
