@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import zstandard
 
-from conftest import needs_root, run
+from conftest import P2VServer, needs_root, run
 from wire import CHUNK, Wire
 from xenp2v import protocol as p
 
@@ -18,13 +18,22 @@ SIZE = 8 * CHUNK + 512
 pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 
 
+@pytest.fixture(scope="module")
+def p2v_server(tmp_path_factory):
+    """One server for the whole module: each test makes its own job on it."""
+    server = P2VServer(tmp_path_factory.mktemp("limits") / "data").start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def job(p2v_server):
-    r = Wire(p2v_server).create([{"id": "sda", "size": SIZE, "chunk_size": CHUNK}])
+    r = Wire(p2v_server).create([{"id": "sda", "size": SIZE, "chunk_size": CHUNK}], resume=False)
     assert r.status_code == 201, r.text
     yield r.json()["id"]
     # Whatever was sent, the server never failed on it.
     assert "Traceback" not in p2v_server.log.read_text()
+    assert p2v_server.proc.poll() is None
 
 
 def refused(r, status: int, code: str):

@@ -22,7 +22,7 @@ import urllib3
 from xenp2v import protocol as p
 
 CHUNK = p.DEFAULT_CHUNK_SIZE
-CHUNKS = 96  # 384 MiB a run
+CHUNKS = 64  # 256 MiB a run
 FLOOR_MB_S = 15
 
 
