@@ -123,9 +123,15 @@ async def read_body(request: web.Request, limit: int, what: str) -> bytes:
 async def read_json(request: web.Request, limit: int = MAX_JSON_BODY, what: str = "JSON body"):
     body = await read_body(request, limit, what)
     try:
-        return json.loads(body)
+        return json.loads(body, parse_constant=_no_constant)
     except (ValueError, UnicodeDecodeError) as err:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"The {what} is not valid JSON: {err}.") from None
+    except RecursionError:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"The {what} is nested too deeply.") from None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def ids(request: web.Request, *names: str) -> list[str]:

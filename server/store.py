@@ -134,7 +134,7 @@ class Store:
 
     # --- plumbing -------------------------------------------------------------------------
 
-    def _db(self) -> sqlite3.Connection:
+    def _db(self) -> "_Txn":
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.db_path, timeout=30, check_same_thread=False,

@@ -96,6 +96,8 @@ def test_bad_json_and_bad_inventories(p2v_server, job):
     refused(wire.call("POST", p.jobs_path(), data=b"{not json"), 400, "bad_request")
     refused(wire.call("POST", p.jobs_path(), data=b"\xff\xfe"), 400, "bad_request")
     refused(wire.call("POST", p.jobs_path(), json=[1, 2]), 400, "bad_request")
+    refused(wire.call("POST", p.jobs_path(), data=b"[" * 100000), 400, "bad_request")
+    refused(wire.call("POST", p.jobs_path(), data=b'{"name": NaN, "disks": []}'), 400, "bad_request")
     for disks in ([], [{"id": "../etc", "size": 10}], [{"id": "sda", "size": 0}],
                   [{"id": "sda", "size": "10"}], [{"id": "sda", "size": 1 << 60}],
                   [{"id": "sda", "size": 10}, {"id": "sda", "size": 10}],
@@ -115,6 +117,7 @@ def test_bad_json_and_bad_inventories(p2v_server, job):
     refused(wire.complete(job, "sda", "blake3:" + "0" * 64, bad_ranges=[(SIZE, 1)]), 416, "out_of_range")
     refused(wire.call("POST", p.events_path(job), data=b"nope"), 400, "bad_request")
     refused(wire.call("POST", p.events_path(job), json=[]), 400, "bad_request")
+    refused(wire.call("POST", p.events_path(job), data=b'{"done": Infinity}'), 400, "bad_request")
     refused(wire.call("POST", p.repair_path(job), json=["x"]), 400, "bad_request")
     assert wire.call("GET", p.job_path(job)).json()["disks"][0]["state"] == "receiving"
 
