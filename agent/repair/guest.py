@@ -242,7 +242,8 @@ def _copy_dev_nodes(src: Path, dst: Path, subdirs: tuple[str, ...]) -> None:
             _copy_dev_nodes(Path(entry.path), target, ())
 
 
-def enter(root: Path, filesystems: list[Filesystem], volume_groups: list[str], stack: ExitStack) -> None:
+def enter(root: Path, filesystems: list[Filesystem], volume_groups: list[str], stack: ExitStack,
+          aliases: dict[str, Filesystem] | None = None) -> None:
     """Prepare `root` for chroot commands: /proc, /sys (with efivars), a private /dev and /run.
 
     /dev is a copy of the host's device nodes on a tmpfs, plus /dev/disk/by-uuid links to this
@@ -261,6 +262,13 @@ def enter(root: Path, filesystems: list[Filesystem], volume_groups: list[str], s
     for fs in filesystems:
         if fs.uuid and not (by_uuid / fs.uuid).exists():
             os.symlink(os.path.realpath(fs.device), by_uuid / fs.uuid)
+    for name, fs in (aliases or {}).items():
+        # LVs read through loop devices (no device-mapper here) keep their names for the guest's
+        # hooks (fsck, lvm2) that look the root up by its fstab name.
+        link = root / name.lstrip("/")
+        if name.startswith("/dev/") and not os.path.lexists(link):
+            link.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(os.path.realpath(fs.device), link)
     (root / "dev/pts").mkdir(exist_ok=True)
     (root / "dev/shm").mkdir(exist_ok=True)
     mount("tmpfs", root / "run", stack, "tmpfs", "mode=0755,size=64m")

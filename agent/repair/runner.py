@@ -113,6 +113,7 @@ def repair(request: Request, say: Callable[[str], None] = print) -> dict:
 def _repair_root(request: Request, disk: str, layout: guest.DiskLayout, roots: list,
                  work: Path, stack: ExitStack, say: Callable[[str], None]) -> dict:
     root_fs, subvolume = roots[0]
+    root_name = next((name for name, fs in layout.aliases.items() if fs == root_fs), root_fs.device)
     for other, _ in roots[1:]:
         say(f"Another system is on {other.device}; repairing only the one on {root_fs.device}.")
     with ExitStack() as probe:
@@ -141,9 +142,9 @@ def _repair_root(request: Request, disk: str, layout: guest.DiskLayout, roots: l
     if steps:
         steps[0].notes[:0] = notes + mount_notes
     os_name = _pretty_name(tree)
-    report = {"disk": disk, "root": root_fs.device, "os": os_name, "family": fam,
+    report = {"disk": disk, "root": root_name, "os": os_name, "family": fam,
               "dry_run": request.dry_run, "changed": any(not s.empty for s in steps)}
-    say(f"Found {os_name} ({fam} family) on {root_fs.device}.")
+    say(f"Found {os_name} ({fam} family) on {root_name}.")
     if request.dry_run:
         say(Plan(steps).render())
         report["steps"] = [{"step": s.name, "files": [c.path for c in s.changes],
@@ -154,7 +155,7 @@ def _repair_root(request: Request, disk: str, layout: guest.DiskLayout, roots: l
         say("Nothing to change: this system is already repaired.")
         report.update(status="ok", steps=[])
         return report
-    guest.enter(root, layout.filesystems, layout.volume_groups, stack)
+    guest.enter(root, layout.filesystems, layout.volume_groups, stack, layout.aliases)
     lines = [f"--- xenp2v repair, {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}, disk {disk}"]
 
     def log(line: str) -> None:
