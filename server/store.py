@@ -659,18 +659,36 @@ class Journal:
             future.set_result(None)
 
 
-def _punch_hole(fd: int, offset: int, length: int) -> None:
-    """Deallocates a range so it reads zeros; falls back to writing zeros where unsupported."""
-    if _fallocate is not None:
-        if _fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE,
-                      ctypes.c_int64(offset), ctypes.c_int64(length)) == 0:
+def _written_ranges(fd: int, offset: int, end: int):
+    """(start, end) of the parts of [offset, end) that hold data; holes already read zeros."""
+    pos = offset
+    while pos < end:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as err:
+            if err.errno == errno.ENXIO:  # nothing but a hole from here on
+                return
+            yield pos, end  # no SEEK_DATA here: assume the whole range holds data
             return
-        if ctypes.get_errno() not in (errno.EOPNOTSUPP, errno.ENOSYS):
-            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
-    zeros = bytes(1 << 20)
-    end = offset + length
-    while offset < end:
-        offset += os.pwrite(fd, zeros[:min(len(zeros), end - offset)], offset)
+        if start >= end:
+            return
+        stop = min(os.lseek(fd, start, os.SEEK_HOLE), end)
+        yield start, stop
+        pos = stop
+
+
+def _punch_hole(fd: int, offset: int, length: int) -> None:
+    """Makes a range read zeros: deallocates what was written there, or overwrites it with zeros."""
+    for start, end in list(_written_ranges(fd, offset, offset + length)):
+        if _fallocate is not None:
+            if _fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE,
+                          ctypes.c_int64(start), ctypes.c_int64(end - start)) == 0:
+                continue
+            if ctypes.get_errno() not in (errno.EOPNOTSUPP, errno.ENOSYS):
+                raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        zeros = bytes(1 << 20)
+        while start < end:
+            start += os.pwrite(fd, zeros[:min(len(zeros), end - start)], start)
 
 
 def _load_fallocate():

@@ -164,3 +164,27 @@ def test_verify_finds_changed_data_and_dirty_zero_chunks(tmp_path):
     out = subprocess.run([sys.executable, "-m", "server.cli", "verify", "nosuchjob", "--data-dir",
                           str(tmp_path)], capture_output=True, text=True)
     assert out.returncode == 1 and "no job nosuchjob" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_terabyte_disk_mostly_zero_and_free_seals_and_verifies_quickly(tmp_path):
+    store = Store(tmp_path)
+    size, chunk = 1 << 40, p.DEFAULT_CHUNK_SIZE
+    inv = parse_inventory({"name": "big", "machine": {},
+                           "disks": [{"id": "sda", "size": size, "used": 64 << 20}]})
+    job = store.create_job(inv)[0]["id"]
+    assert store.get_job(job)["disks"][0]["chunk_size"] == chunk
+    data = os.urandom(chunk)
+    for i in (0, 70000, 262143):
+        store.put_chunk(job, "sda", i, data, p.chunk_digest(data))
+    zero = [(1, 69999), (100000, 100000)]
+    digests = {i: p.chunk_digest(data) for i in (0, 70000, 262143)}
+    zero_idx = [i for s, n in zero for i in range(s, s + n)]
+    store.seal(job, "sda", p.image_digest(size, chunk, digests, zero_idx), zero, [])
+    kinds = [(e.kind.value, e.start, e.count) for e in store.sealed_image(job, "sda").extents]
+    assert kinds == [("data", 0, 1), ("zero", 1, 69999), ("data", 70000, 1), ("free", 70001, 29999),
+                     ("zero", 100000, 100000), ("free", 200000, 62143), ("data", 262143, 1)]
+    assert os.stat(store.image_path(job, "sda")).st_blocks * 512 < 64 << 20
+    store.close()
+    out = subprocess.run([sys.executable, "-m", "server.cli", "verify", job, "--data-dir",
+                          str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "3 data chunks, 169999 zero chunks: all good" in out.stdout
