@@ -9,6 +9,7 @@ the same functions below; only the asking and the showing differ.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -77,27 +78,17 @@ def situation(machine: Machine, settings: Settings, client: Client | None) -> Si
 
 
 def capture(settings: Settings, progress: Progress, machine: Machine | None = None,
-            keep_macs: bool = True) -> CaptureResult:
+            keep_macs: bool | None = None) -> CaptureResult:
     """Capture the disks the settings name (None: all); raises CaptureError.
 
-    The inventory carries what the VM is made from: vCPUs, memory, firmware, and the NICs with
-    whether the VM keeps their MACs.
+    `machine` is the probe already made; `keep_macs` (the TUI's choice) marks each NIC so that
+    the server gives the VM the source's MACs, or not; None leaves it to the server.
     """
     identity = None
-    if machine is not None:
-        identity = {k: v for k, v in (("system_uuid", machine.system_uuid),
-                                      ("vendor", machine.vendor), ("product", machine.product),
-                                      ("serial", machine.serial)) if v}
-    extra = {}
-    if settings.vcpus:
-        extra["vcpus"] = settings.vcpus
-    if settings.memory:
-        extra["memory"] = settings.memory
-    if machine is not None:
-        extra["nics"] = [{"name": n.name, "mac": n.mac, "keep_mac": keep_macs}
-                         for n in machine.nics]
-        extra["firmware"] = machine.firmware
-    return capture_run(settings, progress, machine=identity, extra_inventory=extra)
+    if machine is not None and keep_macs is not None:
+        identity = {"nics": [{**dataclasses.asdict(n), "keep_mac": keep_macs}
+                             for n in machine.nics]}
+    return capture_run(settings, progress, probed=machine, identity=identity)
 
 
 def capture_summary(result: CaptureResult) -> list[str]:

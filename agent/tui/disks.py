@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
 from textual.widgets import Button, DataTable, Static
@@ -32,9 +33,10 @@ def disk_row(machine: Machine, disk: Disk) -> tuple[str, ...]:
     kinds = sorted({fs.type for fs in filesystems if fs.type})
     used = [fs.used for fs in filesystems if fs.used is not None]
     oses = sorted({fs.os.name for where, fs in machine.os_roots() if on_disk(machine, disk, where)})
-    return (disk.name, human_size(disk.size), (disk.model or "?")[:16], (disk.serial or "?")[:12],
-            disk.transport or "?", str(len(disk.partitions)), ",".join(kinds) or "none",
-            human_size(sum(used)) if used else "?", ", ".join(oses) or "none")
+    return (disk.name, human_size(disk.size), ", ".join(oses)[:24] or "none",
+            human_size(sum(used)) if used else "?", ",".join(kinds) or "none",
+            (disk.model or "?")[:16], (disk.serial or "?")[:14], disk.transport or "?",
+            str(len(disk.partitions)))
 
 
 def disk_details(machine: Machine, disk: Disk) -> str:
@@ -68,8 +70,8 @@ class DisksScreen(Step):
         wanted = self.app.session.settings.disks
         self.chosen = {d.path for d in machine.select_disks(wanted)} if machine.disks else set()
         table = self.query_one("#disks", DataTable)
-        table.add_columns("Copy", "Disk", "Size", "Model", "Serial", "Bus", "Parts",
-                          "Filesystems", "Used", "Systems")
+        table.add_columns("Copy", "Disk", "Size", "Systems", "Used", "Filesystems", "Model",
+                          "Serial", "Bus", "Parts")
         self.fill()
         table.focus()
         if not machine.disks:
@@ -81,13 +83,13 @@ class DisksScreen(Step):
         row = table.cursor_row
         table.clear()
         for disk in machine.disks:
-            table.add_row("[x]" if disk.path in self.chosen else "[ ]",
+            table.add_row(Text("[x]" if disk.path in self.chosen else "[ ]"),
                           *disk_row(machine, disk), key=disk.path)
         if machine.boot_medium:
             stick = machine.boot_medium
-            table.add_row("---", stick.name, human_size(stick.size), (stick.model or "?")[:16],
-                          (stick.serial or "?")[:12], stick.transport or "?", "",
-                          "", "", "boot stick, not copied", key=STICK)
+            table.add_row(Text("---"), stick.name, human_size(stick.size), "boot stick, not copied",
+                          "", "", (stick.model or "?")[:16], (stick.serial or "?")[:14],
+                          stick.transport or "?", "", key=STICK)
         table.move_cursor(row=row)
 
     @on(DataTable.RowHighlighted, "#disks")

@@ -1,18 +1,20 @@
 """What the TUI does to the machine, behind one object that tests replace piece by piece.
 
-`Edges()` is this machine; a test gives a recorded machine, loop devices and no-op power.
+`Edges()` is this machine; a test gives a recorded machine, loop devices and no-op power, and
+the snapshot tests give fixed core actions so that every picture is the same.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from agent.probe import Machine, Nic, probe_machine
 from agent.probe import system
 from agent.settings import IpConfig
+from agent import unattended
 
 
 def configure_network(nic: str, ip: IpConfig) -> str:
@@ -50,7 +52,9 @@ class Edges:
     configure_network: Callable[[str, IpConfig], str] = configure_network
     shell: Callable[[], None] = shell
     power: Callable[[list[str]], object] = subprocess.run
+    # The core actions, the same the unattended run calls.
+    capture: Callable = unattended.capture
+    plan_repair: Callable = unattended.plan_repair
+    apply_repair: Callable = unattended.apply_repair
     # The disk repair works on: None means this VM's own disks.
     repair_disk: str | None = None
-    # Restore targets in order: None means this VM's free disks.
-    restore_targets: list[str] | None = field(default=None)

@@ -12,7 +12,7 @@ from agent.client import ServerError
 from agent.repair.guest import RepairError
 from agent.tui.common import ConfirmScreen, Step, buttons
 from agent.tui.messages import RepairApplied, RepairPlanned, RepairSaid
-from agent.unattended import apply_repair, client_for, plan_repair, post_action
+from agent.unattended import client_for, post_action
 
 
 def plan_overview(report: dict) -> str:
@@ -60,7 +60,7 @@ class RepairScreen(Step):
         said: list[str] = []
         inventory = (self.job() or {}).get("inventory")
         try:
-            report = plan_repair(self.app.edges.repair_disk, inventory, said.append)
+            report = self.app.edges.plan_repair(self.app.edges.repair_disk, inventory, said.append)
         except RepairError as e:
             self.post_message(RepairPlanned(None, "", str(e)))
             return
@@ -112,7 +112,7 @@ class RepairScreen(Step):
             self.post_message(RepairSaid(line))
 
         try:
-            report = apply_repair(self.app.edges.repair_disk, (job or {}).get("inventory"), say,
+            report = self.app.edges.apply_repair(self.app.edges.repair_disk, (job or {}).get("inventory"), say,
                                   client, job and job["id"])
         except RepairError as e:
             self.post_message(RepairApplied(None, str(e)))

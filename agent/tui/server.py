@@ -41,7 +41,7 @@ def check(url: str, token: str, fingerprint: str | None) -> tuple[str | None, st
     client.request("GET", protocol.jobs_path(), what="check the token", retry_for=5)
     text = f"The server answers (version {version}) and accepts the token."
     if seen and not fingerprint:
-        text += (" Compare the fingerprint it presents (below) with the one p2v-server printed; "
+        text += (" Compare the fingerprint it presents (above) with the one p2v-server printed; "
                  "if they are the same, press Trust it.")
     return seen, text
 

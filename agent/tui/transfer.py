@@ -19,7 +19,7 @@ from agent.capture import CaptureError
 from agent.progress import Progress, ProgressEvent, format_eta, human
 from agent.tui.common import ConfirmScreen, Step, buttons
 from agent.tui.messages import TransferEnded, TransferLog, TransferProgress
-from agent.unattended import capture, capture_summary
+from agent.unattended import capture_summary
 
 
 class Cancelled(Exception):
@@ -87,7 +87,7 @@ class TransferScreen(Step):
         agent_log = logging.getLogger("agent")
         agent_log.addHandler(handler)
         try:
-            result = capture(session.settings, Progress([report], interval=0.5),
+            result = self.app.edges.capture(session.settings, Progress([report], interval=0.5),
                              session.machine, session.keep_macs)
         except Cancelled:
             self.post_message(TransferEnded(None, ["The transfer was cancelled."], False, True))

@@ -1,0 +1,92 @@
+"""The repair flow in a VM the server knows: found, planned (diffs), applied, reported, reboot."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import requests
+
+from agent.client import Client
+from agent.settings import Settings
+from agent.tui.app import make_app
+from agent.tui.edges import Edges
+from server.store import Store
+from tests.conftest import rescan, run
+from tests.tui.helpers import recorded, screen_text, wait_for, wait_screen
+
+MiB = 1 << 20
+VM_UUID = "6f1c2a9e-3b4d-4e5f-8a7b-0c1d2e3f4a5b"
+
+
+@pytest.fixture
+def copied_disk(loopdev, tmp_path):
+    """A restored copy of a Debian system whose fstab still names /dev/sda1."""
+    dev = loopdev(64 * MiB, "copied")
+    run("sfdisk", "-q", dev, input="label: dos\nstart=2048, type=83\n")
+    part = rescan(dev)[0]
+    run("mkfs.ext4", "-q", part)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    run("mount", part, str(mnt))
+    try:
+        (mnt / "etc").mkdir()
+        (mnt / "etc/os-release").write_text(
+            'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n')
+        (mnt / "etc/fstab").write_text("/dev/sda1 / ext4 errors=remount-ro 0 1\n")
+    finally:
+        run("umount", str(mnt))
+    return dev, part
+
+
+def fstab(part: str, tmp_path) -> str:
+    mnt = tmp_path / "check"
+    mnt.mkdir(exist_ok=True)
+    run("mount", "-o", "ro", part, str(mnt))
+    try:
+        return (mnt / "etc/fstab").read_text()
+    finally:
+        run("umount", str(mnt))
+
+
+def test_repair_flow_in_a_vm_the_server_knows(copied_disk, p2v_server, tmp_path):
+    dev, part = copied_disk
+    client = Client(p2v_server.url, p2v_server.token, p2v_server.fingerprint, retry_for=30)
+    job = client.create_job({"name": "web01", "machine": {"system_uuid": "src-1"},
+                             "disks": [{"id": "sda", "size": 64 * MiB}]})["id"]
+    store = Store(p2v_server.data_dir)
+    store.set_target_uuid(job, VM_UUID)
+    store.close()
+    powered: list = []
+    edges = Edges(probe=recorded("bios-mbr", tmp_path, vendor="Xen", product="HVM domU",
+                                 system_uuid=VM_UUID),
+                  nics=lambda: [], power=powered.append, shell=lambda: None, repair_disk=dev)
+    settings = Settings(server=p2v_server.url, token=p2v_server.token,
+                        fingerprint=p2v_server.fingerprint)
+    app = make_app(settings, edges)
+
+    async def walk():
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: app.screen.query_one("#choices").display, 120, "the probe")
+            assert f"target of job {job} (web01)" in screen_text(app)
+            await pilot.press("enter")                    # Repair is offered first
+            await wait_screen(pilot, "RepairScreen")
+            await wait_for(pilot, lambda: app.screen.query_one("#apply").display, 120, "the plan")
+            text = screen_text(app)
+            assert "Debian GNU/Linux 12 (bookworm) (debian family)" in text
+            assert "-/dev/sda1 / ext4" in text and "+UUID=" in text
+            await pilot.press("pagedown")
+            await pilot.press("enter")                    # Apply the changes
+            await wait_screen(pilot, "ConfirmScreen")
+            await pilot.press("tab", "enter")             # Apply
+            await wait_for(pilot, lambda: app.screen.query_one("#reboot").display, 120, "the repair")
+            assert "The repair is done" in screen_text(app)
+            await pilot.press("enter")                    # Reboot
+            await wait_for(pilot, lambda: powered, 30, "the reboot")
+
+    asyncio.run(walk())
+    assert powered == [["systemctl", "reboot"]]
+    assert fstab(part, tmp_path).startswith("UUID=")
+    got = requests.get(f"{p2v_server.url}/api/v1/jobs/{job}", headers=p2v_server.headers,
+                       verify=False, timeout=30).json()
+    assert got["repair"]["status"] == "ok" and got["repair"]["disk"] == dev
