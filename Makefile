@@ -9,6 +9,10 @@ APT_PACKAGES := btrfs-progs cryptsetup-bin dmsetup dosfstools e2fsprogs fdisk gd
 	libfuse2 mtools ntfs-3g openssl parted partclone qemu-utils tmux util-linux xfsprogs zstd
 # What `make e2e` adds: debootstrap for the source machines, QEMU and OVMF to boot them. Keep sorted.
 E2E_APT_PACKAGES := debootstrap fusefat ovmf qemu-system-x86
+# What `make bench` adds: the peers (dd|nc, Clonezilla's partclone|zstd|nc, virt-p2v's nbdkit and
+# nbdcopy) and nftables for the wire counters. Keep sorted.
+BENCH_APT_PACKAGES := libnbd-bin nbdkit netcat-openbsd nftables partclone zstd
+BENCH_ARGS ?=
 # Scenarios `make e2e` runs (empty: all of them), e.g. `make e2e SCENARIOS=bios-mbr`.
 SCENARIOS ?=
 
@@ -59,6 +63,13 @@ iso-test: venv
 e2e: venv system-deps
 	$(MAKE) --no-print-directory system-deps APT_PACKAGES="$(E2E_APT_PACKAGES)"
 	$(BIN)/python tests/e2e/run.py $(SCENARIOS)
+
+# Benchmarks against the peers on an 8 GiB fixture disk (cached in /var/cache/xenp2v/bench), not
+# part of `make test`; prints the table and the issue's targets. Flags: `make bench BENCH_ARGS=--tera`.
+bench: venv system-deps
+	$(MAKE) --no-print-directory system-deps APT_PACKAGES="$(BENCH_APT_PACKAGES)"
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

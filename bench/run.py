@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import re
 import shutil
 import signal
@@ -26,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench import fixture  # noqa: E402
+import psutil  # noqa: E402
 from bench.measure import PeakRSS, WireCounter, allocated, drop_cache, wait_listening  # noqa: E402
 from tests.conftest import P2VServer, free_port  # noqa: E402
 
@@ -49,6 +52,7 @@ class Run:
     out: int
     send_rss: int
     recv_rss: int
+    cpu: float = 0.0    # user + system seconds of sender and receiver together
 
 
 @dataclass
@@ -65,6 +69,21 @@ class Result:
 
     def median(self, attr: str) -> int:
         return int(statistics.median(getattr(r, attr) for r in self.runs))
+
+
+@contextmanager
+def cpu_seconds(server_pid: int | None = None):
+    """User + system CPU of the children reaped meanwhile, plus a long-lived server's share."""
+    def now() -> float:
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        total = kids.ru_utime + kids.ru_stime
+        if server_pid:
+            t = psutil.Process(server_pid).cpu_times()
+            total += t.user + t.system
+        return total
+    box = [now()]
+    yield box
+    box[0] = now() - box[0]
 
 
 class Bench:
@@ -92,7 +111,7 @@ class Bench:
     def pipe(self, sender: str, out: Path) -> Run:
         port = free_port()
         drop_cache(self.src.dev, self.src.part1)
-        with open(out, "wb") as sink, PeakRSS() as rss:
+        with open(out, "wb") as sink, PeakRSS() as rss, cpu_seconds() as cpu:
             receiver = subprocess.Popen(["nc", "-d", "-l", "127.0.0.1", str(port)], stdout=sink)
             rss.watch("recv", receiver.pid)
             wait_listening(port)
@@ -108,7 +127,7 @@ class Bench:
         if proc.returncode or receiver.returncode:
             raise RuntimeError(f"{sender} failed: {err.strip()}")
         return Run(wall, self.counter.bytes(), allocated(str(out)), rss.peak["send"],
-                   rss.peak["recv"])
+                   rss.peak["recv"], cpu[0])
 
     def dd_nc(self) -> Run:
         out = self.fresh("dd.img")
@@ -129,7 +148,7 @@ class Bench:
         with open(out, "wb") as f:
             f.truncate(self.size)
         drop_cache(self.src.dev)
-        with PeakRSS() as rss:
+        with PeakRSS() as rss, cpu_seconds() as cpu:
             server = subprocess.Popen(["nbdkit", "-r", "-f", "-i", "127.0.0.1", "-p", str(port),
                                        "file", self.src.dev])
             try:
@@ -147,7 +166,8 @@ class Bench:
                 server.wait(timeout=30)
         if copy.returncode:
             raise RuntimeError(f"nbdcopy failed ({copy.returncode})")
-        run = Run(wall, self.counter.bytes(), allocated(str(out)), rss.peak["send"], rss.peak["recv"])
+        run = Run(wall, self.counter.bytes(), allocated(str(out)), rss.peak["send"], rss.peak["recv"],
+                  cpu[0])
         out.unlink()
         return run
 
@@ -162,7 +182,7 @@ class Bench:
 
     def timed_agent(self, server: P2VServer, args: list[str], sync: list[str],
                     what: str) -> tuple[Run, str]:
-        with PeakRSS() as rss:
+        with PeakRSS() as rss, cpu_seconds(server.proc.pid) as cpu:
             rss.watch("recv", server.proc.pid)
             self.counter.start(server.port)
             start = time.monotonic()
@@ -178,7 +198,7 @@ class Bench:
                 p.wait(timeout=120)
         if agent.returncode:
             raise RuntimeError(f"p2v-agent {args[0]} failed: {err.strip()}")
-        return Run(wall, self.counter.bytes(), 0, rss.peak["send"], rss.peak["recv"]), out
+        return Run(wall, self.counter.bytes(), 0, rss.peak["send"], rss.peak["recv"], cpu[0]), out
 
     def spy(self, what: str, agent: int, server: int) -> list[subprocess.Popen]:
         """py-spy on agent and server for this run, when asked (--profile DIR)."""
@@ -256,11 +276,13 @@ def mb(n: int) -> str:
 
 def table(results: dict[str, Result], header: str) -> str:
     peers = {p: results[p] for p in PEERS if p in results}
-    cols = ["contender", "wall s", "runs", "wire MB", "image MB", "src RSS MB", "recv RSS MB"]
+    cols = ["contender", "wall s", "runs", "CPU s", "wire MB", "image MB", "src RSS MB",
+            "recv RSS MB"]
     cols += [f"t/{PEER_SHORT[p]}" for p in peers] + ["wire/cz"]
     rows = []
     for name, r in results.items():
-        row = [name, f"{r.wall:.1f}", " ".join(f"{x.wall:.0f}" for x in r.runs), mb(r.median("wire")),
+        row = [name, f"{r.wall:.1f}", " ".join(f"{x.wall:.0f}" for x in r.runs),
+               f"{statistics.median(x.cpu for x in r.runs):.0f}", mb(r.median("wire")),
                mb(r.median("out")), mb(r.worst("send_rss")), mb(r.worst("recv_rss"))]
         row += [f"{r.wall / p.wall:.2f}" for p in peers.values()]
         cz = peers.get("clonezilla (partclone|zstd|nc)")
@@ -341,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
                     results[name].runs.append(run)
                     print(f"round {round_ + 1}/{args.runs}  {name}: {run.wall:.1f} s, "
                           f"wire {mb(run.wire)} MB, image {mb(run.out)} MB, "
-                          f"RSS {mb(run.send_rss)}/{mb(run.recv_rss)} MB  "
+                          f"RSS {mb(run.send_rss)}/{mb(run.recv_rss)} MB, CPU {run.cpu:.0f} s  "
                           f"(load {os.getloadavg()[0]:.1f})", flush=True)
             if tera_image:
                 with fixture.Loop(tera_image, read_only=True) as big:
@@ -359,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{load_before[0]:.1f}/{load_before[1]:.1f} before, {load_after[0]:.1f}/"
               f"{load_after[1]:.1f} after; cold cache each run; median of {args.runs}\n"
               "wall s = median; runs = each run's time; wire = TCP bytes both ways on lo (nft); "
-              "image = allocated (du); RSS = peak of each side's process tree; t/X = time ratio")
+              "image = allocated (du); RSS = peak of each side's process tree; CPU = user+sys s of both sides; "
+              "t/X = time ratio to peer X; wire/cz = wire ratio to clonezilla")
     shown = dict(results)
     if tera:
         shown[tera.name] = tera
