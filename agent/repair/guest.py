@@ -224,8 +224,42 @@ def mount_guest(root_fs: Filesystem, subvolume: str | None, filesystems: list[Fi
             notes.append(f"{point} ({spec}) is not on this disk: not mounted.")
             continue
         subvol = [o for o in options.split(",") if o.startswith(("subvol=", "subvolid="))][:1]
+        if fs.fstype == "vfat" and not kernel_knows("vfat"):
+            stage_esp(fs.device, root / point.lstrip("/"), workdir, stack, readonly)
+            notes.append(f"{point}: this kernel has no FAT driver; the ESP is worked on in a copy "
+                         "and copied back with mtools.")
+            continue
         mount(fs.device, root / point.lstrip("/"), stack, fs.fstype, ",".join(ro + subvol) or None)
     return root, notes
+
+
+def stage_esp(device: str, target: Path, work: Path, stack: ExitStack, readonly: bool) -> None:
+    """Mount an empty FAT stand-in for the ESP at `target` (FUSE); when the repair succeeds, what
+    the guest's tools wrote there is copied onto the ESP with mtools.
+
+    For kernels without vfat. FUSE's FAT driver loses data when it overwrites a file, so it only
+    ever creates files, in a fresh image; mtools, which overwrites safely, writes the ESP. The
+    guest's tools therefore see an empty ESP (a shim there goes unnoticed).
+    """
+    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+    image = work / "esp.img"
+    with open(image, "wb") as f:
+        f.truncate(max(blockdev.disk_size(device), 64 << 20))
+    stack.callback(image.unlink, missing_ok=True)
+    run(["mkfs.vfat", "-F", "32", str(image)], "make a stand-in for the ESP")
+    loop = run(["losetup", "--show", "-f", str(image)], "attach the ESP's stand-in").stdout.strip()
+    stack.callback(subprocess.run, ["losetup", "-d", loop], capture_output=True)
+    mount(loop, target, stack, "vfat")
+    if readonly:
+        return
+
+    def copy_back(exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            for entry in sorted(os.listdir(target)):
+                run(["mcopy", "-s", "-o", "-i", device, str(target / entry), "::/"],
+                    f"copy {entry} onto the ESP", env=env)
+        return False
+    stack.push(copy_back)
 
 
 def _copy_dev_nodes(src: Path, dst: Path, subdirs: tuple[str, ...]) -> None:
