@@ -9,6 +9,7 @@ from textual.containers import VerticalScroll
 from textual.widgets import Button, Static
 
 from agent.probe.report import human_size
+from agent.settings import update
 from agent.tui.common import Step, buttons
 from agent.unattended import post_action
 
@@ -65,7 +66,11 @@ class DoneScreen(Step):
 
     @on(Button.Pressed, "#resume")
     def resume(self) -> None:
+        """The same job again: what the server already holds is not sent twice."""
         from agent.tui.transfer import TransferScreen
+        session = self.app.session
+        if session.job:
+            session.settings = update(session.settings, {"job": session.job})
         self.app.switch_screen(TransferScreen())
 
     @on(Button.Pressed, "#poweroff, #reboot")

@@ -71,7 +71,7 @@ class RepairScreen(Step):
             self.query_one("#found", Static).update("No repair is possible here.")
             self.say(message.problem, True)
             return
-        self.report = message.report
+        self.report, self.plan_text = message.report, message.text
         self.query_one("#found", Static).update(plan_overview(message.report))
         self.query_one("#plan", Static).update(
             Syntax(message.text, "diff", theme="ansi_dark", word_wrap=True))

@@ -8,6 +8,7 @@ and the job stays on the server to resume.
 from __future__ import annotations
 
 import logging
+import re
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -20,6 +21,9 @@ from agent.progress import Progress, ProgressEvent, format_eta, human
 from agent.tui.common import ConfirmScreen, Step, buttons
 from agent.tui.messages import TransferEnded, TransferLog, TransferProgress
 from agent.unattended import capture_summary
+
+
+JOB_LINE = re.compile(r"^info: job (\S+) \((new|resumed)\)")
 
 
 class Cancelled(Exception):
@@ -70,6 +74,7 @@ class TransferScreen(Step):
 
     def on_mount(self) -> None:
         self.cancelled = False
+        self.job: str | None = None      # known from the log as soon as the server gives it
         self.fractions: dict[str, float] = {}
         self.query_one("#cancel", Button).focus()
         self.run_capture()
@@ -90,10 +95,10 @@ class TransferScreen(Step):
             result = self.app.edges.capture(session.settings, Progress([report], interval=0.5),
                              session.machine, session.keep_macs)
         except Cancelled:
-            self.post_message(TransferEnded(None, ["The transfer was cancelled."], False, True))
+            self.post_message(TransferEnded(self.job, ["The transfer was cancelled."], False, True))
         except CaptureError as e:
             stopped = isinstance(e.__cause__, Cancelled)
-            self.post_message(TransferEnded(None, ["The transfer was cancelled." if stopped else
+            self.post_message(TransferEnded(self.job, ["The transfer was cancelled." if stopped else
                                              f"The transfer stopped: {e}"], False, stopped))
         else:
             self.post_message(TransferEnded(result.job, capture_summary(result), True, False))
@@ -118,6 +123,9 @@ class TransferScreen(Step):
 
     def on_transfer_log(self, message: TransferLog) -> None:
         line = message.line
+        job = JOB_LINE.match(line)
+        if job:
+            self.job = job[1]
         if "retrying" in line:
             line += " (the transfer resumes where it stopped)"
             self.say("The server cannot be reached right now: retrying, then resuming.")
