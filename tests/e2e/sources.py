@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -84,7 +85,7 @@ class Layout:
     name: str
     firmware: str                 # bios | uefi
     sfdisk: str                   # sfdisk script
-    recipe_version: str = "4"
+    recipe_version: str = "5"
 
     def image(self) -> Path:
         digest = hashlib.sha256((self.sfdisk + self.recipe_version + PACKAGES + MARKER_SCRIPT +
@@ -144,8 +145,8 @@ def source_image(name: str, say=print) -> Path:
                "--removable", "--no-nvram", env=env)
         sh("chroot", str(mnt), "grub-mkconfig", "-o", "/boot/grub/grub.cfg", env=env)
         cfg = mnt / "boot/grub/grub.cfg"
-        # grub-mkconfig named the loop devices; the source machine calls its root as fstab does.
-        cfg.write_text(cfg.read_text().replace(f"root={root} ", f"root={cmdline_root} "))
+        # grub-mkconfig named a loop device; the source machine calls its root as fstab does.
+        cfg.write_text(re.sub(r"root=/dev/\S+", f"root={cmdline_root}", cfg.read_text()))
     tmp.rename(image)
     say(f"built source {name} in {time.monotonic() - started:.0f} s: {image}")
     return image
