@@ -41,7 +41,7 @@ class RepairScreen(Step):
         yield Static("Looking for the copied system and planning the repair...", id="found")
         with VerticalScroll(id="diffs"):
             yield Static("", id="plan")
-        yield RichLog(id="log", wrap=True, max_lines=2000)
+        yield RichLog(id="log", wrap=True, max_lines=2000, min_width=20)
         yield Static("", id="status")
         yield buttons(("apply", "Apply the changes", "warning"), ("reboot", "Reboot", "primary"))
 
@@ -77,8 +77,8 @@ class RepairScreen(Step):
             Syntax(message.text, "diff", theme="ansi_dark", word_wrap=True))
         if message.report["changed"]:
             self.query_one("#apply").display = True
-            self.query_one("#apply").focus()
-            self.say("Read the changes above (arrows scroll), then Apply.")
+            self.query_one("#diffs").focus()
+            self.say("Arrows and Page Up/Down scroll the changes; Tab goes to Apply.")
         else:
             self.query_one("#reboot").display = True
             self.query_one("#reboot").focus()

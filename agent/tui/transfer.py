@@ -42,7 +42,7 @@ class _LogLines(logging.Handler):
 def disk_line(event: ProgressEvent) -> str:
     if event.phase in ("capture", "restore"):
         eta = format_eta(event.eta) if event.eta is not None else "--:--"
-        return f"{human(event.done)} of {human(event.total)}  {human(event.rate)}/s  ETA {eta}"
+        return f"{human(event.done)}/{human(event.total)} {human(event.rate)}/s ETA {eta}"
     return {"seal": "sealing: the server checks the whole image",
             "done": "done: sealed on the server"}.get(event.phase, event.phase)
 
@@ -68,7 +68,7 @@ class TransferScreen(Step):
                 yield Label("overall", classes="disk-name")
                 yield ProgressBar(total=100, show_eta=False, id="overall")
                 yield Static("", id="overall-line", classes="disk-line")
-        yield RichLog(id="log", wrap=True, max_lines=2000)
+        yield RichLog(id="log", wrap=True, max_lines=2000, min_width=20)
         yield Static("Starting...", id="status")
         yield buttons(("cancel", "Cancel", "error"))
 
@@ -78,6 +78,9 @@ class TransferScreen(Step):
         self.fractions: dict[str, float] = {}
         self.query_one("#cancel", Button).focus()
         self.run_capture()
+
+    def on_unmount(self) -> None:
+        self.cancelled = True    # the app is going away: stop the capture at its next report
 
     @work(thread=True, exclusive=True)
     def run_capture(self) -> None:

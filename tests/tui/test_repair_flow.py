@@ -76,8 +76,7 @@ def test_repair_flow_in_a_vm_the_server_knows(copied_disk, p2v_server, tmp_path)
             assert "Debian GNU/Linux 12 (bookworm) (debian family)" in text
             assert "-/dev/sda1 / ext4" in app.screen.plan_text
             assert "+UUID=" in app.screen.plan_text
-            await pilot.press("pagedown")
-            await pilot.press("enter")                    # Apply the changes
+            await pilot.press("pagedown", "tab", "enter")  # read, then Apply the changes
             await wait_screen(pilot, "ConfirmScreen")
             await pilot.press("tab", "enter")             # Apply
             await wait_for(pilot, lambda: app.screen.query_one("#reboot").display, 120, "the repair")
