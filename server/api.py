@@ -39,7 +39,7 @@ THREADS = 24
 # still compressed, so decompression stays bounded and off the event loop; no line per chunk.
 RUNNER_OPTIONS = {"auto_decompress": False, "access_log": None, "read_bufsize": 1 << 20}
 
-_INDEX = re.compile(r"^[0-9]{1,12}$")
+_INDEX = re.compile(r"[0-9]{1,12}")
 
 STORE = web.AppKey("store", Store)
 TOKEN = web.AppKey("token", str)
@@ -141,7 +141,7 @@ def ids(request: web.Request, *names: str) -> list[str]:
 
 def index_of(request: web.Request) -> int:
     text = request.match_info["index"]
-    if not _INDEX.match(text):
+    if not _INDEX.fullmatch(text):
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"The chunk index {text!r} is not a whole number.")
     return int(text)
 

@@ -14,7 +14,7 @@ def test_chunk_span_covers_disk_with_short_last_chunk():
     assert err.value.status == 416
 
 
-@pytest.mark.parametrize("bad", ["", "../x", "a/b", ".hidden", "x" * 65, None, 3, "a b", "é"])
+@pytest.mark.parametrize("bad", ["", "../x", "a/b", ".hidden", "x" * 65, None, 3, "a b", "é", "sda\n"])
 def test_ids_that_could_escape_or_confuse_are_refused(bad):
     with pytest.raises(p.ProtocolError) as err:
         p.check_id(bad, "disk id")

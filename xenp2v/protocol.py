@@ -173,7 +173,7 @@ def machine_path(system_uuid: str) -> str:
 
 def check_id(value: object, what: str) -> str:
     """A job or disk id, or ProtocolError saying what an id may hold."""
-    if not isinstance(value, str) or not _ID.match(value):
+    if not isinstance(value, str) or not _ID.fullmatch(value):
         raise ProtocolError(
             ErrorCode.BAD_REQUEST,
             f"The {what} {value!r} is not valid: use 1 to 64 letters, digits, '.', '_' or '-', "

@@ -65,7 +65,7 @@ def test_bad_chunks_are_refused_and_never_counted(p2v_server, job):
     refused(wire.call("PUT", p.chunk_path(job, "sda", 0), data=data), 400, "bad_request")
     refused(wire.put(job, "sda", 9, data), 416, "out_of_range")
     refused(wire.put(job, "sda", 10 ** 9, data), 416, "out_of_range")
-    for index in ("-1", "1e3", "0x10", "9" * 40, "%2e%2e"):
+    for index in ("-1", "1e3", "0x10", "9" * 40, "%2e%2e", "1%0A", "%201"):
         r = wire.call("PUT", p.chunks_path(job, "sda") + "/" + index, data=data,
                       headers={p.DIGEST_HEADER: p.chunk_digest(data)})
         assert r.status_code in (400, 416) and r.json()["error"] in ("bad_request", "out_of_range")
@@ -132,8 +132,8 @@ def test_unknown_things_and_path_tricks(p2v_server, job):
     refused(wire.call("GET", p.machine_path("4c4c4544-0042-3510-8052-b4c04f4e4e31")), 404, "not_found")
     data = os.urandom(CHUNK)
     digest = {p.DIGEST_HEADER: p.chunk_digest(data)}
-    for job_part in ("..", ".", ".hidden", "..%2F..%2Fetc", "%2e%2e", "a%00b", "x" * 65):
-        for disk_part in ("sda", "..", "..%2Fsda", "%2e%2e%2fx"):
+    for job_part in ("..", ".", ".hidden", "..%2F..%2Fetc", "%2e%2e", "a%00b", "x" * 65, job + "%0A"):
+        for disk_part in ("sda", "..", "..%2Fsda", "%2e%2e%2fx", "sda%0A"):
             url = f"{p2v_server.url}{p.API}/jobs/{job_part}/disks/{disk_part}/chunks/0"
             r = wire.session.put(url, data=data, headers={**digest, **p2v_server.headers}, verify=False)
             assert r.status_code in (400, 404), (url, r.status_code, r.text)
