@@ -306,7 +306,7 @@ class _Sender:
             with self.lock:
                 self.result.skipped_chunks += 1
         else:
-            body, compressed = self.compression.encode(chunk.data)
+            body, compressed = self.compression.encode(chunk.data, chunk.read)
             self.limit.take(len(body))
             start = time.monotonic()
             self.client.put_chunk(self.job, self.did, chunk.index, body, digest, compressed)

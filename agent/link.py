@@ -65,10 +65,18 @@ class Compression:
             c = self._local.c = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
         return c
 
-    def encode(self, data: bytearray) -> tuple[bytes | bytearray, bool]:
-        """(body, compressed?) for one chunk: compressed only when it pays and shrinks it."""
+    def encode(self, data: bytearray, read: int | None = None) -> tuple[bytes | bytearray, bool]:
+        """(body, compressed?) for one chunk: compressed only when it pays and shrinks it.
+
+        `read` is how many of its bytes came from the disk; the rest were zero-filled. A chunk
+        mostly zero-filled is always compressed under `auto`: zstd passes zeros at many GB/s, and
+        a few used blocks then cost what they weigh, not a whole chunk.
+        """
         if self.mode == "off":
             return data, False
+        if self.mode == "auto" and read is not None and read < len(data) // 2:
+            body = self._compressor().compress(data)
+            return (body, True) if len(body) < len(data) else (data, False)
         with self._lock:
             self._seen += 1
             sample = self.mode == "auto" and (self._seen <= WARMUP_CHUNKS

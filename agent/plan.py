@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from agent import blockdev, partclone
+from agent import blockdev, extfs, partclone
 
 log = logging.getLogger(__name__)
 
@@ -74,36 +74,71 @@ def total(ranges: list[Range]) -> int:
 # --- the plan -------------------------------------------------------------------------------------
 
 @dataclass
+class Found:
+    """What one area holds: `used` ranges to read, `zero` ranges known to be zeros (not read)."""
+
+    used: list[Range]
+    zero: list[Range] = field(default_factory=list)
+
+    @classmethod
+    def whole(cls, length: int) -> "Found":
+        return cls([(0, length)])
+
+    def shift(self, by: int) -> "Found":
+        return Found(shift(self.used, by), shift(self.zero, by))
+
+    def clip(self, start: int, end: int) -> "Found":
+        return Found(clip(self.used, start, end), clip(self.zero, start, end))
+
+
+@dataclass
 class ReadPlan:
     device: str
     size: int
-    used: list[Range]                                  # what to read; the rest is free
+    used: list[Range]                                  # what to read; the rest is free …
     notes: list[str] = field(default_factory=list)     # one line per area, for logs and screens
+    zero: list[Range] = field(default_factory=list)    # … but for these, in use and all zeros
 
     @property
     def read_bytes(self) -> int:
         return total(self.used)
 
     def chunks(self, chunk_size: int) -> Iterator[tuple[int, list[Range]]]:
-        """(chunk index, the used ranges inside it) for every chunk that holds used bytes."""
-        index: int | None = None
-        parts: list[Range] = []
-        for s, e in self.used:
-            while s < e:
-                i = s // chunk_size
-                piece_end = min(e, (i + 1) * chunk_size, self.size)
-                if i != index:
-                    if index is not None:
-                        yield index, parts
-                    index, parts = i, []
-                parts.append((s, piece_end))
-                s = piece_end
-        if index is not None:
-            yield index, parts
+        """(chunk index, the used ranges inside it) for every chunk with used or known-zero
+        bytes, in order; a chunk of known zeros alone comes with no ranges."""
+        used = _chunk_parts(self.used, chunk_size, self.size)
+        zero = (i for i, _ in _chunk_parts(self.zero, chunk_size, self.size))
+        nxt_used, nxt_zero = next(used, None), next(zero, None)
+        while nxt_used is not None or nxt_zero is not None:
+            if nxt_zero is None or (nxt_used is not None and nxt_used[0] <= nxt_zero):
+                if nxt_zero == nxt_used[0]:
+                    nxt_zero = next(zero, None)
+                yield nxt_used
+                nxt_used = next(used, None)
+            else:
+                yield nxt_zero, []
+                nxt_zero = next(zero, None)
 
     def to_json(self) -> dict:
         return {"device": self.device, "size": self.size, "read_bytes": self.read_bytes,
                 "notes": self.notes}
+
+
+def _chunk_parts(ranges: list[Range], chunk_size: int, size: int) -> Iterator[tuple[int, list[Range]]]:
+    index: int | None = None
+    parts: list[Range] = []
+    for s, e in ranges:
+        while s < e:
+            i = s // chunk_size
+            piece_end = min(e, (i + 1) * chunk_size, size)
+            if i != index:
+                if index is not None:
+                    yield index, parts
+                index, parts = i, []
+            parts.append((s, piece_end))
+            s = piece_end
+    if index is not None:
+        yield index, parts
 
 
 def plan_disk(device: str) -> ReadPlan:
@@ -112,59 +147,69 @@ def plan_disk(device: str) -> ReadPlan:
     notes: list[str] = []
     table = blockdev.partition_table(device)
     if table is None:
-        used = area_used(device, 0, size, device, notes)
-        return ReadPlan(device, size, normalize(clip(used, 0, size)), notes)
+        return _plan(device, size, area_used(device, 0, size, device, notes), notes)
     parts = [p for p in table.partitions
              if not (table.label == "dos" and p.type.lower() in EXTENDED_TYPES)]
     gaps = subtract([(0, size)], [(p.start, p.start + p.size) for p in parts])
     notes.append(f"{device}: {table.label} partition table, gaps and boot areas: read whole "
                  f"({_human(total(gaps))})")
-    used = list(gaps)
+    found = Found(list(gaps))
     for p in parts:
-        used += area_used(p.node, p.start, p.size, p.node, notes)
-    return ReadPlan(device, size, normalize(clip(used, 0, size)), notes)
+        area = area_used(p.node, p.start, p.size, p.node, notes)
+        found.used += area.used
+        found.zero += area.zero
+    return _plan(device, size, found, notes)
 
 
-def area_used(node: str, start: int, length: int, label: str, notes: list[str]) -> list[Range]:
-    """Used ranges (disk offsets) of the area [start, start+length) that `node` exposes."""
-    whole = [(start, start + length)]
+def _plan(device: str, size: int, found: Found, notes: list[str]) -> ReadPlan:
+    used = normalize(clip(found.used, 0, size))
+    zero = subtract(normalize(clip(found.zero, 0, size)), used)
+    return ReadPlan(device, size, used, notes, zero)
+
+
+def area_used(node: str, start: int, length: int, label: str, notes: list[str]) -> Found:
+    """What the area [start, start+length) that `node` exposes holds, in disk offsets."""
     try:
         fstype = blockdev.filesystem(node).get("TYPE")
     except blockdev.BlockDevError as e:
         notes.append(f"{label}: {e} Read whole.")
-        return whole
+        return Found.whole(length).shift(start)
     if partclone.knows(fstype) or fstype == "swap":
-        inner = content_used(node, fstype, length, label, notes)
-        return shift(inner, start)
+        return content_used(node, fstype, length, label, notes).shift(start)
     if fstype == "LVM2_member":
-        return shift(pv_used(node, length, label, notes), start)
+        return pv_used(node, length, label, notes).shift(start)
     if fstype == "linux_raid_member":
-        return shift(md_member_used(node, length, label, notes), start)
+        return md_member_used(node, length, label, notes).shift(start)
     notes.append(f"{label}: {fstype or 'no filesystem found'}: read whole ({_human(length)})")
-    return whole
+    return Found.whole(length).shift(start)
 
 
 def content_used(node: str, fstype: str | None, length: int, label: str,
-                 notes: list[str]) -> list[Range]:
-    """Used ranges, relative to `node`, of a filesystem or swap of `length` bytes."""
+                 notes: list[str]) -> Found:
+    """What a filesystem or swap of `length` bytes on `node` holds, relative to `node`."""
     if fstype == "swap":
         notes.append(f"{label}: swap: header only")
-        return [(0, min(SWAP_HEADER, length))]
+        return Found([(0, min(SWAP_HEADER, length))])
     if not partclone.knows(fstype):
         notes.append(f"{label}: {fstype or 'no filesystem found'}: read whole ({_human(length)})")
-        return [(0, length)]
+        return Found.whole(length)
     try:
         used, end = partclone.used_blocks(node, fstype)
     except partclone.PartcloneError as e:
         notes.append(f"{label}: {fstype}: {e}; read whole ({_human(length)})")
-        return [(0, length)]
+        return Found.whole(length)
     # Past the map's end the filesystem says nothing (e.g. NTFS's backup boot sector): read it.
     used = normalize(clip(used, 0, length) + [(min(end, length), length)])
+    zero: list[Range] = []
+    if fstype in ("ext2", "ext3", "ext4"):
+        zero, free = extfs.unused_inode_tables(node)
+        zero = clip(zero, 0, length)
+        used = subtract(used, zero + free)
     notes.append(f"{label}: {fstype}: used blocks only ({_human(total(used))} of {_human(length)})")
-    return used
+    return Found(used, zero)
 
 
-def pv_used(node: str, length: int, label: str, notes: list[str]) -> list[Range]:
+def pv_used(node: str, length: int, label: str, notes: list[str]) -> Found:
     """An LVM PV: its LVs through their filesystems' used blocks where that is possible.
 
     A single-segment linear LV is seen through a read-only loop device over its bytes on the PV,
@@ -175,8 +220,8 @@ def pv_used(node: str, length: int, label: str, notes: list[str]) -> list[Range]
         vgs = blockdev.lvm_layout([node])
     except blockdev.BlockDevError as e:
         notes.append(f"{label}: LVM PV: {e} Read whole.")
-        return [(0, length)]
-    used = subtract([(0, length)], pv_free(node))
+        return Found.whole(length)
+    found = Found(subtract([(0, length)], pv_free(node)))
     for vg in vgs:
         for lv in vg.lvs:
             name = f"{label}: LV {vg.name}/{lv.name}"
@@ -202,9 +247,11 @@ def pv_used(node: str, length: int, label: str, notes: list[str]) -> list[Range]
                 continue
             for seg in mine:
                 seg_start, seg_end = seg["start"], seg["start"] + seg["size"]
-                used = subtract(used, [(seg["pv_start"], seg["pv_start"] + seg["size"])])
-                used += shift(clip(inner, seg_start, seg_end), seg["pv_start"] - seg_start)
-    return normalize(clip(used, 0, length))
+                found.used = subtract(found.used, [(seg["pv_start"], seg["pv_start"] + seg["size"])])
+                part = inner.clip(seg_start, seg_end).shift(seg["pv_start"] - seg_start)
+                found.used += part.used
+                found.zero += part.zero
+    return Found(normalize(clip(found.used, 0, length)), clip(found.zero, 0, length))
 
 
 def pv_free(node: str) -> list[Range]:
@@ -224,7 +271,7 @@ def pv_free(node: str) -> list[Range]:
     return free
 
 
-def md_member_used(node: str, length: int, label: str, notes: list[str]) -> list[Range]:
+def md_member_used(node: str, length: int, label: str, notes: list[str]) -> Found:
     """An md RAID1 member: the array's used blocks, seen through the member's data offset.
 
     A RAID1 member holds the whole array from its data offset on, so a read-only loop device
@@ -235,11 +282,11 @@ def md_member_used(node: str, length: int, label: str, notes: list[str]) -> list
         member = blockdev.md_member(node)
     except blockdev.BlockDevError as e:
         notes.append(f"{label}: RAID member: {e} Read whole.")
-        return [(0, length)]
+        return Found.whole(length)
     if member is None or member.level != "raid1" or not 0 <= member.data_offset < length:
         level = member.level if member else "unknown level"
         notes.append(f"{label}: RAID member ({level}): read whole ({_human(length)})")
-        return [(0, length)]
+        return Found.whole(length)
     offset = member.data_offset
     try:
         with loop_view(node, offset, length - offset) as view:
@@ -247,17 +294,18 @@ def md_member_used(node: str, length: int, label: str, notes: list[str]) -> list
                                notes)
     except blockdev.BlockDevError as e:
         notes.append(f"{label}: RAID member: {e} Read whole.")
-        return [(0, length)]
-    return normalize([(0, offset)] + shift(inner, offset))
+        return Found.whole(length)
+    inner = inner.shift(offset)
+    return Found(normalize([(0, offset)] + inner.used), inner.zero)
 
 
-def area_inner(node: str, length: int, label: str, notes: list[str]) -> list[Range]:
-    """Used ranges relative to a stacked device (LV, RAID1 data) of `length` bytes."""
+def area_inner(node: str, length: int, label: str, notes: list[str]) -> Found:
+    """What a stacked device (LV, RAID1 data) of `length` bytes holds, relative to it."""
     try:
         fstype = blockdev.filesystem(node).get("TYPE")
     except blockdev.BlockDevError as e:
         notes.append(f"{label}: {e} Read whole.")
-        return [(0, length)]
+        return Found.whole(length)
     return content_used(node, fstype, length, label, notes)
 
 

@@ -37,6 +37,8 @@ _BLKRRPART = 0x125F             # _IO(0x12, 95)
 _FALLOC_FL_KEEP_SIZE = 1
 _FALLOC_FL_PUNCH_HOLE = 2
 ZERO_STEP = 64 * 1024 * 1024    # zero in pieces, so progress moves and a cut loses little
+SPARSE_BLOCK = 64 * 1024        # on a target that reads zeros, all-zero blocks this big are skipped
+_ZERO_BLOCK = memoryview(bytes(SPARSE_BLOCK))
 
 
 class RestoreError(Exception):
@@ -206,7 +208,8 @@ def run(settings: Settings, target: str, disk: str | None = None,
                     _zero_extent(fd, e, size, chunk_size, did, progress)
                 result.zeroed_bytes = zero_bytes
             _Fetcher(client, settings, did, fd, size, chunk_size, digests, progress, result,
-                     verify_existing=not reads_zeros).run(data)
+                     verify_existing=not reads_zeros,
+                     sparse=reads_zeros or target_zeroed).run(data)
             os.fsync(fd)
             reread_partitions(fd)
         finally:
@@ -239,12 +242,13 @@ class _Fetcher:
 
     def __init__(self, client: Client, settings: Settings, did: str, fd: int, size: int,
                  chunk_size: int, digests: dict[int, str], progress: Progress,
-                 result: RestoreResult, verify_existing: bool):
+                 result: RestoreResult, verify_existing: bool, sparse: bool):
         self.client, self.job, self.did, self.fd = client, settings.job, did, fd
         self.size, self.chunk_size, self.digests = size, chunk_size, digests
         self.streams = max(1, settings.streams)
         self.progress, self.result = progress, result
         self.verify_existing = verify_existing
+        self.sparse = sparse
         self.lock = threading.Lock()
         self.failure: BaseException | None = None
 
@@ -293,9 +297,13 @@ class _Fetcher:
                 return
         body = self._fetch(index, length, want)
         view = memoryview(body)
-        done = 0
-        while done < length:
-            done += os.pwrite(self.fd, view[done:], offset + done)
+        for start in range(0, length, SPARSE_BLOCK):
+            piece = view[start:start + SPARSE_BLOCK]
+            if self.sparse and piece == _ZERO_BLOCK[:len(piece)]:
+                continue  # the target reads zeros here already: leave it a hole
+            done = 0
+            while done < len(piece):
+                done += os.pwrite(self.fd, piece[done:], offset + start + done)
         with self.lock:
             self.result.fetched_chunks += 1
             self.result.received += length

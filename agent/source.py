@@ -28,6 +28,7 @@ class Chunk:
     offset: int
     data: bytearray
     zero: bool
+    read: int       # bytes read from the disk; the rest of the chunk was zero-filled
 
 
 @dataclass
@@ -62,7 +63,7 @@ class SourceDisk:
         else:
             for part in parts:
                 self._read(view, offset, part)
-        return Chunk(index, offset, buf, buf == _zeros(length))
+        return Chunk(index, offset, buf, buf == _zeros(length), sum(e - s for s, e in parts))
 
     def _read(self, view: memoryview, base: int, part: Range) -> None:
         s, e = part
