@@ -10,7 +10,7 @@ from textual.widgets import Button, Static
 
 from agent.probe.report import human_size
 from agent.settings import update
-from agent.tui.common import Step, buttons
+from agent.tui.common import ConfirmScreen, Step, buttons
 from agent.unattended import post_action
 
 
@@ -75,7 +75,15 @@ class DoneScreen(Step):
 
     @on(Button.Pressed, "#poweroff, #reboot")
     def power(self, event: Button.Pressed) -> None:
-        self.say(post_action(event.button.id, self.app.edges.power))
+        action = event.button.id
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.say(post_action(action, self.app.edges.power))
+
+        what = "Power off" if action == "poweroff" else "Reboot"
+        self.app.push_screen(ConfirmScreen(f"{what} this machine now?", yes=what, no="Not now"),
+                             answer)
 
     @on(Button.Pressed, "#shell")
     def shell(self) -> None:

@@ -93,6 +93,8 @@ def test_capture_flow_to_a_real_server(source, p2v_server):
             assert "The transfer is complete" in text, text
             assert "p2v.mode=restore" in text and f"p2v.job={app.session.job}" in text
             app.screen.query_one("#poweroff").press()
+            await wait_screen(pilot, "ConfirmScreen")    # asks first
+            await pilot.press("tab", "enter")
             await wait_for(pilot, lambda: powered, 30, "the power off")
             app.screen.query_one("#quit").press()
             await pilot.pause(0.5)

@@ -1,0 +1,99 @@
+"""The real `p2v-agent`, in tmux at 80x24 on TERM=linux, driven by keys as a person would:
+a loop device captured to a local p2v-server, read back from the screen with capture-pane."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import rescan, run
+
+MiB = 1 << 20
+AGENT = Path(sys.executable).parent / "p2v-agent"
+
+
+class Tmux:
+    def __init__(self, name: str):
+        self.name = name
+
+    def start(self, command: str) -> None:
+        run("tmux", "new-session", "-d", "-s", self.name, "-x", "80", "-y", "24", command)
+
+    def keys(self, *keys: str, literal: bool = False) -> None:
+        run("tmux", "send-keys", "-t", self.name, *(["-l"] if literal else []), *keys)
+        time.sleep(0.3)
+
+    def pane(self) -> str:
+        return run("tmux", "capture-pane", "-p", "-t", self.name).stdout
+
+    def wait(self, text: str, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            screen = self.pane()
+            if text in screen:
+                return screen
+            if time.monotonic() > deadline:
+                raise AssertionError(f"'{text}' never showed; the screen:\n{screen}")
+            time.sleep(0.3)
+
+    def kill(self) -> None:
+        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
+
+
+@pytest.fixture
+def tmux():
+    session = Tmux(f"p2v-tui-{time.monotonic_ns()}")
+    yield session
+    session.kill()
+
+
+def test_a_person_captures_a_disk_through_the_real_agent(loopdev, p2v_server, tmux, tmp_path):
+    dev = loopdev(64 * MiB, "tmuxsrc")
+    run("sfdisk", "-q", dev, input="label: dos\nstart=2048, type=83\n")
+    run("mkfs.ext4", "-q", "-L", "tmuxsrc", rescan(dev)[0])
+    status = tmp_path / "status"
+    agent = (f"{AGENT} --config {tmp_path / 'none.cfg'} --cmdline "
+             f"{shlex.quote(f'quiet p2v.disks={dev} p2v.name=tmux-box')}")
+    tmux.start(f"cd {Path(__file__).resolve().parents[2]} && TERM=linux {agent}; "
+               f"echo $? > {status}; sleep 600")
+
+    tmux.wait("Migrate this machine", 120)
+    tmux.keys("Enter")                                  # migrate
+    tmux.wait("Network  step 2 of 8")
+    tmux.keys("Enter")                                  # Next
+    tmux.wait("Server  step 3 of 8")
+    tmux.keys(p2v_server.url, literal=True)
+    tmux.keys("Tab")
+    tmux.keys(p2v_server.token, literal=True)
+    tmux.keys("Enter")                                  # Enter in a field tests the server
+    screen = tmux.wait("press Trust it", 60)
+    assert p2v_server.fingerprint[:39] in screen        # shown for the person to compare
+    tmux.keys("Enter")                                  # Trust it
+    tmux.wait("Fingerprint trusted")
+    tmux.keys("Enter")                                  # Next
+    screen = tmux.wait("Disks  step 4 of 8")
+    assert "[x]" in screen and Path(dev).name in screen
+    tmux.keys("Tab")
+    tmux.keys("Enter")                                  # Next
+    tmux.wait("VM  step 5 of 8")
+    tmux.keys("Enter")                                  # Enter in the name field: Next
+    screen = tmux.wait("Summary  step 6 of 8")
+    assert "tmux-box" in screen and p2v_server.url in screen
+    tmux.keys("Enter")                                  # Start the transfer
+    screen = tmux.wait("The transfer is complete", 180)
+    assert "sealed" in screen
+    tmux.keys("C-q")                                    # finished: quits at once
+    deadline = time.monotonic() + 30
+    while not status.exists() and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert status.read_text().strip() == "0", tmux.pane()
+
+    jobs = requests.get(f"{p2v_server.url}/api/v1/jobs", headers=p2v_server.headers,
+                        verify=False, timeout=30).json()
+    assert [(j["name"], [d["state"] for d in j["disks"]]) for j in jobs] == [("tmux-box", ["sealed"])]
