@@ -14,8 +14,8 @@ from tests.iso.vm import BOOT_TIMEOUT, VM, edit_entry, start
 # Each test may boot a machine under TCG: minutes each.
 pytestmark = pytest.mark.timeout(3600)
 
-# What the agent prints first on its console. Tighten it as the agent grows (its TUI's title).
-AGENT_FIRST_SCREEN = r"usage: p2v-agent"
+# The agent's first screen: the TUI's title line on its first step (agent/tui/common.py).
+AGENT_FIRST_SCREEN = r"xenp2v\s+\|\s+Start"
 # Tools the agent calls; each must be on the live system's PATH.
 TOOLS = ("p2v-agent partclone.ext4 partclone.xfs partclone.btrfs partclone.ntfs partclone.vfat "
          "lvm mdadm cryptsetup parted sgdisk sfdisk mkfs.ext4 mkfs.xfs mkfs.btrfs mkfs.vfat "
