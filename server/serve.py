@@ -9,6 +9,7 @@ import ctypes.util
 import json
 import logging
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
             cert, key = tls.ensure_certificate(directory / "tls")
             ssl_context, fingerprint = tls.server_context(cert, key), tls.fingerprint(cert)
         store = Store(directory)
-    except OSError as err:
+    except (OSError, sqlite3.Error) as err:
         print(f"Cannot use the data directory {directory}: {err}. Choose another with --data-dir.",
               file=sys.stderr)
         return 1

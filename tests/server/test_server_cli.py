@@ -61,6 +61,11 @@ def test_serve_explains_what_it_cannot_do(tmp_path):
     out = cli("serve", "--data-dir", str(tmp_path / "file" / "sub"), "--listen", "127.0.0.1:1")
     assert out.returncode == 1 and "Choose another with --data-dir" in out.stderr
     assert "Traceback" not in out.stderr
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "xenp2v.db").write_text("not a database")
+    out = cli("serve", "--data-dir", str(tmp_path / "broken"), "--listen", "127.0.0.1:1")
+    assert out.returncode == 1 and "file is not a database" in out.stderr
+    assert "Traceback" not in out.stderr
 
 
 def test_jobs_lists_jobs_as_a_table_and_as_json(p2v_server):
