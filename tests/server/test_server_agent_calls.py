@@ -84,3 +84,33 @@ def test_hooks_run_after_the_answer_without_holding_it(tmp_path):
     assert sorted(calls, key=str) == [("repair", job, {"ok": False, "detail": "grub"}), ("sealed", job)]
     assert store.get_job(job)["state"] == "failed"
     store.close()
+
+
+def test_a_client_that_stops_mid_body_is_dropped_and_others_go_on(tmp_path, monkeypatch):
+    import server.api
+
+    monkeypatch.setattr(server.api, "BODY_IDLE_TIMEOUT", 0.5)
+    store = Store(tmp_path)
+
+    async def scenario():
+        app = make_app(store, "t0ken")
+        async with TestClient(TestServer(app, **RUNNER_OPTIONS)) as client:
+            auth = {"Authorization": "Bearer t0ken"}
+            r = await client.post(p.jobs_path(), headers=auth, json={
+                "name": "x", "machine": {}, "disks": [{"id": "sda", "size": 2 * CHUNK, "chunk_size": CHUNK}]})
+            job = (await r.json())["id"]
+            reader, writer = await asyncio.open_connection(client.host, client.port)
+            writer.write((f"PUT {p.chunk_path(job, 'sda', 0)} HTTP/1.1\r\nHost: x\r\n"
+                          f"Authorization: Bearer t0ken\r\n{p.DIGEST_HEADER}: {p.chunk_digest(b'')}\r\n"
+                          f"Content-Length: {CHUNK}\r\n\r\n").encode() + b"x" * 1000)
+            await writer.drain()
+            # Meanwhile the server answers others.
+            assert (await client.get(p.health_path())).status == 200
+            answer = await asyncio.wait_for(reader.read(65536), 10)
+            writer.close()
+            assert answer.startswith(b"HTTP/1.1 400") and b"stopped arriving" in answer
+            r = await client.get(p.chunks_path(job, "sda"), headers=auth)
+            return (await r.json())["chunks"]
+
+    assert asyncio.run(scenario()) == {}
+    store.close()
