@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from xenp2v import protocol
+from agent.client import Client, ServerError
 from agent.repair.guest import RepairError
 from agent.repair.runner import Request, repair
 
@@ -43,7 +44,6 @@ def main(args: argparse.Namespace) -> int:
         if args.job or args.server:
             if not (args.job and args.server and args.token):
                 raise RepairError("--server, --token and --job go together: give all three, or none.")
-            from agent.client import Client, ServerError
             try:
                 protocol.check_id(args.job, "job id")
                 client = Client(args.server, args.token, args.fingerprint, retry_for=60)
@@ -64,8 +64,7 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _send(client, job: str, report: dict) -> None:
-    from agent.client import ServerError
+def _send(client: Client, job: str, report: dict) -> None:
     try:
         client.request("POST", protocol.repair_path(job), json=report, ok=(200, 201, 204),
                        what="send the repair report")

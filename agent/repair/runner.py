@@ -15,7 +15,7 @@ from agent.repair.apply import LOG, append_log, apply_plan
 from agent.repair.facts import Facts, Reference, names_from_disk, names_from_inventory, nics_from_inventory
 from agent.repair.guest import RepairError
 from agent.repair.plan import Plan
-from agent.repair.steps import _CMDLINE_DEVICE, family, plan_repair
+from agent.repair.steps import CMDLINE_DEVICE, family, plan_repair
 from agent.repair.tree import GuestTree
 
 
@@ -36,7 +36,7 @@ def guest_references(tree: GuestTree) -> list[Reference]:
         if len(fields) > 1 and not fields[0].startswith("#"):
             refs.append(Reference(fields[1], None, "crypto_LUKS"))
     for path in ("/etc/default/grub", "/etc/initramfs-tools/conf.d/resume", "/etc/kernel/cmdline"):
-        for m in _CMDLINE_DEVICE.finditer(tree.read(path) or ""):
+        for m in CMDLINE_DEVICE.finditer(tree.read(path) or ""):
             kind = m[1].lower()
             refs.append(Reference(m[2], "/" if kind == "root" else None,
                                   "swap" if kind == "resume" else None))

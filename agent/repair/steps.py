@@ -80,14 +80,14 @@ def crypttab(tree: GuestTree, facts: Facts) -> StepPlan:
     return step
 
 
-_CMDLINE_DEVICE = re.compile(r"(?<![\w.-])(root|resume|cryptdevice|RESUME)=([^\s\"':]+)")
+CMDLINE_DEVICE = re.compile(r"(?<![\w.-])(root|resume|cryptdevice|RESUME)=([^\s\"':]+)")
 
 
 def rewrite_cmdline(text: str, facts: Facts) -> str:
     """root=, resume= and cryptdevice= naming old devices → UUID=…, wherever they appear."""
     def sub(m: re.Match) -> str:
         return f"{m[1]}={facts.uuid_ref(m[2]) or m[2]}"
-    return _CMDLINE_DEVICE.sub(sub, text)
+    return CMDLINE_DEVICE.sub(sub, text)
 
 
 def resume(tree: GuestTree, facts: Facts) -> StepPlan:
