@@ -87,13 +87,15 @@ def cpu_seconds(server_pid: int | None = None):
 
 
 class Bench:
-    def __init__(self, cache: Path, source: fixture.Loop, size: int, profile: Path | None):
+    def __init__(self, cache: Path, source: fixture.Loop, size: int, profile: Path | None,
+                 streams: int | None = None):
         self.cache = cache
         self.out = cache / "out"
         self.src = source
         self.size = size
         self.counter = WireCounter()
         self.profile = profile
+        self.streams = streams
         self.restore_data: Path | None = None   # a data dir holding a sealed capture
         self.restore_job = ""
 
@@ -178,6 +180,7 @@ class Bench:
 
     def agent_args(self, server: P2VServer) -> list[str]:
         args = ["--server", server.url, "--token", TOKEN, *AGENT_SOURCES]
+        args += ["--streams", str(self.streams)] if self.streams else []
         return args + (["--fingerprint", server.fingerprint] if server.fingerprint else [])
 
     def timed_agent(self, server: P2VServer, args: list[str], sync: list[str],
@@ -206,7 +209,7 @@ class Bench:
             return []
         self.profile.mkdir(parents=True, exist_ok=True)
         spy = str(REPO / ".venv/bin/py-spy")
-        return [subprocess.Popen([spy, "record", "-r", "50", "-f", "raw", "--idle", "-p", str(pid),
+        return [subprocess.Popen([spy, "record", "-r", "50", "-f", "raw", "-p", str(pid),
                                   "-o", str(self.profile / f"{what}-{side}.txt")],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 for side, pid in (("agent", agent), ("server", server))]
@@ -316,7 +319,7 @@ def targets(results: dict[str, Result], tera: Result | None) -> list[str]:
     if tera:
         check(tera.wall < 180, f"1 TiB disk, 1% used: {tera.wall:.1f} s < 180 s")
     else:
-        check(None, "1 TiB disk, 1% used: not run (make bench ARGS=--tera)")
+        check(None, "1 TiB disk, 1% used: not run (make bench BENCH_ARGS=--tera)")
     ours = [r for n, r in results.items() if n.startswith("xenp2v")] + ([tera] if tera else [])
     if ours:
         agent = max(r.worst("send_rss") for r in ours)
@@ -340,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="also capture a 1 TiB disk with 1%% used (makes it once: ~10 GiB copied)")
     ap.add_argument("--profile", type=Path, metavar="DIR",
                     help="record py-spy profiles of agent and server (raw stacks) into DIR")
+    ap.add_argument("--streams", type=int, metavar="N",
+                    help="parallel connections of agent capture and restore (default: theirs)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("The benchmark needs root (loop devices, nftables, page cache): run it with sudo.",
@@ -355,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {n: Result(n) for n in names}
     tera = None
     with fixture.Loop(image, read_only=True) as src:
-        bench = Bench(args.cache, src, image.stat().st_size, args.profile)
+        bench = Bench(args.cache, src, image.stat().st_size, args.profile, args.streams)
         try:
             for round_ in range(args.runs):
                 for name in names:
@@ -367,7 +372,8 @@ def main(argv: list[str] | None = None) -> int:
                           f"(load {os.getloadavg()[0]:.1f})", flush=True)
             if tera_image:
                 with fixture.Loop(tera_image, read_only=True) as big:
-                    tb = Bench(args.cache, big, tera_image.stat().st_size, args.profile)
+                    tb = Bench(args.cache, big, tera_image.stat().st_size, args.profile,
+                               args.streams)
                     tera = Result("xenp2v http, off, 1 TiB 1% used")
                     tera.runs.append(tb.capture(False, "off"))
                     tb.counter.close()
