@@ -490,7 +490,8 @@ class Store:
                 self._gate.wait()
         try:
             held = self.held_chunks(job_id, disk_id)
-            zero_idx = sorted({i for start, n in zero for i in range(start, start + n)} - held.keys())
+            zero_idx = [i for start, n in _merged(zero) for i in range(start, start + n)
+                        if i not in held]
             mine = image_digest(disk.size, disk.chunk_size, held, zero_idx)
             if mine != digest:
                 raise ProtocolError(
@@ -657,6 +658,17 @@ class Journal:
             return
         for _, _, future in batch:
             future.set_result(None)
+
+
+def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """(start, count) ranges sorted and merged, so overlapping ones cost nothing extra."""
+    out: list[list[int]] = []
+    for start, n in sorted(ranges):
+        if out and start <= out[-1][0] + out[-1][1]:
+            out[-1][1] = max(out[-1][1], start + n - out[-1][0])
+        else:
+            out.append([start, n])
+    return [(s, n) for s, n in out]
 
 
 def _written_ranges(fd: int, offset: int, end: int):

@@ -7,6 +7,7 @@ import random
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -188,3 +189,18 @@ def test_a_terabyte_disk_mostly_zero_and_free_seals_and_verifies_quickly(tmp_pat
     out = subprocess.run([sys.executable, "-m", "server.cli", "verify", job, "--data-dir",
                           str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "3 data chunks, 169999 zero chunks: all good" in out.stdout
+
+
+def test_overlapping_zero_ranges_cost_no_more_than_the_disk(tmp_path):
+    store = Store(tmp_path)
+    inv = parse_inventory({"name": "big", "machine": {},
+                           "disks": [{"id": "sda", "size": 1 << 40, "used": 0}]})
+    job = store.create_job(inv)[0]["id"]
+    count = (1 << 40) // p.DEFAULT_CHUNK_SIZE
+    ranges = [(0, count)] * 200000 + [(5, 10), (count - 1, 1)]
+    digest = p.image_digest(1 << 40, p.DEFAULT_CHUNK_SIZE, {}, range(count))
+    started = time.monotonic()
+    _, sealed = store.seal(job, "sda", digest, ranges, [])
+    assert sealed and time.monotonic() - started < 20
+    assert store.get_job(job)["disks"][0]["zero"] == [[0, count]]
+    store.close()
