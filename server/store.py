@@ -651,7 +651,7 @@ class Journal:
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
-        except (OSError, sqlite3.Error) as err:
+        except Exception as err:  # every waiter must hear of it, whatever it is
             failure = storage_error(err, self.data_dir)
             for _, _, future in batch:
                 future.set_exception(failure)
