@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import time
 
-import pytest
 
 from agent.capture import CaptureError
 from agent.progress import ProgressEvent
