@@ -98,7 +98,9 @@ class StartScreen(Step):
             text += f"\nProblem  {problem}"
         self.query_one("#glance", Static).update(text)
         self.say(message.situation.reason)
-        first = "repair" if message.situation.mode == "repair" else "capture"
+        preset = session.settings.mode
+        first = preset if preset in ("capture", "repair") else (
+            "repair" if message.situation.mode == "repair" else "capture")
         order = [first] + [c for c in CHOICES if c != first]
         choices = self.query_one("#choices", OptionList)
         choices.clear_options()
