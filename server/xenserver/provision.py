@@ -305,6 +305,10 @@ class Provisioner:
             note(f"The repair in VM {rec['vm']['name']} failed ({why}); the VM is left as it is, "
                  "on the ISO, for a look at its console.", JobState.FAILED)
             return False
+        # The store may already call the job done from the report: it is done once the VM runs
+        # from its disk.
+        note(f"Repaired; ejecting the ISO and restarting VM {rec['vm']['name']} from its disk",
+             JobState.REPAIRING)
         try:
             pool = self.connect(self.config)
         except XenServerError as err:
