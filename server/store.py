@@ -16,6 +16,7 @@ journal never names bytes that are not on disk.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import ctypes
 import ctypes.util
@@ -85,6 +86,7 @@ class _Disk:
     fd: int | None = None
     writers: int = 0
     sealing: bool = False
+    zero: list[Extent] | None = None  # once sealed
 
 
 def not_found(detail: str) -> ProtocolError:
@@ -457,8 +459,9 @@ class Store:
         if row is not None:
             with open(disk.path, "rb") as f:
                 return os.pread(f.fileno(), length, offset), row[0]
-        if any(e.kind is ChunkKind.ZERO and e.start <= index < e.start + e.count
-               for e in self._zero_extents(disk)):
+        zero = self._zero_extents(disk)
+        at = bisect.bisect_right([e.start for e in zero], index) - 1
+        if at >= 0 and index < zero[at].start + zero[at].count:
             data = bytes(length)
             return data, chunk_digest(data)
         raise not_found(f"Chunk {index} of disk {disk_id} is free: the source did not use it.")
@@ -560,9 +563,12 @@ class Store:
         return disk
 
     def _zero_extents(self, disk: _Disk) -> list[Extent]:
-        row = self._db().conn.execute("SELECT zero FROM disks WHERE job=? AND id=?",
-                                      (disk.job, disk.id)).fetchone()
-        return [Extent(ChunkKind.ZERO, s, n) for s, n in json.loads(row["zero"])]
+        """The zero runs of a sealed disk, in order; kept in memory, since they never change."""
+        if disk.zero is None:
+            row = self._db().conn.execute("SELECT zero FROM disks WHERE job=? AND id=?",
+                                          (disk.job, disk.id)).fetchone()
+            disk.zero = [Extent(ChunkKind.ZERO, s, n) for s, n in json.loads(row["zero"])]
+        return disk.zero
 
     def sealed_image(self, job_id: str, disk_id: str) -> SealedImage:
         disk = self._sealed_disk(job_id, disk_id)

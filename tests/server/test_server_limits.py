@@ -15,7 +15,6 @@ from wire import CHUNK, Wire
 from xenp2v import protocol as p
 
 SIZE = 8 * CHUNK + 512
-pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +134,7 @@ def test_unknown_things_and_path_tricks(p2v_server, job):
     for job_part in ("..", ".", ".hidden", "..%2F..%2Fetc", "%2e%2e", "a%00b", "x" * 65, job + "%0A"):
         for disk_part in ("sda", "..", "..%2Fsda", "%2e%2e%2fx", "sda%0A"):
             url = f"{p2v_server.url}{p.API}/jobs/{job_part}/disks/{disk_part}/chunks/0"
-            r = wire.session.put(url, data=data, headers={**digest, **p2v_server.headers}, verify=False)
+            r = wire.session.put(url, data=data, headers={**digest, **p2v_server.headers}, verify=wire.verify)
             assert r.status_code in (400, 404), (url, r.status_code, r.text)
             assert r.json()["error"] in ("bad_request", "not_found")
     # Raw request lines that requests would normalise.

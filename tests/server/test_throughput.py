@@ -14,11 +14,10 @@ import shutil
 import tempfile
 import threading
 import time
-import warnings
 
 import requests
-import urllib3
 
+from wire import trust
 from xenp2v import protocol as p
 
 CHUNK = p.DEFAULT_CHUNK_SIZE
@@ -31,7 +30,7 @@ def measure(server, streams: int) -> float:
     digests = [p.chunk_digest(b) for b in buffers]
     size = CHUNKS * CHUNK
     s = requests.Session()
-    r = s.post(server.url + p.jobs_path(), headers=server.headers, verify=False,
+    r = s.post(server.url + p.jobs_path(), headers=server.headers, verify=trust(server),
                json={"name": f"bench{streams}", "machine": {}, "disks": [{"id": "sda", "size": size}]})
     assert r.status_code == 201, r.text
     job = r.json()["id"]
@@ -49,7 +48,7 @@ def measure(server, streams: int) -> float:
                 return
             headers = {**server.headers, p.DIGEST_HEADER: digests[i % len(buffers)]}
             r = session.put(server.url + p.chunk_path(job, "sda", i), data=buffers[i % len(buffers)],
-                            headers=headers, verify=False, timeout=120)
+                            headers=headers, verify=trust(server), timeout=120)
             if r.status_code != 201:
                 errors.append(r.text)
                 return
@@ -69,10 +68,8 @@ def test_upload_throughput_one_and_four_streams(p2v_server_factory, capsys):
     ram = tempfile.mkdtemp(prefix="p2v-bench-", dir="/dev/shm")
     try:
         server = p2v_server_factory(data_dir=os.path.join(ram, "data"))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", urllib3.exceptions.InsecureRequestWarning)
-            one = measure(server, 1)
-            four = measure(server, 4)
+        one = measure(server, 1)
+        four = measure(server, 4)
         server.stop()
     finally:
         shutil.rmtree(ram)
