@@ -166,7 +166,7 @@ def test_resume_after_sigkill_mid_upload(p2v_server):
         target=lambda: sent.extend(upload(p2v_server, job, "sda", data, streams=4, stop=stop)))
     uploader.start()
     deadline = time.monotonic() + 60
-    while len(wire.held(job, "sda")) < 40 and time.monotonic() < deadline:
+    while len(wire.held(job, "sda")) < 20 and time.monotonic() < deadline:
         time.sleep(0.01)
     p2v_server.kill()
     stop.set()
