@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
 import ssl
 import subprocess
@@ -87,7 +89,8 @@ class P2VServer:
                *self.args]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                         cwd=Path(__file__).resolve().parent.parent)
+                                         cwd=Path(__file__).resolve().parent.parent,
+                                         preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout
         while not self._healthy():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -127,6 +130,12 @@ class P2VServer:
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the test process dies, so a killed test run leaves no server."""
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def free_port() -> int:
