@@ -59,10 +59,12 @@ iso-test: venv
 		$(BIN)/pytest -q tests/iso
 
 # Real boots: source machines built with debootstrap (cached in /var/cache/xenp2v/e2e) boot on
-# their own AHCI disk, fail on the VM's IDE and virtio, and boot again after `p2v-agent repair`.
+# their own AHCI disk, fail on the VM's IDE and virtio, and boot again after `p2v-agent repair`;
+# then the automatic path (capture, serve --xapi-url on the XAPI simulator, repair, boot the VDI).
 e2e: venv system-deps
 	$(MAKE) --no-print-directory system-deps APT_PACKAGES="$(E2E_APT_PACKAGES)"
 	$(BIN)/python tests/e2e/run.py $(SCENARIOS)
+	$(BIN)/python tests/e2e/automatic.py $(SCENARIOS)
 
 # Benchmarks against the peers on an 8 GiB fixture disk (cached in /var/cache/xenp2v/bench), not
 # part of `make test`; prints the table and the issue's targets. Flags: `make bench BENCH_ARGS=--tera`.

@@ -156,7 +156,7 @@ def main(argv: list[str]) -> int:
         finally:
             for vdi in (work / "sim" / "vdis").glob("*.raw"):
                 vdi.unlink()
-        say(f"  {name}: {'PASS' if ok else 'FAIL'} — {why} (logs in {work})")
+        say(f"  {name}: {'PASS' if ok else 'FAIL'} — {why}" + ("" if ok else f" (logs in {work})"))
         if ok:
             shutil.rmtree(work, ignore_errors=True)
         else:
