@@ -66,7 +66,7 @@ def server_fingerprint(url: str) -> str:
 
 class Client:
     def __init__(self, url: str, token: str, fingerprint: str | None = None,
-                 retry_for: float = 600.0, timeout: float = 120.0):
+                 retry_for: float = 600.0, timeout: tuple[float, float] = (15.0, 60.0)):
         if not url or urlsplit(url).scheme not in ("http", "https"):
             raise ServerError(f"The server address {url!r} is not a URL: give it as "
                               "https://HOST:PORT, as p2v-server printed it.")

@@ -110,11 +110,14 @@ class CuttingProxy:
 
 
 def _reset(s: socket.socket) -> None:
+    """Abort the connection with a RST. shutdown() first: a close() alone would neither wake the
+    pump thread blocked in recv() on it nor send anything while that recv() holds the socket."""
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        s.close()
+        s.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
+    s.close()
 
 
 def test_a_cut_connection_is_retried_and_the_capture_completes(loopdev, p2v_server):
