@@ -114,9 +114,10 @@ class _Run:
             self.save()
         self.create_vifs(vm, spec, network)
         self.insert_cd(vm, iso)
+        # Known before the boot: the agent on the ISO asks for its job by this UUID at once.
+        self.store.set_target_uuid(self.job_id, self.rec["vm"]["uuid"])
         self.step(f"Starting VM {spec.name} on the ISO")
         self.x.VM.start(vm, False, False)
-        self.store.set_target_uuid(self.job_id, self.rec["vm"]["uuid"])
         self.step(f"VM {spec.name} ({self.rec['vm']['uuid']}) runs on the ISO; the agent in it "
                   "repairs the disks and reports here", JobState.REPAIRING)
 
