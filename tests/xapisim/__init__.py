@@ -19,8 +19,8 @@ What it copies from XAPI:
   the wrong state; VM_IS_TEMPLATE for starting a template; HOST_NOT_ENOUGH_FREE_MEMORY
   [needed, available] when the host cannot hold the VM; MEMORY_CONSTRAINT_VIOLATION for limits out
   of order; VALUE_NOT_SUPPORTED for VCPUs_at_startup above VCPUs_max; VBD_NOT_EMPTY,
-  VBD_IS_EMPTY, VBD_NOT_REMOVABLE_MEDIA for CD insert/eject; VDI_IN_USE; VM_HVM_REQUIRED is not
-  raised (XAPI does not either when PV fields are set).
+  VBD_IS_EMPTY, VBD_NOT_REMOVABLE_MEDIA for CD insert/eject; VDI_IN_USE; VM_LACKS_FEATURE for a
+  clean shutdown or reboot of a guest without PV drivers (ours never have them).
 - Storage: VDI.create beyond the SR's free space fails with SR_BACKEND_FAILURE_44
   ["", "There is insufficient space", ""] as the LVM and EXT storage managers report it. VDIs are
   raw sparse files under ``<root>/vdis/`` (``sim.vdi_path(ref)``), so tests can boot them. An SR
