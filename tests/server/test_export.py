@@ -167,3 +167,20 @@ def test_unsealed_disk_and_unknown_format_are_refused(tmp_path, sealed):
     with pytest.raises(export.ExportError, match="Unknown format"):
         export.export_job(store, "job1", "ova", tmp_path / "x.ova")
     assert not list(tmp_path.glob("x.*"))
+
+
+def test_xva_streams_disks_in_the_importers_order(tmp_path):
+    # Refs Ref:3 … Ref:23: "Ref:11" sorts before "Ref:3", and XAPI reads VDIs in that order.
+    images = [make_image(tmp_path, f"d{i}", 2 * MiB + 4096 * i, 64 * 1024, seed=i)
+              for i in range(11)]
+    store = HandStore()
+    store.add(job_for(images), images)
+    out = tmp_path / "many.xva"
+    export.export_job(store, "job1", "xva", out)
+    head, disks = read_xva(out, tmp_path)
+    objects = {o["id"]: o["snapshot"] for o in head["objects"]}
+    vm = next(o["snapshot"] for o in head["objects"] if o["class"] == "VM")
+    refs = [objects[v]["VDI"] for v in vm["VBDs"] if objects[v]["type"] == "Disk"]
+    assert sorted(refs) != refs
+    for image, ref in zip(images, refs):
+        assert same_bytes(image.path, disks[ref])
