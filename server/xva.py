@@ -29,7 +29,7 @@ import xml.etree.ElementTree as ET
 from typing import BinaryIO, Iterable, Iterator, Protocol
 
 from xenp2v.protocol import ChunkKind, Extent
-from server.xenserver.spec import VmSpec
+from server.xenserver.spec import CD_USERDEVICE, VmSpec, disk_userdevices
 
 BLOCK = 1024 * 1024
 NULL_REF = "OpaqueRef:NULL"
@@ -141,7 +141,7 @@ def header(spec: VmSpec, sizes: list[int]) -> tuple[dict, list[str]]:
     next_ref = 3
     vbd_refs, vif_refs, vdi_refs = [], [], []
     records = []
-    for position, size in enumerate(sizes):
+    for position, (size, slot) in enumerate(zip(sizes, disk_userdevices(len(sizes)))):
         vdi_ref, vbd_ref = f"Ref:{next_ref}", f"Ref:{next_ref + 1}"
         next_ref += 2
         vdi_refs.append(vdi_ref)
@@ -160,7 +160,7 @@ def header(spec: VmSpec, sizes: list[int]) -> tuple[dict, list[str]]:
         }))
         records.append(("VBD", vbd_ref, {
             "uuid": str(uuid.uuid4()), "VM": vm_ref, "VDI": vdi_ref, "device": "",
-            "userdevice": str(position), "bootable": position == 0, "mode": "RW", "type": "Disk",
+            "userdevice": slot, "bootable": position == 0, "mode": "RW", "type": "Disk",
             "unpluggable": False, "storage_lock": False, "empty": False, "other_config": {},
             "currently_attached": False, "status_code": 0, "status_detail": "",
             "runtime_properties": {}, "qos_algorithm_type": "", "qos_algorithm_params": {},
@@ -173,7 +173,8 @@ def header(spec: VmSpec, sizes: list[int]) -> tuple[dict, list[str]]:
     vbd_refs.append(cd_ref)
     records.append(("VBD", cd_ref, {
         "uuid": str(uuid.uuid4()), "VM": vm_ref, "VDI": NULL_REF, "device": "",
-        "userdevice": "3", "bootable": True, "mode": "RO", "type": "CD", "unpluggable": True,
+        "userdevice": CD_USERDEVICE, "bootable": True, "mode": "RO", "type": "CD",
+        "unpluggable": True,
         "storage_lock": False, "empty": True, "other_config": {}, "currently_attached": False,
         "status_code": 0, "status_detail": "", "runtime_properties": {},
         "qos_algorithm_type": "", "qos_algorithm_params": {}, "qos_supported_algorithms": [],

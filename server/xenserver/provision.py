@@ -15,12 +15,11 @@ import XenAPI
 from xenp2v.protocol import DiskState, JobState
 from server.xenserver import vdi_import
 from server.xenserver.pool import Pool, XapiConfig, XenServerError, explain, tls_context
-from server.xenserver.spec import VmSpec, fit_to_host, vm_spec
+from server.xenserver.spec import CD_USERDEVICE, VmSpec, disk_userdevices, fit_to_host, vm_spec
 
 log = logging.getLogger("xenp2v.xenserver")
 RECORD_KEY = "xenserver"
 NULL = "OpaqueRef:NULL"
-CD_USERDEVICE = "3"          # where XenCenter puts the DVD drive
 BOOT_CD_FIRST = "dc"         # HVM boot order letters: d = CD-ROM, c = first disk
 BOOT_DISK_FIRST = "cd"
 # A job in these states has its VM already: a second "sealed" must not make another.
@@ -29,12 +28,6 @@ BUSY_STATES = {JobState.PROVISIONING, JobState.REPAIRING, JobState.DONE}
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def disk_userdevices(count: int) -> list[str]:
-    """Disk slots 0, 1, 2, 4, 5...: slot 3 is the CD drive's."""
-    slots = [str(i) for i in range(count + 1) if str(i) != CD_USERDEVICE]
-    return slots[:count]
 
 
 def repair_ok(report: dict) -> bool:

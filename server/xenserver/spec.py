@@ -12,6 +12,13 @@ MIB = 1024 * 1024
 # XAPI refuses dynamic memory below its static minimum; the templates' own floor is far above it.
 MIN_MEMORY = 256 * MIB
 DEFAULT_MEMORY = 2048 * MIB
+CD_USERDEVICE = "3"          # where XenCenter puts the DVD drive
+
+
+def disk_userdevices(count: int) -> list[str]:
+    """Disk slots 0, 1, 2, 4, 5...: slot 3 is the CD drive's."""
+    slots = [str(i) for i in range(count + 1) if str(i) != CD_USERDEVICE]
+    return slots[:count]
 
 
 @dataclass(frozen=True)

@@ -182,5 +182,7 @@ def test_xva_streams_disks_in_the_importers_order(tmp_path):
     vm = next(o["snapshot"] for o in head["objects"] if o["class"] == "VM")
     refs = [objects[v]["VDI"] for v in vm["VBDs"] if objects[v]["type"] == "Disk"]
     assert sorted(refs) != refs
+    slots = [objects[v]["userdevice"] for v in vm["VBDs"]]
+    assert len(set(slots)) == len(slots) == 12 and slots[-1] == "3"
     for image, ref in zip(images, refs):
         assert same_bytes(image.path, disks[ref])
