@@ -16,7 +16,7 @@ from pathlib import Path
 
 import fuse
 
-from conftest import run
+from support import run
 
 
 class _Faulty(fuse.Operations):

@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conftest import rescan, run
+from support import rescan, run
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "machines"))
 import md_superblock  # noqa: E402

@@ -9,7 +9,7 @@ import uuid
 from agent import capture, restore
 from agent.plan import plan_disk
 from agent.progress import Progress
-from conftest import rescan, run
+from support import rescan, run
 from faultydisk import FaultyDisk
 from sourcedisks import MiB, mounted
 from test_capture_restore import settings_for

@@ -10,7 +10,7 @@ import uuid
 
 from agent import capture, restore
 from agent.plan import plan_disk
-from conftest import rescan, run
+from support import rescan, run
 from sourcedisks import MiB, loop_at, mounted
 from test_capture_restore import settings_for
 

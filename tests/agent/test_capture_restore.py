@@ -8,7 +8,7 @@ from agent import capture, restore
 from agent.plan import plan_disk
 from agent.progress import Progress
 from agent.settings import Settings
-from conftest import rescan, run
+from support import rescan, run
 from sourcedisks import DISK_SIZE, MiB, SECRET, build, checksums, fsck
 
 

@@ -19,7 +19,7 @@ from agent import capture
 from agent.client import Client
 from agent.plan import plan_disk
 from agent.progress import Progress
-from conftest import free_port, rescan, run
+from support import free_port, rescan, run
 from sourcedisks import MiB, mounted
 from test_capture_restore import settings_for
 

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from agent.client import Client, ServerError
-from conftest import free_port
+from support import free_port
 
 
 def test_pinned_certificate_and_token(p2v_server):

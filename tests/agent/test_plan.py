@@ -5,7 +5,7 @@ from __future__ import annotations
 from agent import partclone
 from agent.plan import ReadPlan, clip, normalize, plan_disk, shift, subtract, total
 from agent.source import SourceDisk
-from conftest import rescan, run
+from support import rescan, run
 from sourcedisks import MiB, SECRET, build
 
 DOMAIN_LOG = """# Domain logfile created by unset_name v0.3.23

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent import blockdev
-from conftest import rescan, run
+from support import rescan, run
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "machines"))
 import md_superblock  # noqa: E402

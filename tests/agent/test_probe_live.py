@@ -13,7 +13,7 @@ import pytest
 from agent.probe import LiveProber
 from agent.probe import disks as edge
 from agent.probe.report import render
-from conftest import needs_root, run
+from support import needs_root, run
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "machines"))
 import record  # noqa: E402

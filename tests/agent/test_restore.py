@@ -13,7 +13,7 @@ import pytest
 
 from agent import capture, restore
 from agent.restore import RestoreError
-from conftest import rescan, run
+from support import rescan, run
 from sourcedisks import MiB, mounted
 from test_capture_restore import settings_for
 

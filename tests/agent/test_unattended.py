@@ -11,7 +11,7 @@ import requests
 from agent.probe import probe_machine
 from agent.settings import Settings
 from agent.unattended import post_action, situation
-from tests.conftest import rescan, run
+from support import rescan, run
 
 MiB = 1 << 20
 AGENT = [sys.executable, "-m", "agent.cli"]

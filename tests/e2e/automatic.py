@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from boot import boot  # noqa: E402
-from conftest import P2VServer  # noqa: E402
+from support import P2VServer  # noqa: E402
 from sources import ADDRESS, LAYOUTS, SOURCE_NIC, source_image  # noqa: E402
 from xapisim import XapiSim  # noqa: E402
 from xenp2v import protocol as p  # noqa: E402

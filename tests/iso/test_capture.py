@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import rescan, run
+from support import rescan, run
 from tests.iso.vm import BOOT_TIMEOUT, edit_entry, start
 
 CAPTURE_TIMEOUT = 1800

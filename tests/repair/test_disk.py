@@ -16,7 +16,7 @@ import pytest
 
 from agent.cli import main
 from agent.repair import guest
-from tests.conftest import rescan, run
+from support import rescan, run
 
 FSTAB = "/dev/sda1 / ext4 errors=remount-ro 0 1\n/dev/sda2 none swap sw 0 0\n"
 

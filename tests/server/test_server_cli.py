@@ -9,7 +9,7 @@ import sys
 import time
 import urllib.request
 
-from conftest import free_port
+from support import free_port
 from wire import CHUNK, Wire
 
 

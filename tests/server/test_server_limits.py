@@ -10,7 +10,7 @@ import subprocess
 import pytest
 import zstandard
 
-from conftest import P2VServer, needs_root, run
+from support import P2VServer, needs_root, run
 from wire import CHUNK, Wire
 from xenp2v import protocol as p
 

@@ -13,7 +13,7 @@ from agent.probe import probe_machine
 from agent.settings import Settings
 from agent.tui.app import make_app
 from agent.tui.edges import Edges
-from tests.conftest import rescan, run
+from support import rescan, run
 from tests.tui.helpers import screen_text, wait_for, wait_screen
 
 MiB = 1 << 20

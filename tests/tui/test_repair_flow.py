@@ -12,7 +12,7 @@ from agent.settings import Settings
 from agent.tui.app import make_app
 from agent.tui.edges import Edges
 from server.store import Store
-from tests.conftest import rescan, run
+from support import rescan, run
 from tests.tui.helpers import recorded, screen_text, wait_for, wait_screen
 
 MiB = 1 << 20

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import rescan, run
+from support import rescan, run
 
 MiB = 1 << 20
 AGENT = Path(sys.executable).parent / "p2v-agent"
