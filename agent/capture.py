@@ -139,6 +139,7 @@ def run(settings: Settings, progress: Progress | None = None, *, client: Client 
         devices, probed = select_disks(settings, probed)
         plans = []
         for dev in devices:
+            progress.start(disk_id(dev), 0, "plan", "mapping the used blocks of its filesystems")
             plan = plan_disk(dev)
             for note in plan.notes:
                 log.info("plan: %s", note)

@@ -119,11 +119,6 @@ class ReadPlan:
                 yield nxt_zero, []
                 nxt_zero = next(zero, None)
 
-    def to_json(self) -> dict:
-        return {"device": self.device, "size": self.size, "read_bytes": self.read_bytes,
-                "notes": self.notes}
-
-
 def _chunk_parts(ranges: list[Range], chunk_size: int, size: int) -> Iterator[tuple[int, list[Range]]]:
     index: int | None = None
     parts: list[Range] = []

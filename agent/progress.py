@@ -32,6 +32,8 @@ class ProgressEvent:
         return asdict(self)
 
     def line(self) -> str:
+        if self.phase == "plan":
+            return f"{self.disk}: plan: {self.message}" if self.message else f"{self.disk}: plan"
         pct = 100.0 * self.done / self.total if self.total else 100.0
         text = (f"{self.disk}: {self.phase} {human(self.done)} of {human(self.total)} "
                 f"({pct:.0f}%), {human(self.rate)}/s, {human(self.sent)} sent")
@@ -65,10 +67,10 @@ class Progress:
     def subscribe(self, subscriber: Subscriber) -> None:
         self.subscribers.append(subscriber)
 
-    def start(self, disk: str, total: int, phase: str) -> None:
+    def start(self, disk: str, total: int, phase: str, message: str = "") -> None:
         with self._lock:
             self._disks[disk] = _Disk(total, phase)
-            event = self._event(disk, time.monotonic())
+            event = self._event(disk, time.monotonic(), message)
         self._emit(event)
 
     def advance(self, disk: str, done: int = 0, sent: int = 0) -> None:
