@@ -38,7 +38,9 @@ MARKER_SCRIPT = """#!/bin/sh
 # Says on the serial line that the system is up: which root, which NIC with which address.
 root=$(findmnt -no SOURCE /)
 net=$(ip -o -4 addr show scope global | awk '{print $2 ":" $4}' | head -n 1)
-echo "XENP2V-BOOT-OK root=$root net=${net:-none}" > /dev/ttyS0
+# Through the kernel log, which the kernel prints on its console (ttyS0): a write to /dev/ttyS0
+# itself is lost when the serial getty starts at the same moment and hangs the line up.
+echo "XENP2V-BOOT-OK root=$root net=${net:-none}" > /dev/kmsg
 """
 MARKER_UNIT = """[Unit]
 Description=xenp2v e2e boot marker
