@@ -39,9 +39,9 @@ class DoneScreen(Step):
             "stick is removed. Shell gives a root shell; type exit to come back.")
     BINDINGS = [Binding("escape", "nothing", show=False)]
 
-    def __init__(self, ok: bool, cancelled: bool):
+    def __init__(self, ok: bool, cancelled: bool, again: type | None = None):
         super().__init__()
-        self.ok, self.cancelled = ok, cancelled
+        self.ok, self.cancelled, self.again = ok, cancelled, again
 
     def body(self) -> ComposeResult:
         session = self.app.session
@@ -54,7 +54,7 @@ class DoneScreen(Step):
         with VerticalScroll(id="outcome"):
             yield Static(text, id="result", classes="" if self.ok else "problem")
         yield Static("", id="status")
-        rows = [] if self.ok else [("resume", "Resume the transfer", "primary")]
+        rows = [] if self.ok or not self.again else [("resume", "Resume the transfer", "primary")]
         yield buttons(*rows, ("poweroff", "Power off", "default"), ("reboot", "Reboot", "default"),
                       ("shell", "Shell", "default"), ("quit", "Quit", "default"))
 
@@ -67,11 +67,10 @@ class DoneScreen(Step):
     @on(Button.Pressed, "#resume")
     def resume(self) -> None:
         """The same job again: what the server already holds is not sent twice."""
-        from agent.tui.transfer import TransferScreen
         session = self.app.session
         if session.job:
             session.settings = update(session.settings, {"job": session.job})
-        self.app.switch_screen(TransferScreen())
+        self.app.switch_screen(self.again())
 
     @on(Button.Pressed, "#poweroff, #reboot")
     def power(self, event: Button.Pressed) -> None:

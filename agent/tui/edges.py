@@ -54,7 +54,10 @@ class Edges:
     power: Callable[[list[str]], object] = subprocess.run
     # The core actions, the same the unattended run calls.
     capture: Callable = unattended.capture
+    restore: Callable = unattended.restore
     plan_repair: Callable = unattended.plan_repair
     apply_repair: Callable = unattended.apply_repair
     # The disk repair works on: None means this VM's own disks.
     repair_disk: str | None = None
+    # The disks a restore writes, in the job's order: None means this VM's free disks.
+    restore_targets: list[str] | None = None

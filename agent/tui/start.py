@@ -17,6 +17,7 @@ from agent.unattended import client_for, situation
 
 CHOICES = {
     "capture": "Migrate this machine: send its disks to the server",
+    "restore": "Restore the job given on the boot line onto this VM, then repair",
     "repair": "Repair the copied system on this machine's disks",
     "shell": "Open a shell (F9), then come back here",
 }
@@ -99,9 +100,10 @@ class StartScreen(Step):
         self.query_one("#glance", Static).update(text)
         self.say(message.situation.reason)
         preset = session.settings.mode
-        first = preset if preset in ("capture", "repair") else (
-            "repair" if message.situation.mode == "repair" else "capture")
-        order = [first] + [c for c in CHOICES if c != first]
+        first = preset if preset in CHOICES else message.situation.mode
+        first = first if first in CHOICES else "capture"
+        offered = [c for c in CHOICES if c != "restore" or session.settings.job]
+        order = [first] + [c for c in offered if c != first]
         choices = self.query_one("#choices", OptionList)
         choices.clear_options()
         choices.add_options([Option(CHOICES[c], id=c) for c in order])
@@ -114,6 +116,9 @@ class StartScreen(Step):
         choice = event.option.id
         if choice == "shell":
             self.app.action_shell()
+        elif choice == "restore":
+            from agent.tui.restore import RestoreScreen
+            self.app.push_screen(RestoreScreen())
         elif choice == "repair":
             from agent.tui.repair import RepairScreen
             self.app.push_screen(RepairScreen())

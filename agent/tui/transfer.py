@@ -17,6 +17,8 @@ from textual.containers import Horizontal, Vertical
 from textual.widgets import Button, Label, ProgressBar, RichLog, Static
 
 from agent.capture import CaptureError
+from agent.client import ServerError
+from agent.restore import RestoreError
 from agent.progress import Progress, ProgressEvent, format_eta, human
 from agent.tui.common import ConfirmScreen, Step, buttons
 from agent.tui.messages import TransferEnded, TransferLog, TransferProgress
@@ -58,19 +60,26 @@ class TransferScreen(Step):
 
     def body(self) -> ComposeResult:
         with Vertical(id="bars"):
-            for path in self.app.session.settings.disks or []:
-                did = path.rsplit("/", 1)[-1]
-                with Horizontal(classes="disk", id=f"disk-{did}"):
-                    yield Label(did, classes="disk-name")
-                    yield ProgressBar(total=None, show_eta=False, id=f"bar-{did}")
-                    yield Static("waiting", id=f"line-{did}", classes="disk-line")
-            with Horizontal(classes="disk"):
+            for did in self.disk_ids():
+                yield self.disk_row(did)
+            with Horizontal(classes="disk", id="overall-row"):
                 yield Label("overall", classes="disk-name")
                 yield ProgressBar(total=100, show_eta=False, id="overall")
                 yield Static("", id="overall-line", classes="disk-line")
         yield RichLog(id="log", wrap=True, max_lines=2000, min_width=20)
         yield Static("Starting...", id="status")
         yield buttons(("cancel", "Cancel", "error"))
+
+    def disk_ids(self) -> list[str]:
+        """The disks known before the work starts; others get their bar at their first report."""
+        return [path.rsplit("/", 1)[-1] for path in self.app.session.settings.disks or []]
+
+    @staticmethod
+    def disk_row(did: str) -> Horizontal:
+        return Horizontal(Label(did, classes="disk-name"),
+                          ProgressBar(total=None, show_eta=False, id=f"bar-{did}"),
+                          Static("waiting", id=f"line-{did}", classes="disk-line"),
+                          classes="disk", id=f"disk-{did}")
 
     def on_mount(self) -> None:
         self.cancelled = False
@@ -84,8 +93,6 @@ class TransferScreen(Step):
 
     @work(thread=True, exclusive=True)
     def run_capture(self) -> None:
-        session = self.app.session
-
         def report(event: ProgressEvent) -> None:
             if self.cancelled:
                 raise Cancelled()
@@ -95,33 +102,41 @@ class TransferScreen(Step):
         agent_log = logging.getLogger("agent")
         agent_log.addHandler(handler)
         try:
-            result = self.app.edges.capture(session.settings, Progress([report], interval=0.5),
-                             session.machine, session.keep_macs)
+            job, lines = self.work(Progress([report], interval=0.5))
         except Cancelled:
             self.post_message(TransferEnded(self.job, ["The transfer was cancelled."], False, True))
-        except CaptureError as e:
+        except (CaptureError, RestoreError, ServerError) as e:
             stopped = isinstance(e.__cause__, Cancelled)
             self.post_message(TransferEnded(self.job, ["The transfer was cancelled." if stopped else
-                                             f"The transfer stopped: {e}"], False, stopped))
+                                                       f"The transfer stopped: {e}"], False, stopped))
         else:
-            self.post_message(TransferEnded(result.job, capture_summary(result), True, False))
+            self.post_message(TransferEnded(job, lines, True, False))
         finally:
             agent_log.removeHandler(handler)
 
-    def on_transfer_progress(self, message: TransferProgress) -> None:
+    def work(self, progress: Progress) -> tuple[str | None, list[str]]:
+        """The core action, in the worker thread: (job, what happened)."""
+        session = self.app.session
+        result = self.app.edges.capture(session.settings, progress, session.machine,
+                                        session.keep_macs)
+        return result.job, capture_summary(result)
+
+    async def on_transfer_progress(self, message: TransferProgress) -> None:
         event = message.event
-        bar = self.query(f"#bar-{event.disk}")
-        if bar:
-            bar.first(ProgressBar).update(total=max(event.total, 1), progress=event.done)
-            self.query_one(f"#line-{event.disk}", Static).update(disk_line(event))
+        if not self.query(f"#bar-{event.disk}"):
+            await self.query_one("#bars").mount(self.disk_row(event.disk),
+                                          before=self.query_one("#overall-row"))
+        self.query_one(f"#bar-{event.disk}", ProgressBar).update(total=max(event.total, 1),
+                                                                 progress=event.done)
+        self.query_one(f"#line-{event.disk}", Static).update(disk_line(event))
         self.fractions[event.disk] = 1.0 if event.phase == "done" else (
             event.done / event.total if event.total else 0.0)
-        disks = len(self.app.session.settings.disks or []) or 1
+        disks = max(len(self.disk_ids()), len(self.fractions), 1)
         overall = 100 * sum(self.fractions.values()) / disks
         self.query_one("#overall", ProgressBar).update(progress=overall)
         self.query_one("#overall-line", Static).update(
             f"{sum(1 for f in self.fractions.values() if f >= 1.0)} of {disks} disks done")
-        if event.phase == "capture":
+        if event.phase in ("capture", "restore"):
             self.say(f"Copying {event.disk}...")
 
     def on_transfer_log(self, message: TransferLog) -> None:
@@ -137,12 +152,17 @@ class TransferScreen(Step):
         self.query_one("#log", RichLog).write(line)
 
     def on_transfer_ended(self, message: TransferEnded) -> None:
+        self.ended(message)
+
+    def ended(self, message: TransferEnded) -> None:
+        """What follows the work (Textual calls message handlers of every class in the MRO, so
+        subclasses change this, not the handler)."""
         session = self.app.session
         session.outcome = message.lines
         session.job = message.job or session.job
         session.finished = message.ok
         from agent.tui.done import DoneScreen
-        self.app.switch_screen(DoneScreen(message.ok, message.cancelled))
+        self.app.switch_screen(DoneScreen(message.ok, message.cancelled, type(self)))
 
     @on(Button.Pressed, "#cancel")
     def action_cancel(self) -> None:

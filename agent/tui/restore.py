@@ -1,0 +1,38 @@
+"""Restore (the manual path): the job's sealed images onto this VM's disks, then the repair."""
+
+from __future__ import annotations
+
+from agent.progress import Progress, human
+from agent.tui.messages import TransferEnded
+from agent.tui.transfer import TransferScreen
+from agent.unattended import client_for
+
+
+class RestoreScreen(TransferScreen):
+    TITLE = "Restore"
+    HELP = ("The images of the job are written onto this VM's disks, in the job's order, and "
+            "checked chunk by chunk. A restore stopped for any reason starts again where it "
+            "stopped. When it is done, the repair screen shows what it will change in the "
+            "copied system.")
+
+    def disk_ids(self) -> list[str]:
+        return []
+
+    def work(self, progress: Progress) -> tuple[str | None, list[str]]:
+        session = self.app.session
+        client = client_for(session.settings)
+        results = self.app.edges.restore(session.settings, progress, client,
+                                         self.app.edges.restore_targets)
+        if session.situation:
+            session.situation.job = client.job(session.settings.job)
+        return session.settings.job, [
+            f"{r.disk} restored onto {r.target}: {r.fetched_chunks} chunks fetched "
+            f"({human(r.received)}), {r.kept_chunks} already in place" for r in results]
+
+    def ended(self, message: TransferEnded) -> None:
+        if not message.ok:
+            super().ended(message)
+            return
+        from agent.tui.repair import RepairScreen
+        self.app.session.outcome = message.lines
+        self.app.switch_screen(RepairScreen())
