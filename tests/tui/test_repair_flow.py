@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
 import requests
 
 from agent.client import Client
@@ -12,31 +11,11 @@ from agent.settings import Settings
 from agent.tui.app import make_app
 from agent.tui.edges import Edges
 from server.store import Store
-from support import rescan, run
+from support import run
 from tests.tui.helpers import recorded, screen_text, wait_for, wait_screen
 
 MiB = 1 << 20
 VM_UUID = "6f1c2a9e-3b4d-4e5f-8a7b-0c1d2e3f4a5b"
-
-
-@pytest.fixture
-def copied_disk(loopdev, tmp_path):
-    """A restored copy of a Debian system whose fstab still names /dev/sda1."""
-    dev = loopdev(64 * MiB, "copied")
-    run("sfdisk", "-q", dev, input="label: dos\nstart=2048, type=83\n")
-    part = rescan(dev)[0]
-    run("mkfs.ext4", "-q", part)
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    run("mount", part, str(mnt))
-    try:
-        (mnt / "etc").mkdir()
-        (mnt / "etc/os-release").write_text(
-            'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\n')
-        (mnt / "etc/fstab").write_text("/dev/sda1 / ext4 errors=remount-ro 0 1\n")
-    finally:
-        run("umount", str(mnt))
-    return dev, part
 
 
 def fstab(part: str, tmp_path) -> str:

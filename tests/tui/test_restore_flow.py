@@ -11,13 +11,12 @@ from agent.tui.app import make_app
 from agent.tui.edges import Edges
 from agent.unattended import capture
 from support import rescan, run
-from tests.tui.helpers import recorded, screen_text, wait_for, wait_screen
-from tests.tui.test_repair_flow import copied_disk  # noqa: F401 - the same copied system
+from tests.tui.helpers import recorded, screen_text, wait_for
 
 MiB = 1 << 20
 
 
-def test_restore_then_repair_plan(copied_disk, loopdev, p2v_server, tmp_path):  # noqa: F811
+def test_restore_then_repair_plan(copied_disk, loopdev, p2v_server, tmp_path):
     source, _ = copied_disk
     preset = dict(server=p2v_server.url, token=p2v_server.token, fingerprint=p2v_server.fingerprint)
     job = capture(Settings(**preset, disks=[source], name="restore-me"), Progress()).job
