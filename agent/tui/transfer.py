@@ -45,7 +45,8 @@ def disk_line(event: ProgressEvent) -> str:
     if event.phase in ("capture", "restore"):
         eta = format_eta(event.eta) if event.eta is not None else "--:--"
         return f"{human(event.done)}/{human(event.total)} {human(event.rate)}/s ETA {eta}"
-    return {"seal": "sealing: the server checks the whole image",
+    return {"plan": "mapping the blocks in use",
+            "seal": "sealing: the server checks the whole image",
             "done": "done: sealed on the server"}.get(event.phase, event.phase)
 
 
