@@ -141,3 +141,24 @@ def test_cancel_asks_then_resume_finishes(source, p2v_server):
     asyncio.run(walk())
     (job,) = jobs(p2v_server)
     assert [d["state"] for d in job["disks"]] == ["sealed"]
+
+
+def test_a_server_cut_mid_transfer_shows_as_resuming_not_failure(source, p2v_server):
+    app = make_app(Settings(bwlimit=2 * MiB, streams=1), edges_for(source, []))
+
+    async def walk():
+        async with app.run_test(size=(80, 24)) as pilot:
+            await to_summary(pilot, p2v_server)
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: "MiB/s" in screen_text(app), 120, "progress")
+            p2v_server.kill()
+            await wait_for(pilot, lambda: "retrying, then resuming" in screen_text(app), 120,
+                           "the cut shown as a retry")
+            assert type(app.screen).__name__ == "TransferScreen"
+            p2v_server.start()
+            await wait_screen(pilot, "DoneScreen", timeout=180)
+            assert "The transfer is complete" in screen_text(app)
+
+    asyncio.run(walk())
+    (job,) = jobs(p2v_server)
+    assert [d["state"] for d in job["disks"]] == ["sealed"]
