@@ -137,22 +137,34 @@ def test_a_cut_connection_is_retried_and_the_capture_completes(loopdev, p2v_serv
 
 def test_a_server_killed_mid_transfer_is_waited_for(loopdev, p2v_server):
     dev = source_disk(loopdev)
-    killed = threading.Event()
+    midway = threading.Event()
 
-    def kill_midway(event):
-        if event.phase == "capture" and event.done > event.total // 3 and not killed.is_set():
-            killed.set()
-
-            def restart():
-                p2v_server.kill()
-                time.sleep(1.5)
-                p2v_server.start()
-            threading.Thread(target=restart).start()
+    def watch(event):
+        if event.phase == "capture" and event.done > event.total // 3:
+            midway.set()
 
     settings = settings_for(p2v_server, disks=[dev], streams=4, compress="off", bwlimit=32 * MiB)
-    result = capture.run(settings, Progress([kill_midway], interval=0.0),
-                         identity={"system_uuid": str(uuid.uuid4())})
-    assert killed.is_set()
+    outcome = {}
+
+    def agent():
+        try:
+            outcome["result"] = capture.run(settings, Progress([watch], interval=0.0),
+                                            identity={"system_uuid": str(uuid.uuid4())})
+        except BaseException as e:  # noqa: BLE001 - reported below
+            outcome["error"] = e
+
+    # The server is restarted from this thread: it dies with the thread that started it.
+    runner = threading.Thread(target=agent)
+    runner.start()
+    assert midway.wait(120), "the capture never got a third of the way"
+    p2v_server.kill()
+    killed_while_running = runner.is_alive()
+    time.sleep(1.5)
+    p2v_server.start()
+    runner.join(300)
+    assert "error" not in outcome, outcome.get("error")
+    result = outcome["result"]
+    assert killed_while_running
     (disk,) = result.disks
     assert disk.data_chunks >= 16
     jobs = json.loads(run(sys.executable, "-m", "server.cli", "jobs", "--json", "--data-dir",
