@@ -33,11 +33,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # support.py: the test suite's P2VServer
 
 from bench import fixture  # noqa: E402
 import psutil  # noqa: E402
 from bench.measure import PeakRSS, WireCounter, allocated, drop_cache, wait_listening  # noqa: E402
-from tests.conftest import P2VServer, free_port  # noqa: E402
+from support import P2VServer, free_port  # noqa: E402
 
 AGENT = [str(REPO / ".venv/bin/p2v-agent")]
 TOKEN = "bench-token"
