@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 
@@ -21,7 +22,7 @@ MiB = 1 << 20
 
 @pytest.fixture
 def source(loopdev, tmp_path):
-    """A 96 MiB disk: MBR, one ext4 partition holding 24 MiB of random files."""
+    """A 96 MiB disk: MBR, one ext4 partition holding 12 MiB of random files (6 s at 2 MiB/s)."""
     dev = loopdev(96 * MiB, "source")
     run("sfdisk", "-q", dev, input="label: dos\nstart=2048, type=83\n")
     part = rescan(dev)[0]
@@ -30,8 +31,8 @@ def source(loopdev, tmp_path):
     mnt.mkdir()
     run("mount", part, str(mnt))
     try:
-        for i in range(6):
-            (mnt / f"file{i}").write_bytes(__import__("os").urandom(4 * MiB))
+        for i in range(4):
+            (mnt / f"file{i}").write_bytes(os.urandom(3 * MiB))
         (mnt / "etc").mkdir()
         (mnt / "etc/os-release").write_text('PRETTY_NAME="Debian GNU/Linux 12"\nID=debian\n')
         (mnt / "etc/hostname").write_text("tuibox\n")
