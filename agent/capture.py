@@ -133,6 +133,7 @@ def run(settings: Settings, progress: Progress | None = None, *, client: Client 
     agent_log.addHandler(buffer)
     if agent_log.getEffectiveLevel() > logging.INFO:
         agent_log.setLevel(logging.INFO)
+    events = None
     try:
         client = client or Client(settings.server, settings.token, settings.fingerprint,
                                   retry_for=retry_for)
@@ -167,6 +168,8 @@ def run(settings: Settings, progress: Progress | None = None, *, client: Client 
     finally:
         agent_log.removeHandler(buffer)
         agent_log.setLevel(level)
+        if events in progress.subscribers:  # the caller's Progress may serve a later run
+            progress.subscribers.remove(events)
 
 
 def open_job(client: Client, settings: Settings, inv: dict) -> dict:
