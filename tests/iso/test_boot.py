@@ -46,6 +46,8 @@ def vga_vm(iso, tmp_path_factory):
     try:
         edit_entry(vm, "m", "console=ttyS0,115200 console=tty0")
         vm.wait_for(r"The agent runs on tty1\.", timeout=BOOT_TIMEOUT)
+        # The serial shell comes up before the font is loaded and the agent has drawn on tty1.
+        shell(vm, "systemctl is-system-running --wait", timeout=BOOT_TIMEOUT)
         yield vm
     finally:
         vm.close()
@@ -59,8 +61,8 @@ def shell(vm: VM, command: str, timeout: float = 300) -> str:
 
 
 def test_vga_console_shows_the_agent(vga_vm, workdir):
-    # Give the agent on tty1 time to draw its first screen.
-    shell(vga_vm, "sleep 20")
+    # Give the agent on tty1 time to draw its first screen (Textual starts slowly under TCG).
+    shell(vga_vm, "sleep 60")
     png = workdir / "vga.png"
     width, height, pixels = vga_vm.screendump(png)
     if picture := os.environ.get("XENP2V_VGA_PICTURE"):
