@@ -118,10 +118,14 @@ def plan_repair(disk: str | None, inventory: dict | None, say: Say) -> dict:
 
 
 def apply_repair(disk: str | None, inventory: dict | None, say: Say,
-                 client: Client | None = None, job: str | None = None) -> dict:
-    """Repair for real; the report goes to the server when there is a job. Raises RepairError."""
+                 client: Client | None = None, job: str | None = None,
+                 disks: list[str] | None = None) -> dict:
+    """Repair for real; the report goes to the server when there is a job. Raises RepairError.
+
+    `disks`: where to look when no single disk is named (restore targets); none: this VM's.
+    """
     try:
-        report = repair(Request(disk=disk, inventory=inventory), say)
+        report = repair(Request(disk=disk, disks=disks or [], inventory=inventory), say)
     except RepairError as e:
         if client and job:
             send_repair_report(client, job, {"status": "failed", "error": str(e)}, say)

@@ -21,7 +21,8 @@ from agent.repair.tree import GuestTree
 
 @dataclass
 class Request:
-    disk: str | None = None            # None: this VM's own disks
+    disk: str | None = None            # None: `disks`, or else this VM's own disks
+    disks: list[str] = field(default_factory=list)       # look at these, in order (restore targets)
     dry_run: bool = False
     nics: dict[str, str] = field(default_factory=dict)   # old name → new, given by hand
     inventory: dict | None = None      # the job's capture inventory
@@ -81,8 +82,8 @@ def check_disk_free(disk: str) -> None:
 
 def repair(request: Request, say: Callable[[str], None] = print) -> dict:
     """Run the repair; returns the report. Raises RepairError with what to do next."""
-    if request.disk:
-        disks = [request.disk]
+    if request.disk or request.disks:
+        disks = [request.disk] if request.disk else list(request.disks)
     else:
         if not is_vm():
             raise RepairError("This machine is not a VM: repair writes only to a VM's disks. To "
@@ -137,7 +138,7 @@ def _repair_root(request: Request, disk: str, layout: guest.DiskLayout, roots: l
     tree = GuestTree(root)
     facts = Facts(filesystems=layout.filesystems, names=names, nics=nics, disk=disk,
                   bios=layout.bios, uefi=layout.uefi,
-                  nvram=request.disk is None and Path("/sys/firmware/efi/efivars").exists())
+                  nvram=not (request.disk or request.disks) and Path("/sys/firmware/efi/efivars").exists())
     steps = plan_repair(tree, facts)
     if steps:
         steps[0].notes[:0] = notes + mount_notes

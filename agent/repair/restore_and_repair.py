@@ -1,0 +1,69 @@
+"""`p2v-agent restore-and-repair`: the design's manual path in one go.
+
+Every disk of the job goes onto this VM's disks (or the --target devices, in order) by the rule
+the unattended run uses, then the copied system is repaired with the job's inventory and the
+report goes to the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from agent import settings as settings_mod
+from agent import unattended
+from agent.client import ServerError
+from agent.progress import PlainLines, Progress, human
+from agent.repair.guest import RepairError
+from agent.restore import RestoreError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "restore-and-repair", help="restore a job onto this VM's disks, then repair the copy",
+        description="Write every disk of the job onto this VM's disks (or the --target devices, in "
+                    "the job's disk order), then make the copied system boot here and report to "
+                    "the server. Run it again after an interruption: the restore resumes.")
+    p.add_argument("--server", metavar="URL", help="https://HOST:PORT of the p2v-server")
+    p.add_argument("--token", metavar="T", help="the token p2v-server printed")
+    p.add_argument("--fingerprint", metavar="sha256:HEX", help="the server certificate's fingerprint")
+    p.add_argument("--job", metavar="ID", help="the job to restore and repair")
+    p.add_argument("--target", metavar="DEVICE", action="append", default=[],
+                   help="a disk to write, once per disk of the job (default: this VM's disks)")
+    p.add_argument("--streams", metavar="N", help="parallel connections (default 4)")
+    settings_mod.add_source_arguments(p)
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        settings = settings_mod.load_from_args(args)
+    except settings_mod.SettingsError as e:
+        print(e, file=sys.stderr)
+        return 2
+    if not (settings.server and settings.token and settings.job):
+        print("restore-and-repair needs --server URL, --token T and --job ID (or p2v.server=, "
+              "p2v.token= and p2v.job=).", file=sys.stderr)
+        return 2
+
+    def say(line: str) -> None:
+        print(line, flush=True)
+
+    targets = args.target or None
+    try:
+        client = unattended.client_for(settings, retry_for=60)
+        for r in unattended.restore(settings, Progress([PlainLines()], interval=2.0), client, targets):
+            say(f"{r.disk} of job {r.job} restored onto {r.target}: {r.fetched_chunks} chunks "
+                f"fetched ({human(r.received)}), {r.kept_chunks} already in place")
+        inventory = client.job(settings.job).get("inventory")
+        report = unattended.apply_repair(None, inventory, say, client, settings.job, disks=targets)
+    except RestoreError as e:
+        print(f"Restore failed: {e}", file=sys.stderr)
+        return 1
+    except (RepairError, ServerError) as e:
+        print(f"p2v-agent restore-and-repair: {e}", file=sys.stderr)
+        return 1
+    say(f"Repair {report['status']}: {report.get('os', 'the system')}.")
+    return 0
