@@ -11,6 +11,9 @@ import argparse
 import importlib
 import sys
 
+from server.datadir import CommandError
+from xenp2v.protocol import ProtocolError
+
 # Modules that provide subcommands, in the order `--help` lists them.
 SUBCOMMAND_MODULES: tuple[str, ...] = ("server.serve", "server.jobs", "server.verify",
                                          "server.export", "server.xenserver.cli")
@@ -38,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.func(args)
+    except CommandError as err:
+        print(err, file=sys.stderr)
+        return 1
+    except ProtocolError as err:      # a job or disk the store does not know, in its own words
+        print(err.detail, file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from server.store import Store
 
 
 def default_data_dir() -> Path:
@@ -29,6 +33,26 @@ def no_store_here(directory: Path) -> str | None:
         return None
     return (f"There is no xenp2v server data in {directory}: give the directory the server runs "
             "with, as --data-dir DIR.")
+
+
+class CommandError(Exception):
+    """A sentence for the person at the command line; `p2v-server` prints it and exits 1."""
+
+
+@contextmanager
+def existing_store(args: argparse.Namespace) -> Iterator[Store]:
+    """The store of the server's data directory (--data-dir), closed afterwards.
+
+    For the commands that read what a running or past server kept: they never make a new one.
+    """
+    directory = data_dir(args)
+    if problem := no_store_here(directory):
+        raise CommandError(problem)
+    store = Store(directory)
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def load_or_make_token(directory: Path) -> str:

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
-from xenp2v.protocol import ChunkKind, DiskState, ProtocolError
+from xenp2v.protocol import ChunkKind, DiskState
 from server import xva
-from server.datadir import add_data_dir, data_dir, no_store_here
-from server.store import Store
+from server.datadir import CommandError, add_data_dir, existing_store
 from server.xenserver.spec import vm_spec
 
 FORMATS = ("raw", "vhd", "qcow2", "vmdk", "xva")
@@ -136,22 +134,14 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    directory = data_dir(args)
-    if problem := no_store_here(directory):
-        print(problem, file=sys.stderr)
-        return 1
-    store = Store(directory)
-    try:
-        files = export_job(store, args.job, args.format, args.out, disk_id=args.disk,
-                           keep_macs=not args.new_macs)
-    except (ExportError, ProtocolError) as err:
-        print(str(err), file=sys.stderr)
-        return 1
-    except OSError as err:
-        print(f"Cannot write {args.out}: {err.strerror}. Choose another --out.", file=sys.stderr)
-        return 1
-    finally:
-        store.close()
+    with existing_store(args) as store:
+        try:
+            files = export_job(store, args.job, args.format, args.out, disk_id=args.disk,
+                               keep_macs=not args.new_macs)
+        except ExportError as err:
+            raise CommandError(str(err)) from err
+        except OSError as err:
+            raise CommandError(f"Cannot write {args.out}: {err.strerror}. Choose another --out.") from err
     for path in files:
         print(path)
     return 0

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from server.datadir import add_data_dir, data_dir, no_store_here
-from server.store import Store
+from server.datadir import add_data_dir, existing_store
 
 
 def register(sub) -> None:
@@ -51,14 +49,7 @@ def table(jobs: list[dict]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    directory = data_dir(args)
-    if problem := no_store_here(directory):
-        print(problem, file=sys.stderr)
-        return 1
-    store = Store(directory)
-    try:
+    with existing_store(args) as store:
         jobs = [summary(j) for j in store.list_jobs()]
-    finally:
-        store.close()
     print(json.dumps(jobs, indent=2) if args.json else table(jobs))
     return 0

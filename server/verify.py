@@ -13,10 +13,10 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from server.datadir import add_data_dir, data_dir, no_store_here
+from server.datadir import add_data_dir, existing_store
 from server.store import Store
 from xenp2v.protocol import (
-    ChunkKind, DiskState, ProtocolError, chunk_digest, chunk_span, image_digest,
+    ChunkKind, DiskState, chunk_digest, chunk_span, image_digest,
 )
 
 
@@ -112,18 +112,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    directory = data_dir(args)
-    if problem := no_store_here(directory):
-        print(problem, file=sys.stderr)
-        return 1
-    store = Store(directory)
-    try:
+    with existing_store(args) as store:
         reports = verify_job(store, args.job)
-    except ProtocolError as err:
-        print(err.detail, file=sys.stderr)
-        return 1
-    finally:
-        store.close()
     print(f"job {args.job}")
     for r in reports:
         print(r.line())

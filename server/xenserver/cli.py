@@ -7,11 +7,9 @@ import logging
 import sys
 from pathlib import Path
 
-from server.datadir import add_data_dir, data_dir, no_store_here
-from server.store import Store
+from server.datadir import add_data_dir, existing_store
 from server.xenserver.pool import DEFAULT_TEMPLATE, Pool, XapiConfig, XenServerError
 from server.xenserver.provision import Provisioner
-from xenp2v.protocol import ProtocolError
 
 log = logging.getLogger("xenp2v.xenserver")
 
@@ -110,18 +108,8 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(err, file=sys.stderr)
         return 2
-    directory = data_dir(args)
-    if problem := no_store_here(directory):
-        print(problem, file=sys.stderr)
-        return 1
-    store = Store(directory)
-    try:
+    with existing_store(args) as store:
         ok = Provisioner(store, config).provision(args.job)
         job = store.get_job(args.job)
-    except ProtocolError as err:
-        print(err.detail, file=sys.stderr)
-        return 1
-    finally:
-        store.close()
     print(job["detail"], file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
