@@ -2,7 +2,8 @@
 
 `p2v-agent` with no subcommand and settings that say unattended (p2v.unattended, or server, token
 and mode all given) runs `run(settings)`: it works out what to do (p2v.mode=auto: capture on bare
-metal, repair in a VM the server knows, restore then repair in a VM given p2v.job), prints plain
+metal, repair in a VM the server knows, restore then repair in a VM given p2v.job; p2v.mode=repair
+with a p2v.job the server did not import onto this VM restores first too), prints plain
 progress lines on the console, and ends with p2v.post. The TUI fills the same Settings and calls
 the same functions below; only the asking and the showing differ.
 """
@@ -75,6 +76,13 @@ def situation(machine: Machine, settings: Settings, client: Client | None) -> Si
                          "disks, then the system there is repaired.")
     return Situation("ask", "This is a virtual machine the server does not know: it can be "
                      "migrated as it is, or the system on its disks can be repaired.")
+
+
+def imported_here(job: dict, machine: Machine) -> bool:
+    """Whether the server put the job's disks on this VM (the automatic path); when not, p2v.mode=repair
+    with p2v.job is the manual path: restore first (re-run safe: what is in place is kept)."""
+    return bool(machine.system_uuid) and \
+        (job.get("target_uuid") or "").lower() == machine.system_uuid.lower()
 
 
 def capture(settings: Settings, progress: Progress, machine: Machine | None = None,
@@ -193,6 +201,10 @@ def _run(settings: Settings, say: Say, stream: TextIO, machine: Machine | None) 
             job = found.job
         else:
             job = client.job(settings.job) if client and settings.job and mode == "repair" else None
+            if job and not imported_here(job, machine):
+                say(f"Job {job['id']} was not imported onto this VM by the server: its image is "
+                    "restored onto this VM's disks first, then repaired.")
+                mode = "restore"
         if mode in ("capture", "restore") and client is None:
             return Outcome(False, [f"p2v.mode={mode} needs p2v.server and p2v.token; add them "
                                    "to the boot line or to p2v.cfg."])

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 from pathlib import Path
 
 import requests
 
+from agent import unattended
 from agent.probe import probe_machine
+from agent.progress import Progress
 from agent.settings import Settings
-from agent.unattended import post_action, situation
+from agent.unattended import imported_here, post_action, situation
 from support import rescan, run
 
 MiB = 1 << 20
@@ -70,3 +73,41 @@ def test_post_action_powers_off_through_the_given_command():
     assert post_action("reboot", ran.append) == "Rebooting."
     assert post_action("wait", ran.append).startswith("The agent is done")
     assert ran == [["systemctl", "poweroff"], ["systemctl", "reboot"]]
+
+
+def test_repair_with_a_job_the_server_did_not_import_here_restores_first(loopdev, p2v_server, tmp_path,
+                                                                          monkeypatch):
+    source = loopdev(48 * MiB, "source")
+    run("sfdisk", "-q", source, input="label: dos\n,,83\n")
+    root = rescan(source)[0]
+    run("mkfs.ext4", "-q", root)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    run("mount", root, str(mnt))
+    try:
+        (mnt / "etc").mkdir()
+        (mnt / "etc/os-release").write_text('PRETTY_NAME="Debian GNU/Linux 12"\nID=debian\n')
+        (mnt / "etc/fstab").write_text("/dev/sda1 / ext4 errors=remount-ro 0 1\n")
+    finally:
+        run("umount", str(mnt))
+    preset = dict(server=p2v_server.url, token=p2v_server.token, fingerprint=p2v_server.fingerprint)
+    job = unattended.capture(Settings(**preset, disks=[source], name="manual"), Progress()).job
+    target = loopdev(48 * MiB, "vmdisk")
+    monkeypatch.setattr(unattended, "vm_disks", lambda: [target])   # this VM's one blank disk
+    vm = probe_machine(recorded=Path(__file__).resolve().parents[1] / "machines" / "windows.json")
+    out = io.StringIO()
+
+    status = unattended.run(Settings(**preset, mode="repair", job=job, disks=[target]), out, vm,
+                            command=lambda argv: None)
+    assert status == 0, out.getvalue()
+    assert f"Job {job} was not imported onto this VM by the server" in out.getvalue()
+    assert "Repair ok: Debian GNU/Linux 12." in out.getvalue()
+    uuid = run("blkid", "-p", "-s", "UUID", "-o", "value", rescan(target)[0]).stdout.strip()
+    assert uuid == run("blkid", "-p", "-s", "UUID", "-o", "value", root).stdout.strip()
+
+
+def test_a_job_imported_onto_this_vm_is_repaired_in_place():
+    vm = probe_machine(recorded=Path(__file__).resolve().parents[1] / "machines" / "windows.json")
+    assert imported_here({"id": "j1", "target_uuid": vm.system_uuid.upper()}, vm)
+    assert not imported_here({"id": "j1", "target_uuid": None}, vm)
+    assert not imported_here({"id": "j1", "target_uuid": "00000000-0000-0000-0000-000000000001"}, vm)
