@@ -42,8 +42,24 @@ class Tmux:
                 raise AssertionError(f"'{text}' never showed; the screen:\n{screen}")
             time.sleep(0.3)
 
+    def wait_gone(self, text: str, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while text in (screen := self.pane()):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"'{text}' never went away; the screen:\n{screen}")
+            time.sleep(0.3)
+        return screen
+
     def kill(self) -> None:
         subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
+
+
+def appears(path: Path, timeout: float = 30) -> bool:
+    """Whether `path` exists within `timeout` seconds (what the shell in tmux writes)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.3)
+    return path.exists()
 
 
 @pytest.fixture
@@ -89,11 +105,32 @@ def test_a_person_captures_a_disk_through_the_real_agent(loopdev, p2v_server, tm
     screen = tmux.wait("The transfer is complete", 180)
     assert "sealed" in screen
     tmux.keys("C-q")                                    # finished: quits at once
-    deadline = time.monotonic() + 30
-    while not status.exists() and time.monotonic() < deadline:
-        time.sleep(0.3)
-    assert status.read_text().strip() == "0", tmux.pane()
+    assert appears(status) and status.read_text().strip() == "0", tmux.pane()
 
     jobs = requests.get(f"{p2v_server.url}/api/v1/jobs", headers=p2v_server.headers,
                         verify=False, timeout=30).json()
     assert [(j["name"], [d["state"] for d in j["disks"]]) for j in jobs] == [("tmux-box", ["sealed"])]
+
+
+def test_f9_gives_a_shell_and_exit_comes_back_to_the_same_screen(tmux, tmp_path):
+    status = tmp_path / "status"
+    agent = f"{AGENT} --config {tmp_path / 'none.cfg'} --cmdline quiet"
+    tmux.start(f"cd {Path(__file__).resolve().parents[2]} && TERM=linux SHELL=/bin/bash {agent}; "
+               f"echo $? > {status}; sleep 600")
+
+    tmux.wait("Migrate this machine", 120)
+    tmux.keys("F9")
+    tmux.wait("a root shell. Type exit to come back")
+    tmux.keys("echo from-the-shell-$((6*7)) > " + str(tmp_path / "ran"), "Enter")
+    assert appears(tmp_path / "ran") and (tmp_path / "ran").read_text() == "from-the-shell-42\n", tmux.pane()
+    tmux.keys("exit", "Enter")
+    screen = tmux.wait_gone("a root shell", 60)         # the agent's screen drawn again
+    assert "Migrate this machine" in screen
+    tmux.keys("C-q")
+    tmux.wait("Quit the agent?")
+    tmux.keys("Enter")                                  # Stay has the focus: nothing lost by a slip
+    assert "Migrate this machine" in tmux.wait_gone("Quit the agent?")
+    tmux.keys("C-q")
+    tmux.wait("Quit the agent?")
+    tmux.keys("Tab", "Enter")                           # Quit
+    assert appears(status) and status.read_text().strip() == "1", tmux.pane()   # quit before the end
