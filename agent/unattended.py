@@ -22,6 +22,7 @@ from agent.client import Client, ServerError
 from agent.probe import Machine, ProbeError, probe_machine
 from agent.progress import PlainLines, Progress, human
 from agent.repair.guest import RepairError
+from agent.repair.luks import Passphrases, console_ask
 from agent.repair.runner import Request, repair, vm_disks
 from agent.restore import RestoreError, RestoreResult
 from agent.restore import run as restore_run
@@ -120,20 +121,24 @@ def restore(settings: Settings, progress: Progress, client: Client,
     return [restore_run(settings, target, d["id"], progress) for d, target in zip(disks, targets)]
 
 
-def plan_repair(disk: str | None, inventory: dict | None, say: Say) -> dict:
+def plan_repair(disk: str | None, inventory: dict | None, say: Say,
+                passphrases: Passphrases | None = None) -> dict:
     """The repair as it would run, changing nothing; `say` receives the steps and the diffs."""
-    return repair(Request(disk=disk, dry_run=True, inventory=inventory), say)
+    return repair(Request(disk=disk, dry_run=True, inventory=inventory,
+                          passphrases=passphrases or Passphrases()), say)
 
 
 def apply_repair(disk: str | None, inventory: dict | None, say: Say,
                  client: Client | None = None, job: str | None = None,
-                 disks: list[str] | None = None) -> dict:
+                 disks: list[str] | None = None, passphrases: Passphrases | None = None) -> dict:
     """Repair for real; the report goes to the server when there is a job. Raises RepairError.
 
     `disks`: where to look when no single disk is named (restore targets); none: this VM's.
+    `passphrases`: for LUKS volumes (the p2v.luks file, a console prompt); none: no unlocking.
     """
     try:
-        report = repair(Request(disk=disk, disks=disks or [], inventory=inventory), say)
+        report = repair(Request(disk=disk, disks=disks or [], inventory=inventory,
+                                passphrases=passphrases or Passphrases()), say)
     except RepairError as e:
         if client and job:
             send_repair_report(client, job, {"status": "failed", "error": str(e)}, say)
@@ -218,7 +223,8 @@ def _run(settings: Settings, say: Say, stream: TextIO, machine: Machine | None) 
             job = client.job(settings.job)
         inventory = (job or {}).get("inventory")
         disk = settings.disks[0] if settings.disks else None
-        report = apply_repair(disk, inventory, say, client, job and job["id"])
+        report = apply_repair(disk, inventory, say, client, job and job["id"],
+                              passphrases=Passphrases(settings.luks, console_ask(), say))
         return Outcome(True, [f"Repair {report['status']}: {report.get('os', 'the system')}."])
     except (CaptureError, RestoreError, RepairError, ServerError, ProbeError) as e:
         return Outcome(False, [f"Stopped: {e}"])

@@ -7,6 +7,7 @@ import sys
 
 from xenp2v import protocol
 from agent.client import Client, ServerError
+from agent.repair import luks
 from agent.repair.guest import RepairError
 from agent.repair.runner import Request, repair
 
@@ -24,6 +25,8 @@ def register(subparsers) -> None:
     p.add_argument("--job", metavar="ID", help="the capture job: its inventory maps old disk and NIC names")
     p.add_argument("--nic", metavar="OLD=NEW", action="append", default=[],
                    help="rename network interface OLD to NEW in the guest (repeatable)")
+    p.add_argument("--luks", metavar="FILE",
+                   help="passphrases of the guest's LUKS volumes, one a line (else: asked on this terminal)")
     p.set_defaults(func=main)
 
 
@@ -40,7 +43,8 @@ def _nics(values: list[str]) -> dict[str, str]:
 def main(args: argparse.Namespace) -> int:
     client = None
     try:
-        request = Request(disk=args.disk, dry_run=args.dry_run, nics=_nics(args.nic))
+        request = Request(disk=args.disk, dry_run=args.dry_run, nics=_nics(args.nic),
+                          passphrases=luks.Passphrases(args.luks, luks.console_ask()))
         if args.job or args.server:
             if not (args.job and args.server and args.token):
                 raise RepairError("--server, --token and --job go together: give all three, or none.")

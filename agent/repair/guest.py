@@ -6,12 +6,13 @@ It only ever mounts filesystems that live on the disk being repaired.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import subprocess
 import tempfile
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent import blockdev
@@ -50,6 +51,7 @@ class DiskLayout:
     uefi: bool             # has an EFI system partition
     volume_groups: list[str]
     aliases: dict[str, Filesystem]   # LV names (/dev/mapper/vg-lv, /dev/vg/lv) → filesystem
+    locked: list[Filesystem] = field(default_factory=list)   # LUKS volumes nobody opened yet
 
 
 def unlocked(node: str) -> list[str]:
@@ -76,38 +78,75 @@ def lv_names(vg: str, lv: str) -> list[str]:
 
 
 def read_layout(disk: str, stack: ExitStack) -> DiskLayout:
-    """Every filesystem on `disk`, its partitions and LVM volumes (activated until `stack` closes)."""
+    """Every filesystem on `disk`, its partitions and LVM volumes (activated until `stack` closes).
+
+    A LUKS volume someone opened already counts with what is inside; a closed one is listed in
+    `locked` for `add_inside` once unlocked.
+    """
     subprocess.run(["partx", "-a", disk], capture_output=True)
     subprocess.run(["partx", "-u", disk], capture_output=True)
     try:
         table = blockdev.partition_table(disk)
-        found: list[Filesystem] = []
-        pvs = []
-        parts = table.partitions if table else []
+    except blockdev.BlockDevError as e:
+        raise RepairError(str(e)) from None
+    parts = table.partitions if table else []
+    types = {p.type.upper() if table and table.label == "gpt" else p.type.lower() for p in parts}
+    layout = DiskLayout(disk=disk, filesystems=[],
+                        bios=table is None or table.label == "dos" or BIOS_BOOT_TYPE in types,
+                        uefi=bool(types & ESP_TYPES), volume_groups=[], aliases={})
+    pvs = []
+    try:
         if table is None:
             info = blockdev.filesystem(disk)
             if info.get("TYPE"):
-                found.append(Filesystem(disk, info["TYPE"], info.get("UUID"), info.get("LABEL")))
+                layout.filesystems.append(Filesystem(disk, info["TYPE"], info.get("UUID"), info.get("LABEL")))
         for part in parts:
             info = blockdev.filesystem(part.node)
             kind = info.get("TYPE", "")
             if kind == "LVM2_member":
                 pvs.append(part.node)
             elif kind:
-                found.append(Filesystem(part.node, kind, info.get("UUID"), info.get("LABEL"), part.number))
+                layout.filesystems.append(Filesystem(part.node, kind, info.get("UUID"), info.get("LABEL"),
+                                                     part.number))
             if kind == "crypto_LUKS":
-                # Opened by the technician (under its crypttab name): what is inside counts too.
-                for inner in unlocked(part.node):
-                    inside = blockdev.filesystem(inner)
-                    if inside.get("TYPE") == "LVM2_member":
-                        pvs.append(inner)
-                    elif inside.get("TYPE"):
-                        found.append(Filesystem(inner, inside["TYPE"], inside.get("UUID"), inside.get("LABEL")))
-        vgs = blockdev.lvm_layout(pvs) if pvs else []
-        aliases = {}
+                inner = unlocked(part.node)
+                if not inner:
+                    layout.locked.append(layout.filesystems[-1])
+                for device in inner:
+                    pvs += _add_filesystem(layout, device)
+    except blockdev.BlockDevError as e:
+        raise RepairError(str(e)) from None
+    _add_volume_groups(layout, pvs, stack)
+    return layout
+
+
+def add_inside(layout: DiskLayout, device: str, stack: ExitStack) -> None:
+    """Count what an unlocked volume holds: a filesystem, or an LVM PV whose VGs get activated."""
+    try:
+        pvs = _add_filesystem(layout, device)
+    except blockdev.BlockDevError as e:
+        raise RepairError(str(e)) from None
+    _add_volume_groups(layout, pvs, stack)
+
+
+def _add_filesystem(layout: DiskLayout, device: str) -> list[str]:
+    """Adds the filesystem on `device` to the layout; returns [device] when it is an LVM PV."""
+    info = blockdev.filesystem(device)
+    if info.get("TYPE") == "LVM2_member":
+        return [device]
+    if info.get("TYPE"):
+        layout.filesystems.append(Filesystem(device, info["TYPE"], info.get("UUID"), info.get("LABEL")))
+    return []
+
+
+def _add_volume_groups(layout: DiskLayout, pvs: list[str], stack: ExitStack) -> None:
+    if not pvs:
+        return
+    try:
+        vgs = blockdev.lvm_layout(pvs)
         for vg in vgs:
             if any(os.path.realpath(pv) not in {os.path.realpath(p) for p in pvs} for pv in vg.pvs):
-                raise RepairError(f"Volume group {vg.name} spans disks other than {disk}; "
+                raise RepairError(f"Volume group {vg.name} spans disks other than {layout.disk}; "
                                   "attach them all and repair from inside the VM.")
             try:
                 blockdev.lvm_activate(vg.name)
@@ -121,22 +160,28 @@ def read_layout(disk: str, stack: ExitStack) -> DiskLayout:
                 info = blockdev.filesystem(device)
                 if info.get("TYPE"):
                     fs = Filesystem(device, info["TYPE"], info.get("UUID"), info.get("LABEL"))
-                    found.append(fs)
-                    aliases.update(dict.fromkeys(lv_names(vg.name, lv.name), fs))
+                    layout.filesystems.append(fs)
+                    layout.aliases.update(dict.fromkeys(lv_names(vg.name, lv.name), fs))
+            layout.volume_groups.append(vg.name)
     except blockdev.BlockDevError as e:
         raise RepairError(str(e)) from None
-    types = {p.type.upper() if table and table.label == "gpt" else p.type.lower() for p in parts}
-    return DiskLayout(
-        disk=disk, filesystems=found,
-        bios=table is None or table.label == "dos" or BIOS_BOOT_TYPE in types,
-        uefi=bool(types & ESP_TYPES),
-        volume_groups=[vg.name for vg in vgs], aliases=aliases,
-    )
+
+
+def rename_device(layout: DiskLayout, old: str, new: str) -> dict[Filesystem, Filesystem]:
+    """The filesystem on device `old` is now on `new` (a renamed mapping); returns old → new."""
+    moved = {fs: dataclasses.replace(fs, device=new) for fs in layout.filesystems if fs.device == old}
+    layout.filesystems = [moved.get(fs, fs) for fs in layout.filesystems]
+    layout.aliases = {name: moved.get(fs, fs) for name, fs in layout.aliases.items()}
+    return moved
 
 
 def mount(source: str, target: Path, stack: ExitStack, fstype: str | None = None,
           options: str | None = None) -> None:
-    target.mkdir(parents=True, exist_ok=True)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RepairError(f"Cannot mount {source} on {target}: the mount point cannot be made "
+                          f"({e.strerror}); create it in the guest and run repair again.") from None
     if fstype == "vfat" and not kernel_knows("vfat"):
         # A kernel without vfat (some hosts a disk is attached to): FUSE reads and writes the ESP;
         # fsname lets grub-install find the ESP's device from mountinfo.

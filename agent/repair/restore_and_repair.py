@@ -16,6 +16,7 @@ from agent import unattended
 from agent.client import ServerError
 from agent.progress import PlainLines, Progress, human
 from agent.repair.guest import RepairError
+from agent.repair.luks import Passphrases, console_ask
 from agent.restore import RestoreError
 
 
@@ -32,6 +33,8 @@ def register(subparsers) -> None:
     p.add_argument("--target", metavar="DEVICE", action="append", default=[],
                    help="a disk to write, once per disk of the job (default: this VM's disks)")
     p.add_argument("--streams", metavar="N", help="parallel connections (default 4)")
+    p.add_argument("--luks", metavar="FILE", help="passphrases of the guest's LUKS volumes, one a "
+                   "line (or p2v.luks=; else: asked on this terminal)")
     settings_mod.add_source_arguments(p)
     p.set_defaults(func=main)
 
@@ -58,7 +61,8 @@ def main(args: argparse.Namespace) -> int:
             say(f"{r.disk} of job {r.job} restored onto {r.target}: {r.fetched_chunks} chunks "
                 f"fetched ({human(r.received)}), {r.kept_chunks} already in place")
         inventory = client.job(settings.job).get("inventory")
-        report = unattended.apply_repair(None, inventory, say, client, settings.job, disks=targets)
+        report = unattended.apply_repair(None, inventory, say, client, settings.job, disks=targets,
+                                         passphrases=Passphrases(settings.luks, console_ask(), say))
     except RestoreError as e:
         print(f"Restore failed: {e}", file=sys.stderr)
         return 1

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from agent.repair import guest
+from agent.repair import guest, luks
 from agent.repair.apply import LOG, append_log, apply_plan
 from agent.repair.facts import Facts, Reference, names_from_disk, names_from_inventory, nics_from_inventory
 from agent.repair.guest import RepairError
@@ -26,6 +26,7 @@ class Request:
     dry_run: bool = False
     nics: dict[str, str] = field(default_factory=dict)   # old name → new, given by hand
     inventory: dict | None = None      # the job's capture inventory
+    passphrases: luks.Passphrases = field(default_factory=luks.Passphrases)  # for LUKS volumes
 
 
 def guest_references(tree: GuestTree) -> list[Reference]:
@@ -80,8 +81,10 @@ def check_disk_free(disk: str) -> None:
                           "repair from the live ISO) and try again.")
 
 
-def repair(request: Request, say: Callable[[str], None] = print) -> dict:
+def repair(request: Request, say: Callable[[str], None] = print,
+           crypt: luks.Cryptsetup | None = None) -> dict:
     """Run the repair; returns the report. Raises RepairError with what to do next."""
+    crypt = crypt or luks.Cryptsetup()
     if request.disk or request.disks:
         disks = [request.disk] if request.disk else list(request.disks)
     else:
@@ -99,22 +102,42 @@ def repair(request: Request, say: Callable[[str], None] = print) -> dict:
             work = guest.workdir(stack)
             layout = guest.read_layout(disk, stack)
             roots = guest.find_roots(layout, work)
+            opened: dict[str, str] = {}
+            locked = []
+            if not roots and layout.locked:
+                # Only a system on an encrypted volume needs a passphrase.
+                locked = _unlock(layout, request, crypt, stack, opened)
+                roots = guest.find_roots(layout, work)
             if not roots:
-                locked = [fs.device for fs in layout.filesystems if fs.fstype == "crypto_LUKS"]
                 errors.append(f"{disk} holds no Linux system that repair can fix (no root "
                               "filesystem with /etc/fstab and an os-release)" +
-                              (f"; {', '.join(locked)} is encrypted (LUKS): open it with "
-                               "cryptsetup under the name its crypttab gives, then run repair "
-                               "again" if locked else ""))
+                              "".join(f"; {why}" for why in locked))
                 continue
-            return _repair_root(request, disk, layout, roots, work, stack, say)
+            return _repair_root(request, disk, layout, roots, work, stack, say, crypt, opened)
     raise RepairError("; ".join(errors) + ". Check that the image was restored onto this disk.")
 
 
+def _unlock(layout: guest.DiskLayout, request: Request, crypt: luks.Cryptsetup, stack: ExitStack,
+            opened: dict[str, str]) -> list[str]:
+    """Open every locked LUKS volume a passphrase fits; `opened` gets UUID → mapping name.
+    Returns why the others stay locked."""
+    why_not = []
+    for fs in layout.locked:
+        path, name = luks.unlock(fs.device, fs.uuid, crypt, request.passphrases, request.dry_run)
+        if path is None:
+            why_not.append(name)
+            continue
+        key = fs.uuid or fs.device
+        opened[key] = name
+        stack.callback(lambda k=key: crypt.close(opened[k]))   # under the name it has by then
+        guest.add_inside(layout, path, stack)
+    return why_not
+
+
 def _repair_root(request: Request, disk: str, layout: guest.DiskLayout, roots: list,
-                 work: Path, stack: ExitStack, say: Callable[[str], None]) -> dict:
+                 work: Path, stack: ExitStack, say: Callable[[str], None],
+                 crypt: luks.Cryptsetup, opened: dict[str, str]) -> dict:
     root_fs, subvolume = roots[0]
-    root_name = next((name for name, fs in layout.aliases.items() if fs == root_fs), root_fs.device)
     for other, _ in roots[1:]:
         say(f"Another system is on {other.device}; repairing only the one on {root_fs.device}.")
     with ExitStack() as probe:
@@ -124,10 +147,19 @@ def _repair_root(request: Request, disk: str, layout: guest.DiskLayout, roots: l
         probe_tree = GuestTree(probe_root)
         fam = family(probe_tree)
         refs = guest_references(probe_tree)
+        luks_texts = {path: probe_tree.read(path) for path in luks.GUEST_FILES}
     if fam is None:
         raise RepairError(f"The system on {root_fs.device} is not of a family repair knows "
                           "(Debian/Ubuntu, RHEL, SUSE, Arch); nothing was changed.")
     names, notes = names_from_disk(refs, layout.filesystems)
+    wanted = luks.guest_names(luks_texts.get, layout.filesystems, {**layout.aliases, **names})
+    for key, current in list(opened.items()):
+        if wanted.get(key, current) != current:
+            path = crypt.rename(current, wanted[key])
+            opened[key] = wanted[key]
+            root_fs = guest.rename_device(layout, f"/dev/mapper/{current}", path).get(root_fs, root_fs)
+            notes.append(f"LUKS volume {key} unlocked as {wanted[key]}, the name the guest gives it.")
+    root_name = next((name for name, fs in layout.aliases.items() if fs == root_fs), root_fs.device)
     nics = dict(request.nics)
     if request.inventory:
         names.update(names_from_inventory(request.inventory, layout.filesystems))
