@@ -34,6 +34,17 @@ class Filesystem:
     partition: int | None = None  # its number on the repaired disk; None for LVs
 
 
+@dataclass(frozen=True)
+class RaidArray:
+    """An md array with members on the repaired disk, as their superblocks describe it."""
+
+    uuid: str                    # mdadm's form, aaaaaaaa:bbbbbbbb:cccccccc:dddddddd
+    name: str | None             # homehost:name (metadata 1.x); None for 0.90
+    metadata: str                # 0.90, 1.0, 1.2
+    level: str                   # raid1, raid5, …
+    partitions: tuple[int, ...] = ()   # its members' partition numbers on the repaired disk
+
+
 @dataclass
 class Facts:
     filesystems: list[Filesystem] = field(default_factory=list)
@@ -43,6 +54,7 @@ class Facts:
     bios: bool = True              # install grub for BIOS booting
     uefi: bool = False             # install the removable UEFI path
     nvram: bool = False            # may write a UEFI boot entry (only inside the VM itself)
+    arrays: list[RaidArray] = field(default_factory=list)        # md arrays on the disk
 
     def uuid_ref(self, name: str) -> str | None:
         """`UUID=…` for an old device name that maps to a filesystem with a UUID, else None."""

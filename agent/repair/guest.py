@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent import blockdev
-from agent.repair.facts import Filesystem
+from agent.repair import raid
+from agent.repair.facts import Filesystem, RaidArray
 
 ESP_TYPES = {"C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "ef", "0xef"}
 BIOS_BOOT_TYPE = "21686148-6449-6E6F-744E-656564454649"
@@ -50,8 +51,11 @@ class DiskLayout:
     bios: bool             # MBR, or GPT with a BIOS boot partition
     uefi: bool             # has an EFI system partition
     volume_groups: list[str]
-    aliases: dict[str, Filesystem]   # LV names (/dev/mapper/vg-lv, /dev/vg/lv) → filesystem
+    aliases: dict[str, Filesystem]   # LV and md names (/dev/mapper/vg-lv, /dev/md0) → filesystem
     locked: list[Filesystem] = field(default_factory=list)   # LUKS volumes nobody opened yet
+    arrays: list[RaidArray] = field(default_factory=list)    # md arrays with members here
+    read_only: set[str] = field(default_factory=set)         # devices that can only be read
+    notes: list[str] = field(default_factory=list)           # what the plan should say about them
 
 
 def unlocked(node: str) -> list[str]:
@@ -77,8 +81,10 @@ def lv_names(vg: str, lv: str) -> list[str]:
     return [f"/dev/mapper/{vg.replace('-', '--')}-{lv.replace('-', '--')}", f"/dev/{vg}/{lv}"]
 
 
-def read_layout(disk: str, stack: ExitStack) -> DiskLayout:
-    """Every filesystem on `disk`, its partitions and LVM volumes (activated until `stack` closes).
+def read_layout(disk: str, stack: ExitStack, peers: list[str] = (), readonly: bool = False,
+                mdadm: raid.Mdadm | None = None) -> DiskLayout:
+    """Every filesystem on `disk`: on its partitions, LVM volumes and md arrays (active until
+    `stack` closes). An array's members on `peers` (the other disks repair may touch) join it.
 
     A LUKS volume someone opened already counts with what is inside; a closed one is listed in
     `locked` for `add_inside` once unlocked.
@@ -94,7 +100,8 @@ def read_layout(disk: str, stack: ExitStack) -> DiskLayout:
     layout = DiskLayout(disk=disk, filesystems=[],
                         bios=table is None or table.label == "dos" or BIOS_BOOT_TYPE in types,
                         uefi=bool(types & ESP_TYPES), volume_groups=[], aliases={})
-    pvs = []
+    pvs: list[str] = []
+    members: list[raid.Member] = []
     try:
         if table is None:
             info = blockdev.filesystem(disk)
@@ -108,12 +115,28 @@ def read_layout(disk: str, stack: ExitStack) -> DiskLayout:
             elif kind:
                 layout.filesystems.append(Filesystem(part.node, kind, info.get("UUID"), info.get("LABEL"),
                                                      part.number))
+            if kind == "linux_raid_member":
+                info = blockdev.md_member(part.node)
+                if info is not None:
+                    members.append(raid.Member(part.node, part.number, info))
             if kind == "crypto_LUKS":
                 inner = unlocked(part.node)
                 if not inner:
                     layout.locked.append(layout.filesystems[-1])
                 for device in inner:
                     pvs += _add_filesystem(layout, device)
+        if members:
+            peer_members = [m for peer in peers if os.path.realpath(peer) != os.path.realpath(disk)
+                            for m in raid.members_on(peer)]
+            devices, views, notes = raid.assemble(members, peer_members, mdadm or raid.Mdadm(), stack, readonly)
+            layout.arrays = raid.arrays(members)
+            layout.read_only.update(views)
+            layout.notes += notes
+            for array in layout.arrays:
+                if array.uuid in devices:
+                    pvs += _add_filesystem(layout, devices[array.uuid])
+                    inside = [fs for fs in layout.filesystems if fs.device == devices[array.uuid]]
+                    layout.aliases.update({name: inside[0] for name in raid.guest_names(array) if inside})
     except blockdev.BlockDevError as e:
         raise RepairError(str(e)) from None
     _add_volume_groups(layout, pvs, stack)
@@ -335,7 +358,7 @@ def enter(root: Path, filesystems: list[Filesystem], volume_groups: list[str], s
     mount("/sys", root / "sys", stack, options="rbind")
     run(["mount", "--make-rslave", str(root / "sys")], "isolate /sys mounts")
     mount("tmpfs", root / "dev", stack, "tmpfs", "mode=0755,size=16m")
-    _copy_dev_nodes(Path("/dev"), root / "dev", ("mapper", *volume_groups))
+    _copy_dev_nodes(Path("/dev"), root / "dev", ("mapper", "md", *volume_groups))
     by_uuid = root / "dev/disk/by-uuid"
     by_uuid.mkdir(parents=True, exist_ok=True)
     for fs in filesystems:

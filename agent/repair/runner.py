@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from agent.repair import guest, luks
+from agent.repair import guest, luks, raid
 from agent.repair.apply import LOG, append_log, apply_plan
 from agent.repair.facts import Facts, Reference, names_from_disk, names_from_inventory, nics_from_inventory
 from agent.repair.guest import RepairError
@@ -27,6 +27,14 @@ class Request:
     nics: dict[str, str] = field(default_factory=dict)   # old name → new, given by hand
     inventory: dict | None = None      # the job's capture inventory
     passphrases: luks.Passphrases = field(default_factory=luks.Passphrases)  # for LUKS volumes
+
+
+@dataclass
+class Tools:
+    """The edges that need kernel features this machine may lack (device-mapper, md)."""
+
+    cryptsetup: luks.Cryptsetup = field(default_factory=luks.Cryptsetup)
+    mdadm: raid.Mdadm = field(default_factory=raid.Mdadm)
 
 
 def guest_references(tree: GuestTree) -> list[Reference]:
@@ -81,10 +89,9 @@ def check_disk_free(disk: str) -> None:
                           "repair from the live ISO) and try again.")
 
 
-def repair(request: Request, say: Callable[[str], None] = print,
-           crypt: luks.Cryptsetup | None = None) -> dict:
+def repair(request: Request, say: Callable[[str], None] = print, tools: Tools | None = None) -> dict:
     """Run the repair; returns the report. Raises RepairError with what to do next."""
-    crypt = crypt or luks.Cryptsetup()
+    tools = tools or Tools()
     if request.disk or request.disks:
         disks = [request.disk] if request.disk else list(request.disks)
     else:
@@ -100,20 +107,20 @@ def repair(request: Request, say: Callable[[str], None] = print,
     for disk in disks:
         with ExitStack() as stack:
             work = guest.workdir(stack)
-            layout = guest.read_layout(disk, stack)
+            layout = guest.read_layout(disk, stack, disks, request.dry_run, tools.mdadm)
             roots = guest.find_roots(layout, work)
             opened: dict[str, str] = {}
             locked = []
             if not roots and layout.locked:
                 # Only a system on an encrypted volume needs a passphrase.
-                locked = _unlock(layout, request, crypt, stack, opened)
+                locked = _unlock(layout, request, tools.cryptsetup, stack, opened)
                 roots = guest.find_roots(layout, work)
             if not roots:
                 errors.append(f"{disk} holds no Linux system that repair can fix (no root "
                               "filesystem with /etc/fstab and an os-release)" +
                               "".join(f"; {why}" for why in locked))
                 continue
-            return _repair_root(request, disk, layout, roots, work, stack, say, crypt, opened)
+            return _repair_root(request, disk, layout, roots, work, stack, say, tools.cryptsetup, opened)
     raise RepairError("; ".join(errors) + ". Check that the image was restored onto this disk.")
 
 
@@ -160,6 +167,10 @@ def _repair_root(request: Request, disk: str, layout: guest.DiskLayout, roots: l
             root_fs = guest.rename_device(layout, f"/dev/mapper/{current}", path).get(root_fs, root_fs)
             notes.append(f"LUKS volume {key} unlocked as {wanted[key]}, the name the guest gives it.")
     root_name = next((name for name, fs in layout.aliases.items() if fs == root_fs), root_fs.device)
+    if root_fs.device in layout.read_only and not request.dry_run:
+        raise RepairError(f"The system on {root_name} is on md RAID, and this machine has no md "
+                          "driver to change it without splitting the mirror; repair from the live "
+                          "ISO booted in the VM (--dry-run shows the plan here). Nothing was changed.")
     nics = dict(request.nics)
     if request.inventory:
         names.update(names_from_inventory(request.inventory, layout.filesystems))
@@ -169,11 +180,11 @@ def _repair_root(request: Request, disk: str, layout: guest.DiskLayout, roots: l
                                           readonly=request.dry_run)
     tree = GuestTree(root)
     facts = Facts(filesystems=layout.filesystems, names=names, nics=nics, disk=disk,
-                  bios=layout.bios, uefi=layout.uefi,
+                  bios=layout.bios, uefi=layout.uefi, arrays=layout.arrays,
                   nvram=not (request.disk or request.disks) and Path("/sys/firmware/efi/efivars").exists())
     steps = plan_repair(tree, facts)
     if steps:
-        steps[0].notes[:0] = notes + mount_notes
+        steps[0].notes[:0] = layout.notes + notes + mount_notes
     os_name = _pretty_name(tree)
     report = {"disk": disk, "root": root_name, "os": os_name, "family": fam,
               "dry_run": request.dry_run, "changed": any(not s.empty for s in steps)}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Callable
 
-from agent.repair.facts import Facts
+from agent.repair.facts import Facts, partition_ref
 from agent.repair.plan import Command, FileChange, StepPlan
 from agent.repair.tree import GuestTree
 
@@ -140,6 +140,72 @@ def hardware_bindings(tree: GuestTree, facts: Facts) -> StepPlan:
     return step
 
 
+MDADM_CONFS = ("/etc/mdadm/mdadm.conf", "/etc/mdadm.conf")   # Debian's; everyone else's
+
+
+def _logical_lines(text: str) -> list[str]:
+    """mdadm.conf's lines with their continuations (lines that start with blanks) attached."""
+    out: list[str] = []
+    for line in text.splitlines(keepends=True):
+        if out and line[:1] in (" ", "\t") and line.strip() and not out[-1].lstrip().startswith("#"):
+            out[-1] += line
+        else:
+            out.append(line)
+    return out
+
+
+def _array_line(line: str, facts: Facts, notes: list[str]) -> tuple[str, str | None]:
+    """(the ARRAY line as it should be, the UUID it names): identified by UUID, no member names."""
+    words = line.split()
+    keys = {w.split("=", 1)[0].lower(): w.split("=", 1)[1] for w in words[1:] if "=" in w}
+    uuid = keys.get("uuid")
+    kept = [w for w in words if not w.lower().startswith("devices=")]
+    if uuid is None:
+        # Found by name or by its members' old names: give it its UUID, which the copy kept.
+        by_name = [a for a in facts.arrays if a.name and keys.get("name") == a.name]
+        numbers = {ref[1] for d in keys.get("devices", "").split(",") if (ref := partition_ref(d))}
+        by_member = [a for a in facts.arrays if numbers & set(a.partitions)]
+        if not (by_name or by_member):
+            return line, None
+        uuid = (by_name or by_member)[0].uuid
+        kept.append(f"UUID={uuid}")
+    elif "devices" not in keys:
+        return line, uuid
+    notes.append(f"{words[1]}: identified by UUID {uuid}" +
+                 (", member names dropped" if "devices" in keys else ""))
+    return " ".join(kept) + "\n", uuid
+
+
+def mdadm_conf(tree: GuestTree, facts: Facts) -> StepPlan:
+    """mdadm.conf finds arrays by UUID (the copy kept them), not by the old disks' names; the
+    initramfs rebuild takes it into the image."""
+    step = StepPlan("RAID arrays in mdadm.conf")
+    path = next((p for p in MDADM_CONFS if tree.exists(p)), None)
+    if path is None:
+        if facts.arrays:
+            step.notes.append("No mdadm.conf: the guest's initramfs finds its arrays by scanning.")
+        return step
+    out, named = [], set()
+    for line in _logical_lines(tree.read(path) or ""):
+        words = line.split()
+        if words[:1] == ["DEVICE"] and any(w.startswith("/dev/") for w in words[1:]):
+            step.notes.append(f"{' '.join(words)} -> DEVICE partitions containers")
+            line = "DEVICE partitions containers\n"
+        elif words[:1] == ["ARRAY"] and len(words) > 1:
+            line, uuid = _array_line(line, facts, step.notes)
+            named.add((uuid or "").lower())
+        out.append(line)
+    text = "".join(out)
+    for array in facts.arrays:
+        if array.uuid.lower() not in named and array.name:
+            sep = "" if not text or text.endswith("\n") else "\n"
+            text += (f"{sep}ARRAY /dev/md/{array.name.split(':')[-1]} metadata={array.metadata} "
+                     f"UUID={array.uuid} name={array.name}\n")
+            step.notes.append(f"{array.name} ({array.level}) added, as mdadm --examine --scan gives it")
+    step.changes = _change(tree, path, text)
+    return step
+
+
 # --- network -------------------------------------------------------------------------------------
 
 NETWORK_FILES = ("/etc/network/interfaces", "/etc/network/interfaces.d/*", "/etc/netplan/*.yaml",
@@ -243,10 +309,14 @@ def initramfs_drivers(tree: GuestTree, facts: Facts) -> StepPlan:
             step.changes += _change(tree, "/etc/initramfs-tools/modules",
                                     text + sep + MARK + "\n" + "".join(f"{d}\n" for d in missing))
     elif tool == "dracut":
+        # Not host-only, dracut leaves mdadm.conf out unless told: the arrays would then come up
+        # under other names than the guest's.
+        md = ("# The guest's mdadm.conf names its arrays.\nmdadmconf=\"yes\"\n"
+              if any(tree.exists(p) for p in MDADM_CONFS) else "")
         step.changes += _change(tree, "/etc/dracut.conf.d/90-xenp2v.conf",
                                 f"{MARK}\nadd_drivers+=\" {' '.join(drivers)} \"\n"
                                 "# Built in a chroot, a host-only image would hold the wrong machine's drivers.\n"
-                                "hostonly=\"no\"\n")
+                                "hostonly=\"no\"\n" + md)
     else:
         conf = tree.read("/etc/mkinitcpio.conf") or ""
         m = re.search(r"(?m)^MODULES=\((.*?)\)", conf)
@@ -369,7 +439,7 @@ def stamp(tree: GuestTree, facts: Facts, done: list[StepPlan]) -> StepPlan:
 
 
 FILE_STEPS: tuple[Callable[[GuestTree, Facts], StepPlan], ...] = (
-    fstab, crypttab, resume, grub_defaults, boot_entries, hardware_bindings, network,
+    fstab, crypttab, resume, grub_defaults, boot_entries, hardware_bindings, mdadm_conf, network,
     initramfs_drivers, selinux, hypervisor_tools,
 )
 TOOL_STEPS = (initramfs_rebuild, bootloader, stamp)

@@ -18,7 +18,7 @@ import pytest
 from agent.repair.facts import Filesystem
 from agent.repair.guest import RepairError
 from agent.repair.luks import Cryptsetup, Passphrases, guest_names, unlock
-from agent.repair.runner import Request, repair
+from agent.repair.runner import Request, Tools, repair
 from support import rescan, run
 
 MiB = 1 << 20
@@ -277,7 +277,7 @@ def test_encrypted_root_is_unlocked_renamed_to_its_crypttab_name_and_repaired(en
 
     out: list[str] = []
     report = repair(Request(disk=disk, dry_run=True, passphrases=Passphrases(keys)), out.append,
-                    Cryptsetup(mapper))
+                    Tools(Cryptsetup(mapper)))
     text = "\n".join(out)
     assert report["root"] == "/dev/mapper/sda2_crypt" and report["status"] == "planned"
     assert f"LUKS volume {luks_uuid} unlocked as sda2_crypt, the name the guest gives it." in text
@@ -292,7 +292,7 @@ def test_encrypted_root_is_unlocked_renamed_to_its_crypttab_name_and_repaired(en
     assert not any(link.is_symlink() for link in mapper.links)
 
     mapper.calls.clear()
-    report = repair(Request(disk=disk, passphrases=Passphrases(keys)), out.append, Cryptsetup(mapper))
+    report = repair(Request(disk=disk, passphrases=Passphrases(keys)), out.append, Tools(Cryptsetup(mapper)))
     assert report["status"] == "ok" and report["root"] == "/dev/mapper/sda2_crypt"
     assert mapper.calls[0][0] == ["cryptsetup", "open", "--type", "luks", "--key-file=-", header,
                                   f"luks-{luks_uuid}"]
@@ -314,7 +314,7 @@ def test_encrypted_root_without_its_passphrase_is_refused_with_why(encrypted_deb
     keys = keys_file(tmp_path, b"wrong\n")
     with pytest.raises(RepairError) as e:
         repair(Request(disk=disk, dry_run=True, passphrases=Passphrases(keys)), lambda line: None,
-               Cryptsetup(mapper))
+               Tools(Cryptsetup(mapper)))
     assert str(e.value) == (f"{disk} holds no Linux system that repair can fix (no root filesystem "
                             f"with /etc/fstab and an os-release); none of the 1 passphrases in {keys} "
                             f"opens {header}: add its passphrase to that file, one a line. Check that "

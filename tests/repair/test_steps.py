@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.repair.apply import apply_plan
-from agent.repair.facts import Facts, Filesystem, Reference, names_from_disk
+from agent.repair.facts import Facts, Filesystem, RaidArray, Reference, names_from_disk
 from agent.repair.plan import Plan
 from agent.repair.steps import STAMP, plan_repair
 from agent.repair.tree import GuestTree
@@ -270,3 +270,61 @@ def test_dry_run_render_shows_steps_and_diffs(tmp_path):
     assert "== device names in fstab: 1 file(s), 0 command(s)" in text
     assert f"-/dev/sda2 / ext4 defaults 0 1\n+UUID={ROOT_UUID} / ext4 defaults 0 1\n" in text
     assert "--- a/etc/fstab\n+++ b/etc/fstab\n" in text
+
+
+MD0 = "3b5c1a3e:0c2d4b8e:9d5b7f4b:ab43e2c1"
+MD1 = "7f0e2c44:51b9a3d0:c2e8f6a1:0d9b4e77"
+
+
+def test_debian_mdadm_conf_by_member_names_gets_uuids(tmp_path):
+    tree = make_tree(tmp_path, {
+        "/etc/os-release": DEBIAN_OS,
+        "/etc/fstab": "/dev/md0 / ext4 errors=remount-ro 0 1\n/dev/md1 none swap sw 0 0\n",
+        "/etc/mdadm/mdadm.conf": "# mdadm.conf\nDEVICE /dev/sda1 /dev/sdb1 /dev/sda2 /dev/sdb2\n"
+                                 "HOMEHOST <system>\nMAILADDR root\n\n"
+                                 "ARRAY /dev/md0 metadata=1.2 name=deb:0 devices=/dev/sda1,/dev/sdb1\n"
+                                 "ARRAY /dev/md/1 level=raid1 num-devices=2 devices=/dev/sda2,/dev/sdb2\n",
+        "/etc/initramfs-tools/initramfs.conf": "MODULES=most\n",
+        "/etc/initramfs-tools/modules": "".join(f"{d}\n" for d in
+                                                ("xen-blkfront", "xen-netfront", "xen-platform-pci", "ata_piix",
+                                                 "ata_generic", "virtio_pci", "virtio_blk", "virtio_scsi",
+                                                 "virtio_net", "ahci", "sd_mod")),
+        STAMP: "repaired by xenp2v\n",
+    })
+    arrays = [RaidArray(MD0, "deb:0", "1.2", "raid1", (1,)), RaidArray(MD1, "deb:1", "1.2", "raid1", (2,))]
+    f = facts({}, arrays=arrays)
+    steps = plan_repair(tree, f)
+    assert changes(steps) == {
+        "/etc/mdadm/mdadm.conf": "# mdadm.conf\nDEVICE partitions containers\nHOMEHOST <system>\nMAILADDR root\n\n"
+                                 f"ARRAY /dev/md0 metadata=1.2 name=deb:0 UUID={MD0}\n"
+                                 f"ARRAY /dev/md/1 level=raid1 num-devices=2 UUID={MD1}\n"}
+    # A changed mdadm.conf goes into the initramfs: the rebuild runs although the last repair finished.
+    assert [str(c) for c in Plan(steps).commands] == ["update-initramfs -u -k all"]
+    assert_second_run_empty(tree, f)
+
+
+def test_rhel_mdadm_conf_continuation_lines_missing_array_and_dracut(tmp_path):
+    tree = make_tree(tmp_path, {
+        "/etc/os-release": RHEL_OS,
+        "/etc/fstab": "/dev/md/root / xfs defaults 0 0\n/dev/md/boot /boot xfs defaults 0 0\n",
+        "/etc/mdadm.conf": "ARRAY /dev/md/boot level=raid1 num-devices=2 metadata=1.0 name=localhost:boot "
+                           f"UUID={MD0}\n   devices=/dev/sda1,/dev/sdb1\n",
+        "/etc/dracut.conf": "",
+    })
+    arrays = [RaidArray(MD0, "localhost:boot", "1.0", "raid1", (1,)),
+              RaidArray(MD1, "localhost:root", "1.2", "raid1", (2,))]
+    f = facts({}, arrays=arrays)
+    got = changes(plan_repair(tree, f))
+    assert got["/etc/mdadm.conf"] == (
+        f"ARRAY /dev/md/boot level=raid1 num-devices=2 metadata=1.0 name=localhost:boot UUID={MD0}\n"
+        f"ARRAY /dev/md/root metadata=1.2 UUID={MD1} name=localhost:root\n")
+    assert got["/etc/dracut.conf.d/90-xenp2v.conf"].endswith(
+        "hostonly=\"no\"\n# The guest's mdadm.conf names its arrays.\nmdadmconf=\"yes\"\n")
+    assert_second_run_empty(tree, f)
+
+
+def test_mdadm_conf_by_uuid_already_is_left_alone(tmp_path):
+    text = f"DEVICE partitions\nARRAY /dev/md0 metadata=1.2 UUID={MD0} name=deb:0\nARRAY /dev/md9 UUID={MD1}\n"
+    tree = make_tree(tmp_path, {"/etc/os-release": DEBIAN_OS, "/etc/fstab": "", "/etc/mdadm/mdadm.conf": text})
+    steps = plan_repair(tree, facts({}, arrays=[RaidArray(MD0, "deb:0", "1.2", "raid1", (1,))]))
+    assert "/etc/mdadm/mdadm.conf" not in changes(steps)
