@@ -40,7 +40,7 @@ def test_restore_and_repair_onto_another_disk(loopdev, p2v_server, tmp_path, cap
     job = capture(Settings(**preset, disks=[source], name="rr"), Progress()).job
     target = loopdev(48 * MiB, "vmdisk")
 
-    assert main(["restore-and-repair", "--server", p2v_server.url, "--token", p2v_server.token,
+    assert main(["restore-and-repair", "--server", p2v_server.url, f"--token={p2v_server.token}",
                  "--fingerprint", p2v_server.fingerprint, "--job", job, "--target", target]) == 0
     out = capsys.readouterr().out
     assert f"restored onto {target}" in out and "Repair ok: Debian GNU/Linux 12." in out
@@ -72,7 +72,7 @@ def test_too_few_targets_is_a_sentence_and_half_the_settings_is_refused(loopdev,
     preset = dict(server=p2v_server.url, token=p2v_server.token, fingerprint=p2v_server.fingerprint)
     job = capture(Settings(**preset, disks=[source], name="rr"), Progress()).job
     target = loopdev(16 * MiB, "small")
-    assert main(["restore-and-repair", "--server", p2v_server.url, "--token", p2v_server.token,
+    assert main(["restore-and-repair", "--server", p2v_server.url, f"--token={p2v_server.token}",
                  "--fingerprint", p2v_server.fingerprint, "--job", job, "--target", target]) == 1
     err = capsys.readouterr().err
     assert "Restore failed:" in err and "give a disk at least that large" in err
