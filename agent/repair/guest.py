@@ -18,6 +18,7 @@ from pathlib import Path
 from agent import blockdev
 from agent.repair import raid
 from agent.repair.facts import Filesystem, RaidArray
+from agent.repair.steps import RELEASE_FILES
 
 ESP_TYPES = {"C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "ef", "0xef"}
 BIOS_BOOT_TYPE = "21686148-6449-6E6F-744E-656564454649"
@@ -222,12 +223,13 @@ def kernel_knows(fstype: str) -> bool:
 
 
 def _os_release(root: Path) -> bool:
-    return (root / "etc/os-release").exists() or (root / "usr/lib/os-release").exists()
+    return any((root / path.lstrip("/")).exists()
+               for path in ("/etc/os-release", "/usr/lib/os-release", *RELEASE_FILES))
 
 
 def find_roots(layout: DiskLayout, workdir: Path) -> list[tuple[Filesystem, str | None]]:
     """(filesystem, btrfs subvolume or None) of every OS root on the disk: a tree with /etc/fstab
-    and an os-release. Each candidate is looked at read-only and unmounted again."""
+    and an os-release (or an older release file). Each candidate is looked at read-only and unmounted again."""
     roots = []
     for fs in layout.filesystems:
         if fs.fstype not in ROOT_TYPES:

@@ -15,7 +15,7 @@ from agent.repair.apply import LOG, append_log, apply_plan
 from agent.repair.facts import Facts, Reference, names_from_disk, names_from_inventory, nics_from_inventory
 from agent.repair.guest import RepairError
 from agent.repair.plan import Plan
-from agent.repair.steps import CMDLINE_DEVICE, family, plan_repair
+from agent.repair.steps import CMDLINE_DEVICE, LEGACY_GRUB_MENUS, RELEASE_FILES, family, plan_repair
 from agent.repair.tree import GuestTree
 
 
@@ -45,7 +45,8 @@ def guest_references(tree: GuestTree) -> list[Reference]:
         fields = line.split()
         if len(fields) > 1 and not fields[0].startswith("#"):
             refs.append(Reference(fields[1], None, "crypto_LUKS"))
-    for path in ("/etc/default/grub", "/etc/initramfs-tools/conf.d/resume", "/etc/kernel/cmdline"):
+    for path in ("/etc/default/grub", "/etc/initramfs-tools/conf.d/resume", "/etc/kernel/cmdline",
+                 *tree.glob("/boot/loader/entries/*.conf"), *LEGACY_GRUB_MENUS, "/etc/sysconfig/bootloader"):
         for m in CMDLINE_DEVICE.finditer(tree.read(path) or ""):
             kind = m[1].lower()
             refs.append(Reference(m[2], "/" if kind == "root" else None,
@@ -227,4 +228,10 @@ def _pretty_name(tree: GuestTree) -> str:
     for line in (tree.read("/etc/os-release") or tree.read("/usr/lib/os-release") or "").splitlines():
         if line.startswith("PRETTY_NAME="):
             return line.split("=", 1)[1].strip("\"'")
+    for path in RELEASE_FILES:
+        first = (tree.read(path) or "").strip().splitlines()[:1]
+        if first and path != "/etc/debian_version":
+            return first[0]
+        if first:
+            return f"Debian GNU/Linux {first[0]}"
     return "Linux"

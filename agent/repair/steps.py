@@ -21,11 +21,19 @@ VM_DRIVERS = ("xen-blkfront", "xen-netfront", "xen-platform-pci", "ata_piix", "a
 STAMP = "/var/lib/xenp2v/repaired"
 MARK = "# Added by xenp2v repair: drivers for the VM's disk and network controllers."
 ESP_DIRS = ("/boot/efi", "/efi")
+SUSE_KERNEL_CONF = "/etc/sysconfig/kernel"
+
+
+# Systems older than os-release (RHEL 5 and 6, SLES 11, Debian 6) name themselves here.
+RELEASE_FILES = {"/etc/redhat-release": "rhel", "/etc/SuSE-release": "suse", "/etc/debian_version": "debian"}
 
 
 def family(tree: GuestTree) -> str | None:
-    """debian, rhel, suse or arch, from /etc/os-release; None for anything else."""
-    text = tree.read("/etc/os-release") or tree.read("/usr/lib/os-release") or ""
+    """debian, rhel, suse or arch, from /etc/os-release (or an older release file); None for
+    anything else."""
+    text = tree.read("/etc/os-release") or tree.read("/usr/lib/os-release")
+    if text is None:
+        return next((fam for path, fam in RELEASE_FILES.items() if tree.exists(path)), None)
     fields = {}
     for line in text.splitlines():
         key, sep, value = line.partition("=")
@@ -119,6 +127,20 @@ def boot_entries(tree: GuestTree, facts: Facts) -> StepPlan:
     """BLS entries and /etc/kernel/cmdline (RHEL family, systemd-boot) carry the kernel arguments."""
     step = StepPlan("kernel command line in boot entries")
     for path in [*tree.glob("/boot/loader/entries/*.conf"), "/etc/kernel/cmdline"]:
+        text = tree.read(path)
+        if text is not None:
+            step.changes += _change(tree, path, rewrite_cmdline(text, facts))
+    return step
+
+
+LEGACY_GRUB_MENUS = ("/boot/grub/menu.lst", "/boot/grub/grub.conf")
+
+
+def legacy_grub_entries(tree: GuestTree, facts: Facts) -> StepPlan:
+    """GRUB 0.97's menu (menu.lst on SUSE and Debian, grub.conf on RHEL) holds the kernel
+    arguments itself; SUSE's /etc/sysconfig/bootloader makes the next menu from its own copy."""
+    step = StepPlan("kernel command line in legacy GRUB")
+    for path in (*LEGACY_GRUB_MENUS, "/etc/sysconfig/bootloader"):
         text = tree.read(path)
         if text is not None:
             step.changes += _change(tree, path, rewrite_cmdline(text, facts))
@@ -258,11 +280,12 @@ def kernels(tree: GuestTree) -> list[str]:
     return sorted(found)
 
 
-def needed_drivers(tree: GuestTree) -> list[str]:
+def needed_drivers(tree: GuestTree, only_if_present: tuple[str, ...] = ()) -> list[str]:
     """The VM drivers that some installed kernel has as a loadable module.
 
     A driver built into every kernel needs nothing, and one no kernel has cannot be added (dracut
-    would fail on it). With no module index to read, every driver is asked for.
+    would fail on it). With no module index to read, every driver is asked for, except those in
+    `only_if_present` (names only some kernels use).
     """
     modular, builtin = set(), set()
     for version in kernels(tree):
@@ -274,7 +297,7 @@ def needed_drivers(tree: GuestTree) -> list[str]:
                 break
     if not modular:
         return list(VM_DRIVERS)
-    return [d for d in VM_DRIVERS if d.replace("-", "_") in modular]
+    return [d for d in VM_DRIVERS + only_if_present if d.replace("-", "_") in modular]
 
 
 def initramfs_tool(tree: GuestTree) -> str | None:
@@ -283,8 +306,10 @@ def initramfs_tool(tree: GuestTree) -> str | None:
                          ("dracut", "/etc/dracut.conf")):
         if tree.exists(marker):
             return tool
-    if tree.glob("/etc/dracut.conf.d/*") or tree.exists("/usr/bin/dracut") or tree.exists("/usr/sbin/dracut"):
+    if tree.glob("/etc/dracut.conf.d/*") or any(tree.exists(f"{d}/dracut") for d in ("/usr/bin", "/usr/sbin", "/sbin")):
         return "dracut"
+    if family(tree) == "suse" and (tree.exists("/sbin/mkinitrd") or tree.exists("/usr/sbin/mkinitrd")):
+        return "mkinitrd"
     return None
 
 
@@ -294,7 +319,20 @@ def initramfs_drivers(tree: GuestTree, facts: Facts) -> StepPlan:
     drivers = needed_drivers(tree)
     tool = initramfs_tool(tree)
     if tool is None:
-        step.notes.append("No initramfs generator found (initramfs-tools, dracut, mkinitcpio).")
+        step.notes.append("No initramfs generator found (initramfs-tools, dracut, mkinitcpio, SUSE's mkinitrd).")
+    elif tool == "mkinitrd":
+        # SUSE before dracut (SLES 11): the initrd holds INITRD_MODULES from /etc/sysconfig/kernel.
+        # Its Xen PV drivers for HVM guests come from xen-kmp as xen-vbd and xen-vnif.
+        drivers = needed_drivers(tree, ("xen-vbd", "xen-vnif"))
+        conf = tree.read(SUSE_KERNEL_CONF) or ""
+        m = re.search(r'(?m)^INITRD_MODULES="([^"]*)"', conf)
+        present = m[1].split() if m else []
+        missing = [d for d in drivers if d not in present and d.replace("-", "_") not in present]
+        if missing:
+            line = 'INITRD_MODULES="' + " ".join(present + missing) + '"'
+            sep = "" if not conf or conf.endswith("\n") else "\n"
+            conf = conf[:m.start()] + line + conf[m.end():] if m else conf + sep + line + "\n"
+            step.changes += _change(tree, SUSE_KERNEL_CONF, conf)
     elif tool == "initramfs-tools":
         conf = tree.read("/etc/initramfs-tools/initramfs.conf") or ""
         # MODULES=dep keeps only the drivers of the machine the initramfs is built on.
@@ -371,8 +409,13 @@ def initramfs_rebuild(tree: GuestTree, facts: Facts, done: list[StepPlan]) -> St
     tool = initramfs_tool(tree)
     cmd = {"initramfs-tools": ("update-initramfs", "-u", "-k", "all"),
            "dracut": ("dracut", "-f", "--regenerate-all"),
-           "mkinitcpio": ("mkinitcpio", "-P")}.get(tool or "")
-    if cmd:
+           "mkinitcpio": ("mkinitcpio", "-P"),
+           "mkinitrd": ("mkinitrd",)}.get(tool or "")   # SUSE's: every kernel in /boot
+    if tool == "dracut" and family(tree) == "rhel" and not tree.exists("/etc/os-release"):
+        # RHEL 6's dracut (004) has no --regenerate-all: one image per kernel, as RHEL names them.
+        step.commands += [Command(("dracut", "-f", f"/boot/initramfs-{v}.img", v), f"rebuild the initramfs of {v}")
+                          for v in kernels(tree)]
+    elif cmd:
         step.commands.append(Command(cmd, f"rebuild the initramfs of kernels {', '.join(kernels(tree)) or '(none found)'}"))
     return step
 
@@ -399,8 +442,10 @@ def bootloader(tree: GuestTree, facts: Facts, done: list[StepPlan]) -> StepPlan:
     if not _needs_tools(tree, done):
         return step
     grub = _grub(tree)
+    if grub is None and _legacy_grub(tree):
+        return _legacy_grub_install(tree, facts, step)
     if grub is None:
-        step.notes.append("No GRUB 2 in the guest: its bootloader is left as it is.")
+        step.notes.append("No GRUB 2 or GRUB 0.97 in the guest: its bootloader is left as it is.")
         return step
     prefix, cfg = grub
     if facts.bios and facts.disk:
@@ -431,6 +476,51 @@ def bootloader(tree: GuestTree, facts: Facts, done: list[StepPlan]) -> StepPlan:
     return step
 
 
+# The shell's exit status says nothing: its errors are in what it prints ("Error 15: …").
+LEGACY_SETUP = ('out=$(printf "$1" | grub --batch --no-floppy --device-map=/dev/null 2>&1); '
+                'echo "$out"; case "$out" in *"Error "*) exit 1;; esac')
+
+
+def _legacy_grub(tree: GuestTree) -> bool:
+    """GRUB 0.97: its shell and a menu it boots from."""
+    return any(tree.exists(f"{d}/grub") for d in ("/sbin", "/usr/sbin")) and \
+        any(tree.exists(menu) for menu in LEGACY_GRUB_MENUS)
+
+
+def _boot_partition(tree: GuestTree, facts: Facts) -> int | None:
+    """The partition number, on the VM's disk, of the filesystem that holds /boot/grub."""
+    entries = {fields[1]: fields[0] for fields in (line.split() for line in (tree.read("/etc/fstab") or "").splitlines())
+               if len(fields) > 1 and not fields[0].startswith("#")}
+    spec = entries.get("/boot") or entries.get("/")
+    if spec is None:
+        return None
+    if spec.startswith("UUID="):
+        fs = next((f for f in facts.filesystems if f.uuid == spec[5:]), None)
+    else:
+        fs = facts.names.get(spec) or next((f for f in facts.filesystems if f.device == spec), None)
+    return fs.partition if fs else None
+
+
+def _legacy_grub_install(tree: GuestTree, facts: Facts, step: StepPlan) -> StepPlan:
+    """GRUB 0.97 into the VM disk's boot area, through its own shell.
+
+    grub-install 0.97 maps the disk to a BIOS drive through device.map and knows only the kernel
+    names of its day (a repair from the host sees a loop device); the shell, told which file is
+    (hd0), needs neither. The menu was fixed by the legacy GRUB step; there is nothing to generate.
+    """
+    if not (facts.bios and facts.disk):
+        step.notes.append("GRUB 0.97 boots BIOS machines only: its boot code is left as it is.")
+        return step
+    number = _boot_partition(tree, facts)
+    if number is None:
+        step.notes.append("The partition holding /boot/grub is not on this disk: GRUB 0.97 left as it is.")
+        return step
+    script = rf"device (hd0) {facts.disk}\nroot (hd0,{number - 1})\nsetup (hd0)\nquit\n"
+    step.commands.append(Command(("sh", "-c", LEGACY_SETUP, "grub", script),
+                                 "put GRUB 0.97 in the VM disk's boot area"))
+    return step
+
+
 def stamp(tree: GuestTree, facts: Facts, done: list[StepPlan]) -> StepPlan:
     step = StepPlan("repair record")
     if _needs_tools(tree, done):
@@ -439,7 +529,8 @@ def stamp(tree: GuestTree, facts: Facts, done: list[StepPlan]) -> StepPlan:
 
 
 FILE_STEPS: tuple[Callable[[GuestTree, Facts], StepPlan], ...] = (
-    fstab, crypttab, resume, grub_defaults, boot_entries, hardware_bindings, mdadm_conf, network,
+    fstab, crypttab, resume, grub_defaults, boot_entries, legacy_grub_entries, hardware_bindings,
+    mdadm_conf, network,
     initramfs_drivers, selinux, hypervisor_tools,
 )
 TOOL_STEPS = (initramfs_rebuild, bootloader, stamp)

@@ -151,3 +151,24 @@ def test_the_server_hears_a_refusal(loopdev, job_server, capsys):
     report = got["/api/v1/jobs/j1/repair"]
     assert report["status"] == "failed" and "holds no Linux system" in report["error"]
     assert "holds no Linux system" in capsys.readouterr().err
+
+
+def test_a_system_older_than_os_release_is_found_by_its_release_file(loopdev, capsys, tmp_path):
+    dev = loopdev(32 * 1024 * 1024)
+    run("sfdisk", "-q", dev, input="label: dos\n,,83\n")
+    (part,) = rescan(dev)
+    run("mkfs.ext4", "-q", part)
+    mnt = tmp_path / "old"
+    mnt.mkdir()
+    run("mount", part, str(mnt))
+    try:
+        (mnt / "etc").mkdir()
+        (mnt / "etc/redhat-release").write_text("CentOS release 6.10 (Final)\n")
+        (mnt / "etc/fstab").write_text("/dev/sda1 / ext4 defaults 1 1\n")
+    finally:
+        run("umount", str(mnt))
+    assert main(["repair", "--dry-run", "--disk", dev]) == 0
+    out = capsys.readouterr().out
+    uuid = run("blkid", "-p", "-s", "UUID", "-o", "value", part).stdout.strip()
+    assert "Found CentOS release 6.10 (Final) (rhel family)" in out
+    assert f"-/dev/sda1 / ext4 defaults 1 1\n+UUID={uuid} / ext4 defaults 1 1\n" in out

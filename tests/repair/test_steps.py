@@ -3,12 +3,13 @@ second plan on the changed tree that must be empty."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 from agent.repair.apply import apply_plan
 from agent.repair.facts import Facts, Filesystem, RaidArray, Reference, names_from_disk
 from agent.repair.plan import Plan
-from agent.repair.steps import STAMP, plan_repair
+from agent.repair.steps import LEGACY_SETUP, STAMP, family, plan_repair
 from agent.repair.tree import GuestTree
 
 ROOT_UUID = "11111111-1111-4111-8111-111111111111"
@@ -328,3 +329,168 @@ def test_mdadm_conf_by_uuid_already_is_left_alone(tmp_path):
     tree = make_tree(tmp_path, {"/etc/os-release": DEBIAN_OS, "/etc/fstab": "", "/etc/mdadm/mdadm.conf": text})
     steps = plan_repair(tree, facts({}, arrays=[RaidArray(MD0, "deb:0", "1.2", "raid1", (1,))]))
     assert "/etc/mdadm/mdadm.conf" not in changes(steps)
+
+
+SLES11_RELEASE = "SUSE Linux Enterprise Server 11 (x86_64)\nVERSION = 11\nPATCHLEVEL = 4\n"
+SLES11_MODULES_DEP = ("kernel/drivers/ata/ata_piix.ko: kernel/drivers/ata/libata.ko\n"
+                      "kernel/drivers/ata/ata_generic.ko:\nkernel/drivers/ata/ahci.ko:\n"
+                      "kernel/drivers/scsi/sd_mod.ko:\nkernel/drivers/virtio/virtio_pci.ko:\n"
+                      "kernel/drivers/block/virtio_blk.ko:\nkernel/drivers/net/virtio_net.ko:\n"
+                      "updates/xen-platform-pci.ko:\nupdates/xen-vbd.ko: updates/xen-platform-pci.ko\n"
+                      "updates/xen-vnif.ko: updates/xen-platform-pci.ko\n")
+
+
+def test_sles11_mkinitrd_and_legacy_grub_without_os_release(tmp_path):
+    tree = make_tree(tmp_path, {
+        "/etc/SuSE-release": SLES11_RELEASE,
+        "/etc/fstab": f"{BY_ID}-part3 swap swap defaults 0 0\n"
+                      f"{BY_ID}-part2 / ext3 acl,user_xattr 1 1\n"
+                      f"{BY_ID}-part1 /boot ext3 acl,user_xattr 1 2\n"
+                      "proc /proc proc defaults 0 0\n",
+        "/boot/grub/menu.lst": "default 0\ntimeout 8\n"
+                               "title SUSE Linux Enterprise Server 11 SP4 - 3.0.101-63\n"
+                               "    root (hd0,0)\n"
+                               f"    kernel /vmlinuz-3.0.101-63-default root={BY_ID}-part2 resume={BY_ID}-part3 "
+                               "splash=silent crashkernel=256M-:128M showopts vga=0x314\n"
+                               "    initrd /initrd-3.0.101-63-default\n",
+        "/boot/grub/device.map": "(hd0)\t/dev/sda\n",
+        "/etc/sysconfig/bootloader": 'LOADER_TYPE="grub"\n'
+                                     f'DEFAULT_APPEND="resume={BY_ID}-part3 splash=silent showopts"\n',
+        "/etc/sysconfig/kernel": 'INITRD_MODULES="processor thermal ata_piix ata_generic fan jbd ext3 edd"\n'
+                                 'DOMU_INITRD_MODULES="xennet xenblk"\n',
+        "/etc/sysconfig/network/ifcfg-eth0": "BOOTPROTO='static'\nIPADDR='192.0.2.30/24'\nSTARTMODE='auto'\n",
+        "/etc/udev/rules.d/70-persistent-net.rules": 'SUBSYSTEM=="net", ATTR{address}=="00:11:22:33:44:55", NAME="eth0"\n',
+        "/lib/modules/3.0.101-63-default/modules.dep": SLES11_MODULES_DEP,
+        "/sbin/mkinitrd": "", "/sbin/grub": "",
+    })
+    refs = [Reference(f"{BY_ID}-part3", "swap", "swap"), Reference(f"{BY_ID}-part2", "/", "ext3"),
+            Reference(f"{BY_ID}-part1", "/boot", "ext3")]
+    names, notes = names_from_disk(refs, DISK)
+    assert notes == []
+    f = facts(names, {"eth0": "eth1"})
+    steps = plan_repair(tree, f)
+    got = changes(steps)
+    assert set(got) == {"/etc/fstab", "/boot/grub/menu.lst", "/etc/sysconfig/bootloader", "/etc/sysconfig/kernel",
+                        "/boot/grub/device.map", "/etc/udev/rules.d/70-persistent-net.rules",
+                        "/etc/sysconfig/network/ifcfg-eth0", "/etc/sysconfig/network/ifcfg-eth1", STAMP}
+    assert got["/etc/fstab"] == (f"UUID={SWAP_UUID} swap swap defaults 0 0\nUUID={ROOT_UUID} / ext3 acl,user_xattr 1 1\n"
+                                 f"UUID={BOOT_UUID} /boot ext3 acl,user_xattr 1 2\nproc /proc proc defaults 0 0\n")
+    assert got["/boot/grub/menu.lst"].splitlines()[4] == (
+        f"    kernel /vmlinuz-3.0.101-63-default root=UUID={ROOT_UUID} resume=UUID={SWAP_UUID} "
+        "splash=silent crashkernel=256M-:128M showopts vga=0x314")
+    assert got["/etc/sysconfig/bootloader"] == \
+        f'LOADER_TYPE="grub"\nDEFAULT_APPEND="resume=UUID={SWAP_UUID} splash=silent showopts"\n'
+    # Upstream names where this kernel has them, SUSE's xen-kmp names for the PV disk and NIC.
+    assert got["/etc/sysconfig/kernel"] == (
+        'INITRD_MODULES="processor thermal ata_piix ata_generic fan jbd ext3 edd xen-platform-pci '
+        'virtio_pci virtio_blk virtio_net ahci sd_mod xen-vbd xen-vnif"\nDOMU_INITRD_MODULES="xennet xenblk"\n')
+    assert got["/boot/grub/device.map"] is None and got["/etc/sysconfig/network/ifcfg-eth0"] is None
+    assert got["/etc/sysconfig/network/ifcfg-eth1"] == "BOOTPROTO='static'\nIPADDR='192.0.2.30/24'\nSTARTMODE='auto'\n"
+    commands = [c.argv for c in Plan(steps).commands]
+    assert commands == [("mkinitrd",),
+                        ("sh", "-c", LEGACY_SETUP, "grub",
+                         r"device (hd0) /dev/xvda\nroot (hd0,0)\nsetup (hd0)\nquit\n")]
+    assert family(tree) == "suse"
+    assert_second_run_empty(tree, f)
+
+
+def test_legacy_grub_setup_feeds_the_shell_and_reads_its_errors(tmp_path):
+    """The command as planned, run by sh with a stand-in `grub` that records its input."""
+    fake = tmp_path / "bin/grub"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\necho "$@" > "$REC.args"\ncat > "$REC.in"\nprintf "%s\\n" "$OUT"\n')
+    fake.chmod(0o755)
+    script = r"device (hd0) /dev/xvda\nroot (hd0,1)\nsetup (hd0)\nquit\n"
+    env = {"PATH": f"{fake.parent}:/usr/bin:/bin", "REC": str(tmp_path / "rec")}
+    ok = ' Running "install /grub/stage1 (hd0) (hd0)1+17 p (hd0,1)/grub/stage2 /grub/menu.lst"... succeeded\nDone.'
+    proc = subprocess.run(["sh", "-c", LEGACY_SETUP, "grub", script], env={**env, "OUT": ok},
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "succeeded" in proc.stdout
+    assert (tmp_path / "rec.in").read_text() == "device (hd0) /dev/xvda\nroot (hd0,1)\nsetup (hd0)\nquit\n"
+    assert (tmp_path / "rec.args").read_text() == "--batch --no-floppy --device-map=/dev/null\n"
+    proc = subprocess.run(["sh", "-c", LEGACY_SETUP, "grub", script],
+                          env={**env, "OUT": " Checking if \"/boot/grub/stage1\" exists... no\n\nError 15: File not found"},
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and "Error 15: File not found" in proc.stdout
+
+
+def test_rhel6_lvm_luks_grub_conf_dracut_per_kernel(tmp_path):
+    tree = make_tree(tmp_path, {
+        "/etc/redhat-release": "CentOS release 6.10 (Final)\n",
+        "/etc/fstab": "/dev/mapper/vg_c6-lv_root / ext4 defaults 1 1\n/dev/sda1 /boot ext4 defaults 1 2\n"
+                      "/dev/mapper/vg_c6-lv_swap swap swap defaults 0 0\n",
+        "/etc/crypttab": f"luks-{LUKS_UUID} UUID={LUKS_UUID} none\n",
+        "/boot/grub/grub.conf": "default=0\ntitle CentOS 6 (2.6.32-754.el6.x86_64)\n\troot (hd0,0)\n"
+                                "\tkernel /vmlinuz-2.6.32-754.el6.x86_64 ro root=/dev/mapper/vg_c6-lv_root "
+                                f"rd_LUKS_UUID=luks-{LUKS_UUID} rd_LVM_LV=vg_c6/lv_root rd_NO_MD crashkernel=auto\n"
+                                "\tinitrd /initramfs-2.6.32-754.el6.x86_64.img\n",
+        "/etc/sysconfig/network-scripts/ifcfg-eth0": "DEVICE=eth0\nHWADDR=00:11:22:33:44:55\nONBOOT=yes\nBOOTPROTO=dhcp\n",
+        "/etc/selinux/config": "SELINUX=disabled\n",
+        "/sbin/dracut": "", "/sbin/grub": "",
+        "/lib/modules/2.6.32-754.el6.x86_64/modules.dep": MODULES_DEP,
+        "/lib/modules/2.6.32-696.el6.x86_64/modules.dep": MODULES_DEP,
+    })
+    disk = [fs("/dev/xvda1", "ext4", BOOT_UUID, 1), fs("/dev/xvda2", "crypto_LUKS", LUKS_UUID, 2),
+            fs("/dev/loop7", "ext4", ROOT_UUID, None)]
+    names, _ = names_from_disk([Reference("/dev/sda1", "/boot", "ext4")], disk)
+    f = Facts(filesystems=disk, names=names, nics={}, disk="/dev/xvda")
+    steps = plan_repair(tree, f)
+    got = changes(steps)
+    # LV and LUKS names do not depend on the hardware: only /boot's device name changes.
+    assert set(got) == {"/etc/fstab", "/etc/dracut.conf.d/90-xenp2v.conf", STAMP}
+    assert got["/etc/fstab"].splitlines()[1] == f"UUID={BOOT_UUID} /boot ext4 defaults 1 2"
+    # dracut 004 (RHEL 6) has no --regenerate-all: one image per kernel, named as RHEL names them.
+    assert [c.argv for c in Plan(steps).commands] == [
+        ("dracut", "-f", "/boot/initramfs-2.6.32-696.el6.x86_64.img", "2.6.32-696.el6.x86_64"),
+        ("dracut", "-f", "/boot/initramfs-2.6.32-754.el6.x86_64.img", "2.6.32-754.el6.x86_64"),
+        ("sh", "-c", LEGACY_SETUP, "grub", r"device (hd0) /dev/xvda\nroot (hd0,0)\nsetup (hd0)\nquit\n")]
+    assert_second_run_empty(tree, f)
+
+
+def test_arch_luks_lvm_cryptdevice(tmp_path):
+    tree = make_tree(tmp_path, {
+        "/etc/os-release": ARCH_OS,
+        "/etc/fstab": "/dev/mapper/vg-root / ext4 rw,relatime 0 1\n/dev/sda1 /boot ext4 rw,relatime 0 2\n",
+        "/etc/default/grub": 'GRUB_CMDLINE_LINUX="cryptdevice=/dev/sda2:cryptlvm root=/dev/vg/root"\n',
+        "/etc/mkinitcpio.conf": "MODULES=()\nHOOKS=(base udev autodetect keyboard block encrypt lvm2 filesystems fsck)\n",
+        "/usr/bin/grub-mkconfig": "", "/usr/lib/grub/i386-pc/normal.mod": "",
+        "/usr/lib/modules/6.7.4-arch1-1/modules.dep": MODULES_DEP,
+    })
+    disk = [fs("/dev/xvda1", "ext4", BOOT_UUID, 1), fs("/dev/xvda2", "crypto_LUKS", LUKS_UUID, 2)]
+    refs = [Reference("/dev/sda1", "/boot", "ext4"), Reference("/dev/sda2", None, None)]
+    names, _ = names_from_disk(refs, disk)
+    f = Facts(filesystems=disk, names=names, nics={}, disk="/dev/xvda")
+    steps = plan_repair(tree, f)
+    got = changes(steps)
+    assert got["/etc/default/grub"] == f'GRUB_CMDLINE_LINUX="cryptdevice=UUID={LUKS_UUID}:cryptlvm root=/dev/vg/root"\n'
+    assert got["/etc/fstab"] == f"/dev/mapper/vg-root / ext4 rw,relatime 0 1\nUUID={BOOT_UUID} /boot ext4 rw,relatime 0 2\n"
+    assert got["/etc/mkinitcpio.conf"].splitlines()[0] == \
+        "MODULES=(xen-blkfront xen-netfront ata_piix ata_generic virtio_blk virtio_scsi virtio_net ahci sd_mod)"
+    assert [str(c) for c in Plan(steps).commands] == [
+        "mkinitcpio -P", "grub-install --target=i386-pc /dev/xvda", "grub-mkconfig -o /boot/grub/grub.cfg"]
+    assert_second_run_empty(tree, f)
+
+
+def test_ubuntu_btrfs_subvolumes_and_netplan_by_mac(tmp_path):
+    tree = make_tree(tmp_path, {
+        "/etc/os-release": UBUNTU_OS,
+        "/etc/fstab": "/dev/sda2 / btrfs defaults,subvol=@ 0 1\n/dev/sda2 /home btrfs defaults,subvol=@home 0 2\n"
+                      "/dev/sda1 /boot/efi vfat umask=0077 0 1\n",
+        "/etc/netplan/50-cloud-init.yaml": "network:\n  version: 2\n  ethernets:\n    enp0s31f6:\n"
+                                           "      match:\n        macaddress: 00:11:22:33:44:55\n"
+                                           "      set-name: enp0s31f6\n      addresses: [192.0.2.40/24]\n",
+        "/etc/initramfs-tools/initramfs.conf": "MODULES=dep\n",
+    })
+    disk = [fs("/dev/xvda1", "vfat", ESP_UUID, 1), fs("/dev/xvda2", "btrfs", ROOT_UUID, 2)]
+    refs = [Reference("/dev/sda2", "/", "btrfs"), Reference("/dev/sda2", "/home", "btrfs"),
+            Reference("/dev/sda1", "/boot/efi", "vfat")]
+    names, _ = names_from_disk(refs, disk)
+    f = Facts(filesystems=disk, names=names, nics={"enp0s31f6": "enX0"}, disk="/dev/xvda", bios=False, uefi=True)
+    got = changes(plan_repair(tree, f))
+    assert got["/etc/fstab"] == (f"UUID={ROOT_UUID} / btrfs defaults,subvol=@ 0 1\n"
+                                 f"UUID={ROOT_UUID} /home btrfs defaults,subvol=@home 0 2\n"
+                                 f"UUID={ESP_UUID} /boot/efi vfat umask=0077 0 1\n")
+    assert got["/etc/netplan/50-cloud-init.yaml"] == (
+        "network:\n  version: 2\n  ethernets:\n    enX0:\n      match:\n        macaddress: 00:11:22:33:44:55\n"
+        "      set-name: enX0\n      addresses: [192.0.2.40/24]\n")
+    assert_second_run_empty(tree, f)
