@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
 
+from agent import blockdev
 from agent.repair.facts import Filesystem
 from agent.repair.guest import RepairError
 from agent.repair.luks import Cryptsetup, Passphrases, guest_names, unlock
@@ -320,3 +322,53 @@ def test_encrypted_root_without_its_passphrase_is_refused_with_why(encrypted_deb
                             f"opens {header}: add its passphrase to that file, one a line. Check that "
                             "the image was restored onto this disk.")
     assert mapper.calls == []
+
+
+def test_ubuntu_layout_lvm_inside_luks(loopdev, tmp_path):
+    """Ubuntu's encrypted install: /boot, then LUKS holding an LVM PV with the root LV."""
+    disk = loopdev(48 * MiB, "disk")
+    run("sfdisk", "-q", disk, input="label: dos\n,16MiB,83\n,,83\n")
+    boot, header = rescan(disk)
+    run("mkfs.ext4", "-q", boot)
+    luks_uuid = luks_format(header, b"s3cret")
+    plaintext = loopdev(40 * MiB, "plaintext")
+    vg = "vg" + uuid.uuid4().hex[:8]
+    no_dm = ("--driverloaded", "n")
+    run("lvm", "pvcreate", "-q", "--devices", plaintext, plaintext)
+    run("lvm", "vgcreate", "-q", "--devices", plaintext, vg, plaintext)
+    run("lvm", "lvcreate", *no_dm, "--devices", plaintext, "-q", "-an", "-Zn", "-L", "24M", "-n", "root", vg)
+    (layout,) = blockdev.lvm_layout([plaintext])
+    seg = layout.lvs[0].segments[0]
+    lv = run("losetup", "--show", "-f", "-o", str(seg["pv_start"]), "--sizelimit", str(seg["size"]),
+             plaintext).stdout.strip()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        run("mkfs.ext4", "-q", lv)
+        run("mount", lv, str(mnt))
+        try:
+            (mnt / "boot").mkdir()
+            for path, text in {"etc/os-release": 'PRETTY_NAME="Ubuntu 22.04.4 LTS"\nID=ubuntu\nID_LIKE=debian\n',
+                               "etc/fstab": f"/dev/mapper/{vg}-root / ext4 errors=remount-ro 0 1\n"
+                                            "/dev/sda1 /boot ext4 defaults 0 2\n",
+                               "etc/crypttab": "sda2_crypt /dev/sda2 none luks,discard\n"}.items():
+                (mnt / path).parent.mkdir(parents=True, exist_ok=True)
+                (mnt / path).write_text(text)
+        finally:
+            run("umount", str(mnt))
+    finally:
+        run("losetup", "-d", lv)
+    mapper = Mapper(plaintext)
+    try:
+        out: list[str] = []
+        report = repair(Request(disk=disk, dry_run=True, passphrases=Passphrases(ask=lambda p: b"s3cret")),
+                        out.append, Tools(Cryptsetup(mapper)))
+    finally:
+        mapper.cleanup()
+    text = "\n".join(out)
+    assert report["root"] == f"/dev/mapper/{vg}-root"
+    assert f"+sda2_crypt UUID={luks_uuid} none luks,discard\n" in text
+    assert [argv for argv, _ in mapper.calls] == [
+        ["cryptsetup", "open", "--type", "luks", "--key-file=-", "--readonly", header, f"luks-{luks_uuid}"],
+        ["dmsetup", "rename", f"luks-{luks_uuid}", "sda2_crypt"],
+        ["cryptsetup", "close", "sda2_crypt"]]
