@@ -105,27 +105,14 @@ def read_layout(disk: str, stack: ExitStack, peers: list[str] = (), readonly: bo
     members: list[raid.Member] = []
     try:
         if table is None:
-            info = blockdev.filesystem(disk)
-            if info.get("TYPE"):
-                layout.filesystems.append(Filesystem(disk, info["TYPE"], info.get("UUID"), info.get("LABEL")))
+            pvs += _add_filesystem(layout, disk)
         for part in parts:
-            info = blockdev.filesystem(part.node)
-            kind = info.get("TYPE", "")
-            if kind == "LVM2_member":
-                pvs.append(part.node)
-            elif kind:
-                layout.filesystems.append(Filesystem(part.node, kind, info.get("UUID"), info.get("LABEL"),
-                                                     part.number))
-            if kind == "linux_raid_member":
+            pvs += _add_filesystem(layout, part.node, part.number)
+            if layout.filesystems and layout.filesystems[-1].device == part.node and \
+                    layout.filesystems[-1].fstype == "linux_raid_member":
                 info = blockdev.md_member(part.node)
                 if info is not None:
                     members.append(raid.Member(part.node, part.number, info))
-            if kind == "crypto_LUKS":
-                inner = unlocked(part.node)
-                if not inner:
-                    layout.locked.append(layout.filesystems[-1])
-                for device in inner:
-                    pvs += _add_filesystem(layout, device)
         if members:
             peer_members = [m for peer in peers if os.path.realpath(peer) != os.path.realpath(disk)
                             for m in raid.members_on(peer)]
@@ -153,14 +140,25 @@ def add_inside(layout: DiskLayout, device: str, stack: ExitStack) -> None:
     _add_volume_groups(layout, pvs, stack)
 
 
-def _add_filesystem(layout: DiskLayout, device: str) -> list[str]:
-    """Adds the filesystem on `device` to the layout; returns [device] when it is an LVM PV."""
+def _add_filesystem(layout: DiskLayout, device: str, partition: int | None = None) -> list[str]:
+    """Adds what is on `device` to the layout; returns the LVM PVs found (itself, or inside it)."""
     info = blockdev.filesystem(device)
     if info.get("TYPE") == "LVM2_member":
         return [device]
-    if info.get("TYPE"):
-        layout.filesystems.append(Filesystem(device, info["TYPE"], info.get("UUID"), info.get("LABEL")))
-    return []
+    if not info.get("TYPE"):
+        return []
+    fs = Filesystem(device, info["TYPE"], info.get("UUID"), info.get("LABEL"), partition)
+    layout.filesystems.append(fs)
+    return _luks_inside(layout, fs) if fs.fstype == "crypto_LUKS" else []
+
+
+def _luks_inside(layout: DiskLayout, fs: Filesystem) -> list[str]:
+    """What an opened LUKS volume holds counts (opened by someone, under its crypttab name); a
+    closed one waits in `locked`."""
+    inner = unlocked(fs.device)
+    if not inner:
+        layout.locked.append(fs)
+    return [pv for device in inner for pv in _add_filesystem(layout, device)]
 
 
 def _add_volume_groups(layout: DiskLayout, pvs: list[str], stack: ExitStack) -> None:
@@ -186,6 +184,9 @@ def _add_volume_groups(layout: DiskLayout, pvs: list[str], stack: ExitStack) -> 
                     fs = Filesystem(device, info["TYPE"], info.get("UUID"), info.get("LABEL"))
                     layout.filesystems.append(fs)
                     layout.aliases.update(dict.fromkeys(lv_names(vg.name, lv.name), fs))
+                    if fs.fstype == "crypto_LUKS" and _luks_inside(layout, fs):
+                        raise RepairError(f"{vg.name}/{lv.name} is an encrypted volume holding LVM "
+                                          "again; repair does not go that deep: open it by hand.")
             layout.volume_groups.append(vg.name)
     except blockdev.BlockDevError as e:
         raise RepairError(str(e)) from None
