@@ -10,7 +10,10 @@ opened volume as a /dev/mapper link to a loop device holding its plaintext.
 from __future__ import annotations
 
 import os
+import select
 import subprocess
+import termios
+import threading
 import uuid
 from pathlib import Path
 
@@ -19,7 +22,7 @@ import pytest
 from agent import blockdev
 from agent.repair.facts import Filesystem
 from agent.repair.guest import RepairError
-from agent.repair.luks import Cryptsetup, Passphrases, guest_names, unlock
+from agent.repair.luks import Cryptsetup, Passphrases, console_ask, guest_names, unlock
 from agent.repair.runner import Request, Tools, repair
 from support import rescan, run
 
@@ -372,3 +375,24 @@ def test_ubuntu_layout_lvm_inside_luks(loopdev, tmp_path):
         ["cryptsetup", "open", "--type", "luks", "--key-file=-", "--readonly", header, f"luks-{luks_uuid}"],
         ["dmsetup", "rename", f"luks-{luks_uuid}", "sda2_crypt"],
         ["cryptsetup", "close", "sda2_crypt"]]
+
+
+def test_console_prompt_reads_a_line_without_echo_and_gives_up_after_its_timeout(monkeypatch, capsys):
+    master, slave = os.openpty()
+    tty = os.fdopen(slave, "r")
+    try:
+        monkeypatch.setattr("sys.stdin", tty)
+        # Typed once the prompt is up: what was typed before it is flushed, as getpass does.
+        typing = threading.Timer(0.5, os.write, (master, b"pass phrase\n"))
+        typing.start()
+        assert console_ask(timeout=10)("Passphrase: ") == b"pass phrase"
+        typing.join()
+        assert not select.select([master], [], [], 0.2)[0]           # nothing was echoed
+        assert termios.tcgetattr(slave)[3] & termios.ECHO             # echo is back on afterwards
+        assert console_ask(timeout=0.2)("Passphrase: ") is None       # nobody typed
+        assert capsys.readouterr().err == "Passphrase: \nPassphrase: \n"
+    finally:
+        tty.close()
+        os.close(master)
+    monkeypatch.setattr("sys.stdin", open(os.devnull))
+    assert console_ask() is None
