@@ -55,6 +55,14 @@ def existing_store(args: argparse.Namespace) -> Iterator[Store]:
         store.close()
 
 
+def new_token() -> str:
+    """32 URL-safe characters; never one starting with '-', which a command line would take for
+    an option (`p2v-agent capture --token -x…`)."""
+    while (token := secrets.token_urlsafe(24)).startswith("-"):
+        pass
+    return token
+
+
 def load_or_make_token(directory: Path) -> str:
     """The token kept in ``directory/token``; made (readable by the owner only) on first start."""
     path = directory / "token"
@@ -62,7 +70,7 @@ def load_or_make_token(directory: Path) -> str:
         token = path.read_text().strip()
         if token:
             return token
-    token = secrets.token_urlsafe(24)
+    token = new_token()
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:

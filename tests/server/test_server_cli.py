@@ -89,3 +89,11 @@ def test_jobs_and_verify_refuse_a_directory_without_server_data(tmp_path):
         out = cli(*args, "--data-dir", str(tmp_path / "typo"))
         assert out.returncode == 1 and "There is no xenp2v server data in" in out.stderr
     assert not (tmp_path / "typo").exists()
+
+
+def test_a_made_token_never_reads_as_a_command_line_option():
+    from server.datadir import new_token
+
+    tokens = [new_token() for _ in range(2000)]    # 1 in 64 of token_urlsafe's start with '-'
+    assert not [t for t in tokens if t.startswith("-")]
+    assert len(set(tokens)) == 2000 and {len(t) for t in tokens} == {32}
