@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.request
 
+from server.datadir import new_token
 from support import free_port
 from wire import CHUNK, Wire
 
@@ -92,8 +93,6 @@ def test_jobs_and_verify_refuse_a_directory_without_server_data(tmp_path):
 
 
 def test_a_made_token_never_reads_as_a_command_line_option():
-    from server.datadir import new_token
-
     tokens = [new_token() for _ in range(2000)]    # 1 in 64 of token_urlsafe's start with '-'
     assert not [t for t in tokens if t.startswith("-")]
     assert len(set(tokens)) == 2000 and {len(t) for t in tokens} == {32}
