@@ -145,10 +145,11 @@ def nics_from_inventory(inventory: dict, local: dict[str, str]) -> dict[str, str
     """Old NIC name → the VM's NIC name, matched by MAC (`local` maps MAC → name here).
 
     XenServer gives the VM's VIFs the source's MACs; where it did not and there is one NIC on each
-    side, the one is the other.
+    side, the one is the other. The capture puts the NICs in the inventory's "machine"; older
+    inventories had them at the top.
     """
-    old = {(n.get("mac") or n.get("address") or "").lower(): n["name"]
-           for n in inventory.get("nics", []) if n.get("name")}
+    listed = (inventory.get("machine") or {}).get("nics") or inventory.get("nics") or []
+    old = {(n.get("mac") or n.get("address") or "").lower(): n["name"] for n in listed if n.get("name")}
     local = {mac.lower(): name for mac, name in local.items()}
     nics = {name: local[mac] for mac, name in old.items() if mac in local and local[mac] != name}
     if not nics and len(old) == 1 and len(local) == 1:

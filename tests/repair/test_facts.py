@@ -45,3 +45,10 @@ def test_nics_by_mac_then_the_only_one():
     single = {"nics": [{"name": "eth0", "mac": "00:11:22:33:44:55"}]}
     assert nics_from_inventory(single, {"aa:bb:cc:dd:ee:ff": "enX0"}) == {"eth0": "enX0"}
     assert nics_from_inventory(single, {"00:11:22:33:44:55": "eth0"}) == {}
+
+
+def test_nics_from_the_captures_inventory_machine():
+    # What agent/capture.py sends: the NICs under "machine", as the live ISO named them.
+    inventory = {"name": "src", "machine": {"nics": [{"name": "ens3", "mac": "52:54:00:12:34:56"}]},
+                 "disks": []}
+    assert nics_from_inventory(inventory, {"52:54:00:12:34:56": "ens4"}) == {"ens3": "ens4"}
