@@ -29,7 +29,7 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from boot import boot  # noqa: E402
 from support import P2VServer  # noqa: E402
-from sources import ADDRESS, LAYOUTS, SOURCE_NIC, source_image  # noqa: E402
+from sources import ADDRESS, LAYOUTS, SOURCE_NIC, source_images  # noqa: E402
 from xapisim import XapiSim  # noqa: E402
 from xenp2v import protocol as p  # noqa: E402
 
@@ -73,7 +73,7 @@ def wait_state(server: P2VServer, job: str, states: set[str], timeout: float) ->
 
 
 def scenario(name: str, work: Path) -> tuple[bool, str]:
-    source = source_image(name, say)
+    sources = source_images(name, say)
     iso = work / "xenp2v.iso"
     iso.write_bytes(b"\0" * 4096)  # never booted here: the agent runs on this host instead
     password = work / "xapi.pw"
@@ -83,18 +83,19 @@ def scenario(name: str, work: Path) -> tuple[bool, str]:
             "--xapi-url", sim.url, "--xapi-password-file", str(password), "--iso", iso.name,
             "--keep-macs")).start()
         try:
-            loop = attach(source, read_only=True)
+            loops = [attach(source, read_only=True) for source in sources]
             try:
                 t = time.monotonic()
                 proc = subprocess.run([str(AGENT), "capture", "--server", server.url, "--token",
-                                       server.token, "--disks", loop, "--name", f"auto-{name}",
+                                       server.token, "--disks", ",".join(loops), "--name", f"auto-{name}",
                                        "--cmdline", ""], capture_output=True, text=True,
                                       timeout=1800)
                 say(f"  capture: exit {proc.returncode} ({time.monotonic() - t:.0f} s)")
                 if proc.returncode != 0:
                     return False, f"capture failed: {proc.stderr.strip()[-500:]}"
             finally:
-                detach(loop)
+                for loop in loops:
+                    detach(loop)
             job = next(j["id"] for j in json.loads(subprocess.run(
                 [sys.executable, "-m", "server.cli", "jobs", "--json", "--data-dir",
                  str(server.data_dir)], capture_output=True, text=True, check=True,
@@ -133,7 +134,7 @@ def scenario(name: str, work: Path) -> tuple[bool, str]:
         # The capture ran on this host, so the VM's firmware is this host's; the disk needs the
         # source's, which a capture on the source itself would have given.
         firmware = LAYOUTS[name].firmware
-        result = boot(Path(last["disks"][0]), "ide", "vm", firmware,
+        result = boot([Path(d) for d in last["disks"]], "ide", "vm", firmware,
                       work / f"{name}-automatic.serial", timeout=900)
         want = f"{VM_NIC}:{ADDRESS}"
         ok = result.ok and result.net == want

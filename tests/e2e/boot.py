@@ -1,4 +1,8 @@
-"""Boot a disk image under QEMU and read the serial line for the guest's marker or its failure."""
+"""Boot a disk image under QEMU and read the serial line for the guest's marker or its failure.
+
+`hardware()` is the one description of the machines the e2e tests use (the source's own, and the
+VM's): `boot()` uses it for the disks alone, `iso.py` for the same machines with the live ISO.
+"""
 
 from __future__ import annotations
 
@@ -19,18 +23,44 @@ MARKER = re.compile(r"XENP2V-BOOT-OK root=(\S+) net=(\S+)")
 # What a boot that cannot find its root prints (initramfs-tools), or a kernel that gives up.
 FAILURES = ("Gave up waiting for root", "ALERT!", "Kernel panic", "emergency mode")
 
+
+def _ahci(drives: list[str]) -> list[str]:
+    # The source's disks carry serials, so that their by-id names are stable (sources.BY_ID).
+    args = ["-device", "ahci,id=ahci"]
+    for i, drive in enumerate(drives):
+        args += ["-drive", f"{drive},if=none,id=d{i}",
+                 "-device", f"ide-hd,drive=d{i},bus=ahci.{i},serial=SRC{i + 1:04d}"]
+    return args
+
+
 # Disk controllers: the source's own (AHCI), XenServer's emulated IDE, virtio.
 CONTROLLERS = {
-    "ahci": lambda img: ["-drive", f"file={img},format=raw,if=none,id=d0",
-                         "-device", "ahci,id=ahci", "-device", "ide-hd,drive=d0,bus=ahci.0,serial=SRC0001"],
-    "ide": lambda img: ["-drive", f"file={img},format=raw,if=ide"],
-    "virtio": lambda img: ["-drive", f"file={img},format=raw,if=virtio"],
+    "ahci": _ahci,
+    "ide": lambda drives: [a for i, d in enumerate(drives) for a in ("-drive", f"{d},if=ide,index={i}")],
+    "virtio": lambda drives: [a for d in drives for a in ("-drive", f"{d},if=virtio")],
 }
 # NICs: the source's e1000 in slot 3 (ens3); the VM's emulated rtl8139 in slot 4 (ens4).
 NICS = {
     "source": ["-device", f"e1000,netdev=n0,mac={MAC},addr=03"],
     "vm": ["-device", f"rtl8139,netdev=n0,mac={MAC},addr=04"],
 }
+
+
+def hardware(images: list[Path], controller: str, nic: str, firmware: str, tmp: Path, *,
+             snapshot: bool = True, memory_mb: int = 1024, network: str = "restrict=on") -> list[str]:
+    """QEMU's arguments for one of the e2e machines: `images` on `controller`, the `nic`, and the
+    firmware (bios: SeaBIOS, uefi: OVMF with its own copy of the variables, kept in `tmp`)."""
+    drives = [f"file={image},format=raw" + (",snapshot=on" if snapshot else "") for image in images]
+    argv = ["qemu-system-x86_64", "-machine", f"pc,accel={ACCEL}", "-m", str(memory_mb), "-smp", "1",
+            "-nodefaults", "-display", "none", "-monitor", "none",
+            "-netdev", f"user,id=n0{',' + network if network else ''}",
+            *CONTROLLERS[controller](drives), *NICS[nic]]
+    if firmware == "uefi":
+        vars_copy = tmp / "vars.fd"
+        shutil.copy(OVMF_VARS, vars_copy)
+        argv += ["-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
+                 "-drive", f"if=pflash,format=raw,file={vars_copy}"]
+    return argv
 
 
 @dataclass
@@ -47,18 +77,13 @@ class Boot:
             f" ({self.seconds:.0f} s)"
 
 
-def boot(image: Path, controller: str, nic: str, firmware: str, log: Path, timeout: int = 600) -> Boot:
-    """Boot `image` (never written: -snapshot) until the marker, a known failure, or `timeout`."""
+def boot(images: Path | list[Path], controller: str, nic: str, firmware: str, log: Path,
+         timeout: int = 600) -> Boot:
+    """Boot the disk(s) (never written: snapshot) until the marker, a known failure, or `timeout`."""
+    images = [images] if isinstance(images, Path) else list(images)
     with tempfile.TemporaryDirectory(prefix="xenp2v-e2e-") as tmp:
-        argv = ["qemu-system-x86_64", "-machine", f"pc,accel={ACCEL}", "-m", "1024", "-smp", "1",
-                "-nodefaults", "-display", "none", "-monitor", "none", "-no-reboot", "-snapshot",
-                "-serial", f"file:{log}", "-netdev", "user,id=n0,restrict=on",
-                *CONTROLLERS[controller](image), *NICS[nic]]
-        if firmware == "uefi":
-            vars_copy = Path(tmp) / "vars.fd"
-            shutil.copy(OVMF_VARS, vars_copy)
-            argv += ["-drive", f"if=pflash,format=raw,readonly=on,file={OVMF_CODE}",
-                     "-drive", f"if=pflash,format=raw,file={vars_copy}"]
+        argv = [*hardware(images, controller, nic, firmware, Path(tmp)),
+                "-no-reboot", "-serial", f"file:{log}"]
         log.unlink(missing_ok=True)
         started = time.monotonic()
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

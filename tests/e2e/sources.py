@@ -30,7 +30,7 @@ PACKAGES = ("systemd-sysv,udev,kmod,ifupdown,iproute2,linux-image-amd64,initramf
 SOURCE_NIC = "ens3"         # e1000 in PCI slot 3 of QEMU's pc machine
 ADDRESS = "10.0.2.15/24"    # QEMU user networking, restricted: nothing leaves the emulator
 DISK_SIZE = 3 * 1024**3
-SERIAL = "SRC0001"          # the source disk's serial: its by-id name
+SERIAL = "SRC0001"          # the source disk's serial: its by-id name (boot.CONTROLLERS gives it)
 BY_ID = f"/dev/disk/by-id/ata-QEMU_HARDDISK_{SERIAL}"
 LVM_CONFIG = "devices { obtain_device_list_from_udev=0 use_devicesfile=0 } activation { udev_sync=0 udev_rules=0 }"
 
@@ -86,13 +86,20 @@ class Layout:
 
     name: str
     firmware: str                 # bios | uefi
-    sfdisk: str                   # sfdisk script
+    sfdisk: str                   # sfdisk script of the first disk
+    more_disks: tuple[tuple[str, int], ...] = ()   # (sfdisk script, size) of each other disk
     recipe_version: str = "5"
 
-    def image(self) -> Path:
-        digest = hashlib.sha256((self.sfdisk + self.recipe_version + PACKAGES + MARKER_SCRIPT +
+    def images(self) -> list[Path]:
+        """The cached disk images, first disk first."""
+        more = "".join(f"{script}{size}" for script, size in self.more_disks)
+        digest = hashlib.sha256((self.sfdisk + more + self.recipe_version + PACKAGES + MARKER_SCRIPT +
                                  MARKER_UNIT).encode()).hexdigest()[:12]
-        return CACHE / f"source-{self.name}-{digest}.img"
+        return [CACHE / f"source-{self.name}-{digest}.img"] + \
+            [CACHE / f"source-{self.name}-{digest}-disk{n}.img" for n in range(2, len(self.more_disks) + 2)]
+
+    def sizes(self) -> list[int]:
+        return [DISK_SIZE] + [size for _, size in self.more_disks]
 
 
 LAYOUTS = {
@@ -103,29 +110,42 @@ LAYOUTS = {
     "uefi-esp": Layout("uefi-esp", "uefi",
                        "label: gpt\n,100MiB,C12A7328-F81F-11D2-BA4B-00A0C93EC93B\n"
                        ",,0FC63DAF-8483-4772-8E79-3D69D8477DE4\n"),
+    # /home on a second disk, named /dev/sdb1 in fstab: the VM must get its disks in the same order.
+    "two-disks": Layout("two-disks", "bios", "label: dos\n,2800MiB,83,*\n,,82\n",
+                        more_disks=(("label: dos\n,,83\n", 1024**3),)),
 }
 
 
 def source_image(name: str, say=print) -> Path:
-    """The cached source disk of scenario `name`, built when missing."""
+    """The first (boot) disk of scenario `name`, built when missing."""
+    return source_images(name, say)[0]
+
+
+def source_images(name: str, say=print) -> list[Path]:
+    """The cached source disks of scenario `name`, first disk first, built when missing."""
     layout = LAYOUTS[name]
-    image = layout.image()
-    if image.exists():
-        return image
+    images = layout.images()
+    if all(image.exists() for image in images):
+        return images
     base = base_tree()
-    tmp = image.with_suffix(".tmp")
-    tmp.unlink(missing_ok=True)
-    with open(tmp, "wb") as f:
-        f.truncate(DISK_SIZE)
+    tmps = [image.with_suffix(".tmp") for image in images]
+    for tmp, size in zip(tmps, layout.sizes()):
+        tmp.unlink(missing_ok=True)
+        with open(tmp, "wb") as f:
+            f.truncate(size)
     started = time.monotonic()
     with ExitStack() as stack:
-        loop = sh("losetup", "--show", "-f", "-P", str(tmp)).strip()
-        stack.callback(subprocess.run, ["losetup", "-d", loop], capture_output=True)
-        sh("sfdisk", "-q", loop, input=layout.sfdisk)
-        subprocess.run(["partx", "-a", loop], capture_output=True)
-        subprocess.run(["partx", "-u", loop], capture_output=True)
-        stack.callback(subprocess.run, ["partx", "-d", loop], capture_output=True)
-        root, mounts, fstab, cmdline_root, modules = _filesystems(layout, loop, stack)
+        loops = []
+        for tmp, script in zip(tmps, [layout.sfdisk] + [s for s, _ in layout.more_disks]):
+            loop = sh("losetup", "--show", "-f", "-P", str(tmp)).strip()
+            stack.callback(subprocess.run, ["losetup", "-d", loop], capture_output=True)
+            sh("sfdisk", "-q", loop, input=script)
+            subprocess.run(["partx", "-a", loop], capture_output=True)
+            subprocess.run(["partx", "-u", loop], capture_output=True)
+            stack.callback(subprocess.run, ["partx", "-d", loop], capture_output=True)
+            loops.append(loop)
+        loop = loops[0]
+        root, mounts, fstab, cmdline_root, modules = _filesystems(layout, loops, stack)
         stack.callback(subprocess.run, ["sync"])
         mnt = CACHE / f"mnt-{layout.name}"
         _mount(root, mnt, stack)
@@ -133,6 +153,8 @@ def source_image(name: str, say=print) -> Path:
             _mount(dev, mnt / point.lstrip("/"), stack)
         sh("cp", "-a", f"{base}/.", str(mnt))
         _configure(mnt, fstab, cmdline_root, modules)
+        if layout.more_disks:
+            _home(mnt)
         for point, kind in (("proc", "proc"), ("sys", "sysfs")):
             sh("mount", "-t", kind, kind, str(mnt / point))
             stack.callback(subprocess.run, ["umount", "-l", str(mnt / point)], capture_output=True)
@@ -149,9 +171,10 @@ def source_image(name: str, say=print) -> Path:
         cfg = mnt / "boot/grub/grub.cfg"
         # grub-mkconfig named a loop device; the source machine calls its root as fstab does.
         cfg.write_text(re.sub(r"root=/dev/\S+", f"root={cmdline_root}", cfg.read_text()))
-    tmp.rename(image)
-    say(f"built source {name} in {time.monotonic() - started:.0f} s: {image}")
-    return image
+    for tmp, image in zip(tmps, images):
+        tmp.rename(image)
+    say(f"built source {name} in {time.monotonic() - started:.0f} s: {' '.join(map(str, images))}")
+    return images
 
 
 def _mount(dev: str, where: Path, stack: ExitStack) -> None:
@@ -165,15 +188,20 @@ def _mount(dev: str, where: Path, stack: ExitStack) -> None:
         stack.callback(subprocess.run, ["umount", str(where)], capture_output=True)
 
 
-def _filesystems(layout: Layout, loop: str, stack: ExitStack):
+def _filesystems(layout: Layout, loops: list[str], stack: ExitStack):
     """Make the filesystems; returns (root device, [(device, mountpoint)], fstab, root=, modules)."""
+    loop = loops[0]
     p = lambda n: f"{loop}p{n}"  # noqa: E731
     ahci = ["ahci", "libahci", "sd_mod", "ext4"]
-    if layout.name == "bios-mbr":
+    if layout.name in ("bios-mbr", "two-disks"):
         sh("mkfs.ext4", "-q", p(1))
         sh("mkswap", p(2))
         fstab = "/dev/sda1 / ext4 errors=remount-ro 0 1\n/dev/sda2 none swap sw 0 0\n"
-        return p(1), [], fstab, "/dev/sda1", ahci
+        if layout.name == "bios-mbr":
+            return p(1), [], fstab, "/dev/sda1", ahci
+        sh("mkfs.ext4", "-q", f"{loops[1]}p1")
+        fstab += "/dev/sdb1 /home ext4 defaults 0 2\n"
+        return p(1), [(f"{loops[1]}p1", "/home")], fstab, "/dev/sda1", ahci
     if layout.name == "gpt-lvm":
         sh("mkfs.ext4", "-q", p(2))
         # Made without device-mapper (this kernel may lack it): the LVs are written through loop
@@ -202,6 +230,14 @@ def _map_lv(lv, stack: ExitStack) -> str:
               seg["pv"]).strip()
     stack.callback(subprocess.run, ["losetup", "-d", loop], capture_output=True)
     return loop
+
+
+def _home(mnt: Path) -> None:
+    """A user's files on the second disk, so that its capture carries data."""
+    home = mnt / "home/user"
+    home.mkdir(parents=True, exist_ok=True)
+    for i in range(4):
+        (home / f"notes-{i}.txt").write_text(f"file {i} of the user's home on the second disk\n" * 4096)
 
 
 def _configure(mnt: Path, fstab: str, root: str, modules: list[str]) -> None:
