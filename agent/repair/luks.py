@@ -100,6 +100,9 @@ class Passphrases:
     ask: Ask | None = None
     say: Callable[[str], None] = print
     _lines: list[bytes] | None = field(default=None, repr=False)
+    # Typed passphrases that opened a volume: tried first next time, so that the plan and the
+    # apply of one repair ask the person once.
+    typed: list[bytes] = field(default_factory=list, repr=False)
 
     def from_file(self) -> list[bytes]:
         """The file's passphrases, one a line (CR LF or LF; blank lines skipped)."""
@@ -123,7 +126,7 @@ def unlock(device: str, uuid: str | None, crypt: Cryptsetup, keys: Passphrases,
     """Open one LUKS volume; returns (its /dev/mapper path, its name), or (None, why not)."""
     name = f"luks-{uuid}" if uuid else f"xenp2v-{Path(device).name}"
     tried = keys.from_file()
-    for passphrase in tried:
+    for passphrase in keys.typed + tried:
         if crypt.fits(device, passphrase):
             return crypt.open(device, name, passphrase, readonly), name
     if keys.ask:
@@ -132,6 +135,7 @@ def unlock(device: str, uuid: str | None, crypt: Cryptsetup, keys: Passphrases,
             if not passphrase:
                 break
             if crypt.fits(device, passphrase):
+                keys.typed.append(passphrase)
                 return crypt.open(device, name, passphrase, readonly), name
             keys.say("That passphrase does not open it.")
     if tried:

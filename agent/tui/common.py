@@ -6,7 +6,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, Footer, Static
+from textual.widgets import Button, Footer, Input, Static
 
 STEPS = ("Start", "Network", "Server", "Disks", "VM", "Summary", "Transfer", "Done")
 
@@ -101,3 +101,35 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def action_no(self) -> None:
         self.dismiss(False)
+
+
+class PassphraseScreen(ModalScreen[bytes | None]):
+    """Asks for a LUKS passphrase, never shown; dismisses with it, or None when skipped."""
+
+    BINDINGS = [Binding("escape", "skip", "Skip")]
+
+    def __init__(self, prompt: str):
+        super().__init__()
+        self.prompt = prompt
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="dialog"):
+            yield Static(self.prompt.rstrip(": ") + ". It is used for this repair only, never "
+                         "stored or sent.")
+            yield Input(password=True, id="passphrase")
+            yield buttons(("unlock", "Unlock", "primary"), ("skip", "Skip", "default"))
+
+    def on_input_submitted(self) -> None:
+        self.unlock()
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "unlock":
+            self.unlock()
+        else:
+            self.action_skip()
+
+    def unlock(self) -> None:
+        self.dismiss(self.query_one("#passphrase", Input).value.encode() or None)
+
+    def action_skip(self) -> None:
+        self.dismiss(None)

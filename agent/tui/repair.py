@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import queue
+
 from rich.syntax import Syntax
 from textual import on, work
 from textual.app import ComposeResult
@@ -10,7 +12,8 @@ from textual.widgets import Button, RichLog, Static
 
 from agent.client import ServerError
 from agent.repair.guest import RepairError
-from agent.tui.common import ConfirmScreen, Step, buttons
+from agent.repair.luks import Passphrases
+from agent.tui.common import ConfirmScreen, PassphraseScreen, Step, buttons
 from agent.tui.messages import RepairApplied, RepairPlanned, RepairSaid
 from agent.unattended import client_for, post_action
 
@@ -33,8 +36,9 @@ class RepairScreen(Step):
     HELP = ("The agent found the copied system on this machine's disks and planned how to make "
             "it boot here: device names become UUIDs, old network names are mapped to the new "
             "cards, the initramfs gets the VM's disk and network drivers, the bootloader is "
-            "installed again. The diffs below show every file it will change; scroll them with "
-            "the arrows or Page Up/Down. Apply makes the changes (each file is backed up in the "
+            "installed again. An encrypted (LUKS) system asks for its passphrase first, unless "
+            "the p2v.luks file holds it. The diffs below show every file it will change; scroll "
+            "them with the arrows or Page Up/Down. Apply makes the changes (each file is backed up in the "
             "guest's /var/backups/xenp2v); then reboot the VM from its disk.")
 
     def body(self) -> ComposeResult:
@@ -49,7 +53,16 @@ class RepairScreen(Step):
         self.query_one("#log").display = False
         self.query_one("#apply").display = False
         self.query_one("#reboot").display = False
+        # One set for the plan and the apply: a passphrase typed for the plan is not asked again.
+        self.passphrases = Passphrases(self.app.session.settings.luks, self.ask_passphrase,
+                                       lambda line: self.app.call_from_thread(self.say, line, True))
         self.plan()
+
+    def ask_passphrase(self, prompt: str) -> bytes | None:
+        """From the repair's worker thread: the person's answer in a dialog (None: skipped)."""
+        answer: queue.Queue[bytes | None] = queue.Queue(maxsize=1)
+        self.app.call_from_thread(self.app.push_screen, PassphraseScreen(prompt), answer.put)
+        return answer.get()
 
     def job(self) -> dict | None:
         situation = self.app.session.situation
@@ -60,7 +73,8 @@ class RepairScreen(Step):
         said: list[str] = []
         inventory = (self.job() or {}).get("inventory")
         try:
-            report = self.app.edges.plan_repair(self.app.edges.repair_disk, inventory, said.append)
+            report = self.app.edges.plan_repair(self.app.edges.repair_disk, inventory, said.append,
+                                                self.passphrases)
         except RepairError as e:
             self.post_message(RepairPlanned(None, "", str(e)))
             return
@@ -112,8 +126,9 @@ class RepairScreen(Step):
             self.post_message(RepairSaid(line))
 
         try:
-            report = self.app.edges.apply_repair(self.app.edges.repair_disk, (job or {}).get("inventory"), say,
-                                  client, job and job["id"])
+            report = self.app.edges.apply_repair(self.app.edges.repair_disk, (job or {}).get("inventory"),
+                                                 say, client, job and job["id"],
+                                                 passphrases=self.passphrases)
         except RepairError as e:
             self.post_message(RepairApplied(None, str(e)))
             return

@@ -24,16 +24,13 @@ from agent.repair.facts import Filesystem
 from agent.repair.guest import RepairError
 from agent.repair.luks import Cryptsetup, Passphrases, console_ask, guest_names, unlock
 from agent.repair.runner import Request, Tools, repair
+from luksdisk import Mapper, done, encrypted_debian_disk, luks_format
 from support import rescan, run
 
 MiB = 1 << 20
 LUKS_UUID = "44444444-4444-4444-8444-444444444444"
 HEADER = Filesystem("/dev/xvda3", "crypto_LUKS", LUKS_UUID, None, 3)
 ROOT = Filesystem("/dev/xvda1", "ext4", "11111111-1111-4111-8111-111111111111", None, 1)
-
-
-def done(argv: list[str], status: int = 0, err: bytes = b"") -> subprocess.CompletedProcess:
-    return subprocess.CompletedProcess(argv, status, b"", err)
 
 
 class Recorder:
@@ -102,6 +99,15 @@ def test_the_console_is_asked_after_the_file_three_times_at_most(tmp_path):
     assert unlock("/dev/xvda3", LUKS_UUID, Cryptsetup(rec), keys, readonly=False) == \
         (None, "no passphrase typed opens /dev/xvda3")
     assert len(rec.calls) == 3
+
+
+def test_a_typed_passphrase_that_fits_is_not_asked_again():
+    asked: list[str] = []
+    keys = Passphrases(ask=lambda prompt: asked.append(prompt) or b"typed")
+    rec = Recorder(right=b"typed")
+    for readonly in (True, False):                 # the plan, then the apply
+        assert unlock("/dev/xvda3", LUKS_UUID, Cryptsetup(rec), keys, readonly)[0]
+    assert len(asked) == 1 and keys.typed == [b"typed"]
 
 
 def test_nobody_at_the_console_and_no_file_leave_it_locked_with_a_sentence(tmp_path):
@@ -173,13 +179,6 @@ def test_guest_names_from_crypttab_cryptdevice_and_rd_luks_name():
 
 # --- real headers -------------------------------------------------------------------------------------
 
-def luks_format(dev: str, passphrase: bytes) -> str:
-    """A LUKS2 header on `dev` (a fast KDF: these tests check passphrases, not their cost)."""
-    run("cryptsetup", "luksFormat", "-q", "--type", "luks2", "--pbkdf", "pbkdf2",
-        "--pbkdf-force-iterations", "1000", "--key-file=-", dev, input=passphrase.decode())
-    return run("cryptsetup", "luksUUID", dev).stdout.strip()
-
-
 def test_real_header_checks_passphrases_without_device_mapper(loopdev, tmp_path):
     dev = loopdev(24 * MiB, "luks")
     uuid = luks_format(dev, b"correct horse")
@@ -214,66 +213,11 @@ def test_real_open_without_device_mapper_is_a_sentence(loopdev):
 
 # --- a whole repair --------------------------------------------------------------------------------
 
-class Mapper:
-    """cryptsetup and dmsetup for a kernel without device-mapper: passphrases are checked against
-    the real header; an opened volume is a /dev/mapper/<name> link to `plaintext`."""
-
-    def __init__(self, plaintext: str):
-        self.plaintext = plaintext
-        self.calls: list[tuple[list[str], bytes | None]] = []
-        self.links: set[Path] = set()
-
-    def __call__(self, argv: list[str], stdin: bytes | None) -> subprocess.CompletedProcess:
-        if "--test-passphrase" in argv:
-            return subprocess.run(argv, input=stdin, capture_output=True)
-        self.calls.append((argv, stdin))
-        if argv[:2] == ["cryptsetup", "open"]:
-            self._link(argv[-1]).symlink_to(self.plaintext)
-        elif argv[:2] == ["dmsetup", "rename"]:
-            self._link(argv[2]).rename(self._link(argv[3]))
-        elif argv[:2] == ["cryptsetup", "close"]:
-            self._link(argv[2]).unlink()
-        return done(argv)
-
-    def _link(self, name: str) -> Path:
-        link = Path("/dev/mapper") / name
-        self.links.add(link)
-        return link
-
-    def cleanup(self) -> None:
-        for link in self.links:
-            if link.is_symlink():
-                link.unlink()
-
-
 @pytest.fixture
 def encrypted_debian(loopdev, tmp_path):
-    """A disk with /boot (ext4) and a LUKS partition; the LUKS's plaintext, a Debian root whose
-    fstab and crypttab name /dev/sda*, is on a loop device of its own (see Mapper)."""
-    disk = loopdev(48 * MiB, "disk")
-    run("sfdisk", "-q", disk, input="label: dos\n,16MiB,83\n,,83\n")
-    boot, header = rescan(disk)
-    run("mkfs.ext4", "-q", boot)
-    luks_uuid = luks_format(header, b"s3cret")
-    plaintext = loopdev(32 * MiB, "plaintext")
-    run("mkfs.ext4", "-q", plaintext)
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    run("mount", plaintext, str(mnt))
-    try:
-        (mnt / "boot").mkdir()
-        for path, text in {"etc/os-release": 'PRETTY_NAME="Debian GNU/Linux 12"\nID=debian\n',
-                           "etc/fstab": "/dev/mapper/sda2_crypt / ext4 errors=remount-ro 0 1\n"
-                                        "/dev/sda1 /boot ext4 defaults 0 2\n",
-                           "etc/crypttab": "sda2_crypt /dev/sda2 none luks,discard\n"}.items():
-            (mnt / path).parent.mkdir(parents=True, exist_ok=True)
-            (mnt / path).write_text(text)
-    finally:
-        run("umount", str(mnt))
-    uuid = {dev: run("blkid", "-p", "-s", "UUID", "-o", "value", dev).stdout.strip() for dev in (boot, plaintext)}
-    mapper = Mapper(plaintext)
-    yield disk, header, luks_uuid, uuid[boot], plaintext, mapper
-    mapper.cleanup()
+    disk = encrypted_debian_disk(loopdev, tmp_path)
+    yield disk
+    disk.mapper.cleanup()
 
 
 def test_encrypted_root_is_unlocked_renamed_to_its_crypttab_name_and_repaired(encrypted_debian, tmp_path):

@@ -11,6 +11,7 @@ from agent.capture import CaptureError
 from agent.progress import ProgressEvent
 from agent.settings import Settings
 from agent.tui.app import make_app
+from agent.tui.common import PassphraseScreen
 from agent.tui.edges import Edges
 from agent.tui.messages import ServerChecked
 from tests.tui.helpers import recorded, wait_for
@@ -55,7 +56,7 @@ def fixed_capture(settings, progress, machine=None, keep_macs=None):
         time.sleep(0.2)
 
 
-def fixed_plan(disk, inventory, say):
+def fixed_plan(disk, inventory, say, passphrases=None):
     say("Found Debian GNU/Linux 12 (bookworm) (debian family) on /dev/xvda1.")
     say(PLAN)
     return {"disk": "/dev/xvda", "root": "/dev/xvda1", "os": "Debian GNU/Linux 12 (bookworm)",
@@ -171,3 +172,13 @@ def test_repair(snap_compare):
 
 def test_help(snap_compare):
     assert snap_compare(app_for(), run_before=goto("Disks"), press=["f1"])
+
+
+def test_luks_passphrase(snap_compare):
+    async def run_before(pilot):
+        await goto("Repair")(pilot)
+        await pilot.app.push_screen(PassphraseScreen(
+            "Passphrase for the encrypted volume /dev/xvda2 (LUKS 44444444-4444-4444-8444-444444444444): "))
+        await pilot.press(*"typed")                    # shown as dots, never as text
+        await pilot.pause(0.3)
+    assert snap_compare(app_for("windows"), run_before=run_before)
