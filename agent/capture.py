@@ -1,9 +1,10 @@
 """Capture: stream the source disks to the server, chunk by chunk, resumable, then seal them.
 
-Per disk: a read plan (agent.plan) names the used bytes; one reader thread reads each chunk that
-holds any (unused blocks zero-filled, never read), sets aside the chunks that read all zeros, and
-hands the rest through a bounded queue to N sender threads, which digest, maybe compress, and PUT
-them, each over its own connection. Memory stays at about (3 x streams) chunks whatever the disk.
+Per disk: a read plan (agent.plan) names the used bytes; N streams take the chunks that hold
+any in turn, and each reads its chunk into its own buffer (unused blocks zero-filled, never read),
+sets it aside if it reads all zeros, else digests, maybe compresses, and PUTs it over its own
+connection. Memory stays at one chunk per stream (and its compressed copy) whatever the disk,
+and the source always has N reads in flight.
 Chunks the server already holds with the same digest are not sent again, so a restarted agent
 resumes where the last one stopped. At the end: the whole-image digest, the seal, the log.
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import queue
 import socket
 import threading
 import time
@@ -22,11 +22,11 @@ from pathlib import Path
 from agent import blockdev
 from agent.client import Client, ServerError
 from agent.link import Compression, RateLimit
-from agent.plan import ReadPlan, clip, plan_disk, total
+from agent.plan import ReadPlan, clip, normalize, plan_disk, total
 from agent.probe import Machine, ProbeError, probe_machine
 from agent.progress import Progress, human
 from agent.settings import Settings
-from agent.source import SourceDisk
+from agent.source import SourceDisk, chunk_buffer
 from xenp2v import protocol
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,9 @@ def capture_disk(client: Client, job: str, did: str, plan: ReadPlan, chunk_size:
 
 
 class _Sender:
-    """One reader (the calling thread) and N sender threads over a bounded queue."""
+    """N streams over one chunk list: each reads its next chunk from the source into its own
+    buffer, digests it, maybe compresses it, and PUTs it over its own connection. Memory is one
+    chunk per stream, and the disk always has N reads in flight."""
 
     def __init__(self, client: Client, job: str, did: str, held: dict[int, str],
                  settings: Settings, progress: Progress, result: DiskResult):
@@ -240,68 +242,58 @@ class _Sender:
         self.progress = progress
         self.result = result
         self.digests: dict[int, str] = {}
+        self.zero: list[int] = []
+        self.bad: list[tuple[int, int]] = []
         self.lock = threading.Lock()
         self.failure: BaseException | None = None
 
     def run(self, plan: ReadPlan, chunks, count_progress: bool = True,
             zero_as_data: bool = False) -> tuple[dict[int, str], list[int], list[tuple]]:
-        q: queue.Queue = queue.Queue(maxsize=2 * self.streams)
-        threads = [threading.Thread(target=self._send_loop, args=(q,), daemon=True,
-                                    name=f"send-{self.did}-{n}") for n in range(self.streams)]
+        todo = iter(chunks)
+        threads = [threading.Thread(target=self._stream, daemon=True, name=f"send-{self.did}-{n}",
+                                    args=(plan, todo, count_progress, zero_as_data))
+                   for n in range(self.streams)]
         for t in threads:
             t.start()
-        zero: list[int] = []
+        for t in threads:
+            t.join()
+        if self.failure:
+            if isinstance(self.failure, (ServerError, OSError)):
+                raise self.failure  # run() turns these into sentences
+            raise CaptureError(f"Sending {self.did} failed: {self.failure}") from self.failure
+        bad = [(s, e - s) for s, e in normalize(self.bad)]
+        return self.digests, sorted(set(self.zero) - self.digests.keys()), bad
+
+    def _stream(self, plan: ReadPlan, todo, count_progress: bool, zero_as_data: bool) -> None:
+        buffer = chunk_buffer(self.result.chunk_size)
         try:
             with SourceDisk(plan.device) as src:
-                for index, parts in chunks:
-                    if self.failure:
-                        break
-                    offset, length = protocol.chunk_span(plan.size, self.result.chunk_size, index)
-                    chunk = src.read_chunk(index, offset, length, parts)
-                    done = total(parts) if count_progress else 0
-                    held = self.held.get(index)
-                    if chunk.zero and not zero_as_data and (held is None or held == _zero_digest(length)):
-                        zero.append(index)
-                        if held is not None:  # sent as data before: keep the server's view
+                try:
+                    while not self.failure:
+                        with self.lock:
+                            item = next(todo, None)
+                        if item is None:
+                            return
+                        index, parts = item
+                        offset, length = protocol.chunk_span(plan.size, self.result.chunk_size, index)
+                        chunk = src.read_chunk(index, offset, length, parts, buffer)
+                        done = total(parts) if count_progress else 0
+                        held = self.held.get(index)
+                        if chunk.zero and not zero_as_data and (held is None
+                                                                or held == _zero_digest(length)):
                             with self.lock:
-                                self.digests[index] = held
-                        self.progress.advance(self.did, done=done)
-                        continue
-                    self._put(q, (chunk, done))
-        finally:
-            for _ in threads:
-                self._put(q, None, force=True)
-            for t in threads:
-                t.join()
-        if self.failure:
-            if isinstance(self.failure, ServerError):
-                raise self.failure
-            raise CaptureError(f"Sending {self.did} failed: {self.failure}") from self.failure
-        bad = [tuple(r) for r in src.bad_ranges()]
-        zero_set = set(zero) - self.digests.keys()
-        return self.digests, sorted(zero_set), bad
-
-    def _put(self, q: queue.Queue, item, force: bool = False) -> None:
-        while True:
-            try:
-                q.put(item, timeout=0.5)
-                return
-            except queue.Full:
-                if self.failure and not force:
-                    return
-
-    def _send_loop(self, q: queue.Queue) -> None:
-        while True:
-            item = q.get()
-            if item is None:
-                return
-            if self.failure:
-                continue  # drain, so the reader never blocks
-            chunk, done = item
-            try:
-                self._send(chunk, done)
-            except BaseException as e:  # noqa: BLE001 - handed to the reader thread
-                self.failure = e
+                                self.zero.append(index)
+                                if held is not None:  # sent as data before: keep the server's view
+                                    self.digests[index] = held
+                            self.progress.advance(self.did, done=done)
+                            continue
+                        self._send(chunk, done)
+                finally:
+                    with self.lock:
+                        self.bad += [(s, s + n) for s, n in src.bad_ranges()]
+        except BaseException as e:  # noqa: BLE001 - handed to run(), in the calling thread
+            with self.lock:
+                self.failure = self.failure or e
 
     def _send(self, chunk, done: int) -> None:
         digest = protocol.chunk_digest(chunk.data)

@@ -6,6 +6,7 @@ retried in smaller reads; what stays unreadable is zero-filled and reported as a
 
 from __future__ import annotations
 
+import errno
 import logging
 import mmap
 import os
@@ -49,30 +50,76 @@ class SourceDisk:
         if self.direct_fd is not None and self.direct_fd >= 0:
             os.close(self.direct_fd)
 
-    def read_chunk(self, index: int, offset: int, length: int, parts: list[Range]) -> Chunk:
-        """The chunk at `offset`: the `parts` (disk byte ranges) read, everything else zero."""
-        buf = bytearray(length)
-        view = memoryview(buf)
-        if len(parts) > MAX_PIECES:
-            span = (parts[0][0], parts[-1][1])
-            self._read(view, offset, span)
-            pos = span[0]
-            for s, e in parts:  # zero what lies between the used pieces
-                view[pos - offset:s - offset] = bytes(s - pos)
-                pos = e
-        else:
-            for part in parts:
-                self._read(view, offset, part)
-        return Chunk(index, offset, buf, buf == _zeros(length), sum(e - s for s, e in parts))
+    def read_chunk(self, index: int, offset: int, length: int, parts: list[Range],
+                   buffer: mmap.mmap | None = None) -> Chunk:
+        """The chunk at `offset`: the `parts` (disk byte ranges) read, everything else zero.
 
-    def _read(self, view: memoryview, base: int, part: Range) -> None:
+        With a `buffer` from chunk_buffer() the chunk is read into it (its earlier content is
+        overwritten) and bypasses the page cache where it is aligned; its data is then a view of
+        the buffer, valid until the next read into it.
+        """
+        if buffer is None:
+            buffer = bytearray(length)
+            data, fresh = buffer, True
+        else:
+            data, fresh = memoryview(buffer)[:length], False
+        view = memoryview(buffer)
+        zeros = memoryview(_zeros(length))
+        pieces = [(parts[0][0], parts[-1][1])] if len(parts) > MAX_PIECES else parts
+        pos = offset
+        for s, e in pieces:
+            if not fresh and s > pos:
+                view[pos - offset:s - offset] = zeros[:s - pos]
+            self._read(view, offset, (s, e), direct=not fresh)
+            pos = e
+        if not fresh and pos < offset + length:
+            view[pos - offset:length] = zeros[:offset + length - pos]
+        if len(parts) > MAX_PIECES:  # zero what lies between the used pieces
+            pos = parts[0][0]
+            for s, e in parts:
+                view[pos - offset:s - offset] = zeros[:s - pos]
+                pos = e
+        view.release()
+        zeros.release()
+        zero = buffer.find(_zeros(length), 0, length) == 0  # one memcmp, also on an mmap
+        return Chunk(index, offset, data, zero, sum(e - s for s, e in parts))
+
+    def _read(self, view: memoryview, base: int, part: Range, direct: bool = False) -> None:
         s, e = part
         try:
+            if direct and self._direct():
+                # The aligned middle bypasses the page cache (no copy, no cache to fill); the
+                # unaligned ends, if any, go through it.
+                a = -(-s // DIRECT_ALIGN) * DIRECT_ALIGN
+                b = e // DIRECT_ALIGN * DIRECT_ALIGN
+                if a < b:
+                    if s < a:
+                        _pread_exact(self.fd, view[s - base:a - base], s)
+                    try:
+                        _pread_exact(self.direct_fd, view[a - base:b - base], a)
+                    except OSError as err:
+                        if err.errno != errno.EINVAL:
+                            raise
+                        os.close(self.direct_fd)  # the device wants another alignment:
+                        self.direct_fd = -1         # no direct I/O on it
+                        _pread_exact(self.fd, view[a - base:b - base], a)
+                    if b < e:
+                        _pread_exact(self.fd, view[b - base:e - base], b)
+                    return
             _pread_exact(self.fd, view[s - base:e - base], s)
         except OSError as err:
             log.warning("Read error at byte %d of %s (%s): retrying in smaller reads",
                         s, self.path, err.strerror)
             self._read_carefully(view, base, s, e, 0)
+
+    def _direct(self) -> bool:
+        """Whether the O_DIRECT descriptor is open (opening it on first use)."""
+        if self.direct_fd is None:
+            try:
+                self.direct_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
+            except OSError:
+                self.direct_fd = -1
+        return self.direct_fd >= 0
 
     def _read_carefully(self, view: memoryview, base: int, s: int, e: int, level: int) -> None:
         step = RETRY_SIZES[level]
@@ -91,12 +138,7 @@ class SourceDisk:
 
     def _read_direct(self, view: memoryview, offset: int) -> None:
         """Read bypassing the page cache: its readahead would fail good sectors with bad ones."""
-        if self.direct_fd is None:
-            try:
-                self.direct_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECT | os.O_CLOEXEC)
-            except OSError:
-                self.direct_fd = -1
-        if self.direct_fd < 0:
+        if not self._direct():
             _pread_exact(self.fd, view, offset)
             return
         start = offset // DIRECT_ALIGN * DIRECT_ALIGN
@@ -116,6 +158,11 @@ class SourceDisk:
     def bad_ranges(self) -> list[list[int]]:
         """Bad ranges as the complete call wants them: [byte offset, length]."""
         return [[s, e - s] for s, e in self.bad]
+
+
+def chunk_buffer(size: int) -> mmap.mmap:
+    """A reusable buffer for read_chunk: page-aligned, so reads into it can bypass the page cache."""
+    return mmap.mmap(-1, size)
 
 
 def _pread_exact(fd: int, view: memoryview, offset: int) -> None:
