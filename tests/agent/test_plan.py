@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import time
+
+import pytest
+
 from agent import partclone
 from agent.plan import ReadPlan, clip, normalize, plan_disk, shift, subtract, total
 from agent.source import SourceDisk, chunk_buffer
@@ -34,6 +39,31 @@ def test_domain_log_parsing():
     used, end = partclone.parse_domain(DOMAIN_LOG)
     assert used == [(0x100000, 0x106000), (0x110000, 0x119000)]
     assert end == 0xC900000
+
+
+def fake_partclone(tmp_path, monkeypatch, log: str, then: str) -> None:
+    """partclone.extfs on PATH: writes `log` to its -O file, then runs `then` (shell)."""
+    (tmp_path / "domain.log").write_text(log)
+    tool = tmp_path / "partclone.extfs"
+    tool.write_text(f'#!/bin/sh\nwhile [ "$1" != -O ]; do shift; done\n'
+                    f'cat {tmp_path}/domain.log > "$2"\n{then}\n')
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+
+
+def test_a_complete_domain_log_is_used_without_waiting_for_partclone_to_exit(tmp_path, monkeypatch):
+    # partclone sleeps out a progress tick after the map is written; the map is what counts.
+    fake_partclone(tmp_path, monkeypatch, DOMAIN_LOG, "sleep 30")
+    start = time.monotonic()
+    assert partclone.used_blocks("/dev/null", "ext4") == partclone.parse_domain(DOMAIN_LOG)
+    assert time.monotonic() - start < 10
+
+
+def test_an_incomplete_domain_log_is_an_error_when_partclone_fails(tmp_path, monkeypatch):
+    cut = DOMAIN_LOG.rsplit("0x00119000", 1)[0]  # the last run is missing
+    fake_partclone(tmp_path, monkeypatch, cut, "echo 'bitmap read error' >&2; exit 1")
+    with pytest.raises(partclone.PartcloneError, match="could not map /dev/null: bitmap read error"):
+        partclone.used_blocks("/dev/null", "ext4")
 
 
 def test_chunks_of_a_plan_hold_only_used_ranges():
