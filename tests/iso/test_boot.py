@@ -4,7 +4,9 @@ console: the agent starts by itself on the console the kernel line names."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -60,9 +62,46 @@ def shell(vm: VM, command: str, timeout: float = 300) -> str:
     return vm.wait_for(r"(?s)\n(.*)==done", timeout=timeout, start=start).group(1)
 
 
+def tty1_screen(vm: VM) -> list[str]:
+    """The text on tty1, a string per row, read back from the kernel (/dev/vcsu1: each cell as the
+    first code point its glyph is mapped to, so a character the font lacks reads as the code point
+    of the replacement glyph)."""
+    rows, cols = map(int, shell(vm, "stty -F /dev/tty1 size").split())
+    # Each row escaped to ASCII on the way through the serial console.
+    out = shell(vm, "python3 -c \"d = open('/dev/vcsu1', 'rb').read().decode('utf-32-le'); "
+                    f"[print('row', i, d[i * {cols}:(i + 1) * {cols}].encode('unicode_escape').decode(), "
+                    f"'|end') for i in range({rows})]\"")
+    screen = {int(m[1]): m[2] for m in re.finditer(r"row (\d+) (.*) \|end", out)}
+    assert sorted(screen) == list(range(rows)), f"Could not read tty1's {rows} rows back:\n{out}"
+    return [screen[i].encode("ascii").decode("unicode_escape") for i in range(rows)]
+
+
+def first_screen_on_tty1(vm: VM, timeout: float = 600) -> list[str]:
+    """Wait until tty1 shows the agent's first screen and it has settled (the probe fills it in
+    after the title), and return its text."""
+    deadline = time.monotonic() + timeout
+    previous = None
+    while time.monotonic() < deadline:
+        screen = tty1_screen(vm)
+        if re.search(AGENT_FIRST_SCREEN, screen[0]) and screen == previous:
+            return screen
+        previous = screen
+        time.sleep(10)
+    raise AssertionError(f"tty1 did not settle on the agent's first screen within {timeout:.0f} s; "
+                         "it shows:\n" + "\n".join(previous or []))
+
+
+def font_glyphs(vm: VM) -> list[set[int]]:
+    """The font loaded on tty1, read back from the kernel: the code points of each glyph."""
+    table = shell(vm, "setfont -C /dev/tty1 -O /tmp/tty1.psf && psfgettable /tmp/tty1.psf")
+    glyphs = [{int(u, 16) for u in re.findall(r"U\+([0-9a-fA-F]{4,6})", line)}
+              for line in table.splitlines() if line.startswith("0x")]
+    assert len(glyphs) >= 256, f"Could not read the font on tty1:\n{table}"
+    return glyphs
+
+
 def test_vga_console_shows_the_agent(vga_vm, workdir):
-    # Give the agent on tty1 time to draw its first screen (Textual starts slowly under TCG).
-    shell(vga_vm, "sleep 60")
+    first_screen_on_tty1(vga_vm)
     png = workdir / "vga.png"
     width, height, pixels = vga_vm.screendump(png)
     if picture := os.environ.get("XENP2V_VGA_PICTURE"):
@@ -71,13 +110,24 @@ def test_vga_console_shows_the_agent(vga_vm, workdir):
     assert lit > width * height // 200, f"The VGA console is blank: nothing drawn on tty1 ({png})."
 
 
+def test_vga_console_draws_every_character_with_its_own_glyph(vga_vm):
+    # A character the font lacks is drawn as the replacement glyph (a diamond: Textual issue 5011).
+    screen = first_screen_on_tty1(vga_vm)
+    glyphs = font_glyphs(vga_vm)
+    replacement = next(g for g in glyphs if 0xFFFD in g)
+    shown = {ord(c) for row in screen for c in row}
+    assert shown & set(range(0x2500, 0x2580)), "No box lines on tty1:\n" + "\n".join(screen)
+    wrong = sorted(shown & replacement) + sorted(shown - set().union(*glyphs))
+    assert not wrong, ("tty1 shows characters the console font has no glyph for (drawn as "
+                       f"{chr(0xFFFD)}): {[f'U+{c:04X}' for c in wrong]}; the screen:\n" + "\n".join(screen))
+
+
 def test_console_font_has_the_glyphs_the_tui_draws(vga_vm):
-    # The font loaded on tty1, read back from the kernel: its table maps the box-drawing and
-    # block elements that Textual draws (╭ ─ ▁ ▔ ▎ ▊) to glyphs.
-    table = shell(vga_vm, "setfont -C /dev/tty1 -O /tmp/tty1.psf && psfgettable /tmp/tty1.psf")
+    # The box-drawing and block elements that Textual draws (╭ ─ ▁ ▔ ▎ ▊) have glyphs of their own.
+    glyphs = font_glyphs(vga_vm)
+    mapped = set().union(*glyphs)
     for char in "╭─▁▔▎▊":
-        assert f"U+{ord(char):04X}" in table.upper(), (
-            f"The console font on tty1 has no glyph for {char}.")
+        assert ord(char) in mapped, f"The console font on tty1 has no glyph for {char}."
 
 
 def test_every_tool_the_agent_calls_is_there(vga_vm):
