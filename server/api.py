@@ -47,6 +47,7 @@ POOL = web.AppKey("pool", ThreadPoolExecutor)
 HOOK_POOL = web.AppKey("hook_pool", ThreadPoolExecutor)
 HOOKS = web.AppKey("hooks", dict)
 SLOTS = web.AppKey("slots", asyncio.Semaphore)
+BUFFERS = web.AppKey("buffers", chunk.Buffers)
 
 _STATUS_CODES = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED,
                  413: ErrorCode.TOO_LARGE, 401: ErrorCode.UNAUTHORIZED}
@@ -118,6 +119,35 @@ async def read_body(request: web.Request, limit: int, what: str) -> bytes:
                             f"The {what} stopped arriving for {BODY_IDLE_TIMEOUT:.0f} s.") from None
     # One copy at the end: growing a buffer piece by piece would copy each chunk many times.
     return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+
+async def read_body_into(request: web.Request, buffer, length: int, what: str) -> memoryview:
+    """The body, copied into ``buffer`` as it arrives: a view of its first bytes, at most
+    ``length`` of them (more is refused as soon as it is known)."""
+    too_large = ProtocolError(ErrorCode.TOO_LARGE, f"The {what} is larger than the {length} bytes allowed.")
+    if request.content_length is not None and request.content_length > length:
+        raise too_large
+    view = memoryview(buffer)
+    filled = 0
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(BODY_IDLE_TIMEOUT) as deadline:
+            while piece := await request.content.readany():
+                if filled + len(piece) > length:
+                    raise too_large
+                view[filled:filled + len(piece)] = piece
+                filled += len(piece)
+                deadline.reschedule(loop.time() + BODY_IDLE_TIMEOUT)
+    except TimeoutError:
+        view.release()
+        raise ProtocolError(ErrorCode.BAD_REQUEST,
+                            f"The {what} stopped arriving for {BODY_IDLE_TIMEOUT:.0f} s.") from None
+    except BaseException:
+        view.release()
+        raise
+    data = view[:filled]
+    view.release()
+    return data
 
 
 async def read_json(request: web.Request, limit: int = MAX_JSON_BODY, what: str = "JSON body"):
@@ -198,19 +228,38 @@ async def put_chunk(request: web.Request) -> web.Response:
     digest = parse_digest(request.headers.get(DIGEST_HEADER))
     encoding = request.headers.get(ENCODING_HEADER, "").strip().lower() or None
     store = request.app[STORE]
-    _, length = await in_pool(request, store.chunk_geometry, job, disk, index)
+    span = store.known_chunk_geometry(job, disk, index)  # no thread hop once the disk is known
+    _, length = span or await in_pool(request, store.chunk_geometry, job, disk, index)
+    what = f"body of chunk {index}"
+    buffers = request.app[BUFFERS]
     async with request.app[SLOTS]:
-        body = await read_body(request, chunk.body_limit(length, encoding), f"body of chunk {index}")
-        written = await in_pool(request, _store_chunk, store, job, disk, index, body, encoding,
-                                length, digest)
+        buffer = buffers.take(length)
+        stored = None
+        try:
+            if encoding in (None, "identity"):  # straight into the buffer: nothing to decode
+                body = await read_body_into(request, buffer, length, what)
+            else:
+                body = await read_body(request, chunk.body_limit(length, encoding), what)
+            stored = asyncio.ensure_future(in_pool(request, _store_chunk, store, job, disk, index,
+                                                   body, encoding, buffer, length, digest))
+            del body
+            held = await asyncio.shield(stored)
+        finally:
+            if stored is None or stored.done():
+                buffers.give(buffer)
+            else:  # cancelled while a worker still writes from the buffer: it is given back after
+                stored.add_done_callback(lambda _: buffers.give(buffer))
+    # Acknowledged only once held: the journal's thread wakes this handler, no pool thread waits.
+    written = await asyncio.wrap_future(held)
     return web.json_response({"index": index, "digest": digest, "written": written},
                              status=201 if written else 200)
 
 
-def _store_chunk(store: Store, job, disk, index, body, encoding, length, digest) -> bool:
-    data = chunk.decode(body, encoding, length)
+def _store_chunk(store: Store, job, disk, index, body, encoding, buffer, length, digest):
+    """Decodes (into ``buffer``), checks and writes one chunk: a future of its being held."""
+    data = chunk.decode(body, encoding, length, buffer)
     chunk.check(data, digest)
-    return store.put_chunk(job, disk, index, data, digest)
+    return store.write_chunk(job, disk, index, data, digest, aligned=True)
 
 
 async def get_chunk(request: web.Request) -> web.Response:
@@ -308,6 +357,7 @@ def make_app(store: Store, token: str, on_job_sealed: Callable[[str], None] | No
     app[TOKEN] = token
     app[HOOKS] = {"on_job_sealed": on_job_sealed, "on_repair_report": on_repair_report}
     app[POOL] = ThreadPoolExecutor(THREADS, thread_name_prefix="p2v")
+    app[BUFFERS] = chunk.Buffers(MAX_CHUNKS_IN_FLIGHT)
     app[HOOK_POOL] = ThreadPoolExecutor(4, thread_name_prefix="p2v-hook")
 
     async def startup(app: web.Application) -> None:

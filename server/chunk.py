@@ -1,6 +1,9 @@
-"""One chunk's body: decompressed within bounds and checked against its digest."""
+"""One chunk's body: decompressed within bounds and checked against its digest, in reused buffers."""
 
 from __future__ import annotations
+
+import mmap
+import threading
 
 import zstandard
 
@@ -15,12 +18,50 @@ def body_limit(length: int, encoding: str | None) -> int:
     return length
 
 
-def decode(body: bytes | bytearray, encoding: str | None, length: int) -> bytes | bytearray:
-    """The chunk's uncompressed bytes, exactly ``length`` of them, or ProtocolError."""
+PAGE = mmap.PAGESIZE
+
+
+class Buffers:
+    """Page-aligned buffers for chunk bodies, reused from one request to the next.
+
+    A chunk is received straight into one (no list of pieces to join), and page alignment lets
+    the store write it around the page cache. At most ``keep`` free buffers are kept.
+    """
+
+    def __init__(self, keep: int):
+        self.keep = keep
+        self._free: list[mmap.mmap] = []
+        self._lock = threading.Lock()
+
+    def take(self, length: int) -> mmap.mmap:
+        size = -(-max(length, 1) // PAGE) * PAGE
+        with self._lock:
+            for i, buf in enumerate(self._free):
+                if len(buf) == size:
+                    return self._free.pop(i)
+        return mmap.mmap(-1, size)
+
+    def give(self, buf: mmap.mmap) -> None:
+        with self._lock:
+            if len(self._free) < self.keep:
+                self._free.append(buf)
+                return
+        try:
+            buf.close()
+        except BufferError:  # still viewed somewhere: the last view frees it
+            pass
+
+
+def decode(body: bytes | bytearray, encoding: str | None, length: int,
+           out: mmap.mmap | bytearray | None = None) -> memoryview | bytes | bytearray:
+    """The chunk's uncompressed bytes, exactly ``length`` of them, or ProtocolError.
+
+    A zstd body is decompressed into ``out`` (a buffer of at least ``length`` bytes) when given.
+    """
     if encoding in (None, "", "identity"):
         data = body
     elif encoding == ZSTD:
-        data = _unzstd(body, length)
+        data = _unzstd(body, length, out if out is not None else bytearray(length))
     else:
         raise ProtocolError(ErrorCode.BAD_REQUEST,
                             f"The Content-Encoding {encoding!r} is not supported: send 'zstd' or none.")
@@ -30,28 +71,29 @@ def decode(body: bytes | bytearray, encoding: str | None, length: int) -> bytes 
     return data
 
 
-def _unzstd(body: bytes | bytearray, length: int) -> bytearray:
+def _unzstd(body: bytes | bytearray, length: int, out) -> memoryview:
     # A stream reader into a buffer of the chunk's size: a frame that claims or expands to more
     # can never make the server allocate more than one chunk.
-    out = bytearray(length + 1)
-    view = memoryview(out)
+    view = memoryview(out)[:length]
     filled = 0
     try:
         with zstandard.ZstdDecompressor().stream_reader(body, read_across_frames=True) as reader:
-            while filled < len(out):
+            while filled < length:
                 n = reader.readinto(view[filled:])
                 if not n:
                     break
                 filled += n
+            more = reader.read(1) if filled == length else b""
     except zstandard.ZstdError as err:
-        raise ProtocolError(ErrorCode.BAD_REQUEST, f"The chunk is not valid zstd data: {err}.") from None
-    finally:
         view.release()
-    if filled > length:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"The chunk is not valid zstd data: {err}.") from None
+    if more:
+        view.release()
         raise ProtocolError(ErrorCode.BAD_LENGTH,
                             f"The chunk decompresses to more than its {length} bytes.")
-    del out[filled:]
-    return out
+    data = view[:filled]
+    view.release()
+    return data
 
 
 def check(data: bytes | bytearray, digest: str) -> None:
