@@ -17,8 +17,8 @@ import ctypes.util
 import errno
 import fcntl
 import logging
+import mmap
 import os
-import queue
 import stat
 import struct
 import threading
@@ -28,6 +28,7 @@ from pathlib import Path
 from agent.client import Client, ServerError
 from agent.progress import Progress, human
 from agent.settings import Settings
+from agent.source import DIRECT_ALIGN, chunk_buffer
 from xenp2v import protocol
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ _FALLOC_FL_KEEP_SIZE = 1
 _FALLOC_FL_PUNCH_HOLE = 2
 ZERO_STEP = 64 * 1024 * 1024    # zero in pieces, so progress moves and a cut loses little
 SPARSE_BLOCK = 64 * 1024        # on a target that reads zeros, all-zero blocks this big are skipped
-_ZERO_BLOCK = memoryview(bytes(SPARSE_BLOCK))
+_ZERO_BLOCK = bytes(SPARSE_BLOCK)
 
 
 class RestoreError(Exception):
@@ -238,7 +239,9 @@ def _zero_extent(fd: int, e: protocol.Extent, size: int, chunk_size: int, did: s
 
 
 class _Fetcher:
-    """N threads, each fetching, checking and writing chunks from a shared queue of indices."""
+    """N streams over the data chunks: each checks what the target holds at its next chunk,
+    fetches the chunk into its own buffer if that is not it, verifies it, and writes it. The
+    buffer is page-aligned, so reads and writes of whole chunks bypass the page cache."""
 
     def __init__(self, client: Client, settings: Settings, did: str, fd: int, size: int,
                  chunk_size: int, digests: dict[int, str], progress: Progress,
@@ -249,72 +252,142 @@ class _Fetcher:
         self.progress, self.result = progress, result
         self.verify_existing = verify_existing
         self.sparse = sparse
+        self.direct = _DirectTarget(fd)
         self.lock = threading.Lock()
         self.failure: BaseException | None = None
 
     def run(self, data: list[protocol.Extent]) -> None:
-        # Indices are produced lazily: a bounded queue, so a huge image costs no big list.
-        q: queue.Queue = queue.Queue(maxsize=4 * self.streams)
-        threads = [threading.Thread(target=self._loop, args=(q,), daemon=True)
+        # Indices are produced lazily, so a huge image costs no big list.
+        todo = (i for e in data for i in range(e.start, e.start + e.count))
+        threads = [threading.Thread(target=self._stream, args=(todo,), daemon=True)
                    for _ in range(self.streams)]
-        for t in threads:
-            t.start()
-        for e in data:
-            for index in range(e.start, e.start + e.count):
-                if self.failure:
-                    break
-                q.put(index)
-        for _ in threads:
-            q.put(None)
-        for t in threads:
-            t.join()
+        try:
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:
+            self.direct.close()
         if self.failure:
             if isinstance(self.failure, (ServerError, RestoreError, OSError)):
                 raise self.failure
             raise RestoreError(f"Restoring {self.did} failed: {self.failure}") from self.failure
 
-    def _loop(self, q: queue.Queue) -> None:
-        while (index := q.get()) is not None:
-            if self.failure:
-                continue
-            try:
-                self._one(index)
-            except BaseException as e:  # noqa: BLE001 - handed to the main thread
-                self.failure = e
+    def _stream(self, todo) -> None:
+        buffer = chunk_buffer(self.chunk_size)
+        try:
+            while not self.failure:
+                with self.lock:
+                    index = next(todo, None)
+                if index is None:
+                    return
+                self._one(index, buffer)
+        except BaseException as e:  # noqa: BLE001 - handed to run(), in the calling thread
+            with self.lock:
+                self.failure = self.failure or e
 
-    def _one(self, index: int) -> None:
+    def _one(self, index: int, buffer: mmap.mmap) -> None:
         offset, length = protocol.chunk_span(self.size, self.chunk_size, index)
+        view = memoryview(buffer)[:length]
         want = self.digests.get(index)
         if want is None:
             raise RestoreError(f"The server's map names chunk {index} of {self.did} as data but "
                                "lists no digest for it; run 'p2v-server verify' on the job.")
         if self.verify_existing:
-            have = os.pread(self.fd, length, offset)
-            if len(have) == length and protocol.chunk_digest(have) == want:
+            have = self.direct.read(view, offset)
+            if have == length and protocol.chunk_digest(view) == want:
                 with self.lock:
                     self.result.kept_chunks += 1
                 self.progress.advance(self.did, done=length)
                 return
-        body = self._fetch(index, length, want)
-        view = memoryview(body)
-        for start in range(0, length, SPARSE_BLOCK):
-            piece = view[start:start + SPARSE_BLOCK]
-            if self.sparse and piece == _ZERO_BLOCK[:len(piece)]:
-                continue  # the target reads zeros here already: leave it a hole
-            done = 0
-            while done < len(piece):
-                done += os.pwrite(self.fd, piece[done:], offset + start + done)
+        body = self._fetch(index, length, want, view)
+        if self.sparse:
+            for start in range(0, length, SPARSE_BLOCK):
+                end = min(start + SPARSE_BLOCK, length)
+                # All zeros (one memcmp): the target reads zeros there already, it stays a hole.
+                if end - start < SPARSE_BLOCK or buffer.find(_ZERO_BLOCK, start, end) != start:
+                    self.direct.write(body[start:end], offset + start)
+        else:
+            self.direct.write(body, offset)
         with self.lock:
             self.result.fetched_chunks += 1
             self.result.received += length
         self.progress.advance(self.did, done=length, sent=length)
 
-    def _fetch(self, index: int, length: int, want: str) -> bytes:
+    def _fetch(self, index: int, length: int, want: str, buffer: memoryview) -> memoryview:
         for attempt in (1, 2, 3):
-            body = self.client.get_chunk(self.job, self.did, index)
+            body = self.client.get_chunk(self.job, self.did, index, buffer)
             if len(body) == length and protocol.chunk_digest(body) == want:
                 return body
             log.warning("chunk %d of %s arrived damaged (attempt %d); fetching it again",
                         index, self.did, attempt)
         raise RestoreError(f"Chunk {index} of {self.did} keeps arriving with the wrong content; "
                            "check the network, or run 'p2v-server verify' on the job.")
+
+
+class _DirectTarget:
+    """Reads and writes of the target, around the page cache where they are aligned (whole
+    chunks, from page-aligned buffers), through it otherwise or where O_DIRECT is refused."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.direct_fd: int | None = None
+        self.lock = threading.Lock()
+
+    def _direct(self, view: memoryview, offset: int) -> int:
+        """The O_DIRECT descriptor if this transfer can use it, else the buffered one."""
+        if offset % DIRECT_ALIGN or len(view) % DIRECT_ALIGN:
+            return self.fd
+        with self.lock:
+            if self.direct_fd is None:
+                try:
+                    self.direct_fd = os.open(f"/proc/self/fd/{self.fd}",
+                                             os.O_RDWR | os.O_DIRECT | os.O_CLOEXEC)
+                except OSError:
+                    self.direct_fd = -1
+            return self.direct_fd if self.direct_fd >= 0 else self.fd
+
+    def _refused(self, fd: int, err: OSError) -> bool:
+        """True if O_DIRECT was refused (EINVAL): it is not used again."""
+        if fd == self.fd or err.errno != errno.EINVAL:
+            return False
+        with self.lock:
+            if self.direct_fd is not None and self.direct_fd >= 0:
+                os.close(self.direct_fd)
+            self.direct_fd = -1
+        return True
+
+    def read(self, view: memoryview, offset: int) -> int:
+        fd = self._direct(view, offset)
+        try:
+            return _transfer(os.preadv, fd, view, offset)
+        except OSError as err:
+            if not self._refused(fd, err):
+                raise
+        return _transfer(os.preadv, self.fd, view, offset)
+
+    def write(self, view: memoryview, offset: int) -> None:
+        fd = self._direct(view, offset)
+        try:
+            _transfer(os.pwritev, fd, view, offset)
+            return
+        except OSError as err:
+            if not self._refused(fd, err):
+                raise
+        _transfer(os.pwritev, self.fd, view, offset)
+
+    def close(self) -> None:
+        if self.direct_fd is not None and self.direct_fd >= 0:
+            os.close(self.direct_fd)
+        self.direct_fd = None
+
+
+def _transfer(call, fd: int, view: memoryview, offset: int) -> int:
+    """preadv or pwritev until the whole view is done (or, reading, the end is reached)."""
+    done = 0
+    while done < len(view):
+        n = call(fd, [view[done:]], offset + done)
+        if n == 0:
+            break
+        done += n
+    return done

@@ -24,6 +24,16 @@ def test_pinned_certificate_and_token(p2v_server):
     unpinned = Client(p2v_server.url, p2v_server.token, retry_for=5)
     with pytest.raises(ServerError, match="--fingerprint sha256:HEX"):
         unpinned.health()
+    # Chunk bodies travel on their own connections (not requests'): the same pin, the same words.
+    digest = "blake3:" + "0" * 64
+    with pytest.raises(ServerError, match="does not match the fingerprint given .* it presents "
+                                          + p2v_server.fingerprint):
+        wrong.put_chunk("nope", "sda", 0, b"x", digest, False)
+    with pytest.raises(ServerError, match="--fingerprint sha256:HEX"):
+        unpinned.get_chunk("nope", "sda", 0, memoryview(bytearray(16)))
+    with pytest.raises(ServerError, match="answered 404: There is no job nope") as err:
+        ok.put_chunk("nope", "sda", 0, b"x", digest, False)
+    assert err.value.status == 404
     with pytest.raises(ServerError, match="refused the token") as err:
         Client(p2v_server.url, "not-the-token", p2v_server.fingerprint).request("GET", "/api/v1/jobs")
     assert err.value.status == 401
