@@ -33,6 +33,7 @@ log = logging.getLogger("xenp2v.server")
 BODY_IDLE_TIMEOUT = 120.0
 # Chunk bodies in memory at once (each at most one chunk, twice when compressed).
 MAX_CHUNKS_IN_FLIGHT = 16
+WRITE_PIECE = 256 * 1024  # a chunk going out is handed to the socket this much at a time
 THREADS = 24
 
 # How the app must be run (web.AppRunner(app, **RUNNER_OPTIONS)): chunk bodies reach the handler
@@ -262,16 +263,26 @@ def _store_chunk(store: Store, job, disk, index, body, encoding, buffer, length,
     return store.write_chunk(job, disk, index, data, digest, aligned=True)
 
 
-async def get_chunk(request: web.Request) -> web.Response:
+async def get_chunk(request: web.Request) -> web.StreamResponse:
     job, disk = ids(request, "job", "disk")
     index = index_of(request)
-    data, digest = await in_pool(request, request.app[STORE].read_chunk, job, disk, index)
-    headers = {DIGEST_HEADER: digest, "Content-Type": "application/octet-stream"}
-    if ZSTD in request.headers.get("Accept-Encoding", ""):
-        packed = await in_pool(request, zstandard.ZstdCompressor(level=1).compress, data)
-        if len(packed) < len(data):
-            data, headers[ENCODING_HEADER] = packed, ZSTD
-    return web.Response(body=data, headers=headers)
+    # A slot covers the chunk until it is on the wire, written in pieces as the socket drains:
+    # memory stays at about one chunk per slot however many agents restore at once.
+    async with request.app[SLOTS]:
+        data, digest = await in_pool(request, request.app[STORE].read_chunk, job, disk, index)
+        headers = {DIGEST_HEADER: digest, "Content-Type": "application/octet-stream"}
+        if ZSTD in request.headers.get("Accept-Encoding", ""):
+            packed = await in_pool(request, zstandard.ZstdCompressor(level=1).compress, data)
+            if len(packed) < len(data):
+                data, headers[ENCODING_HEADER] = packed, ZSTD
+        response = web.StreamResponse(headers=headers)
+        response.content_length = len(data)
+        await response.prepare(request)
+        view = memoryview(data)
+        for start in range(0, len(view), WRITE_PIECE):
+            await response.write(view[start:start + WRITE_PIECE])
+        await response.write_eof()
+        return response
 
 
 async def disk_map(request: web.Request) -> web.Response:
