@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     p.add_argument("--fingerprint", metavar="sha256:HEX", help="the server certificate's fingerprint")
     p.add_argument("--disks", metavar="LIST", help="sda,/dev/loop3 or all (default: all)")
     p.add_argument("--name", help="the job's name (default: the host name)")
-    p.add_argument("--streams", metavar="N", help="parallel connections (default 4)")
+    p.add_argument("--streams", metavar="N", help="parallel connections (default 8)")
     p.add_argument("--compress", metavar="auto|zstd|off", help="zstd compression (default auto)")
     p.add_argument("--bwlimit", metavar="RATE", help="bandwidth limit, e.g. 50M (bytes/s)")
     settings_mod.add_source_arguments(p)

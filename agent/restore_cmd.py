@@ -24,7 +24,7 @@ def register(subparsers) -> None:
     p.add_argument("--target", required=True, metavar="DEVICE", help="the disk to write, e.g. /dev/xvda")
     p.add_argument("--target-zeroed", action="store_true",
                    help="the target is known to read zeros: skip zeroing the zero extents")
-    p.add_argument("--streams", metavar="N", help="parallel connections (default 4)")
+    p.add_argument("--streams", metavar="N", help="parallel connections (default 8)")
     settings_mod.add_source_arguments(p)
     p.set_defaults(func=main)
 

@@ -57,7 +57,7 @@ class Settings:
     vcpus: int | None = None             # p2v.vcpus
     memory: int | None = None            # p2v.memory, in bytes
     job: str | None = None               # p2v.job
-    streams: int = 4                     # p2v.streams: parallel connections
+    streams: int = 8                     # p2v.streams: parallel connections
     compress: str = "auto"               # p2v.compress: auto|zstd|off
     bwlimit: int | None = None           # p2v.bwlimit, in bytes per second
     post: str = "wait"                   # p2v.post: poweroff|reboot|shell|wait
