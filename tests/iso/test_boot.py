@@ -1,5 +1,6 @@
-"""Boots the built ISO under QEMU, BIOS and UEFI, through its own boot menus, and watches the serial
-console: the agent starts by itself on the console the kernel line names."""
+"""Boots the built ISO under QEMU, BIOS and UEFI, as a CD and as a USB stick, through its own boot
+menus, and watches the serial console: the agent starts by itself on the console the kernel line
+names."""
 
 from __future__ import annotations
 
@@ -29,9 +30,11 @@ def workdir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("iso-boot")
 
 
+# The hybrid ISO boots as a CD and as a USB stick, with either firmware.
+@pytest.mark.parametrize("medium", ["cd", "usb"])
 @pytest.mark.parametrize("firmware", ["bios", "uefi"])
-def test_serial_entry_starts_the_agent_on_the_serial_console(iso, workdir, firmware):
-    vm = start(iso, workdir, firmware)
+def test_serial_entry_starts_the_agent_on_the_serial_console(iso, workdir, firmware, medium):
+    vm = start(iso, workdir, firmware, medium=medium)
     try:
         # isolinux selects with the hotkey and boots with Enter; grub boots on the hotkey alone.
         vm.type("s\r" if firmware == "bios" else "s")

@@ -21,16 +21,17 @@ BOOT_TIMEOUT = 1500
 
 
 class VM:
-    """One QEMU machine booting `iso` as its CD, with `disks` attached as virtio disks.
+    """One QEMU machine booting `iso`, with `disks` attached as virtio disks.
 
-    firmware is "bios" (SeaBIOS) or "uefi" (OVMF); the serial console is this object's
-    `wait_for` and `type`; everything it printed is also in `log`.
+    firmware is "bios" (SeaBIOS) or "uefi" (OVMF); medium is "cd" (the ISO as its CD) or "usb"
+    (the ISO written to a USB stick: the same bytes as a USB disk); the serial console is this
+    object's `wait_for` and `type`; everything it printed is also in `log`.
     """
 
-    def __init__(self, iso: Path, workdir: Path, *, firmware: str = "bios", disks=(),
-                 memory_mb: int = 2048):
-        self.log = workdir / f"serial-{firmware}.log"
-        self.monitor_path = workdir / f"monitor-{firmware}.sock"
+    def __init__(self, iso: Path, workdir: Path, *, firmware: str = "bios", medium: str = "cd",
+                 disks=(), memory_mb: int = 2048):
+        self.log = workdir / f"serial-{firmware}-{medium}.log"
+        self.monitor_path = workdir / f"monitor-{firmware}-{medium}.sock"
         self.output = bytearray()
         args = [
             "qemu-system-x86_64", "-machine", "q35",
@@ -40,10 +41,15 @@ class VM:
             "-display", "none", "-vga", "std",
             "-serial", "stdio",
             "-monitor", f"unix:{self.monitor_path},server=on,wait=off",
-            "-drive", f"file={iso},media=cdrom,readonly=on",
-            "-boot", "order=d",
             "-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0",
         ]
+        if medium == "cd":
+            args += ["-drive", f"file={iso},media=cdrom,readonly=on", "-boot", "order=d"]
+        elif medium == "usb":
+            args += ["-drive", f"file={iso},format=raw,if=none,id=stick,readonly=on",
+                     "-device", "qemu-xhci", "-device", "usb-storage,drive=stick,bootindex=0"]
+        else:
+            raise ValueError(f"medium must be 'cd' or 'usb', not {medium!r}")
         if firmware == "uefi":
             vars_copy = workdir / "OVMF_VARS.fd"
             vars_copy.write_bytes(OVMF_VARS.read_bytes())
@@ -114,9 +120,9 @@ class VM:
         self._reader.join(timeout=10)
 
 
-def start(iso: Path, workdir: Path, firmware: str, disks=()) -> VM:
+def start(iso: Path, workdir: Path, firmware: str, disks=(), medium: str = "cd") -> VM:
     """A machine booting the ISO, stopped at the boot menu."""
-    vm = VM(iso, workdir, firmware=firmware, disks=disks)
+    vm = VM(iso, workdir, firmware=firmware, medium=medium, disks=disks)
     vm.wait_for(r"Migrate this machine", timeout=600)
     return vm
 
