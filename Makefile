@@ -15,8 +15,11 @@ BENCH_APT_PACKAGES := libnbd-bin nbdkit netcat-openbsd nftables partclone zstd
 BENCH_ARGS ?=
 # Scenarios `make e2e` runs (empty: all of them), e.g. `make e2e SCENARIOS=bios-mbr`.
 SCENARIOS ?=
+# How `make e2e` migrates them: iso (through out/xenp2v.iso, built when missing) or host (the repair
+# alone, on loop devices here: a fast check).
+E2E_PATH ?= iso
 
-.PHONY: all venv system-deps test serve iso pxe iso-test e2e bench clean
+.PHONY: all venv system-deps test serve iso pxe iso-test e2e e2e-deps e2e-ci bench clean
 
 all: test
 
@@ -59,12 +62,21 @@ iso-test: venv
 		$(BIN)/pytest -q --durations=0 tests/iso
 
 # Real boots: source machines built with debootstrap (cached in /var/cache/xenp2v/e2e) boot on
-# their own AHCI disk, fail on the VM's IDE and virtio, and boot again after `p2v-agent repair`;
-# then the automatic path (capture, serve --xapi-url on the XAPI simulator, repair, boot the VDI).
-e2e: venv system-deps
-	$(MAKE) --no-print-directory system-deps APT_PACKAGES="$(E2E_APT_PACKAGES)"
-	$(BIN)/python tests/e2e/run.py $(SCENARIOS)
+# their own AHCI disk, fail on the VM's IDE and virtio; migrated through the ISO (capture, then
+# restore and repair in the VM) they boot on both; then the automatic path (capture, serve
+# --xapi-url on the XAPI simulator, repair, boot the VDI).
+e2e: e2e-deps
+	$(BIN)/python tests/e2e/run.py --path $(E2E_PATH) $(SCENARIOS)
 	$(BIN)/python tests/e2e/automatic.py $(SCENARIOS)
+
+# What CI runs: scenario 1 (bios-mbr) through the built ISO, the manual path only.
+e2e-ci: E2E_PATH = iso
+e2e-ci: e2e-deps
+	$(BIN)/python tests/e2e/run.py --path iso bios-mbr
+
+e2e-deps: venv system-deps
+	$(MAKE) --no-print-directory system-deps APT_PACKAGES="$(E2E_APT_PACKAGES)"
+	@if [ "$(E2E_PATH)" = iso ] && [ ! -s out/xenp2v.iso ]; then $(MAKE) --no-print-directory iso; fi
 
 # Benchmarks against the peers on an 8 GiB fixture disk (cached in /var/cache/xenp2v/bench), not
 # part of `make test`; prints the table and the issue's targets. Flags: `make bench BENCH_ARGS=--tera`.
