@@ -234,26 +234,36 @@ async def put_chunk(request: web.Request) -> web.Response:
     what = f"body of chunk {index}"
     buffers = request.app[BUFFERS]
     async with request.app[SLOTS]:
-        buffer = buffers.take(length)
+        # The body goes straight into the chunk's buffer; a compressed one into a second buffer,
+        # from which a worker decompresses it into the first.
+        taken = [buffers.take(length)]
         stored = None
         try:
-            if encoding in (None, "identity"):  # straight into the buffer: nothing to decode
-                body = await read_body_into(request, buffer, length, what)
+            if encoding in (None, "identity"):
+                body = await read_body_into(request, taken[0], length, what)
             else:
-                body = await read_body(request, chunk.body_limit(length, encoding), what)
+                limit = chunk.body_limit(length, encoding)
+                taken.append(buffers.take(limit))
+                body = await read_body_into(request, taken[1], limit, what)
             stored = asyncio.ensure_future(in_pool(request, _store_chunk, store, job, disk, index,
-                                                   body, encoding, buffer, length, digest))
+                                                   body, encoding, taken[0], length, digest))
             del body
             held = await asyncio.shield(stored)
         finally:
+            give = functools.partial(_give_back, buffers, taken)
             if stored is None or stored.done():
-                buffers.give(buffer)
-            else:  # cancelled while a worker still writes from the buffer: it is given back after
-                stored.add_done_callback(lambda _: buffers.give(buffer))
+                give()
+            else:  # cancelled while a worker still uses the buffers: they are given back after
+                stored.add_done_callback(lambda _: give())
     # Acknowledged only once held: the journal's thread wakes this handler, no pool thread waits.
     written = await asyncio.wrap_future(held)
     return web.json_response({"index": index, "digest": digest, "written": written},
                              status=201 if written else 200)
+
+
+def _give_back(buffers: chunk.Buffers, taken: list) -> None:
+    for buffer in taken:
+        buffers.give(buffer)
 
 
 def _store_chunk(store: Store, job, disk, index, body, encoding, buffer, length, digest):
@@ -368,7 +378,7 @@ def make_app(store: Store, token: str, on_job_sealed: Callable[[str], None] | No
     app[TOKEN] = token
     app[HOOKS] = {"on_job_sealed": on_job_sealed, "on_repair_report": on_repair_report}
     app[POOL] = ThreadPoolExecutor(THREADS, thread_name_prefix="p2v")
-    app[BUFFERS] = chunk.Buffers(MAX_CHUNKS_IN_FLIGHT)
+    app[BUFFERS] = chunk.Buffers(2 * MAX_CHUNKS_IN_FLIGHT)
     app[HOOK_POOL] = ThreadPoolExecutor(4, thread_name_prefix="p2v-hook")
 
     async def startup(app: web.Application) -> None:
