@@ -219,8 +219,19 @@ def mount(source: str, target: Path, stack: ExitStack, fstype: str | None = None
     stack.callback(subprocess.run, ["umount", *lazy, str(target)], capture_output=True)
 
 
+PROC_FILESYSTEMS = Path("/proc/filesystems")
+
+
 def kernel_knows(fstype: str) -> bool:
-    return any(line.split()[-1] == fstype for line in Path("/proc/filesystems").read_text().splitlines())
+    """Whether this kernel mounts `fstype`; a module not loaded yet (vfat on the live ISO, until
+    something mounted a FAT) is loaded first."""
+    def listed() -> bool:
+        return any(line.split()[-1] == fstype for line in PROC_FILESYSTEMS.read_text().splitlines() if line.strip())
+
+    if listed():
+        return True
+    subprocess.run(["modprobe", "-q", fstype], capture_output=True)
+    return listed()
 
 
 def _os_release(root: Path) -> bool:
