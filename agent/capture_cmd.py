@@ -30,13 +30,9 @@ def register(subparsers) -> None:
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
-        settings = settings_mod.load_from_args(args)
+        settings = settings_mod.for_command(args, "capture")
     except settings_mod.SettingsError as e:
         print(e, file=sys.stderr)
-        return 2
-    if not settings.server or not settings.token:
-        print("capture needs --server URL and --token T (or p2v.server= and p2v.token=).",
-              file=sys.stderr)
         return 2
     try:
         result = run(settings, Progress([PlainLines()], interval=2.0))

@@ -469,3 +469,24 @@ def load_from_args(args: Any) -> Settings:
     """load_settings() for a parsed command line that has add_source_arguments() and field flags."""
     return load_settings(cmdline=args.cmdline, cfg_paths=args.config or CFG_PATHS,
                          cli=cli_values(args))
+
+
+_NEEDED = {"server": ("--server URL", "p2v.server="), "token": ("--token T", "p2v.token="),
+           "job": ("--job ID", "p2v.job=")}
+
+
+def _words(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
+def for_command(args: Any, command: str, needs: tuple[str, ...] = ("server", "token")) -> Settings:
+    """load_from_args() for a subcommand that cannot start without the `needs` settings.
+
+    Raises SettingsError: the bad keys, or one sentence naming the flags (and the p2v.* keys) that
+    `command` needs.
+    """
+    settings = load_from_args(args)
+    if not all(getattr(settings, name) for name in needs):
+        flags, keys = zip(*(_NEEDED[name] for name in needs))
+        raise SettingsError([f"{command} needs {_words(list(flags))} (or {_words(list(keys))})."])
+    return settings

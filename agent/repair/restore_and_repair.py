@@ -42,13 +42,9 @@ def register(subparsers) -> None:
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
-        settings = settings_mod.load_from_args(args)
+        settings = settings_mod.for_command(args, "restore-and-repair", needs=("server", "token", "job"))
     except settings_mod.SettingsError as e:
         print(e, file=sys.stderr)
-        return 2
-    if not (settings.server and settings.token and settings.job):
-        print("restore-and-repair needs --server URL, --token T and --job ID (or p2v.server=, "
-              "p2v.token= and p2v.job=).", file=sys.stderr)
         return 2
 
     def say(line: str) -> None:
