@@ -103,7 +103,17 @@ def names_from_disk(refs: list[Reference], filesystems: list[Filesystem]) -> tup
     tied = [(r, partition_ref(r.name)) for r in refs if is_hardware_name(r.name)]
     keys = {ref[0] for _, ref in tied}
     anchors = [ref[0] for r, ref in tied if r.mountpoint in ("/", "/boot")]
-    anchor = anchors[0] if anchors else (next(iter(keys)) if len(keys) == 1 else None)
+    lone = next(iter(keys)) if len(keys) == 1 else None
+    # A lone kernel name is taken for this disk, unless it would name a filesystem that the
+    # configuration mounts elsewhere by UUID: after a first repair turned /dev/sda1 into UUID=…,
+    # the /dev/sdb1 left for /home is the other disk, not partition 1 (the root) of this one.
+    mounted_as = {r.name.removeprefix("UUID="): r.mountpoint for r in refs
+                  if r.name.startswith("UUID=") and (r.mountpoint or "").startswith("/")}
+    if lone and any((fs := parts.get(number)) and fs.uuid in mounted_as and
+                    (r.mountpoint or "").startswith("/") and mounted_as[fs.uuid] != r.mountpoint
+                    for r, (_, number) in tied):
+        lone = None
+    anchor = anchors[0] if anchors else lone
     names: dict[str, Filesystem] = {}
     notes = []
     for r, (disk, number) in tied:

@@ -29,6 +29,19 @@ def test_a_second_disk_and_a_wrong_type_are_left_alone():
                      "/dev/sda1 matches no filesystem on this disk; left as it is."]
 
 
+def test_a_second_disks_name_left_after_a_first_repair_is_still_another_disk():
+    # The first run turned / and /boot into UUIDs; /dev/sdb1 is not partition 1 (/boot) of this disk.
+    refs = [Reference("UUID=root-uuid", "/", "ext4"), Reference("UUID=boot-uuid", "/boot", "ext4"),
+            Reference("/dev/sdb1", "/home", "ext4")]
+    names, notes = names_from_disk(refs, [ROOT, BOOT])
+    assert names == {}
+    assert notes == ["/dev/sdb1 is on another disk of the source machine; left as it is."]
+    # A lone name for a filesystem no UUID claims is still this disk's (root on LVM, ESP by name).
+    esp = Filesystem("/dev/xvda1", "vfat", "ESP-UUID", None, 1)
+    refs = [Reference("/dev/mapper/vg-root", "/", "ext4"), Reference("/dev/sda1", "/boot/efi", "vfat")]
+    assert names_from_disk(refs, [esp])[0] == {"/dev/sda1": esp}
+
+
 def test_inventory_names_map_by_uuid():
     inventory = {"disks": [{"id": "sda", "partitions": [
         {"name": "sda1", "uuid": "boot-uuid", "links": ["/dev/disk/by-id/wwn-0x5000-part1"]},
