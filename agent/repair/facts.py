@@ -132,6 +132,26 @@ def _kernel_name(disk: str) -> bool:
     return "/" not in disk and not disk.startswith(("ata-", "scsi-", "wwn-", "nvme-", "pci-", "virtio-", "usb-"))
 
 
+def names_on_the_vms_disks(refs: list[Reference], inventory: dict,
+                           filesystems: list[list[Filesystem]]) -> dict[str, Filesystem]:
+    """Kernel names of the source's disks (`/dev/sdb1`) → the filesystem now on the VM's disk that
+    received that disk. The inventory lists the source's disks (their "device") in the job's order,
+    the order in which the restore (or the import) put them on the VM's disks; `filesystems` holds
+    each VM disk's filesystems in that order. Partition numbers and types must agree."""
+    order = [(d.get("device") or "").removeprefix("/dev/") for d in inventory.get("disks", [])]
+    names = {}
+    for r in refs:
+        ref = partition_ref(r.name) if is_hardware_name(r.name) else None
+        if ref is None or not _kernel_name(ref[0]) or ref[0] not in order:
+            continue
+        index = order.index(ref[0])
+        fs = next((f for f in (filesystems[index] if index < len(filesystems) else [])
+                   if f.partition == ref[1]), None)
+        if fs is not None and _same_type(r.fstype, fs.fstype):
+            names[r.name] = fs
+    return names
+
+
 def names_from_inventory(inventory: dict, filesystems: list[Filesystem]) -> dict[str, Filesystem]:
     """Map every name the capture inventory knew for a partition to the filesystem with its UUID."""
     by_uuid = {fs.uuid: fs for fs in filesystems if fs.uuid}

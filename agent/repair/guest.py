@@ -140,6 +140,23 @@ def add_inside(layout: DiskLayout, device: str, stack: ExitStack) -> None:
     _add_volume_groups(layout, pvs, stack)
 
 
+def partition_filesystems(disk: str) -> list[Filesystem]:
+    """The filesystems on `disk`'s partitions, with their numbers (another of the VM's disks,
+    looked at for its names only: nothing is activated or mounted)."""
+    subprocess.run(["partx", "-a", disk], capture_output=True)
+    subprocess.run(["partx", "-u", disk], capture_output=True)
+    try:
+        table = blockdev.partition_table(disk)
+    except blockdev.BlockDevError:
+        return []
+    found = []
+    for part in table.partitions if table else []:
+        info = blockdev.filesystem(part.node)
+        if info.get("TYPE"):
+            found.append(Filesystem(part.node, info["TYPE"], info.get("UUID"), info.get("LABEL"), part.number))
+    return found
+
+
 def _add_filesystem(layout: DiskLayout, device: str, partition: int | None = None) -> list[str]:
     """Adds what is on `device` to the layout; returns the LVM PVs found (itself, or inside it)."""
     info = blockdev.filesystem(device)

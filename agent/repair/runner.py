@@ -12,7 +12,8 @@ from typing import Callable
 
 from agent.repair import guest, luks, raid
 from agent.repair.apply import LOG, append_log, apply_plan
-from agent.repair.facts import Facts, Reference, names_from_disk, names_from_inventory, nics_from_inventory
+from agent.repair.facts import (Facts, Reference, names_from_disk, names_from_inventory, names_on_the_vms_disks,
+                                nics_from_inventory)
 from agent.repair.guest import RepairError
 from agent.repair.plan import Plan
 from agent.repair.steps import CMDLINE_DEVICE, LEGACY_GRUB_MENUS, RELEASE_FILES, family, plan_repair
@@ -121,7 +122,8 @@ def repair(request: Request, say: Callable[[str], None] = print, tools: Tools | 
                               "filesystem with /etc/fstab and an os-release)" +
                               "".join(f"; {why}" for why in locked))
                 continue
-            return _repair_root(request, disk, layout, roots, work, stack, say, tools.cryptsetup, opened)
+            return _repair_root(request, disk, layout, roots, work, stack, say, tools.cryptsetup, opened,
+                                disks)
     raise RepairError("; ".join(errors) + ". Check that the image was restored onto this disk.")
 
 
@@ -144,7 +146,7 @@ def _unlock(layout: guest.DiskLayout, request: Request, crypt: luks.Cryptsetup, 
 
 def _repair_root(request: Request, disk: str, layout: guest.DiskLayout, roots: list,
                  work: Path, stack: ExitStack, say: Callable[[str], None],
-                 crypt: luks.Cryptsetup, opened: dict[str, str]) -> dict:
+                 crypt: luks.Cryptsetup, opened: dict[str, str], disks: list[str]) -> dict:
     root_fs, subvolume = roots[0]
     for other, _ in roots[1:]:
         say(f"Another system is on {other.device}; repairing only the one on {root_fs.device}.")
@@ -175,6 +177,13 @@ def _repair_root(request: Request, disk: str, layout: guest.DiskLayout, roots: l
     nics = dict(request.nics)
     if request.inventory:
         names.update(names_from_inventory(request.inventory, layout.filesystems))
+        if len(disks) > 1:
+            on_disks = [layout.filesystems if d == disk else guest.partition_filesystems(d) for d in disks]
+            for name, fs in names_on_the_vms_disks(refs, request.inventory, on_disks).items():
+                if name not in names:
+                    names[name] = fs
+                    notes = [n for n in notes if not n.startswith(f"{name} is on another disk")]
+                    notes.append(f"{name} is on {fs.device}, the VM's disk in that source disk's place.")
         nics = {**nics_from_inventory(request.inventory, local_nics()), **nics}
     root, mount_notes = guest.mount_guest(root_fs, subvolume, layout.filesystems,
                                           {**layout.aliases, **names}, work, stack,

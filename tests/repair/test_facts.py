@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from agent.repair.facts import (Filesystem, Reference, names_from_disk, names_from_inventory,
-                                nics_from_inventory, partition_ref)
+                                names_on_the_vms_disks, nics_from_inventory, partition_ref)
 
 ROOT = Filesystem("/dev/xvda2", "ext4", "root-uuid", None, 2)
 BOOT = Filesystem("/dev/xvda1", "ext4", "boot-uuid", None, 1)
@@ -40,6 +40,16 @@ def test_a_second_disks_name_left_after_a_first_repair_is_still_another_disk():
     esp = Filesystem("/dev/xvda1", "vfat", "ESP-UUID", None, 1)
     refs = [Reference("/dev/mapper/vg-root", "/", "ext4"), Reference("/dev/sda1", "/boot/efi", "vfat")]
     assert names_from_disk(refs, [esp])[0] == {"/dev/sda1": esp}
+
+
+def test_the_source_disks_kernel_names_map_onto_the_vms_disks_in_the_jobs_order():
+    home = Filesystem("/dev/vdb1", "ext4", "home-uuid", None, 1)
+    inventory = {"disks": [{"id": "sda", "device": "/dev/sda"}, {"id": "sdb", "device": "/dev/sdb"}]}
+    refs = [Reference("UUID=root-uuid", "/", "ext4"), Reference("/dev/sdb1", "/home", "ext4"),
+            Reference("/dev/sdb2", "/srv", "xfs"), Reference("/dev/sdc1", "/data", "ext4")]
+    assert names_on_the_vms_disks(refs, inventory, [[ROOT, BOOT], [home]]) == {"/dev/sdb1": home}
+    # One VM disk for two source disks: the second's names stay unmapped.
+    assert names_on_the_vms_disks(refs, inventory, [[ROOT, BOOT]]) == {}
 
 
 def test_inventory_names_map_by_uuid():
