@@ -49,6 +49,7 @@ class DiskResult:
     skipped_chunks: int = 0  # already held by the server (resume)
     bad_ranges: list[list[int]] = field(default_factory=list)
     digest: str = ""
+    warnings: list[str] = field(default_factory=list)  # the plan's, for the summary
 
 
 @dataclass
@@ -90,7 +91,8 @@ def inventory(settings: Settings, plans: list[ReadPlan], machine: dict) -> dict:
         "name": settings.name or socket.gethostname(),
         "machine": machine,
         "disks": [{"id": disk_id(p.device), "size": p.size, "used": min(p.read_bytes, p.size),
-                   "device": p.device, "plan": p.notes} for p in plans],
+                   "device": p.device, "plan": p.notes, "warnings": p.warnings}
+                  for p in plans],
     }
     if settings.vcpus:
         inv["vcpus"] = settings.vcpus
@@ -143,7 +145,10 @@ def run(settings: Settings, progress: Progress | None = None, *, client: Client 
             progress.start(disk_id(dev), 0, "plan", "mapping the used blocks of its filesystems")
             plan = plan_disk(dev)
             for note in plan.notes:
-                log.info("plan: %s", note)
+                if note in plan.warnings:
+                    log.warning("plan: %s", note)
+                else:
+                    log.info("plan: %s", note)
             plans.append(plan)
         machine = {**machine_inventory(probed), **(identity or {})}
         job = open_job(client, settings, inventory(settings, plans, machine))
@@ -187,7 +192,8 @@ def open_job(client: Client, settings: Settings, inv: dict) -> dict:
 
 def capture_disk(client: Client, job: str, did: str, plan: ReadPlan, chunk_size: int,
                  settings: Settings, progress: Progress) -> DiskResult:
-    result = DiskResult(did, plan.device, plan.size, chunk_size, planned=plan.read_bytes)
+    result = DiskResult(did, plan.device, plan.size, chunk_size, planned=plan.read_bytes,
+                        warnings=list(plan.warnings))
     held = client.held_chunks(job, did)
     progress.start(did, plan.read_bytes, "capture")
     sender = _Sender(client, job, did, held, settings, progress, result)

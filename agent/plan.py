@@ -91,6 +91,19 @@ class Found:
         return Found(clip(self.used, start, end), clip(self.zero, start, end))
 
 
+class Notes(list):
+    """One line per area, for logs and screens; `warn()` also keeps the line in `warnings`:
+    what a technician must be told (data read whole because its map cannot be trusted, ...)."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.warnings: list[str] = []
+
+    def warn(self, line: str) -> None:
+        self.append(line)
+        self.warnings.append(line)
+
+
 @dataclass
 class ReadPlan:
     device: str
@@ -98,6 +111,7 @@ class ReadPlan:
     used: list[Range]                                  # what to read; the rest is free …
     notes: list[str] = field(default_factory=list)     # one line per area, for logs and screens
     zero: list[Range] = field(default_factory=list)    # … but for these, in use and all zeros
+    warnings: list[str] = field(default_factory=list)  # the notes a technician must see
 
     @property
     def read_bytes(self) -> int:
@@ -139,7 +153,7 @@ def _chunk_parts(ranges: list[Range], chunk_size: int, size: int) -> Iterator[tu
 def plan_disk(device: str) -> ReadPlan:
     """Probe `device` and decide what to read."""
     size = blockdev.disk_size(device)
-    notes: list[str] = []
+    notes = Notes()
     table = blockdev.partition_table(device)
     if table is None:
         return _plan(device, size, area_used(device, 0, size, device, notes), notes)
@@ -156,13 +170,13 @@ def plan_disk(device: str) -> ReadPlan:
     return _plan(device, size, found, notes)
 
 
-def _plan(device: str, size: int, found: Found, notes: list[str]) -> ReadPlan:
+def _plan(device: str, size: int, found: Found, notes: Notes) -> ReadPlan:
     used = normalize(clip(found.used, 0, size))
     zero = subtract(normalize(clip(found.zero, 0, size)), used)
-    return ReadPlan(device, size, used, notes, zero)
+    return ReadPlan(device, size, used, list(notes), zero, list(notes.warnings))
 
 
-def area_used(node: str, start: int, length: int, label: str, notes: list[str]) -> Found:
+def area_used(node: str, start: int, length: int, label: str, notes: Notes) -> Found:
     """What the area [start, start+length) that `node` exposes holds, in disk offsets."""
     try:
         fstype = blockdev.filesystem(node).get("TYPE")
@@ -180,7 +194,7 @@ def area_used(node: str, start: int, length: int, label: str, notes: list[str]) 
 
 
 def content_used(node: str, fstype: str | None, length: int, label: str,
-                 notes: list[str]) -> Found:
+                 notes: Notes) -> Found:
     """What a filesystem or swap of `length` bytes on `node` holds, relative to `node`."""
     if fstype == "swap":
         notes.append(f"{label}: swap: header only")
@@ -204,7 +218,7 @@ def content_used(node: str, fstype: str | None, length: int, label: str,
     return Found(used, zero)
 
 
-def pv_used(node: str, length: int, label: str, notes: list[str]) -> Found:
+def pv_used(node: str, length: int, label: str, notes: Notes) -> Found:
     """An LVM PV: its LVs through their filesystems' used blocks where that is possible.
 
     A single-segment linear LV is seen through a read-only loop device over its bytes on the PV,
@@ -266,7 +280,7 @@ def pv_free(node: str) -> list[Range]:
     return free
 
 
-def md_member_used(node: str, length: int, label: str, notes: list[str]) -> Found:
+def md_member_used(node: str, length: int, label: str, notes: Notes) -> Found:
     """An md RAID1 member: the array's used blocks, seen through the member's data offset.
 
     A RAID1 member holds the whole array from its data offset on, so a read-only loop device
@@ -294,7 +308,7 @@ def md_member_used(node: str, length: int, label: str, notes: list[str]) -> Foun
     return Found(normalize([(0, offset)] + inner.used), inner.zero)
 
 
-def area_inner(node: str, length: int, label: str, notes: list[str]) -> Found:
+def area_inner(node: str, length: int, label: str, notes: Notes) -> Found:
     """What a stacked device (LV, RAID1 data) of `length` bytes holds, relative to it."""
     try:
         fstype = blockdev.filesystem(node).get("TYPE")

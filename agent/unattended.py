@@ -106,6 +106,7 @@ def capture_summary(result: CaptureResult) -> list[str]:
         lines.append(f"{d.id}: sealed, {human(d.sent)} sent for {human(d.planned)} read of "
                      f"{human(d.size)}" + (f"; {len(d.bad_ranges)} unreadable ranges were "
                                            "zero-filled" if d.bad_ranges else ""))
+        lines += [f"  warning: {w}" for w in d.warnings]
     return lines
 
 
