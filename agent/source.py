@@ -146,7 +146,9 @@ class SourceDisk:
         buf = mmap.mmap(-1, end - start)  # page-aligned, as O_DIRECT wants
         window = memoryview(buf)
         try:
-            _pread_exact(self.direct_fd, window, start)
+            # The window may run past the end of a disk whose size is not a multiple of it:
+            # only the bytes asked for must arrive.
+            _pread_exact(self.direct_fd, window, start, need=offset + len(view) - start)
             view[:] = window[offset - start:offset - start + len(view)]
         finally:
             window.release()
@@ -165,12 +167,17 @@ def chunk_buffer(size: int) -> mmap.mmap:
     return mmap.mmap(-1, size)
 
 
-def _pread_exact(fd: int, view: memoryview, offset: int) -> None:
+def _pread_exact(fd: int, view: memoryview, offset: int, need: int | None = None) -> None:
+    """Fill `view` from `offset`; with `need`, stop at the device's end once `need` bytes came.
+
+    OSError (EIO) when the device ends before them.
+    """
+    need = len(view) if need is None else need
     done = 0
-    while done < len(view):
+    while done < need:
         n = os.preadv(fd, [view[done:]], offset + done)
         if n == 0:
-            raise OSError(5, "unexpected end of device")
+            raise OSError(errno.EIO, "unexpected end of device")
         done += n
 
 

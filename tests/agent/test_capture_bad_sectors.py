@@ -60,3 +60,26 @@ def test_unreadable_sectors_are_zero_filled_and_reported(loopdev, p2v_server, tm
             if lo < hi:
                 want[lo - s:hi - s] = bytes(hi - lo)
             assert got == want, f"range {s}-{e} differs"
+
+
+def test_a_disk_whose_size_is_not_a_multiple_of_4k_keeps_its_last_sector(p2v_server, tmp_path):
+    # The last chunk holds an unreadable sector, so it is read again in small pieces; the disk
+    # ends 512 bytes into a 4 KiB block, which a 4 KiB read at that offset runs past.
+    size = 12 * MiB - 4096 + 512                       # N * 4096 + 512 bytes
+    backing = tmp_path / "odd.img"
+    backing.write_bytes(random.Random(11).randbytes(size))
+    bad = (9 * MiB, 9 * MiB + 4096)
+
+    with FaultyDisk(str(backing), [bad], tmp_path / "fuse") as flaky:
+        assert int(run("blockdev", "--getsize64", flaky).stdout) == size
+        result = capture.run(settings_for(p2v_server, disks=[flaky], streams=2),
+                             identity={"system_uuid": str(uuid.uuid4())})
+    (disk,) = result.disks
+    assert disk.bad_ranges == [[bad[0], bad[1] - bad[0]]]
+
+    target = tmp_path / "restored.img"
+    restore.run(settings_for(p2v_server, job=result.job), str(target))
+    want, got = bytearray(backing.read_bytes()), target.read_bytes()
+    want[bad[0]:bad[1]] = bytes(bad[1] - bad[0])
+    assert len(got) == size and got[-512:] == want[-512:]
+    assert got == want
