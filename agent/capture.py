@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent import blockdev
+from agent import blockdev, inuse
 from agent.client import Client, ServerError
 from agent.link import Compression, RateLimit
 from agent.plan import ReadPlan, clip, normalize, plan_disk, total
@@ -118,6 +118,17 @@ def select_disks(settings: Settings, probed: Machine | None) -> tuple[list[str],
     return [d.path for d in disks], probed
 
 
+def refuse_disks_in_use(devices: list[str]) -> None:
+    """CaptureError, one sentence per use, when something on this machine uses a chosen disk:
+    a disk in use changes while it is read, and its used-block maps go stale."""
+    busy = [use.sentence() for dev in devices for use in inuse.uses(dev)]
+    if busy:
+        raise CaptureError(
+            "A disk to capture is in use, so it would change while it is copied. "
+            + " ".join(busy) + " Or boot the stick again without mounting the machine's disks, "
+            "then capture again.")
+
+
 # --- the run -------------------------------------------------------------------------------------
 
 def run(settings: Settings, progress: Progress | None = None, *, client: Client | None = None,
@@ -140,6 +151,7 @@ def run(settings: Settings, progress: Progress | None = None, *, client: Client 
         client = client or Client(settings.server, settings.token, settings.fingerprint,
                                   retry_for=retry_for)
         devices, probed = select_disks(settings, probed)
+        refuse_disks_in_use(devices)
         plans = []
         for dev in devices:
             progress.start(disk_id(dev), 0, "plan", "mapping the used blocks of its filesystems")
