@@ -1,9 +1,17 @@
 """Restore: put a sealed image from the server onto a local disk, verified and resumable.
 
 The server's map says which chunks are data, zero or free. Data chunks are fetched over N
-connections, checked against the digests the server sealed, and written at their offsets; zero
-extents are zeroed (BLKZEROOUT on a block device, hole punching in a file, writes otherwise)
-unless the target is known to read zeros; free extents are left alone.
+connections, checked against the digests the server sealed, and written whole at their offsets
+(the unused blocks inside them, zero-filled by the capture, are written as zeros). Everything else
+of the target, whatever the map says or leaves out (zero and free chunks, the target past the
+image's end), is made to read zeros, so nothing of the target's old bytes is left: no previous
+owner's data in the guest's free space, no stale RAID, LVM or filesystem signature for blkid to
+find. That is skipped only where the target is known to read zeros: a new sparse file, or with
+--target-zeroed, which is checked on a sample first.
+
+Zeroing: BLKZEROOUT in big runs on a block device that offloads it (write-zeroes, WRITE SAME,
+a loop device's fallocate); on one that does not, the runs are read and only the pieces that
+are not zero already are written (a new thin VDI or LUN stays thin); hole punching in a file.
 
 Resume needs no state file: before fetching a data chunk, the target's bytes at that place are
 hashed, and a chunk that already holds the sealed digest is not fetched again. A restore stopped
@@ -37,9 +45,14 @@ _BLKZEROOUT = 0x127F            # _IO(0x12, 127)
 _BLKRRPART = 0x125F             # _IO(0x12, 95)
 _FALLOC_FL_KEEP_SIZE = 1
 _FALLOC_FL_PUNCH_HOLE = 2
-ZERO_STEP = 64 * 1024 * 1024    # zero in pieces, so progress moves and a cut loses little
+ZERO_STEP = 1024 * 1024 * 1024  # offloaded zeroing per call: big, yet progress still moves
+SCAN_STEP = 4 * 1024 * 1024     # without offload: read this much, write it only if not zero
 SPARSE_BLOCK = 64 * 1024        # on a target that reads zeros, all-zero blocks this big are skipped
 _ZERO_BLOCK = bytes(SPARSE_BLOCK)
+_SCAN_ZEROS = bytes(SCAN_STEP)
+SAMPLE_BLOCKS = 512             # --target-zeroed: 4 KiB blocks read to check the claim
+SAMPLE_BLOCK = 4096
+SAMPLE_EDGE = 128 * 1024        # ... every one in the first and last this many bytes
 
 
 class RestoreError(Exception):
@@ -54,7 +67,8 @@ class RestoreResult:
     size: int
     fetched_chunks: int = 0
     kept_chunks: int = 0        # already right on the target (resume)
-    zeroed_bytes: int = 0
+    zeroed_bytes: int = 0       # bytes without data in the image made to read zeros
+    no_data_bytes: int = 0      # bytes of the target the image holds no data for
     received: int = 0           # bytes that crossed the network
 
 
@@ -105,15 +119,16 @@ def check_target_free(target: str) -> None:
                                "start again.")
 
 
-def open_target(target: str, size: int) -> tuple[int, bool]:
-    """(fd, reads_zeros) of the target, checked to be large enough and not in use."""
+def open_target(target: str, size: int) -> tuple[int, int, bool]:
+    """(fd, its size in bytes, reads_zeros) of the target, checked to be large enough and not
+    in use. reads_zeros: known to read zeros everywhere (a new or wholly sparse file)."""
     path = Path(target)
     if not path.exists():
         if not path.parent.is_dir():
             raise RestoreError(f"The target {target} does not exist; give a disk such as /dev/xvda.")
         fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         os.ftruncate(fd, size)
-        return fd, True  # a new sparse file reads zeros everywhere
+        return fd, size, True  # a new sparse file reads zeros everywhere
     check_target_free(target)
     st = os.stat(target)
     flags = os.O_RDWR | os.O_CLOEXEC | (os.O_EXCL if stat.S_ISBLK(st.st_mode) else 0)
@@ -129,13 +144,17 @@ def open_target(target: str, size: int) -> tuple[int, bool]:
         os.close(fd)
         raise RestoreError(f"The target {target} holds {human(have)} ({have} bytes) but the image "
                            f"is {human(size)} ({size} bytes); give a disk at least that large.")
-    return fd, stat.S_ISREG(st.st_mode) and have == size and st.st_blocks == 0
+    return fd, have, stat.S_ISREG(st.st_mode) and have == size and st.st_blocks == 0
 
 
 def zero_range(fd: int, offset: int, length: int) -> None:
-    """Make [offset, offset+length) read zeros, as cheaply as the target allows."""
+    """Make [offset, offset+length) read zeros, as cheaply as the target allows.
+
+    BLKZEROOUT guarantees zeros (the kernel writes them where the device has no offload);
+    a discard would not, so none is used. Raises OSError if the bytes cannot be written.
+    """
     mode = os.fstat(fd).st_mode
-    if stat.S_ISBLK(mode):
+    if stat.S_ISBLK(mode) and offset % 512 == 0 and length % 512 == 0:
         try:
             fcntl.ioctl(fd, _BLKZEROOUT, struct.pack("QQ", offset, length))
             return
@@ -148,6 +167,23 @@ def zero_range(fd: int, offset: int, length: int) -> None:
     while pos < offset + length:
         n = min(len(zeros), offset + length - pos)
         pos += os.pwrite(fd, memoryview(zeros)[:n], pos)
+
+
+def zeroing_offloaded(fd: int) -> bool:
+    """True if zeroing costs the target no writes of ours: a block device whose queue takes
+    write-zeroes (its sysfs write_zeroes_max_bytes is not 0), or a regular file (holes)."""
+    st = os.fstat(fd)
+    if stat.S_ISREG(st.st_mode):
+        return True
+    if not stat.S_ISBLK(st.st_mode):
+        return False
+    sys_dir = Path(f"/sys/dev/block/{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}").resolve()
+    for queue in (sys_dir / "queue", sys_dir.parent / "queue"):   # a partition: its disk's
+        try:
+            return int((queue / "write_zeroes_max_bytes").read_text()) > 0
+        except (OSError, ValueError):
+            continue
+    return False
 
 
 def _punch_hole(fd: int, offset: int, length: int) -> bool:
@@ -195,22 +231,21 @@ def run(settings: Settings, target: str, disk: str | None = None,
         digests = client.held_chunks(settings.job, did)
         size, chunk_size = int(image["size"]), int(image["chunk_size"])
         extents = [protocol.Extent.from_json(e) for e in image["extents"]]
-        fd, reads_zeros = open_target(target, size)
+        data = [e for e in extents if e.kind is protocol.ChunkKind.DATA]
+        fd, end, reads_zeros = open_target(target, size)
         try:
             result = RestoreResult(settings.job, did, target, size)
-            data = [e for e in extents if e.kind is protocol.ChunkKind.DATA]
-            zero = [e for e in extents if e.kind is protocol.ChunkKind.ZERO]
+            runs = no_data_runs(data, size, chunk_size, end)
+            result.no_data_bytes = sum(n for _, n in runs)
+            if target_zeroed and not reads_zeros:
+                check_zeroed(fd, target, runs)
+            zeroing = not (reads_zeros or target_zeroed)
             data_bytes = sum(_extent_bytes(e, size, chunk_size) for e in data)
-            zero_bytes = 0 if reads_zeros or target_zeroed else sum(
-                _extent_bytes(e, size, chunk_size) for e in zero)
-            progress.start(did, data_bytes + zero_bytes, "restore")
-            if zero_bytes:
-                for e in zero:
-                    _zero_extent(fd, e, size, chunk_size, did, progress)
-                result.zeroed_bytes = zero_bytes
+            progress.start(did, data_bytes + (result.no_data_bytes if zeroing else 0), "restore")
+            if zeroing:
+                result.zeroed_bytes = _zero_runs(fd, runs, did, progress)
             _Fetcher(client, settings, did, fd, size, chunk_size, digests, progress, result,
-                     verify_existing=not reads_zeros,
-                     sparse=reads_zeros or target_zeroed).run(data)
+                     verify_existing=not reads_zeros, sparse=reads_zeros).run(data)
             os.fsync(fd)
             reread_partitions(fd)
         finally:
@@ -219,8 +254,19 @@ def run(settings: Settings, target: str, disk: str | None = None,
         raise RestoreError(str(e)) from None
     except OSError as e:
         raise RestoreError(f"Cannot write {e.filename or target}: {e.strerror}.") from None
+    if zeroing:
+        zeros = (f"zeroed {human(result.zeroed_bytes)} where the image has no data"
+                 + ("" if result.zeroed_bytes == result.no_data_bytes else
+                    f" (the other {human(result.no_data_bytes - result.zeroed_bytes)} of it "
+                    "read zeros already)"))
+    else:
+        zeros = (f"left {human(result.no_data_bytes)} where the image has no data as it was ("
+                 + ("a new sparse file" if reads_zeros else "--target-zeroed, checked on a sample")
+                 + ")")
+    log.info("%s restored onto %s: %d chunks fetched, %d already in place; %s", did, target,
+             result.fetched_chunks, result.kept_chunks, zeros)
     progress.phase(did, "done", f"restored onto {target}: {result.fetched_chunks} chunks fetched, "
-                                f"{result.kept_chunks} already in place")
+                                f"{result.kept_chunks} already in place, {zeros}")
     return result
 
 
@@ -228,14 +274,101 @@ def _extent_bytes(e: protocol.Extent, size: int, chunk_size: int) -> int:
     return min(size, (e.start + e.count) * chunk_size) - e.start * chunk_size
 
 
-def _zero_extent(fd: int, e: protocol.Extent, size: int, chunk_size: int, did: str,
-                 progress: Progress) -> None:
-    start = e.start * chunk_size
-    end = min(size, (e.start + e.count) * chunk_size)
-    for pos in range(start, end, ZERO_STEP):
-        n = min(ZERO_STEP, end - pos)
-        zero_range(fd, pos, n)
-        progress.advance(did, done=n)
+def no_data_runs(data: list[protocol.Extent], size: int, chunk_size: int,
+                 end: int) -> list[tuple[int, int]]:
+    """(offset, length) byte runs of [0, end) that no data chunk covers, in order, merged.
+
+    `data`: the map's data extents; `size`: the image's bytes; `end`: the target's bytes (at
+    least `size`). Zero and free extents, anything the map leaves out, and the target past the
+    image's end are all in these runs.
+    """
+    out: list[tuple[int, int]] = []
+    pos = 0
+    for e in sorted(data, key=lambda e: e.start):
+        start, stop = e.start * chunk_size, min(size, (e.start + e.count) * chunk_size)
+        if start > pos:
+            out.append((pos, start - pos))
+        pos = max(pos, stop)
+    if end > pos:
+        out.append((pos, end - pos))
+    return out
+
+
+def sample_blocks(runs: list[tuple[int, int]], count: int = SAMPLE_BLOCKS,
+                  block: int = SAMPLE_BLOCK) -> list[tuple[int, int]]:
+    """About `count` (offset, length) blocks over `runs`, sorted, where old signatures sit:
+    every block of the first and last SAMPLE_EDGE bytes (the disk's end holds md 0.90 and 1.0
+    superblocks and the backup GPT), the first two and last two blocks of runs (md 1.1 and 1.2
+    at a partition's start, 1.0 at its end), the rest evenly over all their bytes. Blocks are
+    `block` bytes, shorter only at a run's unaligned end."""
+    total = sum(n for _, n in runs)
+    if not total:
+        return []
+    picks: set[tuple[int, int]] = set()
+
+    def pick(run_offset: int, run_length: int, at: int) -> None:
+        start = min(at - at % block, max(0, run_length - block))
+        picks.add((run_offset + start, min(block, run_length - start)))
+
+    for at in range(0, min(SAMPLE_EDGE, runs[0][1]), block):
+        pick(*runs[0], at)
+    for at in range(0, min(SAMPLE_EDGE, runs[-1][1]), block):
+        pick(*runs[-1], runs[-1][1] - 1 - at)
+    quarter = max(1, count // 16)
+    for offset, length in runs[::-(-len(runs) // quarter)]:
+        for at in (0, block, length - 1 - block, length - 1):
+            pick(offset, length, max(0, min(at, length - 1)))
+    spread = max(1, count - len(picks))
+    i, passed = 0, 0
+    for k in range(spread):
+        at = total * k // spread
+        while at >= passed + runs[i][1]:
+            passed += runs[i][1]
+            i += 1
+        pick(runs[i][0], runs[i][1], at - passed)
+    return sorted(picks)
+
+
+def check_zeroed(fd: int, target: str, runs: list[tuple[int, int]]) -> None:
+    """--target-zeroed: read the sample of what would be left as it is; RestoreError if any
+    byte is not zero. Nothing has been written yet when this refuses."""
+    for offset, length in sample_blocks(runs):
+        got = os.pread(fd, length, offset)
+        if got.count(0) != len(got):
+            raise RestoreError(
+                f"The target {target} is not zeroed: it holds non-zero bytes at offset {offset} "
+                f"({human(offset)}), where the image has no data and --target-zeroed would leave "
+                "them. Drop --target-zeroed and start again; the restore then zeroes those "
+                "areas itself.")
+    log.info("--target-zeroed: %d blocks of %s sampled, all zero", len(sample_blocks(runs)),
+             target)
+
+
+def _zero_runs(fd: int, runs: list[tuple[int, int]], did: str, progress: Progress) -> int:
+    """Make every run read zeros; returns the bytes written as zeros (or zeroed by offload)."""
+    offloaded = zeroing_offloaded(fd)
+    zeroed = 0
+    scan = None if offloaded else chunk_buffer(SCAN_STEP)
+    direct = None if offloaded else _DirectTarget(fd)
+    try:
+        for start, length in runs:
+            end = start + length
+            for pos in range(start, end, ZERO_STEP if offloaded else SCAN_STEP):
+                n = min(ZERO_STEP if offloaded else SCAN_STEP, end - pos)
+                if not offloaded:
+                    # Read first: zeros already there are not written again (thin stays thin).
+                    view = memoryview(scan)[:n]
+                    zeros = _SCAN_ZEROS if n == SCAN_STEP else bytes(n)
+                    if direct.read(view, pos) == n and scan.find(zeros, 0, n) == 0:
+                        progress.advance(did, done=n)
+                        continue
+                zero_range(fd, pos, n)
+                zeroed += n
+                progress.advance(did, done=n)
+    finally:
+        if direct:
+            direct.close()
+    return zeroed
 
 
 class _Fetcher:
