@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from agent.repair.network import SourceNic, VmNic
+
 # Names that identify a partition by its disk and number: the disk part is whatever the source
 # machine called the disk, the number survives the copy.
 _PARTITION_NAMES = (
@@ -49,7 +51,9 @@ class RaidArray:
 class Facts:
     filesystems: list[Filesystem] = field(default_factory=list)
     names: dict[str, Filesystem] = field(default_factory=dict)   # old device name → filesystem
-    nics: dict[str, str] = field(default_factory=dict)           # old interface name → new
+    nics: dict[str, str] = field(default_factory=dict)           # old interface name → new, by hand
+    source_nics: list[SourceNic] = field(default_factory=list)   # the source's NICs (job inventory)
+    vm_nics: list[VmNic] = field(default_factory=list)           # the VM's NICs
     disk: str | None = None        # the VM's boot disk as this machine sees it (grub-install)
     bios: bool = True              # install grub for BIOS booting
     uefi: bool = False             # install the removable UEFI path
@@ -169,21 +173,3 @@ def names_from_inventory(inventory: dict, filesystems: list[Filesystem]) -> dict
                 if alias and alias != "/dev/":
                     names[alias] = fs
     return names
-
-
-def nics_from_inventory(inventory: dict, local: dict[str, str]) -> dict[str, str]:
-    """Old NIC name → the VM's NIC name, matched by MAC (`local` maps MAC → name here).
-
-    XenServer gives the VM's VIFs the source's MACs; where it did not and there is one NIC on each
-    side, the one is the other. The capture puts the NICs in the inventory's "machine"; older
-    inventories had them at the top.
-    """
-    listed = (inventory.get("machine") or {}).get("nics") or inventory.get("nics") or []
-    old = {(n.get("mac") or n.get("address") or "").lower(): n["name"] for n in listed if n.get("name")}
-    local = {mac.lower(): name for mac, name in local.items()}
-    nics = {name: local[mac] for mac, name in old.items() if mac in local and local[mac] != name}
-    if not nics and len(old) == 1 and len(local) == 1:
-        (old_name,), (new_name,) = old.values(), local.values()
-        if old_name != new_name:
-            nics[old_name] = new_name
-    return nics

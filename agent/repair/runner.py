@@ -12,8 +12,8 @@ from typing import Callable
 
 from agent.repair import guest, luks, raid
 from agent.repair.apply import LOG, append_log, apply_plan
-from agent.repair.facts import (Facts, Reference, names_from_disk, names_from_inventory, names_on_the_vms_disks,
-                                nics_from_inventory)
+from agent.repair.facts import Facts, Reference, names_from_disk, names_from_inventory, names_on_the_vms_disks
+from agent.repair.network import VmNic, source_nics
 from agent.repair.guest import RepairError
 from agent.repair.plan import Plan
 from agent.repair.steps import CMDLINE_DEVICE, LEGACY_GRUB_MENUS, RELEASE_FILES, family, plan_repair
@@ -55,12 +55,15 @@ def guest_references(tree: GuestTree) -> list[Reference]:
     return refs
 
 
-def local_nics() -> dict[str, str]:
-    """MAC → name of this machine's physical NICs."""
-    out = {}
-    for entry in Path("/sys/class/net").iterdir():
-        if (entry / "device").exists():
-            out[(entry / "address").read_text().strip()] = entry.name
+def local_nics(sysfs: Path = Path("/sys")) -> list[VmNic]:
+    """This machine's NICs backed by a device: MAC, Xen vif number (its device is vif-N), name."""
+    out = []
+    for entry in sorted((sysfs / "class/net").iterdir()):
+        device = entry / "device"
+        if not device.exists():
+            continue
+        m = re.fullmatch(r"vif-(\d+)", device.resolve().name)
+        out.append(VmNic((entry / "address").read_text().strip().lower(), int(m[1]) if m else None, entry.name))
     return out
 
 
@@ -174,7 +177,7 @@ def _repair_root(request: Request, disk: str, layout: guest.DiskLayout, roots: l
         raise RepairError(f"The system on {root_name} is on md RAID, and this machine has no md "
                           "driver to change it without splitting the mirror; repair from the live "
                           "ISO booted in the VM (--dry-run shows the plan here). Nothing was changed.")
-    nics = dict(request.nics)
+    sources, vms = [], []
     if request.inventory:
         names.update(names_from_inventory(request.inventory, layout.filesystems))
         if len(disks) > 1:
@@ -184,12 +187,17 @@ def _repair_root(request: Request, disk: str, layout: guest.DiskLayout, roots: l
                     names[name] = fs
                     notes = [n for n in notes if not n.startswith(f"{name} is on another disk")]
                     notes.append(f"{name} is on {fs.device}, the VM's disk in that source disk's place.")
-        nics = {**nics_from_inventory(request.inventory, local_nics()), **nics}
+        sources = source_nics(request.inventory)
+        # This machine's NICs are the VM's only when the repair runs in the VM; from another
+        # machine, the VM is taken to have the source's MACs, one vif each, as provisioning makes it.
+        vms = local_nics() if is_vm() and not request.disk else \
+            [VmNic(s.mac, i) for i, s in enumerate(sources)]
     root, mount_notes = guest.mount_guest(root_fs, subvolume, layout.filesystems,
                                           {**layout.aliases, **names}, work, stack,
                                           readonly=request.dry_run)
     tree = GuestTree(root)
-    facts = Facts(filesystems=layout.filesystems, names=names, nics=nics, disk=disk,
+    facts = Facts(filesystems=layout.filesystems, names=names, nics=dict(request.nics), disk=disk,
+                  source_nics=sources, vm_nics=vms,
                   bios=layout.bios, uefi=layout.uefi, arrays=layout.arrays,
                   nvram=not (request.disk or request.disks) and Path("/sys/firmware/efi/efivars").exists())
     steps = plan_repair(tree, facts)

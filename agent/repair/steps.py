@@ -11,6 +11,7 @@ import re
 from typing import Callable
 
 from agent.repair.facts import Facts, partition_ref
+from agent.repair.network import network as network_step
 from agent.repair.plan import Command, FileChange, StepPlan
 from agent.repair.tree import GuestTree
 
@@ -149,7 +150,8 @@ def legacy_grub_entries(tree: GuestTree, facts: Facts) -> StepPlan:
 
 # --- hardware bindings ---------------------------------------------------------------------------
 
-BINDINGS = ("/etc/udev/rules.d/70-persistent-net.rules", "/etc/udev/rules.d/70-persistent-cd.rules",
+# 70-persistent-net.rules is the network step's: it moves its MACs to the VM's NICs.
+BINDINGS = ("/etc/udev/rules.d/70-persistent-cd.rules",
             "/etc/lvm/devices/system.devices", "/etc/blkid.tab", "/etc/blkid/blkid.tab",
             "/boot/grub/device.map", "/boot/grub2/device.map")
 
@@ -230,41 +232,9 @@ def mdadm_conf(tree: GuestTree, facts: Facts) -> StepPlan:
 
 # --- network -------------------------------------------------------------------------------------
 
-NETWORK_FILES = ("/etc/network/interfaces", "/etc/network/interfaces.d/*", "/etc/netplan/*.yaml",
-                 "/etc/NetworkManager/system-connections/*", "/etc/sysconfig/network-scripts/ifcfg-*",
-                 "/etc/sysconfig/network-scripts/route-*", "/etc/sysconfig/network/ifcfg-*",
-                 "/etc/sysconfig/network/ifroute-*", "/etc/systemd/network/*.network")
-
-
-def rename_interfaces(text: str, nics: dict[str, str]) -> str:
-    """Every whole-word use of an old interface name (also as `eth0:1`, `eth0.100`) renamed.
-
-    One pass, so a chain (eth0→eth1, eth1→eth2) cannot rename twice.
-    """
-    if not nics:
-        return text
-    names = "|".join(re.escape(n) for n in sorted(nics, key=len, reverse=True))
-    return re.sub(rf"(?<![\w-])({names})(?![\w-])", lambda m: nics[m[1]], text)
-
-
 def network(tree: GuestTree, facts: Facts) -> StepPlan:
-    """Old NIC names → the VM's, in ifupdown, netplan, NetworkManager, ifcfg and networkd."""
-    step = StepPlan("network interface names")
-    step.notes += [f"{old} -> {new}" for old, new in sorted(facts.nics.items())]
-    for pattern in NETWORK_FILES:
-        for path in tree.glob(pattern):
-            old = tree.read(path)
-            new = rename_interfaces(old, facts.nics)
-            dirname, _, base = path.rpartition("/")
-            kind, _, name = base.partition("-")
-            renamed = f"{kind}-{facts.nics[name]}" if kind in ("ifcfg", "route", "ifroute") and name in facts.nics else base
-            if renamed != base:
-                # The name is the file's identity in ifcfg; a MAC pin would stop it matching.
-                new = "".join(l for l in new.splitlines(keepends=True) if not l.startswith("HWADDR="))
-                step.changes += [FileChange(path, old, None), FileChange(f"{dirname}/{renamed}", None, new)]
-            elif new != old:
-                step.changes.append(FileChange(path, old, new))
-    return step
+    """Old NICs onto the VM's, under the names the guest will give them: see agent/repair/network.py."""
+    return network_step(tree, facts.source_nics, facts.vm_nics, facts.nics, family(tree))
 
 
 # --- initramfs -----------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from agent.repair.facts import (Filesystem, Reference, names_from_disk, names_from_inventory,
-                                names_on_the_vms_disks, nics_from_inventory, partition_ref)
+                                names_on_the_vms_disks, partition_ref)
 
 ROOT = Filesystem("/dev/xvda2", "ext4", "root-uuid", None, 2)
 BOOT = Filesystem("/dev/xvda1", "ext4", "boot-uuid", None, 1)
@@ -59,19 +59,3 @@ def test_inventory_names_map_by_uuid():
         {"name": "sda3", "uuid": "gone"}]}]}
     assert names_from_inventory(inventory, [ROOT, BOOT]) == {
         "/dev/sda1": BOOT, "/dev/disk/by-id/wwn-0x5000-part1": BOOT, "/dev/sda2": ROOT}
-
-
-def test_nics_by_mac_then_the_only_one():
-    inventory = {"nics": [{"name": "eno1", "mac": "00:11:22:33:44:55"}, {"name": "eno2", "mac": "00:11:22:33:44:66"}]}
-    assert nics_from_inventory(inventory, {"00:11:22:33:44:55": "enX0", "00:11:22:33:44:66": "enX1"}) == \
-        {"eno1": "enX0", "eno2": "enX1"}
-    single = {"nics": [{"name": "eth0", "mac": "00:11:22:33:44:55"}]}
-    assert nics_from_inventory(single, {"aa:bb:cc:dd:ee:ff": "enX0"}) == {"eth0": "enX0"}
-    assert nics_from_inventory(single, {"00:11:22:33:44:55": "eth0"}) == {}
-
-
-def test_nics_from_the_captures_inventory_machine():
-    # What agent/capture.py sends: the NICs under "machine", as the live ISO named them.
-    inventory = {"name": "src", "machine": {"nics": [{"name": "ens3", "mac": "52:54:00:12:34:56"}]},
-                 "disks": []}
-    assert nics_from_inventory(inventory, {"52:54:00:12:34:56": "ens4"}) == {"ens3": "ens4"}
