@@ -1,7 +1,7 @@
 """The read plan of a disk: which bytes capture reads, and why.
 
 Partition tables, gaps and bootloader areas are read whole; a filesystem partclone knows only by
-its used blocks; swap by its header; an LVM PV by the used blocks of its linear LVs' filesystems
+its used blocks, unless it was not cleanly unmounted (fsstate: then whole, with a warning); swap by its header; an LVM PV by the used blocks of its linear LVs' filesystems
 (the rest of the PV whole); an md RAID1 member by its array's used blocks, through the member's
 data offset. Anything else is read whole. What the plan does not read is free.
 
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from agent import blockdev, extfs, partclone
+from agent import blockdev, extfs, fsstate, partclone
 
 log = logging.getLogger(__name__)
 
@@ -202,6 +202,8 @@ def content_used(node: str, fstype: str | None, length: int, label: str,
     if not partclone.knows(fstype):
         notes.append(f"{label}: {fstype or 'no filesystem found'}: read whole ({_human(length)})")
         return Found.whole(length)
+    if why := fsstate.unclean(node, fstype):
+        return _unclean_whole(node, fstype, length, label, why, notes)
     try:
         used, end = partclone.used_blocks(node, fstype)
     except partclone.PartcloneError as e:
@@ -216,6 +218,21 @@ def content_used(node: str, fstype: str | None, length: int, label: str,
         used = subtract(used, zero + free)
     notes.append(f"{label}: {fstype}: used blocks only ({_human(total(used))} of {_human(length)})")
     return Found(used, zero)
+
+
+def _unclean_whole(node: str, fstype: str, length: int, label: str, why: str,
+                   notes: Notes) -> Found:
+    """A filesystem whose map cannot be trusted (`why`, from fsstate): read whole, and say what
+    that costs against its map, when partclone can still draw one."""
+    try:
+        used, end = partclone.used_blocks(node, fstype)
+        mapped = total(normalize(clip(used, 0, length) + [(min(end, length), length)]))
+        cost = f"{_human(length)} instead of {_human(mapped)}"
+    except partclone.PartcloneError:
+        cost = _human(length)
+    notes.warn(f"{fstype} on {label} {why}: read whole, {cost}. To send only used blocks, "
+               f"boot the source's own system once and shut it down cleanly.")
+    return Found.whole(length)
 
 
 def pv_used(node: str, length: int, label: str, notes: Notes) -> Found:
