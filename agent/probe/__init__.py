@@ -21,7 +21,7 @@ For the capture, repair and TUI code, the whole interface is:
 - ``machine.filesystems()``, ``machine.os_roots()``: (where, Filesystem) pairs.
 - ``machine.system_uuid`` (SMBIOS, lower case), ``vendor``, ``product``, ``serial``,
   ``firmware`` ("uefi"/"bios"), ``is_virtual``, ``cpu`` (sockets, cores, threads), ``memory``
-  (bytes), ``nics`` (name, mac, driver, speed, link).
+  (bytes), ``nics`` (name, mac, driver, speed, link, addresses, altnames, udev_names).
 - ``machine.problems``: what could not be read, as sentences to show.
 - ``machine.to_json()`` / ``Machine.from_json()``: a recorded machine is that JSON;
   ``report.render(machine)`` is the readable report `p2v-agent probe` prints.

@@ -143,12 +143,15 @@ class Cpu:
 
 @dataclass
 class Nic:
-    name: str
+    name: str                        # the primary name here
     mac: str
     driver: str | None = None
     speed: int | None = None         # Mbit/s, None when unknown or no link
     link: bool = False
     addresses: list[str] = field(default_factory=list)
+    altnames: list[str] = field(default_factory=list)    # the kernel's alternative names (ip link)
+    # udev's names for it where udev runs: "path" (enp0s3), "slot" (ens3), "mac" (enx…), "onboard" (eno1)
+    udev_names: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

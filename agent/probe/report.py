@@ -82,6 +82,9 @@ def render(machine: Machine) -> str:
         speed = f"{nic.speed} Mbit/s" if nic.speed else "speed unknown"
         lines.append(f"  {nic.name:<10} {nic.mac}  {nic.driver or '?'}  {speed}  "
                      f"link {'up' if nic.link else 'down'}  {' '.join(nic.addresses)}".rstrip())
+        others = [n for n in dict.fromkeys([*nic.altnames, *nic.udev_names.values()]) if n != nic.name]
+        if others:
+            lines.append(f"  {'':<10} also named {', '.join(others)}")
     lines.append("Disks:" if machine.disks else "Disks:    none found to migrate")
     for disk in machine.disks:
         lines.append("  " + _disk_line(disk))

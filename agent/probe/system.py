@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import json
+import subprocess
+
 import psutil
 import pyudev
 
@@ -71,10 +74,31 @@ def memory() -> int:
     return psutil.virtual_memory().total
 
 
+UDEV_NAMES = {"path": "ID_NET_NAME_PATH", "slot": "ID_NET_NAME_SLOT", "mac": "ID_NET_NAME_MAC",
+              "onboard": "ID_NET_NAME_ONBOARD"}
+
+
+def altnames() -> dict[str, list[str]]:
+    """Interface name → the kernel's alternative names for it, from `ip -j link` ({} without ip)."""
+    try:
+        proc = subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True, timeout=10)
+        links = json.loads(proc.stdout) if proc.returncode == 0 else []
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return {}
+    return {link["ifname"]: list(link.get("altnames") or []) for link in links if "ifname" in link}
+
+
+def udev_names(properties) -> dict[str, str]:
+    """udev's net_id names of a NIC ("path", "slot", "mac", "onboard"), from its properties."""
+    return {key: properties[prop] for key, prop in UDEV_NAMES.items() if properties.get(prop)}
+
+
 def nics() -> list[Nic]:
-    """Physical network cards (those backed by a device), with MAC, driver, speed and link."""
+    """Physical network cards (those backed by a device), with MAC, driver, speed, link, addresses
+    and every name: the kernel's alternative names and udev's path, slot, MAC and onboard names."""
     context = pyudev.Context()
     addrs = psutil.net_if_addrs()
+    alternative = altnames()
     out = []
     for dev in context.list_devices(subsystem="net"):
         base = Path(dev.sys_path)
@@ -90,5 +114,7 @@ def nics() -> list[Nic]:
             link=_read(base / "carrier") == "1",
             addresses=[a.address for a in addrs.get(dev.sys_name, [])
                        if a.family.name in ("AF_INET", "AF_INET6")],
+            altnames=alternative.get(dev.sys_name, []),
+            udev_names=udev_names(dev.properties),
         ))
     return sorted(out, key=lambda n: n.name)

@@ -29,7 +29,8 @@ def test_six_machines_are_recorded():
 def test_replay_round_trip_and_report(path):
     text = path.read_text()
     machine = probe_machine(recorded=path)
-    assert machine.to_json() == json.loads(text)
+    # Recordings older than a field lack it: what they hold comes back as it was.
+    assert _within(json.loads(text), machine.to_json())
     assert Machine.loads(machine.dumps()) == machine
     assert "Set by hand" in machine.note and "/dev/loop" not in text
     report = render(machine)
@@ -43,6 +44,32 @@ def test_replay_round_trip_and_report(path):
     for where, fs in roots:
         assert f"{where}: {fs.os.name}" in report
     assert machine.problems == [] and "Problems:" not in report
+
+
+def _within(recorded, produced) -> bool:
+    if isinstance(recorded, dict):
+        return isinstance(produced, dict) and all(k in produced and _within(v, produced[k])
+                                                  for k, v in recorded.items())
+    if isinstance(recorded, list):
+        return isinstance(produced, list) and len(recorded) == len(produced) and \
+            all(_within(a, b) for a, b in zip(recorded, produced))
+    return recorded == produced
+
+
+def test_nics_recorded_before_their_other_names_load_without_them():
+    nic = probe_machine(recorded=MACHINES / "bios-mbr.json").nics[0]
+    assert (nic.name, nic.altnames, nic.udev_names) == ("eno1", [], {})
+
+
+def test_a_nics_every_name():
+    props = {"ID_NET_NAME_PATH": "enp0s3", "ID_NET_NAME_SLOT": "ens3", "ID_NET_NAME_MAC": "enx525400123456",
+             "ID_NET_DRIVER": "e1000"}
+    assert system.udev_names(props) == {"path": "enp0s3", "slot": "ens3", "mac": "enx525400123456"}
+    machine = Machine(firmware="bios", nics=[system.Nic("ens3", "52:54:00:12:34:56", altnames=["enp0s3"],
+                                                        udev_names=system.udev_names(props))])
+    assert Machine.loads(machine.dumps()) == machine
+    # This machine's own links, through `ip -j link`: every name is a string.
+    assert all(isinstance(n, str) for names in system.altnames().values() for n in names)
 
 
 def test_what_the_recordings_show():
@@ -94,7 +121,7 @@ def test_probe_command_replays_anywhere(tmp_path):
     cmd = [sys.executable, "-m", "agent.cli", "probe", "--machine", str(MACHINES / "nvme.json")]
     out = subprocess.run(cmd + ["--save", str(saved)], capture_output=True, text=True, check=True)
     assert "nvme0n1p2" in out.stdout and "Ubuntu 24.04 LTS" in out.stdout
-    assert saved.read_text() == (MACHINES / "nvme.json").read_text()
+    assert saved.read_text() == probe_machine(recorded=MACHINES / "nvme.json").dumps()
     as_json = subprocess.run(cmd + ["--json"], capture_output=True, text=True, check=True)
     assert json.loads(as_json.stdout) == json.loads(saved.read_text())
     bad = subprocess.run([sys.executable, "-m", "agent.cli", "probe", "--machine",
