@@ -64,6 +64,14 @@ class LogicalVolume:
     uuid: str
     active: bool
     segments: list[dict] = field(default_factory=list)  # {"start", "size", "pv", "pv_start"} in bytes
+    # What LVM says it is. attr is lvs's lv_attr: attr[0] "o" an origin with snapshots, "O" one
+    # with a snapshot merge pending, "s"/"S" a (merging) snapshot, "-" a plain LV, … (lvs(8)).
+    attr: str = ""
+    types: list[str] = field(default_factory=list)  # segment types in order: linear, striped, …
+    hidden: bool = False   # not a volume of its own: a component (image, data, cache, origin, …)
+    parent: str = ""       # the LV it is a component of, when LVM names one
+    origin: str = ""       # a snapshot's origin; a cache's or writecache's hidden origin LV
+    pool: str = ""         # a thin LV's pool; a cache's pool or cache volume
 
 
 @dataclass
@@ -239,28 +247,37 @@ def lvm_layout(devices: list[str] | None = None) -> list[VolumeGroup]:
             vgs[row["vg_uuid"]].pvs.append(row["pv_name"])
     lvs: dict[str, LogicalVolume] = {}
     rows = _lvm_report(
-        ["lvs", "--segments", "-o",
-         "vg_uuid,lv_name,lv_path,lv_size,lv_uuid,lv_active,seg_start,seg_size,seg_pe_ranges"],
+        ["lvs", "-a", "--segments", "-o",
+         "vg_uuid,lv_name,lv_path,lv_size,lv_uuid,lv_active,lv_attr,segtype,origin,pool_lv,"
+         "lv_parent,seg_start,seg_size,seg_pe_ranges"],
         "list LVM logical volumes", devices,
     )
     for row in rows:
         vg = vgs[row["vg_uuid"]]
         if row["lv_uuid"] not in lvs:
+            name = row["lv_name"].strip("[]")   # -a shows hidden LVs in brackets
             lvs[row["lv_uuid"]] = LogicalVolume(
-                vg=vg.name, name=row["lv_name"],
-                path=row["lv_path"] or f"/dev/{vg.name}/{row['lv_name']}",
+                vg=vg.name, name=name,
+                path=row["lv_path"] or f"/dev/{vg.name}/{name}",
                 size=int(row["lv_size"]), uuid=row["lv_uuid"], active=row["lv_active"] == "active",
+                attr=row["lv_attr"], hidden=row["lv_name"].startswith("["),
+                parent=row["lv_parent"].strip("[]"), origin=row["origin"].strip("[]"),
+                pool=row["pool_lv"].strip("[]"),
             )
             vg.lvs.append(lvs[row["lv_uuid"]])
         lv = lvs[row["lv_uuid"]]
+        lv.types.append(row["segtype"])
         start, size = int(row["seg_start"]), int(row["seg_size"])
         # A linear segment has one PV range; striped and mirrored ones list one range per PV.
+        # Ranges on another LV (a raid image, a cache origin) are that LV's segments, not these.
         for pv_range in row["seg_pe_ranges"].split():
             pv, _, extents = pv_range.rpartition(":")
+            if pv not in pe_start:
+                continue
             first = int(extents.split("-")[0])
             lv.segments.append({
                 "start": start, "size": size, "pv": pv,
-                "pv_start": pe_start.get(pv, 0) + first * vg.extent_size,
+                "pv_start": pe_start[pv] + first * vg.extent_size,
             })
     return list(vgs.values())
 

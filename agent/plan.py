@@ -11,6 +11,7 @@ Ranges are half-open byte ranges [start, end) on the disk, sorted and disjoint.
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -236,11 +237,12 @@ def _unclean_whole(node: str, fstype: str, length: int, label: str, why: str,
 
 
 def pv_used(node: str, length: int, label: str, notes: Notes) -> Found:
-    """An LVM PV: its LVs through their filesystems' used blocks where that is possible.
+    """An LVM PV: its plain linear LVs through their filesystems' used blocks; the rest whole.
 
     A single-segment linear LV is seen through a read-only loop device over its bytes on the PV,
     so neither device-mapper nor activation is needed; a longer linear LV through its active
-    device. Free extents are free; everything else (metadata, other LVs) is read whole.
+    device. Free extents are free. Everything else is read whole, with a note: metadata, and
+    every LV whose bytes are not simply a filesystem's (lvm_kind says which and why).
     """
     try:
         vgs = blockdev.lvm_layout([node])
@@ -249,16 +251,17 @@ def pv_used(node: str, length: int, label: str, notes: Notes) -> Found:
         return Found.whole(length)
     found = Found(subtract([(0, length)], pv_free(node)))
     for vg in vgs:
+        whole: dict[str, int] = {}   # LV (its top-level name) -> bytes of it on this PV read whole
         for lv in vg.lvs:
-            name = f"{label}: LV {vg.name}/{lv.name}"
             mine = [seg for seg in lv.segments if seg["pv"] == node]
-            starts = [seg["start"] for seg in lv.segments]
             if not mine:
                 continue
-            if len(starts) != len(set(starts)):
-                notes.append(f"{name}: striped or mirrored: read whole")
+            name = f"{label}: LV {vg.name}/{lv.name}"
+            if lvm_kind(vg, lv) is not None:
+                top = top_lv(vg, lv)
+                whole[top.name] = whole.get(top.name, 0) + sum(_on_pv(lv, seg) for seg in mine)
                 continue
-            if len(lv.segments) == 1:
+            if len(lv.types) == 1:
                 seg = lv.segments[0]
                 try:
                     with loop_view(node, seg["pv_start"], seg["size"]) as view:
@@ -269,7 +272,8 @@ def pv_used(node: str, length: int, label: str, notes: Notes) -> Found:
             elif lv.active and Path(lv.path).exists():
                 inner = area_inner(lv.path, lv.size, name, notes)
             else:
-                notes.append(f"{name}: {len(lv.segments)} segments and not active: read whole")
+                where = ", some on other PVs," if len(mine) < len(lv.types) else ""
+                notes.append(f"{name}: {len(lv.types)} segments{where} and not active: read whole")
                 continue
             for seg in mine:
                 seg_start, seg_end = seg["start"], seg["start"] + seg["size"]
@@ -277,19 +281,85 @@ def pv_used(node: str, length: int, label: str, notes: Notes) -> Found:
                 part = inner.clip(seg_start, seg_end).shift(seg["pv_start"] - seg_start)
                 found.used += part.used
                 found.zero += part.zero
+        for top_name, size in whole.items():
+            top = next(lv for lv in vg.lvs if lv.name == top_name)
+            line = f"{label}: LV {vg.name}/{top_name}: {lvm_kind(vg, top)}: read whole ({_human(size)})"
+            if top.attr[:1] in ("o", "O"):
+                notes.warn(line)
+            else:
+                notes.append(line)
     return Found(normalize(clip(found.used, 0, length)), clip(found.zero, 0, length))
 
 
+def _on_pv(lv: blockdev.LogicalVolume, seg: dict) -> int:
+    """Bytes of segment `seg` on its PV: a striped segment's size shared between its stripes."""
+    return seg["size"] // sum(1 for s in lv.segments if s["start"] == seg["start"])
+
+
+def lvm_kind(vg: blockdev.VolumeGroup, lv: blockdev.LogicalVolume) -> str | None:
+    """Why `lv` cannot be mapped through a filesystem on its bytes, in words; None for a plain,
+    visible, linear LV, which can."""
+    kind, types = lv.attr[:1], set(lv.types)
+    snapshots = sorted(s.name for s in vg.lvs if s.origin == lv.name and s.attr[:1] in ("s", "S"))
+    if kind in ("o", "O") and not lv.hidden:
+        of = ", ".join(snapshots) or "thin snapshots"
+        if kind == "O":
+            return (f"origin of {of}, a snapshot merge pending (once merged the origin holds the "
+                    "snapshot's blocks, which its filesystem does not map)")
+        return (f"origin of {of} (a snapshot needs origin blocks the origin's filesystem no "
+                "longer uses)")
+    if kind in ("s", "S"):
+        merging = ", merge pending" if kind == "S" else ""
+        return f"snapshot of {lv.origin}{merging}: its copy-on-write store"
+    if types & {"cache", "writecache"}:
+        return (f"{'/'.join(sorted(types))} (a writeback cache holds blocks newer than its "
+                "origin): origin and cache")
+    if "thin-pool" in types:
+        thin = sorted(t.name for t in vg.lvs if t.pool == lv.name and "thin" in t.types)
+        return f"thin pool{' of ' + ', '.join(thin) if thin else ''}: data and metadata"
+    if kind in ("r", "R", "m", "M"):
+        return f"{'/'.join(sorted(types))}: every image, and the metadata or log beside them"
+    if kind == "e" and not lv.parent:
+        return "pool metadata spare"
+    if lv.hidden or lv.parent or kind not in ("-", ""):
+        return f"{'/'.join(sorted(types)) or 'component'} (attributes {lv.attr})"
+    if types != {"linear"}:
+        return f"{'/'.join(sorted(types))}"
+    return None
+
+
+def top_lv(vg: blockdev.VolumeGroup, lv: blockdev.LogicalVolume) -> blockdev.LogicalVolume:
+    """The volume `lv` is a component of (a raid image's raid LV, a cache origin's cached LV,
+    a pool's data's thin pool), following LVM's parent, origin and pool links; `lv` itself
+    when it stands alone."""
+    by_name = {v.name: v for v in vg.lvs}
+    seen = {lv.name}
+    while True:
+        owner = by_name.get(lv.parent) or next(
+            (v for v in vg.lvs if lv.hidden and lv.name in (v.origin, v.pool)
+             and v.attr[:1] not in ("s", "S")), None)
+        if owner is None or owner.name in seen:
+            return lv
+        seen.add(owner.name)
+        lv = owner
+
+
 def pv_free(node: str) -> list[Range]:
-    """Byte ranges of `node` (a PV) that no LV, visible or hidden, has allocated."""
+    """Byte ranges of `node` (a PV) that no LV, visible or hidden, has allocated.
+
+    LVM lists the segments of every PV of the volume group, the other disks' too: only this
+    PV's count here."""
     try:
         rows = blockdev._lvm_report(  # blockdev's one way of asking LVM without udev
-            ["pvs", "--segments", "-o", "pe_start,pvseg_start,pvseg_size,lv_name,vg_extent_size"],
+            ["pvs", "--segments", "-o",
+             "pv_name,pe_start,pvseg_start,pvseg_size,lv_name,vg_extent_size"],
             f"list the free extents of {node}", [node])
     except blockdev.BlockDevError:
         return []
     free = []
     for row in rows:
+        if os.path.realpath(row["pv_name"]) != os.path.realpath(node):
+            continue
         if row.get("lv_name") == "" and row.get("vg_extent_size"):
             extent = int(row["vg_extent_size"])
             start = int(row["pe_start"]) + int(row["pvseg_start"]) * extent

@@ -139,6 +139,8 @@ class LiveProber:
             group = VolumeGroup(name=vg.name, uuid=vg.uuid, size=vg.size,
                                 extent_size=vg.extent_size, pvs=vg.pvs)
             for lv in vg.lvs:
+                if lv.hidden:
+                    continue  # a component of another LV (raid image, cache origin, pool data)
                 volume = LogicalVolume(
                     name=lv.name, path=lv.path, size=lv.size, uuid=lv.uuid,
                     segments=[LvmSegment(**s) for s in lv.segments])

@@ -195,6 +195,8 @@ def _add_volume_groups(layout: DiskLayout, pvs: list[str], stack: ExitStack) -> 
             except blockdev.BlockDevError:
                 mapped = True  # no device-mapper here: read the LVs through loop devices
             for lv in vg.lvs:
+                if lv.hidden:
+                    continue  # a component of another LV (raid image, cache origin, pool data)
                 device = map_lv(lv, stack) if mapped else lv.path
                 info = blockdev.filesystem(device)
                 if info.get("TYPE"):
