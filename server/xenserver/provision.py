@@ -98,8 +98,8 @@ class _Run:
         for position, (image, vdi) in enumerate(zip(images, vdis), 1):
             self.step(f"Importing disk {image.disk} ({position} of {len(images)}, "
                       f"{image.size / 2**30:.1f} GiB) into its VDI"
-                      + ("" if not send_zero else ", zero chunks included: this SR does not "
-                         "give zeroed disks"))
+                      + ("" if not send_zero else ", with zeros wherever the image has no "
+                         "data: this SR's new disks may hold old bytes"))
             figures = vdi_import.import_image(
                 self.x, self.import_url(sr_rec), self.pool.session.handle, vdi, image,
                 send_zero, context=tls_context(self.config))

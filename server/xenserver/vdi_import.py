@@ -2,9 +2,12 @@
 
 ``format=raw&chunked``: the body is vhd-tool's framing, not HTTP chunking (which XAPI refuses):
 per piece a 12-byte little-endian header ``{offset: u64, length: u32}`` then the bytes, and an
-all-zero header at the end. Data extents are sent; zero extents too unless the SR gives zeroed
-VDIs; free extents never. The import runs as a task we create and pass as ``task_id``; its end
-status and error text are what tell whether the VDI holds the image.
+all-zero header at the end. Data extents are sent. On an SR whose new VDIs may hold old bytes (a
+raw LUN), every other byte of the image is sent as zeros too: zero and free extents, and anything
+the map leaves out, so no old byte of the LUN is left (a stale RAID or filesystem signature, a
+previous owner's data in the guest's free space). On an SR whose new VDIs read as zeros, nothing
+but data is sent. The import runs as a task we create and pass as ``task_id``; its end status and
+error text are what tell whether the VDI holds the image.
 """
 
 from __future__ import annotations
@@ -33,16 +36,29 @@ def zeroed(sr_type: str) -> bool:
 
 
 def pieces(image, send_zero: bool) -> Iterator[tuple[int, int, ChunkKind]]:
-    """(offset, length, kind) of every piece to send, at most PIECE bytes each, in disk order."""
-    for extent in image.extents:
-        if extent.kind is ChunkKind.FREE or (extent.kind is ChunkKind.ZERO and not send_zero):
+    """(offset, length, kind) of every piece to send, at most PIECE bytes each, in disk order.
+
+    Data extents always; with `send_zero`, every other byte of the image too, as ZERO pieces.
+    """
+    pos = 0
+    for extent in sorted(image.extents, key=lambda e: e.start):
+        if extent.kind is not ChunkKind.DATA:
             continue
         offset = extent.start * image.chunk_size
         end = min((extent.start + extent.count) * image.chunk_size, image.size)
-        while offset < end:
-            length = min(PIECE, end - offset)
-            yield offset, length, extent.kind
-            offset += length
+        if send_zero and offset > pos:
+            yield from _split(pos, offset, ChunkKind.ZERO)
+        yield from _split(offset, end, ChunkKind.DATA)
+        pos = max(pos, end)
+    if send_zero and pos < image.size:
+        yield from _split(pos, image.size, ChunkKind.ZERO)
+
+
+def _split(offset: int, end: int, kind: ChunkKind) -> Iterator[tuple[int, int, ChunkKind]]:
+    while offset < end:
+        length = min(PIECE, end - offset)
+        yield offset, length, kind
+        offset += length
 
 
 def body_length(image, send_zero: bool) -> int:
@@ -152,4 +168,6 @@ def import_image(x, url: str, session: str, vdi: str, image, send_zero: bool, co
         except Exception:  # noqa: BLE001 - a task left behind is harmless; the import's fate is not
             pass
     seconds = time.monotonic() - started
-    return {"bytes_sent": sent, "seconds": round(seconds, 3), "zeros_sent": send_zero}
+    zeros = sum(length for _, length, kind in pieces(image, send_zero) if kind is ChunkKind.ZERO)
+    return {"bytes_sent": sent, "seconds": round(seconds, 3), "zeros_sent": send_zero,
+            "zero_bytes_sent": zeros}

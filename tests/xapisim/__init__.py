@@ -25,7 +25,8 @@ What it copies from XAPI:
   ["", "There is insufficient space", ""] as the LVM and EXT storage managers report it. VDIs are
   raw sparse files under ``<root>/vdis/`` (``sim.vdi_path(ref)``), so tests can boot them. An SR
   whose type XAPI treats as giving zeroed VDIs (file and VHD based: ext, nfs, lvm, ...) makes
-  holes; any other type (a raw LUN, e.g. ``rawhba``) starts new VDIs with stale non-zero bytes.
+  holes; any other type (a raw LUN, e.g. ``rawhba``) starts new VDIs with stale non-zero bytes
+  (4 KiB in every 64 KiB), as a LUN holds whatever was written on it before.
 - ``PUT /import_raw_vdi?session_id&vdi&format=raw[&chunked][&task_id]``: the 200 answer goes out
   before the body is read, as XAPI does; ``chunked`` is vhd-tool's framing (12-byte little-endian
   header ``{offset u64, length u32}``, data, an all-zero header at the end), not HTTP chunking,

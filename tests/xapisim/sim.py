@@ -23,6 +23,7 @@ NULL = "OpaqueRef:NULL"
 # Storage manager types whose new VDIs read as zeros (VHD or sparse-file backed).
 ZEROED_SR_TYPES = {"ext", "nfs", "lvm", "lvmoiscsi", "lvmohba", "file", "smb"}
 STALE = b"\xa5" * 4096
+STALE_EVERY = 64 * 1024
 HEADER = struct.Struct("<QI")
 
 # Fields XAPI lets a client write with set_<field> (and add_to_/remove_from_ for maps).
@@ -460,8 +461,9 @@ class XapiSim:
         with open(path, "wb") as f:
             f.truncate(size)
             if sr["type"] not in ZEROED_SR_TYPES:
-                # A raw LUN keeps what was on it before; leave stale bytes every MiB.
-                for offset in range(0, size, MiB):
+                # A raw LUN keeps what was on it before: stale bytes in every 64 KiB (the
+                # smallest chunk), so any area an import does not write shows them.
+                for offset in range(0, size, STALE_EVERY):
                     f.seek(offset)
                     f.write(STALE[: min(len(STALE), size - offset)])
         return ref
