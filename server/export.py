@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 from xenp2v.protocol import ChunkKind, DiskState
 from server import xva
 from server.datadir import CommandError, add_data_dir, existing_store
-from server.xenserver.spec import vm_spec
+from server.xenserver.spec import NEW_MACS_WARNING, vm_spec
 
 FORMATS = ("raw", "vhd", "qcow2", "vmdk", "xva")
 # qemu-img's names and options: a dynamic VHD of exactly the disk's size (no CHS rounding).
@@ -128,8 +129,10 @@ def register(sub) -> None:
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--out", required=True, metavar="PATH")
     p.add_argument("--disk", default=None, metavar="ID", help="export this disk only")
-    p.add_argument("--new-macs", action="store_true",
-                   help="xva: let the pool give the NICs new MACs instead of the source's")
+    macs = p.add_mutually_exclusive_group()
+    macs.add_argument("--new-macs", action="store_true",
+                      help="xva: let the pool give the NICs new MACs instead of the source's")
+    macs.add_argument("--keep-macs", action="store_true", help="xva: the default; accepted for older scripts")
     p.set_defaults(func=run)
 
 
@@ -142,6 +145,8 @@ def run(args) -> int:
             raise CommandError(str(err)) from err
         except OSError as err:
             raise CommandError(f"Cannot write {args.out}: {err.strerror}. Choose another --out.") from err
+    if args.new_macs and args.format == "xva":
+        print(f"warning: {NEW_MACS_WARNING}", file=sys.stderr)
     for path in files:
         print(path)
     return 0

@@ -46,6 +46,14 @@ def warnings(machine: Machine, settings: Settings, vcpus: int | None, memory: in
     return out
 
 
+
+def mac_note(keep: bool) -> str:
+    """One line under the MAC checkbox: what each choice costs."""
+    if keep:
+        return "The VM takes the source's MACs: keep the source off this LAN while the VM runs."
+    return ("Warning: new MACs; DHCP reservations, firewall rules and licences tied to the old ones "
+            "do not follow, and the source may come back on the same LAN.")
+
 class VmScreen(Step):
     TITLE = "VM"
     HELP = ("How the new VM looks. The defaults come from this machine: its host name, its CPU "
@@ -67,6 +75,7 @@ class VmScreen(Step):
             yield Input(memory_text(memory), id="memory")
         yield Checkbox("Keep the NICs' MAC addresses " + ", ".join(n.mac for n in machine.nics),
                        session.keep_macs, id="macs")
+        yield Static(mac_note(session.keep_macs), id="macs-note")
         chosen = [d for d in machine.disks if d.path in (settings.disks or [])]
         yield Static("Disks    " + ", ".join(f"{d.name} ({human_size(d.size)})" for d in chosen),
                      id="vm-disks")
@@ -90,6 +99,10 @@ class VmScreen(Step):
             memory = None
         found = warnings(self.app.session.machine, self.app.session.settings, vcpus, memory)
         self.query_one("#warnings", Static).update("\n".join(f"Warning: {w}" for w in found))
+
+    @on(Checkbox.Changed, "#macs")
+    def macs_changed(self, event: Checkbox.Changed) -> None:
+        self.query_one("#macs-note", Static).update(mac_note(event.value))
 
     @on(Input.Submitted)
     @on(Button.Pressed, "#next")

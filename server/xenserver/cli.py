@@ -10,6 +10,7 @@ from pathlib import Path
 from server.datadir import add_data_dir, existing_store
 from server.xenserver.pool import DEFAULT_TEMPLATE, Pool, XapiConfig, XenServerError
 from server.xenserver.provision import Provisioner
+from server.xenserver.spec import NEW_MACS_WARNING
 
 log = logging.getLogger("xenp2v.xenserver")
 
@@ -32,7 +33,11 @@ def add_xapi_arguments(p: argparse.ArgumentParser, required: bool = False) -> No
     g.add_argument("--iso", metavar="NAME", help="the xenp2v ISO's name in an ISO SR")
     g.add_argument("--template", default=DEFAULT_TEMPLATE, metavar="NAME",
                    help=f"template to clone (default: {DEFAULT_TEMPLATE!r})")
-    g.add_argument("--keep-macs", action="store_true", help="give the VM's NICs the source's MACs")
+    macs = g.add_mutually_exclusive_group()
+    macs.add_argument("--new-macs", action="store_true",
+                      help="give the VM's NICs new MACs (default: the source's, which DHCP "
+                           "reservations, firewall rules and licences follow)")
+    macs.add_argument("--keep-macs", action="store_true", help="the default; accepted for older scripts")
     g.add_argument("--pv", action="store_true",
                    help="after the repair, switch the VM to PV with pygrub (XenServer 7.x and older)")
     g.add_argument("--keep-on-failure", action="store_true",
@@ -63,7 +68,7 @@ def config_from_args(args: argparse.Namespace) -> XapiConfig | None:
     return XapiConfig(
         url=url, user=args.xapi_user, password=lines[0],
         verify_tls=not args.no_verify_tls, ca_file=args.xapi_ca, sr=args.sr,
-        network=args.network, iso=args.iso, template=args.template, keep_macs=args.keep_macs,
+        network=args.network, iso=args.iso, template=args.template, keep_macs=not args.new_macs,
         pv=args.pv, keep_on_failure=args.keep_on_failure,
     )
 
@@ -82,6 +87,8 @@ def automatic_path(args: argparse.Namespace, store) -> dict:
         pool.logout()
         print(f"XenServer automation: {config.url} ({product.brand} {product.version}, "
               f"API {product.api[0]}.{product.api[1]})", flush=True)
+        if not config.keep_macs:
+            print(f"XenServer automation: warning: {NEW_MACS_WARNING}", file=sys.stderr, flush=True)
     except XenServerError as err:
         print(f"XenServer automation: {err} Jobs will fail until this is fixed.", file=sys.stderr,
               flush=True)

@@ -34,7 +34,7 @@ class XapiConfig:
     network: str | None = None       # network name; default: the management network (xenbr0)
     iso: str | None = None           # the xenp2v ISO's name in an ISO SR
     template: str = DEFAULT_TEMPLATE
-    keep_macs: bool = False
+    keep_macs: bool = True           # the source's MACs on the VM; False: --new-macs
     pv: bool = False
     keep_on_failure: bool = False
 

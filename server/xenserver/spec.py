@@ -61,10 +61,16 @@ def _mac(value: object) -> str:
     return ""
 
 
-def vm_spec(job: dict, keep_macs: bool = False) -> VmSpec:
+NEW_MACS_WARNING = ("The VM gets new MACs: DHCP reservations, firewall rules and licences tied to the "
+                    "source's MACs do not follow it (what new MACs buy: the source may come back on the same LAN).")
+
+
+def vm_spec(job: dict, keep_macs: bool = True) -> VmSpec:
     """The VM for a job: name from the job, vCPUs, memory, firmware, NICs and disks from its inventory.
 
-    MACs are kept when ``keep_macs`` (the server's --keep-macs) or the NIC's own ``keep_mac`` says so.
+    The source's MACs are kept (DHCP reservations, firewall rules and licences follow them) unless
+    ``keep_macs`` is False (the server's --new-macs); a NIC's own ``keep_mac`` (the choice made on
+    the source, in the TUI) wins over either.
 
     The agent's own overrides (``vcpus`` and ``memory`` at the top of the inventory, from
     ``p2v.vcpus`` / ``p2v.memory``) win over what the source machine had.
@@ -75,12 +81,12 @@ def vm_spec(job: dict, keep_macs: bool = False) -> VmSpec:
     vcpus = int(inventory.get("vcpus") or machine.get("cpus") or 1)
     memory = int(inventory.get("memory") or machine.get("memory") or DEFAULT_MEMORY)
     # The agent's capture puts firmware and NICs in "machine"; its unattended mode at the top,
-    # where each NIC may carry its own "keep_mac" (p2v.keep_macs on the source).
+    # where each NIC may carry its own "keep_mac" (the TUI's choice on the source).
     firmware = machine.get("firmware") or inventory.get("firmware") or "bios"
     firmware = "uefi" if str(firmware).lower() == "uefi" else "bios"
     nics = tuple(
         NicSpec(str(nic.get("name") or f"nic{i}"),
-                _mac(nic.get("mac")) if keep_macs or nic.get("keep_mac") is True else "")
+                _mac(nic.get("mac")) if nic.get("keep_mac", keep_macs) is not False else "")
         for i, nic in enumerate(machine.get("nics") or inventory.get("nics") or [])
     )
     disks = tuple(DiskSpec(str(d["id"]), int(d["size"])) for d in inventory.get("disks") or [])

@@ -42,7 +42,7 @@ def make_store(images, **job) -> HandStore:
 
 
 def config(sim: XapiSim, **kw) -> XapiConfig:
-    base = dict(url=sim.url, user="root", password="secret", iso="xenp2v.iso", keep_macs=True)
+    base = dict(url=sim.url, user="root", password="secret", iso="xenp2v.iso")
     base.update(kw)
     return XapiConfig(**base)
 

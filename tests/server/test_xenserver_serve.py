@@ -42,8 +42,7 @@ def test_sealed_job_becomes_a_vm_that_boots_from_disk_after_repair(tmp_path, p2v
 
     with XapiSim(tmp_path / "sim", iso_path=iso, sr_type="rawhba") as sim:
         server = p2v_server_factory(plain=True, args=(
-            "--xapi-url", sim.url, "--xapi-password-file", str(password), "--iso", "xenp2v.iso",
-            "--keep-macs"))
+            "--xapi-url", sim.url, "--xapi-password-file", str(password), "--iso", "xenp2v.iso"))
         assert "XenServer automation: " + sim.url in server.log.read_text()
         wire = Wire(server)
         r = wire.create([{"id": "sda", "size": size, "chunk_size": CHUNK}], name="db01",
