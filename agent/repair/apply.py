@@ -1,54 +1,116 @@
-"""The edge that changes the guest: file writes with backups, chroot commands, the guest's log."""
+"""The edge that changes the guest: file writes with backups, chroot commands, the guest's log.
+
+Apply is all-or-nothing for the files it writes: each write is journalled, and when any step
+fails every file is put back from its backup (with its mode, owner and times), the files it
+created are removed, and so are the directories and backups it made for them.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from agent.repair.guest import RepairError
 from agent.repair.plan import Command, FileChange, StepPlan
+from agent.repair.tree import LinkLoop, is_special, resolve_guest
 
 LOG = "/var/log/xenp2v-repair.log"
 BACKUPS = "/var/backups/xenp2v"
 
 
 def host_path(root: Path, path: str) -> Path:
-    """Where a guest path is on this machine; refuses a path that leads out of the guest."""
-    host = root / path.lstrip("/")
-    real = Path(os.path.realpath(host))
-    if real != root and root.resolve() not in real.parents:
-        raise RepairError(f"{path} in the guest points outside it ({real}); fix or remove that link and run repair again.")
-    return real
+    """Where a guest path is on this machine, its links followed inside the guest (as chroot
+    would); refuses a path that ends in the guest's /dev, /proc, /sys or /run."""
+    try:
+        resolved = resolve_guest(root, path)
+    except LinkLoop as e:
+        raise RepairError(f"{e}; fix or remove that link and run repair again.") from None
+    if is_special(resolved):
+        raise RepairError(f"{path} in the guest leads to {resolved}, which is not a file repair can "
+                          "change; fix or remove that link and run repair again.")
+    return root / resolved.lstrip("/")
 
 
-def write_change(root: Path, change: FileChange, backup_dir: str) -> None:
+@dataclass
+class Journal:
+    """What apply changed so far, to put back: (file, its backup or None when created, its stat)."""
+
+    written: list[tuple[Path, Path | None, os.stat_result | None]] = field(default_factory=list)
+    made_dirs: list[Path] = field(default_factory=list)      # created by apply, outermost first
+
+    def mkdirs(self, directory: Path) -> None:
+        missing = []
+        while not directory.exists():
+            missing.append(directory)
+            directory = directory.parent
+        for d in reversed(missing):
+            d.mkdir()
+            self.made_dirs.append(d)
+
+    def roll_back(self) -> list[str]:
+        """Put every file back; returns what could not be (with where its backup is)."""
+        failed = []
+        for target, saved, st in reversed(self.written):
+            try:
+                if saved is None:
+                    if os.path.lexists(target):
+                        target.unlink()
+                    continue
+                tmp = target.with_name(target.name + ".xenp2v-undo")
+                shutil.copy2(saved, tmp)
+                os.chown(tmp, st.st_uid, st.st_gid)
+                os.chmod(tmp, st.st_mode & 0o7777)
+                os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+                os.replace(tmp, target)
+                saved.unlink()
+            except OSError as e:
+                failed.append(f"{target} ({e.strerror}; its backup is {saved})")
+        for d in reversed(self.made_dirs):
+            try:
+                d.rmdir()
+            except OSError:
+                pass
+        return failed
+
+
+def write_change(root: Path, change: FileChange, backup_dir: str, journal: Journal | None = None) -> None:
+    journal = journal if journal is not None else Journal()
     target = host_path(root, change.path)
-    if change.old is not None and target.exists():
+    st = os.stat(target) if target.exists() else None
+    saved = None
+    if st is not None:
         saved = host_path(root, backup_dir + change.path)
-        saved.parent.mkdir(parents=True, exist_ok=True)
+        journal.mkdirs(saved.parent)
         shutil.copy2(target, saved)
+    journal.written.append((target, saved, st))
     if change.new is None:
         target.unlink(missing_ok=True)
         return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    mode = target.stat().st_mode & 0o7777 if target.exists() else 0o644
+    journal.mkdirs(target.parent)
     tmp = target.with_name(target.name + ".xenp2v-new")
     tmp.write_text(change.new, encoding="utf-8", errors="surrogateescape")
-    os.chmod(tmp, mode)
+    os.chmod(tmp, st.st_mode & 0o7777 if st else 0o644)
+    if st:
+        os.chown(tmp, st.st_uid, st.st_gid)
     os.replace(tmp, target)
 
 
 def apply_plan(root: Path, steps: list[StepPlan], run_command: Callable[[Command], tuple[int, str]],
                say: Callable[[str], None]) -> list[dict]:
-    """Apply every step in order; stop at the first failing command. Returns the per-step report.
+    """Apply every step in order. Returns the per-step report.
 
     The backups of one run sit together under /var/backups/xenp2v/<time>/, at the files' paths.
+    Raises RepairError when a step fails (a command's non-zero status, a file that cannot be
+    written), after putting every file back as it was; the message names the step and says so.
     """
     backup_dir = f"{BACKUPS}/{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
-    report = []
+    report: list[dict] = []
+    journal = Journal()
+    ran: list[str] = []
     for step in steps:
         entry = {"step": step.name, "files": [c.path for c in step.changes],
                  "commands": [str(c) for c in step.commands], "notes": step.notes, "status": "ok"}
@@ -59,20 +121,40 @@ def apply_plan(root: Path, steps: list[StepPlan], run_command: Callable[[Command
         say(f"{step.name}:")
         for note in step.notes:
             say(f"  {note}")
-        for change in step.changes:
-            write_change(root, change, backup_dir)
-            verb = "removed" if change.new is None else "created" if change.old is None else "changed"
-            say(f"  {verb} {change.path}" + (f" (backup in {backup_dir})" if change.old is not None else ""))
-        for cmd in step.commands:
-            say(f"  $ {cmd}")
-            status, output = run_command(cmd)
-            for line in output.strip().splitlines()[-20:]:
-                say(f"    {line}")
-            if status != 0:
-                entry["status"] = "failed"
-                raise RepairError(f"Step '{step.name}' failed: '{cmd}' exited with status {status}. "
-                                  f"The guest's {LOG} has its output; fix the cause and run repair again.")
+        doing = ""
+        try:
+            for change in step.changes:
+                doing = change.path
+                existed = host_path(root, change.path).exists()
+                write_change(root, change, backup_dir, journal)
+                verb = "removed" if change.new is None else "changed" if existed else "created"
+                say(f"  {verb} {change.path}" + (f" (backup in {backup_dir})" if existed else ""))
+            for cmd in step.commands:
+                doing = str(cmd)
+                say(f"  $ {cmd}")
+                status, output = run_command(cmd)
+                lines = output.strip().splitlines()
+                for line in lines[-20:]:
+                    say(f"    {line}")
+                if status != 0:
+                    raise RepairError(f"'{cmd}' exited with status {status}" +
+                                      (f" ({lines[-1].strip()})" if lines else ""))
+                ran.append(str(cmd))
+        except (RepairError, OSError) as e:
+            entry["status"] = "failed"
+            why = str(e) if isinstance(e, RepairError) else f"{doing}: {e.strerror or e}"
+            raise RepairError(_failed(step.name, why, journal.roll_back(), ran)) from None
     return report
+
+
+def _failed(step: str, why: str, not_put_back: list[str], ran: list[str]) -> str:
+    if not_put_back:
+        undone = ("Some files could not be put back, restore them by hand: " + "; ".join(not_put_back) + ".")
+    else:
+        undone = "Every file the repair had changed was put back as it was."
+    tools = (f" Commands that had already run ({', '.join(ran)}) are not undone; rerunning repair "
+             "runs them again." if ran else "")
+    return f"Step '{step}' failed: {why}. {undone}{tools} Fix the cause and run repair again."
 
 
 def append_log(root: Path, lines: list[str]) -> None:

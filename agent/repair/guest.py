@@ -7,10 +7,12 @@ It only ever mounts filesystems that live on the disk being repaired.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import stat
 import subprocess
 import tempfile
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ from agent import blockdev
 from agent.repair import raid
 from agent.repair.facts import Filesystem, RaidArray
 from agent.repair.steps import RELEASE_FILES
+from agent.repair.tree import host_of
 
 ESP_TYPES = {"C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "ef", "0xef"}
 BIOS_BOOT_TYPE = "21686148-6449-6E6F-744E-656564454649"
@@ -234,8 +237,50 @@ def mount(source: str, target: Path, stack: ExitStack, fstype: str | None = None
     else:
         argv = ["mount"] + (["-t", fstype] if fstype else []) + (["-o", options] if options else []) + [source, str(target)]
     run(argv, f"mount {source} on {target}")
-    lazy = [] if argv[0] == "fusefat" else ["-l"]
-    stack.callback(subprocess.run, ["umount", *lazy, str(target)], capture_output=True)
+    stack.callback(_unmount, target, stack)
+
+
+class Mounts(ExitStack):
+    """An ExitStack whose mounts are synced and unmounted properly on close; what could only be
+    detached lazily is listed in `not_unmounted`, as sentences for the report."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.not_unmounted: list[str] = []
+
+
+UNMOUNT_TRIES = 3
+
+
+def unmount(target: Path, tries: int = UNMOUNT_TRIES, pause: float = 1.0) -> str | None:
+    """Write out, then unmount `target` and what is mounted below it; None when done.
+
+    A mount still busy after `tries` attempts is detached lazily (it goes once the last user
+    lets go) and the sentence returned says so: its last writes may not be on the disk yet.
+    """
+    subprocess.run(["sync"], capture_output=True)
+    why = ""
+    for attempt in range(tries):
+        proc = subprocess.run(["umount", "-R", str(target)], capture_output=True, text=True)
+        if proc.returncode == 0:
+            return None
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        why = lines[-1] if lines else f"status {proc.returncode}"
+        if attempt + 1 < tries:
+            time.sleep(pause)
+    subprocess.run(["umount", "-R", "-l", str(target)], capture_output=True)
+    subprocess.run(["sync"], capture_output=True)
+    return (f"{target} could not be unmounted ({why}); it was detached lazily, so its last writes "
+            "may not be on the disk yet: shut the VM down cleanly before starting it.")
+
+
+def _unmount(target: Path, stack: ExitStack) -> None:
+    problem = unmount(target)
+    if problem is None:
+        return
+    if isinstance(stack, Mounts):
+        stack.not_unmounted.append(problem)
+    logging.getLogger(__name__).warning("%s", problem)
 
 
 PROC_FILESYSTEMS = Path("/proc/filesystems")
@@ -254,7 +299,7 @@ def kernel_knows(fstype: str) -> bool:
 
 
 def _os_release(root: Path) -> bool:
-    return any((root / path.lstrip("/")).exists()
+    return any(host_of(root, path).exists()
                for path in ("/etc/os-release", "/usr/lib/os-release", *RELEASE_FILES))
 
 
@@ -274,7 +319,7 @@ def find_roots(layout: DiskLayout, workdir: Path) -> list[tuple[Filesystem, str 
             candidates = [None] + (list(BTRFS_ROOT_SUBVOLUMES) if fs.fstype == "btrfs" else [])
             for sub in candidates:
                 tree = where / sub if sub else where
-                if (tree / "etc/fstab").exists() and _os_release(tree):
+                if host_of(tree, "/etc/fstab").exists() and _os_release(tree):
                     roots.append((fs, sub))
                     break
     return roots
@@ -317,7 +362,7 @@ def mount_guest(root_fs: Filesystem, subvolume: str | None, filesystems: list[Fi
           ",".join(ro + ([f"subvol={subvolume}"] if subvolume else [])) or None)
     notes = []
     wanted = ("/boot", "/boot/efi", "/efi", "/usr", "/var")
-    entries = sorted((e for e in fstab_entries((root / "etc/fstab").read_text()) if e[1] in wanted),
+    entries = sorted((e for e in fstab_entries(host_of(root, "/etc/fstab").read_text()) if e[1] in wanted),
                      key=lambda e: e[1].count("/"))
     for spec, point, fstype, options in entries:
         fs = resolve(spec, filesystems, names)
@@ -326,11 +371,12 @@ def mount_guest(root_fs: Filesystem, subvolume: str | None, filesystems: list[Fi
             continue
         subvol = [o for o in options.split(",") if o.startswith(("subvol=", "subvolid="))][:1]
         if fs.fstype == "vfat" and not kernel_knows("vfat"):
-            stage_esp(fs.device, root / point.lstrip("/"), workdir, stack, readonly)
+            stage_esp(fs.device, host_of(root, point), workdir, stack, readonly)
             notes.append(f"{point}: this kernel has no FAT driver; the ESP is worked on in a copy "
                          "and copied back with mtools.")
             continue
-        mount(fs.device, root / point.lstrip("/"), stack, fs.fstype, ",".join(ro + subvol) or None)
+        # Resolved inside the guest: a `/boot -> /mnt/boot` link must not lead onto this machine's tree.
+        mount(fs.device, host_of(root, point), stack, fs.fstype, ",".join(ro + subvol) or None)
     return root, notes
 
 
@@ -387,12 +433,13 @@ def enter(root: Path, filesystems: list[Filesystem], volume_groups: list[str], s
     uses the UUID only when /dev/disk/by-uuid/<uuid> exists. The copy keeps the host's /dev
     untouched. /run is a fresh tmpfs so the guest's tools leave no state in the host's.
     """
-    mount("proc", root / "proc", stack, "proc")
-    mount("/sys", root / "sys", stack, options="rbind")
-    run(["mount", "--make-rslave", str(root / "sys")], "isolate /sys mounts")
-    mount("tmpfs", root / "dev", stack, "tmpfs", "mode=0755,size=16m")
-    _copy_dev_nodes(Path("/dev"), root / "dev", ("mapper", "md", *volume_groups))
-    by_uuid = root / "dev/disk/by-uuid"
+    proc, sys_, dev, run_ = (host_of(root, p) for p in ("/proc", "/sys", "/dev", "/run"))
+    mount("proc", proc, stack, "proc")
+    mount("/sys", sys_, stack, options="rbind")
+    run(["mount", "--make-rslave", str(sys_)], "isolate /sys mounts")
+    mount("tmpfs", dev, stack, "tmpfs", "mode=0755,size=16m")
+    _copy_dev_nodes(Path("/dev"), dev, ("mapper", "md", *volume_groups))
+    by_uuid = dev / "disk/by-uuid"
     by_uuid.mkdir(parents=True, exist_ok=True)
     for fs in filesystems:
         if fs.uuid and not (by_uuid / fs.uuid).exists():
@@ -400,13 +447,13 @@ def enter(root: Path, filesystems: list[Filesystem], volume_groups: list[str], s
     for name, fs in (aliases or {}).items():
         # LVs read through loop devices (no device-mapper here) keep their names for the guest's
         # hooks (fsck, lvm2) that look the root up by its fstab name.
-        link = root / name.lstrip("/")
+        link = dev / name.removeprefix("/dev/")
         if name.startswith("/dev/") and not os.path.lexists(link):
             link.parent.mkdir(parents=True, exist_ok=True)
             os.symlink(os.path.realpath(fs.device), link)
-    (root / "dev/pts").mkdir(exist_ok=True)
-    (root / "dev/shm").mkdir(exist_ok=True)
-    mount("tmpfs", root / "run", stack, "tmpfs", "mode=0755,size=64m")
+    (dev / "pts").mkdir(exist_ok=True)
+    (dev / "shm").mkdir(exist_ok=True)
+    mount("tmpfs", run_, stack, "tmpfs", "mode=0755,size=64m")
 
 
 def chroot(root: Path, argv: tuple[str, ...], timeout: int = 1800) -> subprocess.CompletedProcess:

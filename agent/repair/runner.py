@@ -110,7 +110,8 @@ def repair(request: Request, say: Callable[[str], None] = print, tools: Tools | 
         check_disk_free(disk)
     errors = []
     for disk in disks:
-        with ExitStack() as stack:
+        stack = guest.Mounts()
+        with stack:
             work = guest.workdir(stack)
             layout = guest.read_layout(disk, stack, disks, request.dry_run, tools.mdadm)
             roots = guest.find_roots(layout, work)
@@ -125,8 +126,15 @@ def repair(request: Request, say: Callable[[str], None] = print, tools: Tools | 
                               "filesystem with /etc/fstab and an os-release)" +
                               "".join(f"; {why}" for why in locked))
                 continue
-            return _repair_root(request, disk, layout, roots, work, stack, say, tools.cryptsetup, opened,
-                                disks)
+            report = _repair_root(request, disk, layout, roots, work, stack, say, tools.cryptsetup, opened,
+                                  disks)
+        # The stack synced and unmounted the guest: only now may the server restart the VM.
+        if stack.not_unmounted:
+            report["unmount"] = stack.not_unmounted
+            report["detail"] = " ".join(stack.not_unmounted)
+            for problem in stack.not_unmounted:
+                say(problem)
+        return report
     raise RepairError("; ".join(errors) + ". Check that the image was restored onto this disk.")
 
 
@@ -153,7 +161,7 @@ def _repair_root(request: Request, disk: str, layout: guest.DiskLayout, roots: l
     root_fs, subvolume = roots[0]
     for other, _ in roots[1:]:
         say(f"Another system is on {other.device}; repairing only the one on {root_fs.device}.")
-    with ExitStack() as probe:
+    with guest.Mounts() as probe:
         probe_root = work / "root"
         guest.mount(root_fs.device, probe_root, probe, root_fs.fstype,
                     f"ro,subvol={subvolume}" if subvolume else "ro")
@@ -228,14 +236,10 @@ def _repair_root(request: Request, disk: str, layout: guest.DiskLayout, roots: l
         proc = guest.chroot(root, cmd.argv)
         return proc.returncode, (proc.stdout or "") + (proc.stderr or "")
 
-    try:
-        report["steps"] = apply_plan(root, steps, run_command, log)
-        report["status"] = "ok"
-    except RepairError as e:
-        lines.append(f"FAILED: {e}")
-        report.update(status="failed", error=str(e))
-        append_log(root, lines)
-        raise
+    # A failed apply has put every file back: the guest keeps no log of it either (the error and
+    # the output went to `say`).
+    report["steps"] = apply_plan(root, steps, run_command, log)
+    report["status"] = "ok"
     append_log(root, lines)
     say(f"Repair done; the log is in the guest's {LOG}.")
     return report
