@@ -119,7 +119,7 @@ def test_networkd_by_mac_and_by_name(tmp_path):
     by_name = "[Match]\nName=enp3s0\n\n[Network]\nDHCP=yes\n"
     tree = make_tree(tmp_path, DEBIAN_12, {"/etc/systemd/network/10-by-mac.network": by_mac,
                                            "/etc/systemd/network/20-by-name.network": by_name})
-    sources, vms = [SourceNic("enp3s0", OLD)], [VmNic(NEW, 0, "eth0")]
+    sources, vms = [SourceNic("enp3s0", OLD)], [VmNic(NEW, 0, "enX0")]
     step = plan(tree, sources, vms)
     assert changed(step) == {
         # [Link] MACAddress= sets the MAC: the administrator's choice, kept.
@@ -136,7 +136,7 @@ BOND = ("auto lo\niface lo inet loopback\n\nauto bond0\niface bond0 inet static\
 
 def test_a_bond_of_two_nics_onto_one_vm_nic(tmp_path):
     tree = make_tree(tmp_path, DEBIAN_12, {"/etc/network/interfaces": BOND})
-    sources, vms = [SourceNic("eno1", OLD), SourceNic("eno2", OLD2)], [VmNic(NEW, 0, "eth0")]
+    sources, vms = [SourceNic("eno1", OLD), SourceNic("eno2", OLD2)], [VmNic(NEW, 0, "enX0")]
     step = plan(tree, sources, vms)
     assert changed(step) == {"/etc/network/interfaces": BOND.replace("eno1 eno2", "enX0 eno2")}
     assert step.notes[0].endswith("comes up with 192.0.2.50/24 (/etc/network/interfaces) on bond0")
@@ -149,7 +149,7 @@ def test_a_netplan_bond_of_two_nics_onto_two_vm_nics(tmp_path):
             "  bonds:\n    bond0:\n      interfaces: [eno1, eno2]\n      addresses: [192.0.2.60/24]\n")
     tree = make_tree(tmp_path, UBUNTU_2404, {"/etc/netplan/00-bond.yaml": text})
     sources = [SourceNic("eno1", OLD), SourceNic("eno2", OLD2)]
-    vms = [VmNic(NEW2, 1, "eth1"), VmNic(NEW, 0, "eth0")]
+    vms = [VmNic(NEW2, 1, "enX1"), VmNic(NEW, 0, "enX0")]
     step = plan(tree, sources, vms)
     assert changed(step) == {"/etc/netplan/00-bond.yaml": text.replace("eno1", "enX0").replace("eno2", "enX1")}
     assert [n.split(":")[0] for n in step.notes] == [
@@ -163,7 +163,7 @@ def test_a_vlan_on_a_bridge(tmp_path):
             "    vlan-raw-device eno1\n\nauto br100\niface br100 inet static\n    address 192.0.2.70/24\n"
             "    bridge_ports eno1.100\n")
     tree = make_tree(tmp_path, DEBIAN_12, {"/etc/network/interfaces": text})
-    sources, vms = [SourceNic("eno1", OLD)], [VmNic(OLD, 0, "eth0")]
+    sources, vms = [SourceNic("eno1", OLD)], [VmNic(OLD, 0, "enX0")]
     step = plan(tree, sources, vms)
     assert changed(step) == {"/etc/network/interfaces": text.replace("eno1", "enX0")}
     assert "192.0.2.70/24 (/etc/network/interfaces) on br100 on enX0.100" in step.notes[0]
