@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from agent import blockdev
+from agent import blockdev, inuse
 from agent.probe import disks as edge
 from agent.probe import oses, system
 from agent.probe.model import (
@@ -77,6 +77,8 @@ class LiveProber:
         boot_disk = edge.parent_disk(boot) if boot else None
         machine.disks = [d for d in all_disks if d.path != boot_disk]
         machine.boot_medium = next((d for d in all_disks if d.path == boot_disk), None)
+        for disk in machine.disks:
+            disk.in_use = [use.sentence() for use in inuse.uses(disk.path)]
         mounts = edge.mountpoints()
         found = _Found()
         for disk in machine.disks:

@@ -93,6 +93,7 @@ def render(machine: Machine) -> str:
         for p in disk.partitions:
             name = p.path.removeprefix("/dev/")
             lines.append(f"    {name:<12} {human_size(p.size):>10}  {_fs(p.fs)}")
+        lines += [f"    in use: {sentence}" for sentence in disk.in_use]
     for vg in machine.volume_groups:
         lines.append(f"LVM volume group {vg.name}: {human_size(vg.size)} on {', '.join(vg.pvs)}")
         for lv in vg.lvs:

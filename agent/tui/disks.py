@@ -49,6 +49,9 @@ def disk_details(machine: Machine, disk: Disk) -> str:
             f", used {human_size(fs.used)}" if fs.used is not None else "") + (
             f", {fs.os.name}" if fs.os else "")
         lines.append(f"  {p.path.removeprefix('/dev/')}: {human_size(p.size)}, {what}")
+    if disk.in_use:
+        lines.append("In use, so it cannot be copied until that stops:")
+        lines += [f"  {sentence}" for sentence in disk.in_use]
     return "\n".join(lines)
 
 

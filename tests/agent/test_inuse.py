@@ -1,5 +1,6 @@
 """Sources in use: a disk that is mounted, swapped on or behind a writable loop device is refused
-with a sentence that says what to stop; a disk nothing uses is captured."""
+with a sentence that says what to stop; a disk nothing uses is captured; the probe, its report
+and the TUI's disk screen say the same."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ import pytest
 
 from agent import capture, inuse
 from agent.capture import CaptureError
+from agent.probe import LiveProber, Machine
+from agent.probe.report import render
+from agent.tui.disks import disk_details
 from support import rescan, run
 from sourcedisks import MiB, loop_at, mounted
 from test_capture_restore import settings_for
@@ -84,3 +88,16 @@ def test_a_disk_nothing_uses_is_captured(loopdev, p2v_server):
     result = capture.run(settings_for(p2v_server, disks=[dev]),
                          identity={"system_uuid": str(uuid.uuid4())})
     assert [d.device for d in result.disks] == [dev]
+
+
+def test_the_probe_and_the_disk_screen_say_what_uses_a_disk(loopdev):
+    dev, part, _ = two_partitions(loopdev)
+    with mounted(part, "ext4") as mnt:
+        machine = LiveProber(devices=[dev], medium=Path("/nonexistent")).machine()
+    (disk,) = machine.disks
+    said = f"{Path(part).name} is mounted on {mnt}: unmount it (umount {mnt})."
+    assert disk.in_use == [said]
+    assert f"in use: {said}" in render(machine)
+    assert said in disk_details(machine, disk)
+    assert Machine.loads(machine.dumps()) == machine
+    assert LiveProber(devices=[dev], medium=Path("/nonexistent")).machine().disks[0].in_use == []
