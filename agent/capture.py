@@ -86,13 +86,26 @@ def machine_inventory(machine: Machine) -> dict:
     }
 
 
-def inventory(settings: Settings, plans: list[ReadPlan], machine: dict) -> dict:
+def disk_inventory(plan: ReadPlan, serial: str | None, table: blockdev.PartitionTable | None) -> dict:
+    """One disk of the inventory (see xenp2v.protocol): what the server reserves for it, and
+    what tells it apart from another machine's disk when a job is resumed."""
+    chunk_size = protocol.chunk_size_for(plan.size)
+    return {
+        "id": disk_id(plan.device), "size": plan.size, "used": min(plan.read_bytes, plan.size),
+        "used_chunks": sum(1 for _, parts in plan.chunks(chunk_size) if parts),
+        "serial": serial,
+        "table": None if table is None else {
+            "label": table.label, "id": table.id,
+            "partitions": [[p.start, p.size] for p in table.partitions]},
+        "device": plan.device, "plan": plan.notes, "warnings": plan.warnings,
+    }
+
+
+def inventory(settings: Settings, disks: list[dict], machine: dict) -> dict:
     inv = {
         "name": settings.name or socket.gethostname(),
         "machine": machine,
-        "disks": [{"id": disk_id(p.device), "size": p.size, "used": min(p.read_bytes, p.size),
-                   "device": p.device, "plan": p.notes, "warnings": p.warnings}
-                  for p in plans],
+        "disks": disks,
     }
     if settings.vcpus:
         inv["vcpus"] = settings.vcpus
@@ -163,9 +176,14 @@ def run(settings: Settings, progress: Progress | None = None, *, client: Client 
                     log.info("plan: %s", note)
             plans.append(plan)
         machine = {**machine_inventory(probed), **(identity or {})}
-        job = open_job(client, settings, inventory(settings, plans, machine))
+        serials = {d.path: d.serial for d in probed.disks}
+        disks = [disk_inventory(p, serials.get(p.device), blockdev.partition_table(p.device))
+                 for p in plans]
+        job = open_job(client, settings, inventory(settings, disks, machine))
         job_id = job["id"]
         log.info("job %s (%s)", job_id, "resumed" if job.get("resumed") else "new")
+        if job.get("not_resumed"):
+            log.warning("%s", job["not_resumed"])
         geometry = {d["id"]: d for d in job["disks"]}
         events = _ServerEvents(client, job_id)
         progress.subscribe(events)
@@ -194,12 +212,20 @@ def open_job(client: Client, settings: Settings, inv: dict) -> dict:
     if not settings.job:
         return client.create_job(inv)
     job = client.job(settings.job)
-    have = sorted((d["id"], d["size"]) for d in job.get("disks", []))
-    want = sorted((d["id"], d["size"]) for d in inv["disks"])
+    have = sorted(protocol.disk_identity(d) for d in job.get("inventory", {}).get("disks", []))
+    want = sorted(protocol.disk_identity(d) for d in inv["disks"])
     if have != want:
-        raise CaptureError(f"Job {settings.job} holds disks {have}, not the {want} chosen here; "
-                           "drop --job to start a new job, or choose the same disks.")
+        raise CaptureError(
+            f"Job {settings.job} holds disks {_disks_text(have)}, not the {_disks_text(want)} "
+            "chosen here (ids, sizes, serials and partition tables must all be the same); drop "
+            "--job to start a new job, or choose the same disks.")
     return {**job, "resumed": True}
+
+
+def _disks_text(disks: list[tuple]) -> str:
+    return ", ".join(f"{i} ({size} bytes, serial {serial or 'none'}, "
+                     f"{table[0] + ' ' + (table[1] or '') if table else 'no'} partition table)"
+                     for i, size, serial, table in disks)
 
 
 def capture_disk(client: Client, job: str, did: str, plan: ReadPlan, chunk_size: int,

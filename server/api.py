@@ -203,9 +203,14 @@ async def create_job(request: web.Request) -> web.Response:
     job, resumed = await in_pool(request, request.app[STORE].create_job, inv)
     log.info("%s job %s for %s (%d disks)", "Resumed" if resumed else "Created", job["id"],
              inv.name, len(inv.disks))
+    note = job["records"].get("not_resumed") if not resumed else None
+    if note:
+        log.info("Job %s: %s", job["id"], note)
     answer = {"id": job["id"], "resumed": resumed,
               "disks": [{k: d[k] for k in ("id", "size", "chunk_size", "chunks", "state", "held_chunks")}
                         for d in job["disks"]]}
+    if note:
+        answer["not_resumed"] = note
     return web.json_response(answer, status=200 if resumed else 201)
 
 

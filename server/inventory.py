@@ -5,21 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from xenp2v.protocol import (
-    DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MAX_DISK_SIZE, MAX_DISKS, ErrorCode, ProtocolError,
-    check_chunk_size, check_id, chunk_count,
+    MAX_DISK_SIZE, MAX_DISKS, ErrorCode, ProtocolError, check_chunk_size, check_id, chunk_count,
+    chunk_size_for, disk_identity, placeholder,
 )
 
-# Keeps a disk's chunk list (and the zero list at sealing) small enough to hold in memory.
-TARGET_CHUNKS = 1 << 20
 MAX_CHUNKS = 1 << 24
 MAX_NAME = 128
-
-# Placeholder SMBIOS UUIDs that cheap boards ship: they identify no machine.
-_BOGUS_UUIDS = {
-    "00000000-0000-0000-0000-000000000000",
-    "ffffffff-ffff-ffff-ffff-ffffffffffff",
-    "03000200-0400-0500-0006-000700080009",
-}
+MAX_SERIAL = 256
 
 
 @dataclass(frozen=True)
@@ -27,7 +19,8 @@ class DiskPlan:
     id: str
     size: int
     chunk_size: int
-    expected: int  # bytes the agent expects to send (its "used" estimate, else the size)
+    expected: int  # bytes reserved: the whole chunks the plan touches, else the disk's size
+    identity: tuple = ()  # protocol.disk_identity: what resume compares
 
     @property
     def chunks(self) -> int:
@@ -53,22 +46,36 @@ def _int(value: object, what: str, low: int, high: int) -> int:
     return value
 
 
-def chunk_size_for(size: int) -> int:
-    """4 MiB chunks, larger only for disks so big that 4 MiB would make over a million chunks."""
-    chunk = DEFAULT_CHUNK_SIZE
-    while chunk_count(size, chunk) > TARGET_CHUNKS and chunk < MAX_CHUNK_SIZE:
-        chunk *= 2
-    return chunk
-
-
 def machine_key(machine: dict) -> str | None:
+    """The machine's SMBIOS identity, or None when what it reports is a placeholder."""
     uuid = machine.get("system_uuid")
-    if isinstance(uuid, str) and uuid.strip() and uuid.strip().lower() not in _BOGUS_UUIDS:
+    if not placeholder(uuid):
         return "uuid:" + uuid.strip().lower()
     parts = [machine.get(k) for k in ("vendor", "product", "serial")]
-    if all(isinstance(p, str) and p.strip() for p in parts):
+    if not any(placeholder(p) for p in parts):
         return "dmi:" + "/".join(p.strip() for p in parts)
     return None
+
+
+def reservation(size: int, chunk_size: int, used: int | None, used_chunks: int | None) -> int:
+    """Bytes to set aside for a disk: the whole chunks its plan touches (each is stored whole),
+    never fewer than its used bytes can fill; the disk's size when the count is not given."""
+    if used_chunks is None:
+        return size
+    least = chunk_count(used or 0, chunk_size) * chunk_size
+    return min(size, max(used_chunks * chunk_size, least))
+
+
+def _table(value: object, disk_id: str) -> None:
+    if value is None:
+        return
+    parts = value.get("partitions") if isinstance(value, dict) else None
+    if (not isinstance(parts, list) or len(parts) > 256
+            or not all(isinstance(p, list) and len(p) == 2
+                       and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in p)
+                       for p in parts)):
+        raise bad(f"The partition table of disk {disk_id} must be null or an object with "
+                  "'label', 'id' and 'partitions' ([start, size] in bytes, at most 256).")
 
 
 def _disk(obj: object, position: int) -> DiskPlan:
@@ -77,7 +84,8 @@ def _disk(obj: object, position: int) -> DiskPlan:
     disk_id = check_id(obj.get("id"), "disk id")
     size = _int(obj.get("size"), f"size of disk {disk_id}", 1, MAX_DISK_SIZE)
     used = obj.get("used")
-    expected = size if used is None else _int(used, f"used bytes of disk {disk_id}", 0, size)
+    if used is not None:
+        _int(used, f"used bytes of disk {disk_id}", 0, size)
     if obj.get("chunk_size") is None:
         chunk = chunk_size_for(size)
     else:
@@ -85,7 +93,16 @@ def _disk(obj: object, position: int) -> DiskPlan:
         if chunk_count(size, chunk) > MAX_CHUNKS:
             raise bad(f"Disk {disk_id} would have more than {MAX_CHUNKS} chunks of {chunk} bytes; "
                       "use a larger chunk size or leave it to the server.")
-    return DiskPlan(disk_id, size, chunk, expected)
+    used_chunks = obj.get("used_chunks")
+    if used_chunks is not None:
+        _int(used_chunks, f"used chunks of disk {disk_id}", 0, chunk_count(size, chunk))
+    serial = obj.get("serial")
+    if serial is not None and (not isinstance(serial, str) or len(serial) > MAX_SERIAL):
+        raise bad(f"The serial of disk {disk_id} must be null or a string of at most "
+                  f"{MAX_SERIAL} characters.")
+    _table(obj.get("table"), disk_id)
+    return DiskPlan(disk_id, size, chunk, reservation(size, chunk, used, used_chunks),
+                    disk_identity(obj))
 
 
 def parse_inventory(body: object) -> Inventory:

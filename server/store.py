@@ -35,7 +35,7 @@ from pathlib import Path
 from server.inventory import Inventory
 from xenp2v.protocol import (
     ChunkKind, DiskState, ErrorCode, Extent, JobState, ProtocolError, check_id, chunk_count,
-    chunk_digest, chunk_span, image_digest, image_map, runs,
+    chunk_digest, chunk_span, disk_identity, image_digest, image_map, placeholder, runs,
 )
 
 SCHEMA = """
@@ -200,9 +200,12 @@ class Store:
     # --- jobs -----------------------------------------------------------------------------
 
     def create_job(self, inv: Inventory) -> tuple[dict, bool]:
-        """A new job for this inventory, or the unfinished one of the same machine: (job, resumed)."""
+        """A new job for this inventory, or the unfinished one of the same machine with the same
+        disks: (job, resumed). A new job made although another looked alike says why in its
+        records (``not_resumed``)."""
+        why_not = None
         if inv.resume:
-            found = self._resumable(inv)
+            found, why_not = self._resumable(inv)
             if found:
                 return self.get_job(found), True
         self._check_space(inv)
@@ -236,41 +239,65 @@ class Store:
         except sqlite3.Error as err:
             shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
             raise storage_error(err, self.data_dir) from None
+        if why_not:
+            self.record(job_id, "not_resumed", why_not)
         return self.get_job(job_id), False
 
-    def _resumable(self, inv: Inventory) -> str | None:
-        if inv.machine_key is None:
-            return None
-        want = sorted((d.id, d.size) for d in inv.disks)
+    def _resumable(self, inv: Inventory) -> tuple[str | None, str | None]:
+        """(the unfinished job of this machine with these very disks, else None; why an alike
+        job was not taken, else None). A placeholder machine identity (machine_key None) is
+        taken only with a disk serial to back it."""
+        if inv.machine_key is None and not any(not placeholder(d.identity[2]) for d in inv.disks):
+            return None, None
         rows = self._db().conn.execute(
-            "SELECT id FROM jobs WHERE machine_key=? AND state=? ORDER BY created DESC",
+            "SELECT id, inventory FROM jobs WHERE machine_key IS ? AND state=? ORDER BY created DESC",
             (inv.machine_key, JobState.RECEIVING)).fetchall()
+        want = sorted(d.identity for d in inv.disks)
         for row in rows:
-            disks = self._db().conn.execute("SELECT id, size FROM disks WHERE job=?",
-                                            (row["id"],)).fetchall()
-            if sorted((d["id"], d["size"]) for d in disks) == want:
-                return row["id"]
-        return None
+            have = sorted(disk_identity(d) for d in json.loads(row["inventory"]).get("disks", []))
+            if have == want:
+                return row["id"], None
+        if not rows:
+            return None, None
+        latest = rows[0]["id"]
+        have = sorted(disk_identity(d) for d in json.loads(rows[0]["inventory"]).get("disks", []))
+        return None, (f"Job {latest} is of a machine with the same identity, but "
+                      f"{_disk_difference(have, want)}: this is a new job, so that the disks of "
+                      "two machines are never mixed.")
 
     def _check_space(self, inv: Inventory) -> None:
         needed = sum(d.expected for d in inv.disks)
         free = shutil.disk_usage(self.jobs_dir).free
-        promised = self.outstanding_bytes()
+        held = self.outstanding_by_job()
+        promised = sum(held.values())
         if needed + promised > free:
-            others = f", of which {_gib(promised)} are still due to other unfinished jobs" if promised else ""
+            others = ""
+            if promised:
+                names = ", ".join(f"{job} {_human(n)}" for job, n in
+                                  sorted(held.items(), key=lambda kv: -kv[1])[:5])
+                more = f" and {len(held) - 5} more" if len(held) > 5 else ""
+                others = (f", of which {_human(promised)} ({promised} bytes) are held for unfinished "
+                          f"jobs ({names}{more})")
             raise ProtocolError(
                 ErrorCode.INSUFFICIENT_STORAGE,
-                f"The images of this job need {_gib(needed)} ({needed} bytes) but {self.jobs_dir} has "
-                f"{_gib(free)} free{others}. Free space there, or start the server with --data-dir "
-                "on a larger disk.")
+                f"The images of this job need {_human(needed)} ({needed} bytes: each chunk that "
+                "holds used blocks is stored whole, and a disk whose chunks the agent did not "
+                f"count is reserved whole) but {self.jobs_dir} has {_human(free)} ({free} bytes) "
+                f"free{others}. Free space there, finish or remove the unfinished jobs, or start "
+                "the server with --data-dir on a larger disk.")
 
-    def outstanding_bytes(self) -> int:
-        """Bytes that receiving disks still expect: space other jobs have been promised."""
+    def outstanding_by_job(self) -> dict[str, int]:
+        """Job id -> bytes its receiving disks may still store: space promised to unfinished jobs."""
         rows = self._db().conn.execute(
-            "SELECT d.expected, d.chunk_size, (SELECT COUNT(*) FROM chunks c WHERE c.job=d.job"
+            "SELECT d.job, d.expected, d.chunk_size, (SELECT COUNT(*) FROM chunks c WHERE c.job=d.job"
             " AND c.disk=d.id) AS held FROM disks d JOIN jobs j ON j.id=d.job"
             " WHERE d.state=? AND j.state=?", (DiskState.RECEIVING, JobState.RECEIVING)).fetchall()
-        return sum(max(0, r["expected"] - r["held"] * r["chunk_size"]) for r in rows)
+        out: dict[str, int] = {}
+        for r in rows:
+            due = max(0, r["expected"] - r["held"] * r["chunk_size"])
+            if due:
+                out[r["job"]] = out.get(r["job"], 0) + due
+        return out
 
     def get_job(self, job_id: str) -> dict:
         row = self._job_row(job_id)
@@ -813,8 +840,48 @@ def _new_job_id(name: str) -> str:
     return "-".join(p for p in (stamp, slug, secrets.token_hex(3)) if p)
 
 
-def _gib(n: int) -> str:
-    return f"{n / (1 << 30):.1f} GiB"
+def _disk_difference(have: list[tuple], want: list[tuple]) -> str:
+    """How two jobs' disks (sorted protocol.disk_identity tuples) differ, in one clause."""
+    theirs = {d[0]: d for d in have}
+    for disk_id, size, serial, table in want:
+        other = theirs.get(disk_id)
+        if other is None:
+            return f"it has no disk {disk_id} (it has {', '.join(str(d[0]) for d in have)})"
+        if other[1] != size:
+            return f"its disk {disk_id} has {other[1]} bytes, not {size}"
+        if other[2] != serial:
+            return (f"its disk {disk_id} has {_serial_text(other[2])}, "
+                    f"not {_serial_text(serial)}")
+        if other[3] != table:
+            return f"its disk {disk_id} has another partition table: {_table_difference(other[3], table)}"
+    return f"it has more disks ({', '.join(str(d[0]) for d in have)})"
+
+
+def _serial_text(serial: str | None) -> str:
+    return "no serial" if serial is None else f"serial {serial!r}"
+
+
+def _table_difference(theirs: tuple | None, ours: tuple | None) -> str:
+    """What differs between two partition tables (protocol.disk_identity's), theirs first."""
+    if theirs is None or ours is None:
+        return f"{theirs[0] if theirs else 'none'}, not {ours[0] if ours else 'none'}"
+    if theirs[0] != ours[0]:
+        return f"{theirs[0]}, not {ours[0]}"
+    if theirs[1] != ours[1]:
+        return f"identifier {theirs[1] or 'none'}, not {ours[1] or 'none'}"
+
+    def spans(parts: tuple) -> str:
+        shown = ", ".join(f"{start}+{size}" for start, size in parts[:4])
+        return f"[{shown}{', …' if len(parts) > 4 else ''}]"
+    return f"partitions (start+size in bytes) {spans(theirs[2])}, not {spans(ours[2])}"
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
 
 
 def _job_json(row: sqlite3.Row, disks: list[dict]) -> dict:

@@ -33,6 +33,8 @@ ZSTD = "zstd"
 DEFAULT_CHUNK_SIZE = 4 * 1024 * 1024
 MIN_CHUNK_SIZE = 64 * 1024
 MAX_CHUNK_SIZE = 64 * 1024 * 1024
+# Keeps a disk's chunk list (and the zero list at sealing) small enough to hold in memory.
+TARGET_CHUNKS = 1 << 20
 
 # Bounds on JSON bodies (inventories, events, logs, reports).
 MAX_JSON_BODY = 4 * 1024 * 1024
@@ -209,6 +211,15 @@ def check_chunk_size(chunk_size: int) -> int:
     return chunk_size
 
 
+def chunk_size_for(size: int) -> int:
+    """The chunk size a job uses for a disk of ``size`` bytes whose inventory names none:
+    4 MiB, larger only for disks so big that 4 MiB would make over a million chunks."""
+    chunk = DEFAULT_CHUNK_SIZE
+    while chunk_count(size, chunk) > TARGET_CHUNKS and chunk < MAX_CHUNK_SIZE:
+        chunk *= 2
+    return chunk
+
+
 def chunk_count(size: int, chunk_size: int) -> int:
     return (size + chunk_size - 1) // chunk_size
 
@@ -223,6 +234,66 @@ def chunk_span(size: int, chunk_size: int, index: int) -> tuple[int, int]:
         )
     offset = index * chunk_size
     return offset, min(chunk_size, size - offset)
+
+
+# --- the inventory: the body of POST /jobs ------------------------------------------------------
+#
+#   {"name": "web01", "resume": true,
+#    "machine": {"system_uuid", "vendor", "product", "serial": SMBIOS identity, null where absent;
+#                "firmware", "cpus", "memory", "nics", "os": what the VM is sized from},
+#    "disks": [{"id": "sda", "size": bytes,
+#               "chunk_size": bytes, optional: else the server uses chunk_size_for(size),
+#               "used": bytes the read plan reads,
+#               "used_chunks": how many chunks of the job's chunk size hold any of those bytes:
+#                   what the server will store at most, since it stores every chunk it is sent
+#                   whole; without it the server reserves the disk's size,
+#               "serial": the disk's serial number, null where the disk reports none,
+#               "table": null, or the partition table as {"label": "gpt" | "dos",
+#                   "id": GPT disk GUID or MBR disk identifier, "partitions": [[start, size], ...]}
+#                   (bytes, in table order),
+#               "device", "plan", "warnings": the agent's own notes, kept and shown}]}
+#
+# A job is resumed only for the same machine with the same disks: ids, sizes, serials and partition
+# tables all equal (disk_identity), and never on a placeholder identity alone.
+
+# SMBIOS and disk identities that cheap boards and disks ship: they identify nothing.
+PLACEHOLDER_UUIDS = frozenset({
+    "00000000-0000-0000-0000-000000000000",
+    "ffffffff-ffff-ffff-ffff-ffffffffffff",
+    "03000200-0400-0500-0006-000700080009",
+    "12345678-1234-5678-90ab-cddeefaabbcc",
+})
+PLACEHOLDER_STRINGS = frozenset({
+    "", "to be filled by o.e.m.", "default string", "system serial number", "not specified",
+    "not applicable", "none", "0", "0123456789", "123456789", "system product name", "o.e.m.",
+    "chassis serial number", "serial number", "default",
+})
+
+
+def placeholder(value: object) -> bool:
+    """Whether an SMBIOS or disk identity field says nothing: absent, empty, a vendor's filler,
+    or a UUID of one repeated digit."""
+    if not isinstance(value, str):
+        return True
+    text = value.strip().lower()
+    if text in PLACEHOLDER_STRINGS or text in PLACEHOLDER_UUIDS:
+        return True
+    digits = text.replace("-", "")
+    return len(set(digits)) == 1
+
+
+def disk_identity(disk: dict) -> tuple:
+    """What must be equal for two inventories' disks to be the same disk: id, size, serial and
+    partition table (label, id, each partition's start and size), from an inventory disk."""
+    table = disk.get("table")
+    if isinstance(table, dict):
+        parts = tuple(tuple(p) for p in table.get("partitions") or () if isinstance(p, list))
+        table = (str(table.get("label")), str(table.get("id") or "").lower(), parts)
+    else:
+        table = None
+    serial = disk.get("serial")
+    serial = serial.strip() if isinstance(serial, str) and serial.strip() else None
+    return (disk.get("id"), disk.get("size"), serial, table)
 
 
 # --- extents and the image digest ---------------------------------------------------------------

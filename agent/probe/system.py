@@ -14,13 +14,10 @@ import psutil
 import pyudev
 
 from agent.probe.model import Cpu, Nic
+from xenp2v.protocol import PLACEHOLDER_STRINGS
 
 SYSFS = Path("/sys")
 PROCFS = Path("/proc")
-
-# DMI strings that vendors leave in place of real values.
-_PLACEHOLDERS = {"", "to be filled by o.e.m.", "default string", "system serial number",
-                 "not specified", "none", "0", "system product name", "o.e.m."}
 
 
 def _read(path: Path) -> str | None:
@@ -41,7 +38,7 @@ def dmi(sysfs: Path = SYSFS) -> dict[str, str | None]:
     for key, attr in (("vendor", "sys_vendor"), ("product", "product_name"),
                       ("serial", "product_serial"), ("system_uuid", "product_uuid")):
         value = _read(base / attr)
-        out[key] = None if value is None or value.lower() in _PLACEHOLDERS else value
+        out[key] = None if value is None or value.lower() in PLACEHOLDER_STRINGS else value
     if out["system_uuid"]:
         out["system_uuid"] = out["system_uuid"].lower()
     return out

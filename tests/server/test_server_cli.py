@@ -72,7 +72,8 @@ def test_serve_explains_what_it_cannot_do(tmp_path):
 def test_jobs_lists_jobs_as_a_table_and_as_json(p2v_server):
     assert cli("jobs", "--data-dir", str(p2v_server.data_dir)).stdout.strip() == "No jobs yet."
     wire = Wire(p2v_server)
-    job = wire.create([{"id": "sda", "size": 3 * CHUNK, "chunk_size": CHUNK, "used": 2 * CHUNK},
+    job = wire.create([{"id": "sda", "size": 3 * CHUNK, "chunk_size": CHUNK, "used": 2 * CHUNK,
+                        "used_chunks": 2},
                        {"id": "nvme0n1", "size": 5 * CHUNK}], name="mail server").json()["id"]
     assert wire.put(job, "sda", 1, bytes(CHUNK)).status_code == 201
     out = cli("jobs", "--data-dir", str(p2v_server.data_dir))

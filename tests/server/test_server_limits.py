@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 
@@ -176,11 +177,23 @@ def test_full_disk_refuses_jobs_and_chunks_with_numbers(p2v_server_factory, tmp_
         wire = Wire(server)
         body = refused(wire.create([{"id": "sda", "size": 1 << 30}]), 507, "insufficient_storage")
         assert "1.0 GiB" in body["detail"] and str(1 << 30) in body["detail"]
-        job = wire.create([{"id": "sda", "size": 1 << 30, "used": 4 << 20, "chunk_size": CHUNK}]).json()["id"]
-        # The promised space counts for the next job too.
+        # Used bytes alone say nothing of how many whole chunks hold them: the disk is reserved.
+        refused(wire.create([{"id": "sda", "size": 1 << 30, "used": 4 << 20, "chunk_size": CHUNK}]),
+                507, "insufficient_storage")
+        # 4 MiB of used blocks spread over 1000 chunks: 62.5 MiB are stored, and do not fit.
+        spread = {"id": "sda", "size": 1 << 30, "used": 4 << 20, "used_chunks": 1000,
+                  "chunk_size": CHUNK}
+        body = refused(wire.create([spread]), 507, "insufficient_storage")
+        assert f"need 62.5 MiB ({1000 * CHUNK} bytes" in body["detail"]
+        said = int(re.search(r"has [0-9.]+ MiB \((\d+) bytes\) free", body["detail"])[1])
+        assert abs(said - os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize) < 1 << 20
+        assert "larger disk" in body["detail"]
+        job = wire.create([{**spread, "used_chunks": 64}]).json()["id"]
+        # The promised space counts for the next job too, and the refusal names whose it is.
         free = os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize
-        refused(wire.create([{"id": "sdb", "size": free - (2 << 20)}], uuid="other"), 507,
-                "insufficient_storage")
+        body = refused(wire.create([{"id": "sdb", "size": free - (2 << 20)}], uuid="other"), 507,
+                       "insufficient_storage")
+        assert f"{64 * CHUNK} bytes) are held for unfinished jobs ({job} 4.0 MiB)" in body["detail"]
         # Someone else fills the disk: a chunk is refused and not counted.
         with open(mnt / "filler", "wb") as f:
             try:

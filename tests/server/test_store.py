@@ -171,7 +171,8 @@ def test_a_terabyte_disk_mostly_zero_and_free_seals_and_verifies_quickly(tmp_pat
     store = Store(tmp_path)
     size, chunk = 1 << 40, p.DEFAULT_CHUNK_SIZE
     inv = parse_inventory({"name": "big", "machine": {},
-                           "disks": [{"id": "sda", "size": size, "used": 64 << 20}]})
+                           "disks": [{"id": "sda", "size": size, "used": 64 << 20,
+                                      "used_chunks": 16}]})
     job = store.create_job(inv)[0]["id"]
     assert store.get_job(job)["disks"][0]["chunk_size"] == chunk
     data = os.urandom(chunk)
@@ -194,7 +195,7 @@ def test_a_terabyte_disk_mostly_zero_and_free_seals_and_verifies_quickly(tmp_pat
 def test_overlapping_zero_ranges_cost_no_more_than_the_disk(tmp_path):
     store = Store(tmp_path)
     inv = parse_inventory({"name": "big", "machine": {},
-                           "disks": [{"id": "sda", "size": 1 << 40, "used": 0}]})
+                           "disks": [{"id": "sda", "size": 1 << 40, "used": 0, "used_chunks": 0}]})
     job = store.create_job(inv)[0]["id"]
     count = (1 << 40) // p.DEFAULT_CHUNK_SIZE
     ranges = [(0, count)] * 200000 + [(5, 10), (count - 1, 1)]
@@ -203,4 +204,33 @@ def test_overlapping_zero_ranges_cost_no_more_than_the_disk(tmp_path):
     _, sealed = store.seal(job, "sda", digest, ranges, [])
     assert sealed and time.monotonic() - started < 20
     assert store.get_job(job)["disks"][0]["zero"] == [[0, count]]
+    store.close()
+
+
+def test_the_reservation_is_the_whole_chunks_the_plan_touches(tmp_path):
+    size, chunk = 1 << 30, p.DEFAULT_CHUNK_SIZE
+
+    def reserved(**disk) -> int:
+        inv = parse_inventory({"machine": {}, "disks": [{"id": "sda", "size": size, **disk}]})
+        return inv.disks[0].expected
+
+    assert p.chunk_size_for(size) == chunk
+    assert reserved() == size
+    assert reserved(used=21 << 20) == size  # used bytes alone may lie in every chunk
+    assert reserved(used=21 << 20, used_chunks=200) == 200 * chunk
+    # Never less than the used bytes fill, whatever the count says.
+    assert reserved(used=21 << 20, used_chunks=1) == 6 * chunk
+    assert reserved(used=0, used_chunks=0) == 0
+    assert reserved(used_chunks=256) == size
+    with pytest.raises(p.ProtocolError, match="used chunks of disk sda"):
+        reserved(used_chunks=257)
+
+    store = Store(tmp_path)
+    job = store.create_job(parse_inventory({"machine": {}, "disks": [
+        {"id": "sda", "size": size, "used": 21 << 20, "used_chunks": 200}]}))[0]
+    assert job["disks"][0]["expected_bytes"] == 200 * chunk
+    assert store.outstanding_by_job() == {job["id"]: 200 * chunk}
+    data = os.urandom(chunk)
+    store.put_chunk(job["id"], "sda", 7, data, p.chunk_digest(data))
+    assert store.outstanding_by_job() == {job["id"]: 199 * chunk}
     store.close()

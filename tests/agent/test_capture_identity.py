@@ -1,0 +1,116 @@
+"""Resume from the agent's side: a capture picks up the unfinished job of the same machine with
+the same disks (sizes, serials, partition tables), never another machine's that looks alike."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+
+import pytest
+
+from agent import capture
+from agent.client import Client, ServerError
+from agent.probe import probe_machine
+from support import rescan, run
+from sourcedisks import MiB, mounted
+from test_capture_restore import settings_for
+
+OEM = {"system_uuid": "03000200-0400-0500-0006-000700080009", "vendor": "ASRock",
+       "product": "H61M-DGS", "serial": "To be filled by O.E.M."}
+DELL = {"system_uuid": "4c4c4544-0042-3510-8052-b4c04f4e4e31", "vendor": "Dell Inc.",
+        "product": "OptiPlex 7010", "serial": "5R2JBX1"}
+PTUUID = "6F1E3A52-93C4-4B1E-9D0C-2B8E5F7A9C11"
+
+
+class CutAfterJob(Client):
+    """A client whose first chunk upload fails: the job is made, and left unfinished."""
+
+    def put_chunk(self, job, *args, **kw):
+        self.job_id = job
+        raise ServerError("the network went down (test)")
+
+
+def source(loopdev) -> str:
+    dev = loopdev(64 * MiB, "ident")
+    run("sfdisk", "-q", dev, input=f"label: gpt\nlabel-id: {PTUUID}\n,,L\n")
+    (part,) = rescan(dev)
+    run("mkfs.ext4", "-q", part)
+    with mounted(part, "ext4") as mnt:
+        (mnt / "data").write_bytes(random.Random(5).randbytes(8 * MiB))
+    os.sync()
+    return dev
+
+
+def unfinished(settings, identity: dict, probed=None) -> str:
+    """The id of the job a capture made and left unfinished."""
+    client = CutAfterJob(settings.server, settings.token, settings.fingerprint, retry_for=1)
+    with pytest.raises(capture.CaptureError):
+        capture.run(settings, client=client, identity=identity, probed=probed)
+    return client.job_id
+
+
+def agent_log(server, job: str) -> str:
+    return (server.data_dir / "jobs" / job / "agent.log").read_text()
+
+
+def with_serial(dev: str, serial: str):
+    """This machine as the probe sees it, but the disk reports `serial` (loop devices have none)."""
+    probed = probe_machine(devices=[dev])
+    (disk,) = [d for d in probed.disks if d.path == dev]
+    disk.serial = serial
+    return probed
+
+
+def test_two_machines_with_the_same_placeholder_identity_get_two_jobs(loopdev, p2v_server):
+    dev = source(loopdev)
+    settings = settings_for(p2v_server, disks=[dev])
+    first = unfinished(settings, OEM)
+    # A second board of the same batch, its disk imaged from the same master, no disk serial.
+    second = capture.run(settings, identity=OEM)
+    assert not second.resumed and second.job != first
+    # With a disk serial, the placeholder board is found again by its disk, and only by it.
+    third = unfinished(settings, OEM, with_serial(dev, "WD-WCC4N0123456"))
+    other = capture.run(settings, identity=OEM, probed=with_serial(dev, "WD-WCC4N0999999"))
+    assert not other.resumed and other.job != third
+    assert "serial 'WD-WCC4N0123456', not serial 'WD-WCC4N0999999'" in \
+        agent_log(p2v_server, other.job)
+    again = capture.run(settings, identity=OEM, probed=with_serial(dev, "WD-WCC4N0123456"))
+    assert again.resumed and again.job == third
+
+
+def test_the_same_machine_resumes_and_other_disks_do_not(loopdev, p2v_server):
+    dev = source(loopdev)
+    settings = settings_for(p2v_server, disks=[dev])
+    first = unfinished(settings, DELL)
+
+    # Same SMBIOS identity, but the disk has another serial: another machine's disk.
+    other_serial = capture.run(settings, identity=DELL, probed=with_serial(dev, "S3Z9NB0K999999Z"))
+    assert not other_serial.resumed and other_serial.job != first
+    assert f"Job {first} is of a machine with the same identity, but its disk" in \
+        agent_log(p2v_server, other_serial.job)
+
+    # Same identity, another partition table: another disk identifier, then a partition's size.
+    table = run("sfdisk", "--dump", dev).stdout
+    set_table(dev, table.replace(PTUUID, "0B6D1C2E-7F00-4A3B-8E21-5D4C3B2A1F00"))
+    other_id = capture.run(settings, identity=DELL)
+    assert not other_id.resumed and other_id.job != first
+    assert "another partition table: identifier" in agent_log(p2v_server, other_id.job)
+    # Asked for by name, the first job is refused too: its disk is not this one.
+    with pytest.raises(capture.CaptureError, match="serials and partition tables must all be"):
+        capture.run(settings_for(p2v_server, disks=[dev], job=first), identity=DELL)
+    size = re.search(r"size= *(\d+)", table)
+    set_table(dev, table.replace(size[0], f"size={int(size[1]) - 2048}"))
+    other_part = capture.run(settings, identity=DELL)
+    assert not other_part.resumed and other_part.job != first
+    assert "another partition table: partitions" in agent_log(p2v_server, other_part.job)
+
+    # The same machine with the same disk again resumes its job.
+    set_table(dev, table)
+    again = capture.run(settings, identity=DELL)
+    assert again.resumed and again.job == first
+
+
+def set_table(dev: str, dump: str) -> None:
+    run("sfdisk", "-q", "--no-reread", dev, input=dump)
+    rescan(dev)

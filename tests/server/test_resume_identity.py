@@ -1,0 +1,139 @@
+"""Resume: the unfinished job of the same machine with the same disks, never another machine's.
+
+Boards with placeholder or duplicated SMBIOS identities are common, and machines imaged from one
+master share partition tables: resume takes a job only when the machine and every disk (id,
+size, serial, partition table) match, and a placeholder machine identity only with disk serials.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from server.inventory import parse_inventory
+from server.store import Store
+from wire import Wire
+from xenp2v import protocol as p
+
+GiB = 1 << 30
+AMI = "03000200-0400-0500-0006-000700080009"
+OEM = {"system_uuid": AMI, "vendor": "ASRock", "product": "H61M-DGS",
+       "serial": "To be filled by O.E.M."}
+DELL = {"system_uuid": "4c4c4544-0042-3510-8052-b4c04f4e4e31", "vendor": "Dell Inc.",
+        "product": "OptiPlex 7010", "serial": "5R2JBX1"}
+IMAGED = "6f1e3a52-93c4-4b1e-9d0c-2b8e5f7a9c11"   # the PTUUID every machine of one image has
+
+
+def disk(serial=None, ptuuid=IMAGED, parts=((1 << 20, 512 << 20), (513 << 20, 400 << 20)),
+         disk_id="sda", size=GiB, label="gpt") -> dict:
+    return {"id": disk_id, "size": size, "used": 64 << 20, "used_chunks": 16, "serial": serial,
+            "table": {"label": label, "id": ptuuid, "partitions": [list(x) for x in parts]}}
+
+
+def create(store: Store, machine: dict, *disks: dict) -> tuple[dict, bool]:
+    return store.create_job(parse_inventory({"name": "pc", "machine": machine,
+                                             "disks": list(disks)}))
+
+
+@pytest.mark.parametrize("uuid", [AMI, "00000000-0000-0000-0000-000000000000",
+                                  "FFFFFFFF-FFFF-FFFF-FFFF-FFFFFFFFFFFF", ""])
+def test_two_machines_with_the_same_placeholder_identity_get_two_jobs(tmp_path, uuid):
+    store = Store(tmp_path)
+    machine = {**OEM, "system_uuid": uuid}
+    first, _ = create(store, machine, disk())
+    # Another board of the same batch, imaged from the same master: nothing tells them apart.
+    second, resumed = create(store, machine, disk())
+    assert not resumed and second["id"] != first["id"]
+    # With disk serials, the placeholder machine is told apart by its disks...
+    third, _ = create(store, machine, disk(serial="WD-WCC4N0123456"))
+    fourth, resumed = create(store, machine, disk(serial="WD-WCC4N0999999"))
+    assert not resumed and fourth["id"] != third["id"]
+    assert "serial 'WD-WCC4N0123456', not serial 'WD-WCC4N0999999'" in fourth["records"]["not_resumed"]
+    # ... and found again by them.
+    again, resumed = create(store, machine, disk(serial="WD-WCC4N0123456"))
+    assert resumed and again["id"] == third["id"]
+    store.close()
+
+
+def test_a_placeholder_disk_serial_does_not_identify_a_placeholder_machine(tmp_path):
+    store = Store(tmp_path)
+    first, _ = create(store, OEM, disk(serial="0123456789"))
+    second, resumed = create(store, OEM, disk(serial="0123456789"))
+    assert not resumed and second["id"] != first["id"]
+    store.close()
+
+
+def test_the_same_machine_run_again_resumes(tmp_path):
+    store = Store(tmp_path)
+    disks = [disk(serial="S3Z9NB0K123456A"), disk(serial=None, ptuuid="0x1c2d3e4f", label="dos",
+                                                 disk_id="sdb", size=2 * GiB)]
+    first, _ = create(store, DELL, *disks)
+    again, resumed = create(store, DELL, *reversed(disks))
+    assert resumed and again["id"] == first["id"] and "not_resumed" not in again["records"]
+    store.close()
+
+
+@pytest.mark.parametrize("change, why", [
+    ({"serial": "S3Z9NB0K999999Z"},
+     "its disk sda has serial 'S3Z9NB0K123456A', not serial 'S3Z9NB0K999999Z'"),
+    ({"serial": None}, "its disk sda has serial 'S3Z9NB0K123456A', not no serial"),
+    ({"ptuuid": "0B6D1C2E-7F00-4A3B-8E21-5D4C3B2A1F00"}, "its disk sda has another partition table: "
+     f"identifier {IMAGED}, not 0b6d1c2e-7f00-4a3b-8e21-5d4c3b2a1f00"),
+    ({"parts": ((1 << 20, 512 << 20), (513 << 20, 300 << 20))}, "another partition table: partitions "
+     f"(start+size in bytes) [{1 << 20}+{512 << 20}, {513 << 20}+{400 << 20}], not "
+     f"[{1 << 20}+{512 << 20}, {513 << 20}+{300 << 20}]"),
+    ({"label": "dos", "ptuuid": "0x1c2d3e4f"}, "its disk sda has another partition table: gpt, not dos"),
+    ({"size": 2 * GiB}, f"its disk sda has {GiB} bytes, not {2 * GiB}"),
+    ({"disk_id": "nvme0n1"}, "it has no disk nvme0n1 (it has sda)"),
+])
+def test_same_machine_identity_with_other_disks_is_a_new_job(tmp_path, change, why):
+    store = Store(tmp_path)
+    first, _ = create(store, DELL, disk(serial="S3Z9NB0K123456A"))
+    second, resumed = create(store, DELL, disk(**{"serial": "S3Z9NB0K123456A", **change}))
+    assert not resumed and second["id"] != first["id"]
+    note = second["records"]["not_resumed"]
+    assert note.startswith(f"Job {first['id']} is of a machine with the same identity") and why in note
+    # The first job is still there to resume, untouched.
+    again, resumed = create(store, DELL, disk(serial="S3Z9NB0K123456A"))
+    assert resumed and again["id"] == first["id"]
+    store.close()
+
+
+def test_placeholders_are_told_from_identities():
+    for value in (None, "", "  ", "To be filled by O.E.M.", "Default string", "System Serial Number",
+                  "Not Specified", "0123456789", AMI, AMI.upper(), "00000000-0000-0000-0000-000000000000",
+                  "ffffffff-ffff-ffff-ffff-ffffffffffff", "11111111-1111-1111-1111-111111111111"):
+        assert p.placeholder(value), value
+    for value in (DELL["system_uuid"], "5R2JBX1", "WD-WCC4N0123456"):
+        assert not p.placeholder(value), value
+
+
+def test_over_http_placeholder_machines_get_their_own_jobs_and_the_answer_says_why(p2v_server):
+    wire = Wire(p2v_server)
+
+    def create_over_http(machine: dict, *disks: dict):
+        r = wire.call("POST", p.jobs_path(), json={"name": "pc", "machine": machine,
+                                                   "disks": list(disks)})
+        assert r.status_code in (200, 201), r.text
+        return r.json()
+
+    a = create_over_http(OEM, disk())
+    b = create_over_http(OEM, disk())
+    assert b["id"] != a["id"] and not b["resumed"]
+
+    c = create_over_http(DELL, disk(serial="S3Z9NB0K123456A"))
+    again = create_over_http(DELL, disk(serial="S3Z9NB0K123456A"))
+    assert again["resumed"] and again["id"] == c["id"]
+    other = create_over_http(DELL, disk(serial="S3Z9NB0K123456A", ptuuid="0b6d1c2e-7f00-4a3b-8e21-5d4c3b2a1f00"))
+    assert not other["resumed"] and other["id"] != c["id"]
+    assert "another partition table" in other["not_resumed"]
+    assert other["not_resumed"] in p2v_server.log.read_text()
+    r = wire.call("GET", p.job_path(other["id"]))
+    assert r.json()["records"]["not_resumed"] == other["not_resumed"]
+
+
+def test_a_malformed_disk_identity_is_refused(p2v_server):
+    wire = Wire(p2v_server)
+    for bad in ({"serial": 7}, {"serial": "x" * 300}, {"table": {"label": "gpt", "partitions": [[1]]}},
+                {"table": "gpt"}):
+        r = wire.create([{"id": "sda", "size": GiB, **bad}])
+        assert r.status_code == 400 and r.json()["error"] == "bad_request", (bad, r.text)
