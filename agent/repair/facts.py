@@ -19,6 +19,14 @@ _PARTITION_NAMES = (
     re.compile(r"^/dev/(?P<disk>(?:[shv]|xv)d[a-z]+)(?P<n>\d+)$"),
     re.compile(r"^/dev/(?P<disk>(?:nvme\d+n\d+|mmcblk\d+|loop\d+))p(?P<n>\d+)$"),
     re.compile(r"^/dev/disk/by-(?:id|path)/(?P<disk>.+)-part(?P<n>\d+)$"),
+    # HP Smart Array (cciss) and Compaq SMART2 (ida) controllers: c<controller>d<disk>p<n>.
+    re.compile(r"^/dev/(?P<disk>(?:cciss|ida)/c\d+d\d+)p(?P<n>\d+)$"),
+)
+# Multipath maps of the source's SAN or SAS disks: user_friendly_names (mpatha, with its partitions
+# as mpatha1, mpatha-part1 or mpathap1 by version) or the WWID itself. Each map is one disk.
+_MULTIPATH_NAMES = (
+    re.compile(r"^/dev/mapper/(?P<disk>mpath[a-z]+?)(?:-part|p)?(?P<n>\d+)$"),
+    re.compile(r"^/dev/mapper/(?P<disk>[0-9a-f]{17,})(?:-part|p)(?P<n>\d+)$"),
 )
 # Names that do not depend on the hardware: left as they are.
 _STABLE_PREFIXES = ("UUID=", "LABEL=", "PARTUUID=", "PARTLABEL=", "/dev/mapper/",
@@ -68,7 +76,7 @@ class Facts:
 
 def partition_ref(name: str) -> tuple[str, int] | None:
     """(old disk, partition number) for a name tied to the old hardware, else None."""
-    for pattern in _PARTITION_NAMES:
+    for pattern in _PARTITION_NAMES + _MULTIPATH_NAMES:
         m = pattern.match(name)
         if m:
             return m["disk"], int(m["n"])
@@ -76,6 +84,8 @@ def partition_ref(name: str) -> tuple[str, int] | None:
 
 
 def is_hardware_name(name: str) -> bool:
+    if any(p.match(name) for p in _MULTIPATH_NAMES):
+        return True
     return name.startswith("/dev/") and not name.startswith(_STABLE_PREFIXES) and \
         partition_ref(name) is not None
 
@@ -133,6 +143,10 @@ def names_from_disk(refs: list[Reference], filesystems: list[Filesystem]) -> tup
 
 
 def _kernel_name(disk: str) -> bool:
+    """Whether the disk part of a name is the kernel's (or a multipath map's) name for one disk:
+    two different ones are two disks, where by-id and by-path names may be one disk's aliases."""
+    if disk.startswith(("cciss/", "ida/")):
+        return True
     return "/" not in disk and not disk.startswith(("ata-", "scsi-", "wwn-", "nvme-", "pci-", "virtio-", "usb-"))
 
 
@@ -173,3 +187,13 @@ def names_from_inventory(inventory: dict, filesystems: list[Filesystem]) -> dict
                 if alias and alias != "/dev/":
                     names[alias] = fs
     return names
+
+
+_VM_DISK = re.compile(r"^/dev/(?:xv|v)d[a-z]+$")
+
+
+def guest_disk_name(facts: Facts) -> str:
+    """The VM's boot disk as the guest will name it once it runs in the VM: this machine's name when
+    that is a paravirtual disk (the repair runs in the VM), else /dev/xvda, the name XenServer's PV
+    driver gives the first disk (a loop device or /dev/sdb here says nothing about the VM)."""
+    return facts.disk if facts.disk and _VM_DISK.match(facts.disk) else "/dev/xvda"

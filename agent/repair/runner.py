@@ -16,7 +16,8 @@ from agent.repair.facts import Facts, Reference, names_from_disk, names_from_inv
 from agent.repair.network import VmNic, source_nics
 from agent.repair.guest import RepairError
 from agent.repair.plan import Plan
-from agent.repair.steps import CMDLINE_DEVICE, LEGACY_GRUB_MENUS, RELEASE_FILES, family, plan_repair
+from agent.repair.steps import (CMDLINE_DEVICE, LEGACY_GRUB_MENUS, RELEASE_FILES, cmdline_files, family,
+                                plan_repair)
 from agent.repair.tree import GuestTree
 
 
@@ -46,8 +47,8 @@ def guest_references(tree: GuestTree) -> list[Reference]:
         fields = line.split()
         if len(fields) > 1 and not fields[0].startswith("#"):
             refs.append(Reference(fields[1], None, "crypto_LUKS"))
-    for path in ("/etc/default/grub", "/etc/initramfs-tools/conf.d/resume", "/etc/kernel/cmdline",
-                 *tree.glob("/boot/loader/entries/*.conf"), *LEGACY_GRUB_MENUS, "/etc/sysconfig/bootloader"):
+    for path in ("/etc/default/grub", "/etc/initramfs-tools/conf.d/resume", *cmdline_files(tree),
+                 *LEGACY_GRUB_MENUS, "/etc/sysconfig/bootloader"):
         for m in CMDLINE_DEVICE.finditer(tree.read(path) or ""):
             kind = m[1].lower()
             refs.append(Reference(m[2], "/" if kind == "root" else None,

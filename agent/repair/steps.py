@@ -11,6 +11,8 @@ import re
 from typing import Callable
 
 from agent.repair.facts import Facts, partition_ref
+from agent.repair.installdevice import install_devices
+from agent.repair.lvmconf import lvm_filters
 from agent.repair.network import network as network_step
 from agent.repair.plan import Command, FileChange, StepPlan
 from agent.repair.tree import GuestTree
@@ -89,7 +91,10 @@ def crypttab(tree: GuestTree, facts: Facts) -> StepPlan:
     return step
 
 
-CMDLINE_DEVICE = re.compile(r"(?<![\w.-])(root|resume|cryptdevice|RESUME)=([^\s\"':]+)")
+# A value ends at a blank, a quote or a colon (cryptdevice=/dev/sda2:name), except in the by-id and
+# by-path names that hold colons themselves (pci-0000:00:1f.2-ata-1-part2).
+CMDLINE_DEVICE = re.compile(r"(?<![\w.-])(root|resume|cryptdevice|RESUME)="
+                            r"(/dev/disk/by-(?:id|path)/[^\s\"']*?-part\d+(?=[\s\"':]|$)|[^\s\"':]+)")
 
 
 def rewrite_cmdline(text: str, facts: Facts) -> str:
@@ -124,13 +129,55 @@ def grub_defaults(tree: GuestTree, facts: Facts) -> StepPlan:
     return step
 
 
+# extlinux and syslinux menus, where a guest boots with them.
+SYSLINUX_MENUS = ("/boot/extlinux/extlinux.conf", "/boot/extlinux.conf", "/extlinux.conf",
+                  "/boot/syslinux/syslinux.cfg", "/boot/syslinux/extlinux.conf", "/boot/syslinux.cfg",
+                  "/syslinux.cfg")
+GRUBENV_BYTES = 1024
+
+
+def esp_menus(tree: GuestTree) -> list[str]:
+    """The GRUB menus on the ESP that the firmware's GRUB reads (EFI/<vendor>/grub.cfg: RHEL and
+    CentOS up to 8, /etc/grub2-efi.cfg points there), without the stubs that only hand over to
+    /boot/grub2/grub.cfg (RHEL 9, Fedora 34+: `configfile`)."""
+    esp = _esp(tree)
+    if esp is None:
+        return []
+    return [p for p in tree.glob(f"{esp}/EFI/*/grub.cfg")
+            if "/EFI/BOOT/" not in p.upper() and "configfile" not in (tree.read(p) or "")]
+
+
+def grubenvs(tree: GuestTree) -> list[str]:
+    """GRUB's environment blocks: RHEL 8 keeps the BLS entries' $kernelopts there."""
+    esp = _esp(tree)
+    return ["/boot/grub2/grubenv", "/boot/grub/grubenv", *(tree.glob(f"{esp}/EFI/*/grubenv") if esp else [])]
+
+
+def cmdline_files(tree: GuestTree) -> list[str]:
+    """Every file of the guest, beside /etc/default/grub, that holds kernel arguments."""
+    return [*tree.glob("/boot/loader/entries/*.conf"), "/etc/kernel/cmdline", *esp_menus(tree),
+            *grubenvs(tree), *SYSLINUX_MENUS]
+
+
+def rewrite_grubenv(text: str, facts: Facts) -> str:
+    """The environment block with its kernel arguments rewritten, still GRUBENV_BYTES long: GRUB
+    reads exactly one block, the rest padded with '#'. Unchanged when the result would not fit."""
+    body = text.rstrip("#")
+    new = rewrite_cmdline(body, facts)
+    if len(text) != GRUBENV_BYTES or len(new.encode()) > GRUBENV_BYTES:
+        return text
+    return new + "#" * (GRUBENV_BYTES - len(new.encode()))
+
+
 def boot_entries(tree: GuestTree, facts: Facts) -> StepPlan:
-    """BLS entries and /etc/kernel/cmdline (RHEL family, systemd-boot) carry the kernel arguments."""
+    """BLS entries and /etc/kernel/cmdline (RHEL family, systemd-boot), the ESP's own GRUB menu,
+    GRUB's environment block and extlinux menus carry the kernel arguments."""
     step = StepPlan("kernel command line in boot entries")
-    for path in [*tree.glob("/boot/loader/entries/*.conf"), "/etc/kernel/cmdline"]:
+    for path in cmdline_files(tree):
         text = tree.read(path)
         if text is not None:
-            step.changes += _change(tree, path, rewrite_cmdline(text, facts))
+            new = rewrite_grubenv(text, facts) if path.endswith("/grubenv") else rewrite_cmdline(text, facts)
+            step.changes += _change(tree, path, new)
     return step
 
 
@@ -153,7 +200,9 @@ def legacy_grub_entries(tree: GuestTree, facts: Facts) -> StepPlan:
 # 70-persistent-net.rules is the network step's: it moves its MACs to the VM's NICs.
 BINDINGS = ("/etc/udev/rules.d/70-persistent-cd.rules",
             "/etc/lvm/devices/system.devices", "/etc/blkid.tab", "/etc/blkid/blkid.tab",
-            "/boot/grub/device.map", "/boot/grub2/device.map")
+            "/boot/grub/device.map", "/boot/grub2/device.map",
+            # Multipath's names and known WWIDs of the source's SAN disks: none of them is in the VM.
+            "/etc/multipath/bindings", "/etc/multipath/wwids")
 
 
 def hardware_bindings(tree: GuestTree, facts: Facts) -> StepPlan:
@@ -390,6 +439,10 @@ def initramfs_rebuild(tree: GuestTree, facts: Facts, done: list[StepPlan]) -> St
     return step
 
 
+# GRUB's BIOS modules: Debian, Arch and RHEL; some RHEL builds; SUSE.
+BIOS_MODULE_DIRS = ("/usr/lib/grub", "/usr/lib/grub2", "/usr/share/grub2")
+
+
 def _grub(tree: GuestTree) -> tuple[str, str] | None:
     """(command prefix, grub.cfg path): grub2's tools are `grub2-*` on RHEL and SUSE."""
     for prefix, cfg in (("grub", "/boot/grub/grub.cfg"), ("grub2", "/boot/grub2/grub.cfg")):
@@ -419,7 +472,7 @@ def bootloader(tree: GuestTree, facts: Facts, done: list[StepPlan]) -> StepPlan:
         return step
     prefix, cfg = grub
     if facts.bios and facts.disk:
-        if tree.glob("/usr/lib/grub/i386-pc/core*") or tree.glob("/usr/lib/grub/i386-pc/*.mod"):
+        if any(tree.glob(f"{d}/i386-pc/{f}") for d in BIOS_MODULE_DIRS for f in ("core*", "*.mod")):
             step.commands.append(Command((f"{prefix}-install", "--target=i386-pc", facts.disk),
                                          "put GRUB in the VM disk's boot area"))
         else:
@@ -443,6 +496,9 @@ def bootloader(tree: GuestTree, facts: Facts, done: list[StepPlan]) -> StepPlan:
                 step.commands.append(Command((f"{prefix}-install", "--target=x86_64-efi",
                                               f"--efi-directory={esp}"), "a UEFI boot entry for the VM"))
     step.commands.append(Command((f"{prefix}-mkconfig", "-o", cfg), "regenerate the boot menu with UUIDs"))
+    if facts.uefi:
+        step.commands += [Command((f"{prefix}-mkconfig", "-o", menu), "regenerate the menu the firmware's GRUB reads")
+                          for menu in esp_menus(tree)]
     return step
 
 
@@ -500,7 +556,7 @@ def stamp(tree: GuestTree, facts: Facts, done: list[StepPlan]) -> StepPlan:
 
 FILE_STEPS: tuple[Callable[[GuestTree, Facts], StepPlan], ...] = (
     fstab, crypttab, resume, grub_defaults, boot_entries, legacy_grub_entries, hardware_bindings,
-    mdadm_conf, network,
+    lvm_filters, install_devices, mdadm_conf, network,
     initramfs_drivers, selinux, hypervisor_tools,
 )
 TOOL_STEPS = (initramfs_rebuild, bootloader, stamp)

@@ -4,6 +4,7 @@ repair ends with the guest synced and unmounted (or says it is not)."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -122,5 +123,8 @@ def test_unmount_syncs_and_unmounts_for_real(tmp_path):
     run("mount", "-t", "tmpfs", "tmpfs", str(where))
     (where / "sub").mkdir()
     run("mount", "-t", "tmpfs", "tmpfs", str(where / "sub"))
-    assert guest.unmount(where) is None
-    assert str(where) not in Path("/proc/mounts").read_text()
+    try:
+        assert guest.unmount(where) is None
+        assert str(where) not in Path("/proc/mounts").read_text()
+    finally:
+        subprocess.run(["umount", "-R", str(where)], capture_output=True)
