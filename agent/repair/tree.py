@@ -104,7 +104,6 @@ class GuestTree:
                     names = sorted(os.listdir(directory))
                 except OSError:
                     continue
-                nxt += [f"{base}/{n}" for n in names if fnmatch.fnmatchcase(n, part)
-                        and not (n.startswith(".") and not part.startswith("."))]
+                nxt += [f"{base}/{n}" for n in names if fnmatch.fnmatchcase(n, part)]
             found = nxt
         return sorted(p for p in found if self._file(p) is not None)
