@@ -69,6 +69,13 @@ class RestoreResult:
     kept_chunks: int = 0        # already right on the target (resume)
     zeroed_bytes: int = 0       # bytes without data in the image made to read zeros
     no_data_bytes: int = 0      # bytes of the target the image holds no data for
+
+    def summary(self) -> str:
+        """One line for the console: what was fetched, kept and zeroed."""
+        return (f"{self.disk} of job {self.job} restored onto {self.target}: "
+                f"{self.fetched_chunks} chunks fetched ({human(self.received)}), "
+                f"{self.kept_chunks} already in place, {human(self.zeroed_bytes)} zeroed where "
+                "the image has no data")
     received: int = 0           # bytes that crossed the network
 
 
@@ -332,7 +339,8 @@ def sample_blocks(runs: list[tuple[int, int]], count: int = SAMPLE_BLOCKS,
 def check_zeroed(fd: int, target: str, runs: list[tuple[int, int]]) -> None:
     """--target-zeroed: read the sample of what would be left as it is; RestoreError if any
     byte is not zero. Nothing has been written yet when this refuses."""
-    for offset, length in sample_blocks(runs):
+    sample = sample_blocks(runs)
+    for offset, length in sample:
         got = os.pread(fd, length, offset)
         if got.count(0) != len(got):
             raise RestoreError(
@@ -340,21 +348,21 @@ def check_zeroed(fd: int, target: str, runs: list[tuple[int, int]]) -> None:
                 f"({human(offset)}), where the image has no data and --target-zeroed would leave "
                 "them. Drop --target-zeroed and start again; the restore then zeroes those "
                 "areas itself.")
-    log.info("--target-zeroed: %d blocks of %s sampled, all zero", len(sample_blocks(runs)),
-             target)
+    log.info("--target-zeroed: %d blocks of %s sampled, all zero", len(sample), target)
 
 
 def _zero_runs(fd: int, runs: list[tuple[int, int]], did: str, progress: Progress) -> int:
     """Make every run read zeros; returns the bytes written as zeros (or zeroed by offload)."""
     offloaded = zeroing_offloaded(fd)
+    step = ZERO_STEP if offloaded else SCAN_STEP
     zeroed = 0
     scan = None if offloaded else chunk_buffer(SCAN_STEP)
     direct = None if offloaded else _DirectTarget(fd)
     try:
         for start, length in runs:
             end = start + length
-            for pos in range(start, end, ZERO_STEP if offloaded else SCAN_STEP):
-                n = min(ZERO_STEP if offloaded else SCAN_STEP, end - pos)
+            for pos in range(start, end, step):
+                n = min(step, end - pos)
                 if not offloaded:
                     # Read first: zeros already there are not written again (thin stays thin).
                     view = memoryview(scan)[:n]

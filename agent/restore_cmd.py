@@ -7,7 +7,7 @@ import logging
 import sys
 
 from agent import settings as settings_mod
-from agent.progress import PlainLines, Progress, human
+from agent.progress import PlainLines, Progress
 from agent.restore import SAMPLE_BLOCKS, RestoreError, run
 
 
@@ -46,8 +46,5 @@ def main(args: argparse.Namespace) -> int:
     except RestoreError as e:
         print(f"Restore failed: {e}", file=sys.stderr)
         return 1
-    print(f"{result.disk} of job {result.job} restored onto {result.target}: "
-          f"{result.fetched_chunks} chunks fetched ({human(result.received)}), "
-          f"{result.kept_chunks} already in place, {human(result.zeroed_bytes)} zeroed where "
-          f"the image has no data")
+    print(result.summary())
     return 0

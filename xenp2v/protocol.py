@@ -4,7 +4,7 @@ An image is a disk cut into fixed-size chunks (the last one may be short). Each 
 
 - ``data``: sent, carries a BLAKE3 digest of its uncompressed bytes;
 - ``zero``: in use by the source and must read as zeros on the target, never sent;
-- ``free``: unused by the source; the target may hold anything there, never sent.
+- ``free``: unused by the source, never sent; restore and import make it read zeros on the target.
 
 The whole-image digest is the BLAKE3 of a canonical manifest (size, chunk size, then one line per
 data or zero chunk), so both sides compute it from chunk digests alone, without re-reading a disk

@@ -14,7 +14,7 @@ import sys
 from agent import settings as settings_mod
 from agent import unattended
 from agent.client import ServerError
-from agent.progress import PlainLines, Progress, human
+from agent.progress import PlainLines, Progress
 from agent.repair.guest import RepairError
 from agent.repair.luks import Passphrases, console_ask
 from agent.restore import RestoreError
@@ -54,8 +54,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         client = unattended.client_for(settings, retry_for=60)
         for r in unattended.restore(settings, Progress([PlainLines()], interval=2.0), client, targets):
-            say(f"{r.disk} of job {r.job} restored onto {r.target}: {r.fetched_chunks} chunks "
-                f"fetched ({human(r.received)}), {r.kept_chunks} already in place")
+            say(r.summary())
         inventory = client.job(settings.job).get("inventory")
         report = unattended.apply_repair(None, inventory, say, client, settings.job, disks=targets,
                                          passphrases=Passphrases(settings.luks, console_ask(), say))
