@@ -226,13 +226,13 @@ def _loop_backed(nodes: dict[Number, str], mounts: list[_Mount]) -> list[Use]:
     """Writable loop devices over the disk, or over a file on one of its filesystems."""
     out = []
     for loop in sorted((SYS / "block").glob("loop*")):
-        if not (loop / "loop").is_dir():
+        backing = _text(loop / "loop/backing_file")
+        if not backing:
             continue  # not bound to anything
-        status = _loop_status(f"/dev/{loop.name}")
+        status = _backing(backing) or _loop_status(f"/dev/{loop.name}")
         if status is None:
             continue
         fs_dev, rdev = status
-        backing = _text(loop / "loop/backing_file")
         if rdev in nodes:
             if _text(loop / "ro") != "1":
                 out.append(Use(nodes[rdev], f"is the backing device of the writable {loop.name}",
@@ -245,9 +245,22 @@ def _loop_backed(nodes: dict[Number, str], mounts: list[_Mount]) -> list[Use]:
     return out
 
 
+def _backing(path: str) -> tuple[Number, Number] | None:
+    """(device of the file's filesystem, device number of a block device) of a loop device's
+    backing file, by its name; None when the name no longer leads to it."""
+    if path.endswith(" (deleted)"):
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return _number(st.st_dev), _number(st.st_rdev) if stat.S_ISBLK(st.st_mode) else (0, 0)
+
+
 def _loop_status(dev: str) -> tuple[Number, Number] | None:
-    """(device of the backing file's filesystem, device number of a backing block device) of
-    the loop device `dev`, from LOOP_GET_STATUS64; None when it cannot be asked."""
+    """The same from the loop device itself (LOOP_GET_STATUS64), for a backing file whose name
+    leads nowhere now (deleted, or on a lazily unmounted filesystem); None when it cannot be
+    asked. Only then is another process's loop device opened, and only for a moment."""
     try:
         fd = os.open(dev, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
