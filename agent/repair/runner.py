@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from agent.repair import guest, luks, raid
+from agent.repair import guest, luks, raid, windows
 from agent.repair.apply import LOG, append_log, apply_plan
 from agent.repair.facts import Facts, Reference, names_from_disk, names_from_inventory, names_on_the_vms_disks
 from agent.repair.network import VmNic, source_nics
@@ -122,13 +122,16 @@ def repair(request: Request, say: Callable[[str], None] = print, tools: Tools | 
                 # Only a system on an encrypted volume needs a passphrase.
                 locked = _unlock(layout, request, tools.cryptsetup, stack, opened)
                 roots = guest.find_roots(layout, work)
-            if not roots:
+            if roots:
+                report = _repair_root(request, disk, layout, roots, work, stack, say, tools.cryptsetup,
+                                      opened, disks)
+            else:
+                report = _repair_windows(request, disk, layout, work, stack, say)
+            if report is None:
                 errors.append(f"{disk} holds no Linux system that repair can fix (no root "
-                              "filesystem with /etc/fstab and an os-release)" +
+                              "filesystem with /etc/fstab and an os-release) and no Windows" +
                               "".join(f"; {why}" for why in locked))
                 continue
-            report = _repair_root(request, disk, layout, roots, work, stack, say, tools.cryptsetup, opened,
-                                  disks)
         # The stack synced and unmounted the guest: only now may the server restart the VM.
         if stack.not_unmounted:
             report["unmount"] = stack.not_unmounted
@@ -137,6 +140,42 @@ def repair(request: Request, say: Callable[[str], None] = print, tools: Tools | 
                 say(problem)
         return report
     raise RepairError("; ".join(errors) + ". Check that the image was restored onto this disk.")
+
+
+def vm_firmware(request: Request, layout: guest.DiskLayout) -> str:
+    """"bios" or "uefi": the job's (the server makes the VM with the source's firmware), else
+    what the disk boots with (an EFI system partition and no BIOS boot area: UEFI)."""
+    firmware = ((request.inventory or {}).get("machine") or {}).get("firmware")
+    if firmware in ("bios", "uefi"):
+        return firmware
+    return "uefi" if layout.uefi and not layout.bios else "bios"
+
+
+def _repair_windows(request: Request, disk: str, layout: guest.DiskLayout, work: Path,
+                    stack: ExitStack, say: Callable[[str], None]) -> dict | None:
+    """The Windows on `disk`, repaired (windows.py); None when there is none."""
+    for fs in layout.filesystems:
+        if fs.fstype != "ntfs":
+            continue
+        with guest.Mounts() as look:
+            try:
+                guest.mount(fs.device, work / "probe", look, "ntfs-3g", "ro")
+            except RepairError:
+                continue
+            found = windows.is_windows(work / "probe")
+        if not found:
+            continue
+        root = work / "windows"
+        guest.mount(fs.device, root, stack, "ntfs-3g", "ro" if request.dry_run else None)
+        firmware = vm_firmware(request, layout)
+        say(f"Found Windows on {fs.device}; the VM boots with {firmware.upper()}.")
+        try:
+            report = windows.repair_mounted(root, firmware, request.dry_run, say)
+        except windows.WindowsRepairError as e:
+            raise RepairError(str(e)) from None
+        report.update(disk=disk, root=fs.device, os="Windows")
+        return report
+    return None
 
 
 def _unlock(layout: guest.DiskLayout, request: Request, crypt: luks.Cryptsetup, stack: ExitStack,

@@ -11,6 +11,7 @@ import struct
 NONE = 0xFFFFFFFF
 REG_SZ = 1
 KEY_HIVE_ENTRY, KEY_NO_DELETE, KEY_COMP_NAME = 0x04, 0x08, 0x20
+SE_SELF_RELATIVE = 0x8000
 FILETIME = 133_000_000_000_000_000  # 2022-06-18, any fixed time will do
 
 
@@ -29,15 +30,18 @@ class _Cells:
         struct.pack_into(fmt, self.data, cell - 32 + 4 + at, *values)
 
 
-def _key(cells: _Cells, name: str, tree: dict, parent: int, root: bool = False) -> int:
+def _key(cells: _Cells, name: str, tree: dict, parent: int, root: bool = False,
+         keys: list[int] | None = None) -> int:
     encoded = name.encode("ascii")
     flags = KEY_COMP_NAME | (KEY_HIVE_ENTRY | KEY_NO_DELETE if root else 0)
     nk = cells.alloc(b"nk" + struct.pack("<HQ15IHH", flags, FILETIME, *([0] * 2), *([0] * 13),
                                          len(encoded), 0) + encoded)
     cells.patch(nk, 2 + 2 + 8 + 4, "<I", parent if not root else NONE)
+    if keys is not None:
+        keys.append(nk)
     subkeys = sorted((k, v) for k, v in tree.items() if isinstance(v, dict))
     values = [(k, v) for k, v in tree.items() if isinstance(v, str)]
-    children = [_key(cells, k, v, nk) for k, v in subkeys]
+    children = [_key(cells, k, v, nk, keys=keys) for k, v in subkeys]
     sublist = cells.alloc(b"li" + struct.pack(f"<H{len(children)}I", len(children), *children)) \
         if children else NONE
     vks = []
@@ -63,8 +67,17 @@ def _key(cells: _Cells, name: str, tree: dict, parent: int, root: bool = False) 
 def hive(tree: dict, root_name: str = "ROOT", file_name: str = "") -> bytes:
     """A hive holding `tree`: {key: {subkey: {...}, value_name: "text"}}."""
     cells = _Cells()
-    root = _key(cells, root_name, tree, 0, root=True)
+    keys: list[int] = []
+    root = _key(cells, root_name, tree, 0, root=True, keys=keys)
     assert root == 32  # readers take the first cell of the first bin as the root key
+    # One security cell shared by every key (hivex copies its parent's when it adds a key): a
+    # self-relative descriptor with no DACL, i.e. open to all, as a test hive may be.
+    descriptor = struct.pack("<BBHIIII", 1, 0, SE_SELF_RELATIVE, 0, 0, 0, 0)
+    sk = cells.alloc(b"sk" + struct.pack("<HIIII", 0, 0, 0, len(keys), len(descriptor))
+                     + descriptor)
+    cells.patch(sk, 4, "<II", sk, sk)
+    for nk in keys:
+        cells.patch(nk, 2 + 2 + 8 + 4 + 4 + 4 * 6, "<I", sk)
     used = 32 + len(cells.data)
     bin_size = (used + 4095) // 4096 * 4096
     free = bin_size - used
