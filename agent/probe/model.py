@@ -25,7 +25,10 @@ class OperatingSystem:
     id: str | None = None            # os-release ID (debian, rhel, …) or "windows"
     id_like: list[str] = field(default_factory=list)
     version: str | None = None       # VERSION_ID, or Windows DisplayVersion / CurrentVersion
-    build: str | None = None         # Windows CurrentBuild
+    build: str | None = None         # Windows CurrentBuild (CurrentBuildNumber before Vista)
+    edition: str | None = None       # Windows EditionID: Professional, ServerStandard, …
+    arch: str | None = None          # Windows PROCESSOR_ARCHITECTURE: AMD64, x86, ARM64
+    control_set: str | None = None   # Windows: the ControlSet it boots (Select\Current)
     hostname: str | None = None
     kernels: list[str] = field(default_factory=list)  # installed kernel versions
     root: str = "/"                  # where in the filesystem the OS lives (btrfs subvolume)

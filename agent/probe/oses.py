@@ -176,9 +176,9 @@ def windows_os(root: Path) -> OperatingSystem | None:
     software = _ci(root, "Windows/System32/config/SOFTWARE")
     system = _ci(root, "Windows/System32/config/SYSTEM")
     version = registry.windows_version(software) if software else {}
-    hostname = registry.computer_name(system) if system else None
+    facts = registry.system_facts(system) if system else {}
     name = version.get("ProductName") or "Windows (version unknown)"
-    build = version.get("CurrentBuild", "")
+    build = version.get("CurrentBuild") or version.get("CurrentBuildNumber", "")
     if name.startswith("Windows 10") and build.isdigit() and int(build) >= 22000:
         name = "Windows 11" + name.removeprefix("Windows 10")  # 11 kept 10's ProductName
     return OperatingSystem(
@@ -187,7 +187,10 @@ def windows_os(root: Path) -> OperatingSystem | None:
         id="windows",
         version=version.get("DisplayVersion") or version.get("CurrentVersion"),
         build=build or None,
-        hostname=hostname,
+        edition=version.get("EditionID"),
+        arch=facts.get("Architecture"),
+        control_set=facts.get("ControlSet"),
+        hostname=facts.get("ComputerName"),
     )
 
 

@@ -9,7 +9,8 @@ from regipy.exceptions import RegipyException
 from regipy.registry import RegistryHive
 
 _VERSION_KEY = r"\Microsoft\Windows NT\CurrentVersion"
-_VERSION_VALUES = ("ProductName", "DisplayVersion", "CurrentVersion", "CurrentBuild", "EditionID")
+_VERSION_VALUES = ("ProductName", "DisplayVersion", "CurrentVersion", "CurrentBuild",
+                   "CurrentBuildNumber", "EditionID")
 
 
 def _values(hive: Path, key: str, names: tuple[str, ...]) -> dict[str, str]:
@@ -27,14 +28,32 @@ def _values(hive: Path, key: str, names: tuple[str, ...]) -> dict[str, str]:
 
 
 def windows_version(software_hive: Path) -> dict[str, str]:
-    """ProductName, DisplayVersion, CurrentVersion, CurrentBuild, EditionID where present."""
+    """ProductName, DisplayVersion, CurrentVersion, CurrentBuild, CurrentBuildNumber, EditionID
+    where present."""
     return _values(software_hive, _VERSION_KEY, _VERSION_VALUES)
 
 
+def current_control_set(system_hive: Path) -> str | None:
+    """The ControlSet Windows boots, from Select\\Current: "ControlSet001"; None when unknown."""
+    current = _values(system_hive, r"\Select", ("Current",)).get("Current", "")
+    return f"ControlSet{int(current):03d}" if current.isdigit() else None
+
+
+def system_facts(system_hive: Path) -> dict[str, str]:
+    """ControlSet (the current one), ComputerName and PROCESSOR_ARCHITECTURE where present,
+    read in the current ControlSet (else ControlSet001, then 002)."""
+    current = current_control_set(system_hive)
+    out = {"ControlSet": current} if current else {}
+    for control_set in dict.fromkeys(filter(None, (current, "ControlSet001", "ControlSet002"))):
+        base = rf"\{control_set}\Control"
+        out.setdefault("ComputerName", _values(
+            system_hive, rf"{base}\ComputerName\ComputerName", ("ComputerName",)).get("ComputerName"))
+        out.setdefault("Architecture", _values(
+            system_hive, rf"{base}\Session Manager\Environment",
+            ("PROCESSOR_ARCHITECTURE",)).get("PROCESSOR_ARCHITECTURE"))
+        out = {k: v for k, v in out.items() if v}
+    return out
+
+
 def computer_name(system_hive: Path) -> str | None:
-    for control_set in ("ControlSet001", "ControlSet002"):
-        found = _values(system_hive, rf"\{control_set}\Control\ComputerName\ComputerName",
-                        ("ComputerName",))
-        if found:
-            return found["ComputerName"]
-    return None
+    return system_facts(system_hive).get("ComputerName")

@@ -35,6 +35,8 @@ def _fs(fs: Filesystem | None) -> str:
 def _os(fs: Filesystem) -> str:
     o = fs.os
     text = o.name + (f" build {o.build}" if o.build else "")
+    text += "".join(f", {label} {v}" for label, v in (("edition", o.edition), ("arch", o.arch),
+                                                      ("boots", o.control_set)) if v)
     if o.hostname:
         text += f", host {o.hostname}"
     if o.kernels:
