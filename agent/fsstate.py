@@ -115,12 +115,12 @@ RESTART_VOLUME_IS_CLEAN = 0x0002
 
 
 def _ntfs(node: str) -> str | None:
-    info = _run(["ntfsinfo", "-m", node], "ntfsinfo")
+    info = _run(["ntfsinfo", "-f", "-m", node], "ntfsinfo")  # -f: it refuses a dirty one
     flags = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
                   if ln.strip().startswith("Volume Flags:")), None)
     if flags is None:
         raise _CannotTell("ntfsinfo shows no volume flags")
-    if int(flags, 16) & VOLUME_IS_DIRTY:
+    if int(flags.split()[0], 16) & VOLUME_IS_DIRTY:  # "0x0001 DIRTY"
         return "is marked dirty (Windows would run chkdsk on it)"
     if _hibernated(_head(node, "/hiberfil.sys", 4)):
         return "holds a hibernated Windows (hibernation or Fast Startup left it mounted)"

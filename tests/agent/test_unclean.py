@@ -196,6 +196,26 @@ def _logfile_offset(node: str) -> int:
     return int(lcn, 16) * 4096
 
 
+def _mark_dirty(node: str) -> None:
+    """Set VOLUME_IS_DIRTY in $Volume's volume information (MFT record 3, and its mirror), as
+    Windows does when it wants chkdsk to run."""
+    info = run("ntfsinfo", "-m", node).stdout
+    cluster = int(info.split("Cluster Size:")[1].split()[0])
+    for key in ("LCN of Data Attribute for FILE_MFT:", "LCN of Data Attribute for File_MFTMirr:"):
+        record = int(info.split(key)[1].split()[0]) * cluster + 3 * 1024
+        with open(node, "r+b") as f:
+            f.seek(record)
+            mft = bytearray(f.read(1024))
+            at = struct.unpack_from("<H", mft, 0x14)[0]
+            while struct.unpack_from("<I", mft, at)[0] != 0x70:  # $VOLUME_INFORMATION
+                at += struct.unpack_from("<I", mft, at + 4)[0]
+            flags = at + struct.unpack_from("<H", mft, at + 0x14)[0] + 10
+            assert flags % 512 < 510  # clear of the update sequence
+            mft[flags] |= 1
+            f.seek(record)
+            f.write(mft)
+
+
 def test_ntfs_windows_did_not_shut_down_cleanly(loopdev):
     disk = loopdev(130 * MiB, "win")
     run("sfdisk", "-q", disk, input="label: gpt\nsize=128MiB, type=EBD0A0A2-B9E5-4433-87C0-68B6B72699C7\n")
@@ -224,6 +244,9 @@ def test_ntfs_windows_did_not_shut_down_cleanly(loopdev):
         (mnt / "hiberfil.sys").write_bytes(b"HIBR" + bytes(4092))
     assert "hibernated Windows" in fsstate.unclean(dev, "ntfs")
 
+    _mark_dirty(dev)  # chkdsk pending
+    assert "marked dirty" in fsstate.unclean(dev, "ntfs")
+
 
 def test_logfile_verdicts():
     assert fsstate.logfile_clean(b"") and fsstate.logfile_clean(b"\xff" * 8192)
@@ -242,3 +265,14 @@ def test_ext_and_xfs_verdicts():
     assert fsstate.xfs_verdict("    log tail: 14 head: 14 state: <CLEAN>") is None
     assert "log is dirty" in fsstate.xfs_verdict("log tail: 2 head: 13 state: <DIRTY>")
     assert "could not be checked" in fsstate.unclean("/dev/null", "xfs")
+
+
+def test_ext2_that_was_not_unmounted(loopdev):
+    dev = loopdev(64 * MiB, "ext2")
+    run("mkfs.ext2", "-q", "-F", dev)
+    assert fsstate.unclean(dev, "ext2") is None
+    with mounted(dev, "ext2") as mnt:  # without a journal, the mount marks it "not clean" on disk
+        (mnt / "file").write_bytes(os.urandom(MiB))
+        os.sync()
+        assert "its state is 'not clean'" in fsstate.unclean(dev, "ext2")
+    assert fsstate.unclean(dev, "ext2") is None
