@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from agent import blockdev, extfs, fsstate, partclone
+from agent import blockdev, extfs, fsstate, partclone, windisk
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,10 @@ def plan_disk(device: str) -> ReadPlan:
                  f"({_human(total(gaps))})")
     found = Found(list(gaps))
     for p in parts:
+        if why := windisk.partition_kind(table.label, p.type):
+            notes.warn(f"{p.node} {why} ({_human(p.size)}).")
+            found.used.append((p.start, p.start + p.size))
+            continue
         area = area_used(p.node, p.start, p.size, p.node, notes)
         found.used += area.used
         found.zero += area.zero
@@ -183,6 +187,9 @@ def area_used(node: str, start: int, length: int, label: str, notes: Notes) -> F
         fstype = blockdev.filesystem(node).get("TYPE")
     except blockdev.BlockDevError as e:
         notes.append(f"{label}: {e} Read whole.")
+        return Found.whole(length).shift(start)
+    if fstype == "BitLocker" or windisk.bitlocker(node):
+        notes.warn(f"{label} {windisk.BITLOCKER_WARNING} ({_human(length)}).")
         return Found.whole(length).shift(start)
     if partclone.knows(fstype) or fstype == "swap":
         return content_used(node, fstype, length, label, notes).shift(start)
