@@ -1,9 +1,10 @@
 """The read plan of a disk: which bytes capture reads, and why.
 
 Partition tables, gaps and bootloader areas are read whole; a filesystem partclone knows only by
-its used blocks, unless it was not cleanly unmounted (fsstate: then whole, with a warning); swap by its header; an LVM PV by the used blocks of its linear LVs' filesystems
-(the rest of the PV whole); an md RAID1 member by its array's used blocks, through the member's
-data offset. Anything else is read whole. What the plan does not read is free.
+its used blocks, unless it was not cleanly unmounted (fsstate: then whole, with a warning); swap
+by its header; an LVM PV by the used blocks of its linear LVs' filesystems (the rest of the PV
+whole); an md RAID1 member by its array's used blocks, through the member's data offset.
+Anything else is read whole. What the plan does not read is free.
 
 Ranges are half-open byte ranges [start, end) on the disk, sorted and disjoint.
 """

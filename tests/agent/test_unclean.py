@@ -2,9 +2,9 @@
 
 The source is a power cut for real: filesystems mounted, files written and fsync'ed, the
 filesystems shut down and the disk copied as it then is, with the journal or log holding
-committed transactions the on-disk bitmaps do not count yet (partclone's map misses the files). Captured
-into a real p2v-server and restored onto a disk of random bytes, every file must come back once
-the restored filesystem is mounted (its journal replayed), and fsck must be clean.
+committed transactions the on-disk bitmaps do not count yet (partclone's map misses the files).
+Captured into a real p2v-server and restored onto a disk of random bytes, every file must come
+back once the restored filesystem is mounted (its journal replayed), and fsck must be clean.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def test_unclean_filesystems_come_back_whole(loopdev, p2v_server):
     if len(missed) < len(volumes):
         warnings.warn(f"{sorted({v.name for v in volumes} - missed)}: a sync elsewhere on this "
                       "machine wrote the bitmaps home before each cut; partclone refuses such a "
-                      "map, so the old plan would have read them whole: only the plan is tested")
+                      "map, so the old plan too would have read them whole")
 
     plan = plan_disk(source)
     assert len(plan.warnings) == len(volumes), plan.notes
