@@ -113,7 +113,9 @@ class Client:
                 if _is_trust_failure(e):
                     raise ServerError(self._tls_message(e)) from None
                 raise _Retry(f"the secure connection to {self.url} broke ({_short(e)})") from None
-            except (requests.ConnectionError, requests.Timeout) as e:
+            except (requests.ConnectionError, requests.Timeout,
+                    requests.exceptions.ChunkedEncodingError) as e:
+                # ChunkedEncodingError: the answer was cut mid-body (a cut link, a crash).
                 raise _Retry(f"cannot reach {self.url} ({_short(e)})") from None
             if resp.status_code in ok:
                 return resp
@@ -338,15 +340,23 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
 
 
 def _read_into(resp: http.client.HTTPResponse, into: memoryview) -> int:
-    """Reads the whole response body into `into`; a body longer than `into` is an error."""
+    """Reads the whole response body into `into`: the bytes read.
+
+    A body longer than `into` is an error; so is one that stops before the length the server
+    announced (a connection cut mid-body, a server that crashed): http.client.IncompleteRead,
+    which callers retry as the network error it is, never a damaged chunk.
+    """
     n = 0
     while n < len(into):
         got = resp.readinto(into[n:])
         if not got:
-            return n
+            break
         n += got
-    if resp.read(1):
-        raise http.client.HTTPException(f"the answer is longer than the {len(into)} bytes expected")
+    else:
+        if resp.read(1):
+            raise http.client.HTTPException(f"the answer is longer than the {len(into)} bytes expected")
+    if resp.length:  # http.client counts down what Content-Length announced
+        raise http.client.IncompleteRead(bytes(0), resp.length)
     return n
 
 

@@ -53,6 +53,7 @@ _SCAN_ZEROS = bytes(SCAN_STEP)
 SAMPLE_BLOCKS = 512             # --target-zeroed: 4 KiB blocks read to check the claim
 SAMPLE_BLOCK = 4096
 SAMPLE_EDGE = 128 * 1024        # ... every one in the first and last this many bytes
+DAMAGE_ATTEMPTS = 3             # a chunk that arrives whole but wrong, fetched this many times
 
 
 class RestoreError(Exception):
@@ -456,14 +457,24 @@ class _Fetcher:
         self.progress.advance(self.did, done=length, sent=length)
 
     def _fetch(self, index: int, length: int, want: str, buffer: memoryview) -> memoryview:
-        for attempt in (1, 2, 3):
+        """The chunk, whole and with its sealed digest, in `buffer`.
+
+        A body cut short (a cut link, a server that crashed or restarted) never gets here: the
+        client retries it for its retry_for (10 minutes by default) like any network error. Only
+        a body that arrived whole but is not what was sealed counts as damage; that is fetched
+        DAMAGE_ATTEMPTS times (a faulty NIC or memory may flip bits once), then RestoreError.
+        """
+        for attempt in range(1, DAMAGE_ATTEMPTS + 1):
             body = self.client.get_chunk(self.job, self.did, index, buffer)
             if len(body) == length and protocol.chunk_digest(body) == want:
                 return body
-            log.warning("chunk %d of %s arrived damaged (attempt %d); fetching it again",
-                        index, self.did, attempt)
-        raise RestoreError(f"Chunk {index} of {self.did} keeps arriving with the wrong content; "
-                           "check the network, or run 'p2v-server verify' on the job.")
+            log.warning("chunk %d of %s arrived whole but not as sealed (%d of %d bytes, attempt "
+                        "%d); fetching it again", index, self.did, len(body), length, attempt)
+        raise RestoreError(
+            f"Chunk {index} of {self.did} arrived whole {DAMAGE_ATTEMPTS} times, and never with "
+            f"the digest it was sealed with: the server's image of job {self.job} looks damaged "
+            f"there. Run 'p2v-server verify {self.job}' on the server; if it finds the damage, "
+            "capture the machine again. Nothing was written at that chunk.")
 
 
 class _DirectTarget:
