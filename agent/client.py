@@ -77,6 +77,10 @@ class Client:
         if not url or urlsplit(url).scheme not in ("http", "https"):
             raise ServerError(f"The server address {url!r} is not a URL: give it as "
                               "https://HOST:PORT, as p2v-server printed it.")
+        if fingerprint and urlsplit(url).scheme != "https":
+            raise ServerError(f"The server address {url} is plain HTTP but a fingerprint is "
+                              "given: it can only be checked over TLS, and the token would go "
+                              "in clear. Give the https:// address p2v-server printed.")
         if not token:
             raise ServerError("No token given: pass the token p2v-server printed (--token or "
                               "p2v.token=).")

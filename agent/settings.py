@@ -411,12 +411,24 @@ def read_fields(changes: dict[str, Any], source: str) -> tuple[dict[str, Any], l
 
 def check(settings: Settings) -> list[str]:
     """Problems no single key shows: what unattended mode cannot start without."""
+    problems = []
+    if settings.fingerprint and settings.server and urlsplit(settings.server).scheme != "https":
+        problems.append(plain_with_fingerprint(settings.server))
     talks_to_server = settings.mode in (None, "auto", "capture", "restore")
     missing = [BY_FIELD[f] for f in ("server", "token") if not getattr(settings, f)]
     if settings.unattended and talks_to_server and missing:
-        return [f"p2v.unattended with p2v.mode={settings.mode or 'auto'} needs "
-                f"{' and '.join(missing)} too; add them to the boot line or to p2v.cfg."]
-    return []
+        problems.append(f"p2v.unattended with p2v.mode={settings.mode or 'auto'} needs "
+                        f"{' and '.join(missing)} too; add them to the boot line or to p2v.cfg.")
+    return problems
+
+
+def plain_with_fingerprint(url: str) -> str:
+    """Why a fingerprint with a plain-HTTP server address is refused (the pin would guard
+    nothing: the token and the inventory would cross the network in clear)."""
+    return (f"p2v.server={url} is plain HTTP but a fingerprint is given: the fingerprint can only "
+            "be checked over TLS, and the token would go in clear. Write the address with "
+            "https:// as p2v-server printed it (or drop the fingerprint if the server really "
+            "runs --plain-http).")
 
 
 def load_settings(cmdline: str | None = None, cfg_paths: tuple[Path, ...] | list[Path] = CFG_PATHS,

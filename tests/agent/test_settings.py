@@ -287,3 +287,29 @@ def test_luks_file_relative_to_the_boot_medium(tmp_path, monkeypatch):
     assert load_settings("p2v.luks=keys/luks.txt", cfg_paths=[]).luks == str(tmp_path / "keys/luks.txt")
     with pytest.raises(SettingsError, match="p2v.luks=… names no readable file"):
         load_settings("p2v.luks=keys/other.txt", cfg_paths=[])
+
+
+def test_plain_http_with_a_fingerprint_is_refused_on_every_path(tmp_path):
+    plain = "http://10.0.0.5:8443"
+    expected = "plain HTTP but a fingerprint is given"
+    with pytest.raises(SettingsError, match=expected):           # p2v.* kernel flags
+        load_settings(f"p2v.server={plain} p2v.fingerprint={FP}", cfg_paths=[])
+    cfg = tmp_path / "p2v.cfg"
+    cfg.write_text(f"p2v.fingerprint={FP}\n")
+    with pytest.raises(SettingsError, match=expected):           # p2v.cfg and a CLI flag
+        load_settings("", cfg_paths=[cfg], cli={"server": plain})
+    parser = argparse.ArgumentParser()
+    add_source_arguments(parser)
+    parser.add_argument("--server")
+    parser.add_argument("--fingerprint")
+    args = parser.parse_args(["--server", plain, "--fingerprint", FP, "--cmdline", ""])
+    with pytest.raises(SettingsError, match=expected):           # CLI flags alone
+        load_from_args(args)
+    with pytest.raises(SettingsError, match=expected):           # the TUI's server screen
+        update(Settings(), {"server": plain, "token": "t", "fingerprint": FP})
+    from agent.client import Client, ServerError
+    with pytest.raises(ServerError, match=expected):             # whoever builds a Client
+        Client(plain, "t", FP)
+    # Without a fingerprint a --plain-http server stays usable, and https with one is fine.
+    assert load_settings(f"p2v.server={plain}", cfg_paths=[]).server == plain
+    assert load_settings(f"p2v.server=https://s:1 p2v.fingerprint={FP}", cfg_paths=[]).fingerprint == FP
