@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from support import P2VServer, needs_root, run
+from support import P2VServer, detach_loop, needs_root, run
 
 
 @pytest.fixture
@@ -18,21 +17,19 @@ def loopdev(tmp_path: Path):
     call `rescan(dev)` after partitioning. Everything is detached at the end of the test.
     """
     needs_root()
-    made: list[str] = []
+    made: list[tuple[str, Path]] = []
 
     def make(size: int, name: str = "disk") -> str:
         backing = tmp_path / f"{name}-{len(made)}.img"
         with open(backing, "wb") as f:
             f.truncate(size)
         dev = run("losetup", "--show", "-f", "-P", str(backing)).stdout.strip()
-        made.append(dev)
+        made.append((dev, backing))
         return dev
 
     yield make
-    for dev in reversed(made):
-        subprocess.run(["umount", "-R", "-l", dev], capture_output=True)
-        subprocess.run(["partx", "-d", dev], capture_output=True)
-        subprocess.run(["losetup", "-d", dev], capture_output=True)
+    for dev, backing in reversed(made):
+        detach_loop(dev, backing)
 
 
 @pytest.fixture

@@ -33,6 +33,24 @@ def needs_root() -> None:
 
 
 
+def loop_backing(dev: str) -> str | None:
+    """The file (or device) loop device `dev` shows now; None when it is detached."""
+    try:
+        return Path(f"/sys/block/{Path(dev).name}/loop/backing_file").read_text().strip()
+    except OSError:
+        return None
+
+
+def detach_loop(dev: str, backing: str | os.PathLike) -> None:
+    """Unmount what is on `dev`, drop its partition nodes and detach it, but only while it still
+    shows `backing`: a test that detached it itself may have freed the number for another user."""
+    if loop_backing(dev) != os.path.realpath(backing):
+        return
+    subprocess.run(["umount", "-R", "-l", dev], capture_output=True)
+    subprocess.run(["partx", "-d", dev], capture_output=True)
+    subprocess.run(["losetup", "-d", dev], capture_output=True)
+
+
 def rescan(dev: str) -> list[str]:
     """Make the partition nodes of `dev` and return them in order."""
     subprocess.run(["partx", "-u", dev], capture_output=True)
