@@ -19,8 +19,10 @@ from agent.repair.tree import GuestTree
 
 # Drivers for the disk and network controllers a XenServer VM may show (PV, emulated IDE), and the
 # ones other hypervisors and the source commonly use (virtio, AHCI).
+# The VM's disk controllers: Xen's PV devices, XenServer's emulated IDE (BIOS profile) and NVMe
+# (UEFI profile, where Xen cannot unplug the disk), virtio, AHCI.
 VM_DRIVERS = ("xen-blkfront", "xen-netfront", "xen-platform-pci", "ata_piix", "ata_generic",
-              "virtio_pci", "virtio_blk", "virtio_scsi", "virtio_net", "ahci", "sd_mod")
+              "nvme", "nvme-core", "virtio_pci", "virtio_blk", "virtio_scsi", "virtio_net", "ahci", "sd_mod")
 STAMP = "/var/lib/xenp2v/repaired"
 MARK = "# Added by xenp2v repair: drivers for the VM's disk and network controllers."
 ESP_DIRS = ("/boot/efi", "/efi")

@@ -291,7 +291,7 @@ def test_debian_mdadm_conf_by_member_names_gets_uuids(tmp_path):
         "/etc/initramfs-tools/initramfs.conf": "MODULES=most\n",
         "/etc/initramfs-tools/modules": "".join(f"{d}\n" for d in
                                                 ("xen-blkfront", "xen-netfront", "xen-platform-pci", "ata_piix",
-                                                 "ata_generic", "virtio_pci", "virtio_blk", "virtio_scsi",
+                                                 "ata_generic", "nvme", "nvme-core", "virtio_pci", "virtio_blk", "virtio_scsi",
                                                  "virtio_net", "ahci", "sd_mod")),
         STAMP: "repaired by xenp2v\n",
     })
@@ -497,3 +497,22 @@ def test_ubuntu_btrfs_subvolumes_and_netplan_by_mac(tmp_path):
         "network:\n  version: 2\n  ethernets:\n    enX0:\n      match:\n        macaddress: 00:11:22:33:44:55\n"
         "      set-name: enX0\n      addresses: [192.0.2.40/24]\n")
     assert_second_run_empty(tree, f)
+
+
+def test_nvme_driver_goes_into_the_initramfs_for_the_uefi_profile(tmp_path):
+    # XCP-ng's UEFI profile shows the disk on emulated NVMe: a guest booted from SATA has no
+    # nvme driver in its initramfs (MODULES=list or dep) and loses its root there.
+    dep = MODULES_DEP + ("kernel/drivers/nvme/host/nvme.ko.xz: kernel/drivers/nvme/host/nvme-core.ko.xz\n"
+                         "kernel/drivers/nvme/host/nvme-core.ko.xz:\n")
+    tree = make_tree(tmp_path, {
+        "/etc/os-release": DEBIAN_OS,
+        "/etc/fstab": f"UUID={ROOT_UUID} / ext4 errors=remount-ro 0 1\n",
+        "/etc/initramfs-tools/initramfs.conf": "MODULES=list\n",
+        "/etc/initramfs-tools/modules": "ahci\nlibahci\nsd_mod\next4\n",
+        "/lib/modules/6.1.0-18-amd64/modules.dep": dep,
+        "/lib/modules/6.1.0-18-amd64/modules.builtin": BUILTIN,
+    })
+    got = changes(plan_repair(tree, facts({})))
+    added = got["/etc/initramfs-tools/modules"].split("# Added by xenp2v repair")[1].splitlines()[1:]
+    assert {"nvme", "nvme-core", "xen-blkfront"} <= set(added)
+    assert "ahci" not in added and "sd_mod" not in added
