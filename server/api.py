@@ -12,15 +12,18 @@ import hmac
 import json
 import logging
 import re
+import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
+import aiohttp
+import aiohttp.http_exceptions
 import zstandard
 from aiohttp import web
 
 from server import chunk
 from server.inventory import parse_inventory
-from server.store import Store
+from server.store import Store, storage_error
 from xenp2v import __version__
 from xenp2v.protocol import (
     API, AUTH_HEADER, DIGEST_HEADER, ENCODING_HEADER, MAX_CHUNK_SIZE, MAX_JSON_BODY, MAX_LOG_BODY,
@@ -74,10 +77,36 @@ async def errors(request: web.Request, handler):
         return error_response(code, f"{exc.reason}: {request.method} {request.path}.")
     except asyncio.CancelledError:
         raise
-    except Exception:
+    except Exception as exc:
+        if _client_gone(request, exc):
+            # Not a server failure: a cut link, an agent killed or restarted. One line; the
+            # answer is for the record (there is no one left to read it).
+            log.info("%s %s: the client went away (%s)", request.method, request.path,
+                     type(exc).__name__)
+            return error_response(ErrorCode.BAD_REQUEST,
+                                  "The connection was cut before the request was done.")
+        full = _storage_full(request, exc)
+        if full is not None:
+            return error_response(full.code, full.detail)
         log.exception("%s %s failed", request.method, request.path)
         return error_response(ErrorCode.INTERNAL,
                               "The server failed on this request; its log has the details.")
+
+
+def _client_gone(request: web.Request, exc: Exception) -> bool:
+    """Whether `exc` is the client disconnecting (mid-body or before its answer was written)."""
+    if isinstance(exc, (ConnectionError, aiohttp.ClientPayloadError, aiohttp.http_exceptions.ContentLengthError)):
+        return True
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+def _storage_full(request: web.Request, exc: Exception) -> ProtocolError | None:
+    """507 for any write the data directory's full disk refused, whichever handler made it."""
+    if not isinstance(exc, (OSError, sqlite3.Error)):
+        return None
+    mapped = storage_error(exc, request.app[STORE].data_dir)
+    return mapped if mapped.code is ErrorCode.INSUFFICIENT_STORAGE else None
 
 
 @web.middleware
@@ -87,7 +116,10 @@ async def auth(request: web.Request, handler):
     given = request.headers.get(AUTH_HEADER, "")
     scheme, _, token = given.partition(" ")
     expected = request.app[TOKEN].encode()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+    # surrogateescape: aiohttp hands over bytes that are not UTF-8 as surrogates; they must
+    # compare as what they are (not equal), not fail to encode.
+    given_bytes = token.strip().encode("utf-8", "surrogateescape")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given_bytes, expected):
         raise ProtocolError(ErrorCode.UNAUTHORIZED,
                             "A valid 'Authorization: Bearer <token>' header is needed: use the token "
                             "the server printed when it started.")

@@ -17,6 +17,7 @@ from pathlib import Path
 from aiohttp import web
 
 from server import tls
+from server.guard import Redact, Runner
 from server.api import RUNNER_OPTIONS, make_app
 from server.datadir import add_data_dir, data_dir, load_or_make_token
 from server.store import Store
@@ -122,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"Cannot use the data directory {directory}: {err}. Choose another with --data-dir.",
               file=sys.stderr)
         return 1
+    for handler in logging.getLogger().handlers:  # no token in the log, whoever logs it
+        handler.addFilter(Redact([token]))
     scheme = "http" if args.plain_http else "https"
     try:
         hooks = automatic_path(args, store)
@@ -139,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def _serve(store: Store, token: str, host: str, port: int, ssl_context, text: str,
                  hooks: dict) -> int:
-    runner = web.AppRunner(make_app(store, token, **hooks), handle_signals=False, **RUNNER_OPTIONS)
+    runner = Runner(make_app(store, token, **hooks), handle_signals=False, **RUNNER_OPTIONS)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host or None, port, ssl_context=ssl_context, backlog=512)
