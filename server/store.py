@@ -96,6 +96,22 @@ class _Disk:
         self.fd = self.direct_fd = None
 
 
+PRIVATE_DIR = 0o700   # the data directory and everything under it: migrated disks, tokens
+PRIVATE_FILE = 0o600
+
+
+def lock_down(data_dir: Path) -> None:
+    """Makes the data directory and everything in it readable by its owner only: directories
+    0700, files 0600 (images made by older servers were 0644, their directory 0755, so any local
+    user read every migrated disk). Runs at each start; costs a stat per file."""
+    for root, dirs, files in os.walk(data_dir):
+        os.chmod(root, PRIVATE_DIR)
+        for name in files:
+            path = os.path.join(root, name)
+            if not os.path.islink(path) and os.stat(path).st_mode & 0o077:
+                os.chmod(path, PRIVATE_FILE)
+
+
 def not_found(detail: str) -> ProtocolError:
     return ProtocolError(ErrorCode.NOT_FOUND, detail)
 
@@ -140,6 +156,7 @@ class Store:
         self._chunk_locks: dict[tuple[str, str, int], list] = {}
         self._journal: Journal | None = None
         self._db().conn.executescript(SCHEMA)
+        lock_down(self.data_dir)
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -211,11 +228,15 @@ class Store:
         self._check_space(inv)
         job_id = _new_job_id(inv.name)
         now = _now()
-        (self.jobs_dir / job_id / "disks").mkdir(parents=True)
+        (self.jobs_dir / job_id / "disks").mkdir(parents=True, mode=PRIVATE_DIR)
         try:
             for disk in inv.disks:
-                with open(self.image_path(job_id, disk.id), "xb") as f:
-                    f.truncate(disk.size)
+                fd = os.open(self.image_path(job_id, disk.id),
+                             os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE)
+                try:
+                    os.ftruncate(fd, disk.size)
+                finally:
+                    os.close(fd)
         except OSError as err:
             shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
             if err.errno in (errno.EFBIG, errno.EINVAL):
@@ -361,7 +382,8 @@ class Store:
         self._job_row(job_id)
         path = self.log_path(job_id)
         try:
-            with open(path, "ab") as f:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE)
+            with os.fdopen(fd, "ab") as f:
                 f.write(text if text.endswith(b"\n") or not text else text + b"\n")
         except OSError as err:
             raise storage_error(err, path.parent) from None

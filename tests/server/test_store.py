@@ -234,3 +234,30 @@ def test_the_reservation_is_the_whole_chunks_the_plan_touches(tmp_path):
     store.put_chunk(job["id"], "sda", 7, data, p.chunk_digest(data))
     assert store.outstanding_by_job() == {job["id"]: 199 * chunk}
     store.close()
+
+
+def test_data_directory_and_images_are_private_and_old_ones_fixed(tmp_path):
+    old = os.umask(0o022)
+    try:
+        data = tmp_path / "data"
+        store = Store(data)
+        job = new_job(store)
+        store.append_log(job, b"agent says hi")
+        image = store.image_path(job, "sda")
+        store.close()
+        # What an older server left: everything readable by any local user.
+        for path in [data, *data.rglob("*")]:
+            os.chmod(path, 0o755 if path.is_dir() else 0o644)
+        Store(data).close()
+    finally:
+        os.umask(old)
+    assert os.stat(data).st_mode & 0o777 == 0o700
+    for path in data.rglob("*"):
+        assert os.stat(path).st_mode & 0o077 == 0, path
+    assert os.stat(image).st_mode & 0o777 == 0o600
+    store = Store(data)                               # a new job's files are private at birth
+    second = new_job(store, uuid="5a4b3c2d-0000-1111-2222-999944445555")
+    store.append_log(second, b"x")
+    assert os.stat(store.image_path(second, "sda")).st_mode & 0o777 == 0o600
+    assert os.stat(store.log_path(second)).st_mode & 0o777 == 0o600
+    store.close()
