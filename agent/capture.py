@@ -12,6 +12,7 @@ resumes where the last one stopped. At the end: the whole-image digest, the seal
 from __future__ import annotations
 
 import dataclasses
+import os
 import logging
 import socket
 import threading
@@ -86,9 +87,35 @@ def machine_inventory(machine: Machine) -> dict:
     }
 
 
-def disk_inventory(plan: ReadPlan, serial: str | None, table: blockdev.PartitionTable | None) -> dict:
-    """One disk of the inventory (see xenp2v.protocol): what the server reserves for it, and
-    what tells it apart from another machine's disk when a job is resumed."""
+DEV_DISK = Path("/dev/disk")
+
+
+def disk_links(device: str, dev_disk: Path = DEV_DISK) -> list[str]:
+    """udev's by-id and by-path names of the whole disk `device` (what the source's fstab may
+    call it, with -partN); [] where udev made none."""
+    real = os.path.realpath(device)
+    out = []
+    for kind in ("by-id", "by-path"):
+        folder = dev_disk / kind
+        if folder.is_dir():
+            out += [f"/dev/disk/{kind}/{entry.name}" for entry in sorted(folder.iterdir())
+                    if entry.is_symlink() and os.path.realpath(entry) == real]
+    return out
+
+
+def partition_record(part: blockdev.Partition) -> dict:
+    """A partition as the inventory's table lists it: what the repair finds its filesystem by on
+    the VM's disks (UUID, then label, then start and size), never by its number alone."""
+    found = blockdev.filesystem(part.node)
+    return {"number": part.number, "start": part.start, "size": part.size, "type": part.type,
+            "fstype": found.get("TYPE"), "uuid": found.get("UUID"), "label": found.get("LABEL")}
+
+
+def disk_inventory(plan: ReadPlan, serial: str | None, table: blockdev.PartitionTable | None,
+                   links: list[str] = ()) -> dict:
+    """One disk of the inventory (see xenp2v.protocol): what the server reserves for it, what
+    tells it apart from another machine's disk when a job is resumed, and what the repair maps
+    the source's device names by."""
     chunk_size = protocol.chunk_size_for(plan.size)
     return {
         "id": disk_id(plan.device), "size": plan.size, "used": min(plan.read_bytes, plan.size),
@@ -96,7 +123,8 @@ def disk_inventory(plan: ReadPlan, serial: str | None, table: blockdev.Partition
         "serial": serial,
         "table": None if table is None else {
             "label": table.label, "id": table.id,
-            "partitions": [[p.start, p.size] for p in table.partitions]},
+            "partitions": [partition_record(p) for p in table.partitions]},
+        "links": list(links),
         "device": plan.device, "plan": plan.notes, "warnings": plan.warnings,
     }
 
@@ -177,8 +205,8 @@ def run(settings: Settings, progress: Progress | None = None, *, client: Client 
             plans.append(plan)
         machine = {**machine_inventory(probed), **(identity or {})}
         serials = {d.path: d.serial for d in probed.disks}
-        disks = [disk_inventory(p, serials.get(p.device), blockdev.partition_table(p.device))
-                 for p in plans]
+        disks = [disk_inventory(p, serials.get(p.device), blockdev.partition_table(p.device),
+                                disk_links(p.device)) for p in plans]
         job = open_job(client, settings, inventory(settings, disks, machine))
         job_id = job["id"]
         log.info("job %s (%s)", job_id, "resumed" if job.get("resumed") else "new")

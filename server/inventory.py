@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from xenp2v.protocol import (
     MAX_DISK_SIZE, MAX_DISKS, ErrorCode, ProtocolError, check_chunk_size, check_id, chunk_count,
-    chunk_size_for, disk_identity, placeholder,
+    chunk_size_for, disk_identity, partition_span, placeholder,
 )
 
 MAX_CHUNKS = 1 << 24
@@ -71,11 +71,18 @@ def _table(value: object, disk_id: str) -> None:
         return
     parts = value.get("partitions") if isinstance(value, dict) else None
     if (not isinstance(parts, list) or len(parts) > 256
-            or not all(isinstance(p, list) and len(p) == 2
-                       and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in p)
-                       for p in parts)):
+            or not all(partition_span(p) and (isinstance(p, list) or _record(p)) for p in parts)):
         raise bad(f"The partition table of disk {disk_id} must be null or an object with "
-                  "'label', 'id' and 'partitions' ([start, size] in bytes, at most 256).")
+                  "'label', 'id' and 'partitions' (each {number, start, size, type, fstype, uuid, "
+                  "label}, or [start, size], in bytes, at most 256).")
+
+
+def _record(part: dict) -> bool:
+    """A partition record's other fields: a number, and short strings or null."""
+    number = part.get("number")
+    return isinstance(number, int) and not isinstance(number, bool) and 0 < number < 1 << 16 and \
+        all(part.get(k) is None or (isinstance(part[k], str) and len(part[k]) <= MAX_SERIAL)
+            for k in ("type", "fstype", "uuid", "label"))
 
 
 def _disk(obj: object, position: int) -> DiskPlan:

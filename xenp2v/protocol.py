@@ -249,8 +249,14 @@ def chunk_span(size: int, chunk_size: int, index: int) -> tuple[int, int]:
 #                   whole; without it the server reserves the disk's size,
 #               "serial": the disk's serial number, null where the disk reports none,
 #               "table": null, or the partition table as {"label": "gpt" | "dos",
-#                   "id": GPT disk GUID or MBR disk identifier, "partitions": [[start, size], ...]}
-#                   (bytes, in table order),
+#                   "id": GPT disk GUID or MBR disk identifier,
+#                   "partitions": [{"number": 1, "start": bytes, "size": bytes,
+#                                   "type": MBR code or GPT type GUID,
+#                                   "fstype", "uuid", "label": what blkid found in it, null where
+#                                   nothing}, ...] in table order (older agents sent [start, size]
+#                   pairs); the repair maps the source's device names (/dev/sdb1, by-id …-part1)
+#                   to the VM's filesystems by uuid, then label, then start and size},
+#               "links": the disk's by-id and by-path names (/dev/disk/by-id/ata-…), [] without udev,
 #               "device", "plan", "warnings": the agent's own notes, kept and shown}]}
 #
 # A job is resumed only for the same machine with the same disks: ids, sizes, serials and partition
@@ -282,12 +288,30 @@ def placeholder(value: object) -> bool:
     return len(set(digits)) == 1
 
 
+def vm_firmware(inventory: dict) -> str:
+    """"uefi" or "bios": the firmware the job's VM is made with (server/xenserver/spec.py) and
+    the repair installs boot code for: the source's, as the capture saw it; BIOS when unknown."""
+    machine = inventory.get("machine") or {}
+    firmware = machine.get("firmware") or inventory.get("firmware") or "bios"
+    return "uefi" if str(firmware).lower() == "uefi" else "bios"
+
+
+def partition_span(part: object) -> tuple[int, int] | None:
+    """(start, size) of an inventory's partition: a record, or an older agent's [start, size]."""
+    if isinstance(part, dict):
+        part = [part.get("start"), part.get("size")]
+    if isinstance(part, list) and len(part) == 2 and \
+            all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in part):
+        return part[0], part[1]
+    return None
+
+
 def disk_identity(disk: dict) -> tuple:
     """What must be equal for two inventories' disks to be the same disk: id, size, serial and
     partition table (label, id, each partition's start and size), from an inventory disk."""
     table = disk.get("table")
     if isinstance(table, dict):
-        parts = tuple(tuple(p) for p in table.get("partitions") or () if isinstance(p, list))
+        parts = tuple(span for p in table.get("partitions") or () if (span := partition_span(p)))
         table = (str(table.get("label")), str(table.get("id") or "").lower(), parts)
     else:
         table = None

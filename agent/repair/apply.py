@@ -113,8 +113,11 @@ def apply_plan(root: Path, steps: list[StepPlan], run_command: Callable[[Command
     ran: list[str] = []
     for step in steps:
         entry = {"step": step.name, "files": [c.path for c in step.changes],
-                 "commands": [str(c) for c in step.commands], "notes": step.notes, "status": "ok"}
+                 "commands": [str(c) for c in step.commands], "notes": step.notes,
+                 "warnings": step.warnings, "status": "ok"}
         report.append(entry)
+        for warning in step.warnings:
+            say(f"WARNING: {warning}")
         if step.empty:
             entry["status"] = "nothing to do"
             continue

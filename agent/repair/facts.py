@@ -1,9 +1,11 @@
 """What the repair knows about the guest's new world, and how old names map onto it.
 
 Old device names (`/dev/sda1`, `/dev/disk/by-id/…-part2`, `/dev/nvme0n1p3`) come from the source
-machine; the filesystems they named are now somewhere on the VM's disk, with the same UUIDs
-(the copy is block for block). A job's inventory says outright which name held which filesystem;
-without a job the partition number in the name and the filesystem type identify it.
+machine; the filesystems they named are now somewhere on the VM's disks, with the same UUIDs
+(the copy is block for block). A job's inventory says which source disk a name is on and what
+filesystem that partition held (UUID, label, start and size): the name maps by those, never by
+its partition number alone. Without a job, a name of the disk being repaired maps by its
+partition number and type, and a name of another disk is looked for on the VM's other disks.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ class Filesystem:
     uuid: str | None
     label: str | None = None
     partition: int | None = None  # its number on the repaired disk; None for LVs
+    start: int | None = None      # its partition's start and size on its disk, bytes; None for LVs
+    size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -63,10 +67,14 @@ class Facts:
     source_nics: list[SourceNic] = field(default_factory=list)   # the source's NICs (job inventory)
     vm_nics: list[VmNic] = field(default_factory=list)           # the VM's NICs
     disk: str | None = None        # the VM's boot disk as this machine sees it (grub-install)
+    root_disk: str | None = None   # the disk holding the guest's root, when it is not the boot disk
     bios: bool = True              # install grub for BIOS booting
     uefi: bool = False             # install the removable UEFI path
     nvram: bool = False            # may write a UEFI boot entry (only inside the VM itself)
     arrays: list[RaidArray] = field(default_factory=list)        # md arrays on the disk
+    # Old names of filesystems on another disk that no VM disk was found to hold → why; their
+    # fstab lines get `nofail` so the VM boots without them.
+    unplaced: dict[str, str] = field(default_factory=dict)
 
     def uuid_ref(self, name: str) -> str | None:
         """`UUID=…` for an old device name that maps to a filesystem with a UUID, else None."""
@@ -150,43 +158,136 @@ def _kernel_name(disk: str) -> bool:
     return "/" not in disk and not disk.startswith(("ata-", "scsi-", "wwn-", "nvme-", "pci-", "virtio-", "usb-"))
 
 
-def names_on_the_vms_disks(refs: list[Reference], inventory: dict,
-                           filesystems: list[list[Filesystem]]) -> dict[str, Filesystem]:
-    """Kernel names of the source's disks (`/dev/sdb1`) → the filesystem now on the VM's disk that
-    received that disk. The inventory lists the source's disks (their "device") in the job's order,
-    the order in which the restore (or the import) put them on the VM's disks; `filesystems` holds
-    each VM disk's filesystems in that order. Partition numbers and types must agree."""
-    order = [(d.get("device") or "").removeprefix("/dev/") for d in inventory.get("disks", [])]
-    names = {}
+def source_disk(name: str, inventory: dict) -> tuple[int, int] | None:
+    """(index of the inventory disk, partition number) that an old partition name is on: its
+    kernel name (the disk's "device"), one of its by-id or by-path names ("links"), or a by-id name
+    that carries its serial. None when the inventory does not say."""
+    ref = partition_ref(name) if is_hardware_name(name) else None
+    if ref is None:
+        return None
+    disk, number = ref
+    for index, d in enumerate(inventory.get("disks", [])):
+        device = (d.get("device") or "").removeprefix("/dev/")
+        links = {link.removeprefix("/dev/disk/by-id/").removeprefix("/dev/disk/by-path/")
+                 for link in d.get("links") or [] if isinstance(link, str)}
+        serial = (d.get("serial") or "").strip().replace(" ", "_")
+        if disk == device or disk in links or \
+                (len(serial) >= 6 and not _kernel_name(disk) and disk.endswith(f"_{serial}")):
+            return index, number
+    return None
+
+
+def source_partition(inventory: dict, index: int, number: int) -> dict | None:
+    """The inventory's record of partition `number` of disk `index`: {number, start, size, type,
+    fstype, uuid, label}; None when the inventory (an older agent's) holds no such record."""
+    disks = inventory.get("disks", [])
+    table = disks[index].get("table") if index < len(disks) else None
+    parts = table.get("partitions") if isinstance(table, dict) else None
+    return next((p for p in parts or [] if isinstance(p, dict) and p.get("number") == number), None)
+
+
+def _one(found: list[Filesystem]) -> Filesystem | None:
+    return found[0] if len(found) == 1 else None
+
+
+def find_partition(part: dict, disks: list[list[Filesystem]], index: int | None) -> Filesystem | None:
+    """The filesystem on the VM's disks that a source partition's record names: by its UUID, else
+    its label, else its start and size on the VM disk in its source disk's place (`index`), the
+    type agreeing each time. A UUID or label that two filesystems share names neither."""
+    every = [fs for disk in disks for fs in disk]
+    fstype = part.get("fstype")
+    if part.get("uuid"):
+        found = _one([fs for fs in every if fs.uuid and fs.uuid.lower() == str(part["uuid"]).lower()])
+        if found and _same_type(fstype, found.fstype):
+            return found
+    if part.get("label"):
+        found = _one([fs for fs in every if fs.label == part["label"] and _same_type(fstype, fs.fstype)])
+        if found:
+            return found
+    if index is not None and index < len(disks) and part.get("start") is not None:
+        return _one([fs for fs in disks[index] if fs.start == part["start"] and
+                     fs.size == part.get("size") and _same_type(fstype, fs.fstype)])
+    return None
+
+
+def names_from_inventory(refs: list[Reference], inventory: dict,
+                         disks: list[list[Filesystem]]) -> tuple[dict[str, Filesystem], dict[str, str]]:
+    """Old names → the filesystems on the VM's disks, by what the capture recorded of each source
+    partition (see `find_partition`). `disks` holds each VM disk's filesystems in the job's order
+    (one list when only the repaired disk is known: then no start+size match).
+
+    Returns (names mapped, names the inventory places on a source disk but that match nothing
+    → why): the latter must not be guessed by partition number.
+    """
+    aligned = len(disks) == len(inventory.get("disks", []))
+    names, missing = {}, {}
     for r in refs:
-        ref = partition_ref(r.name) if is_hardware_name(r.name) else None
-        if ref is None or not _kernel_name(ref[0]) or ref[0] not in order:
+        where = source_disk(r.name, inventory)
+        if where is None:
             continue
-        index = order.index(ref[0])
-        fs = next((f for f in (filesystems[index] if index < len(filesystems) else [])
-                   if f.partition == ref[1]), None)
-        if fs is not None and _same_type(r.fstype, fs.fstype):
+        index, number = where
+        part = source_partition(inventory, index, number)
+        if part is None:
+            continue
+        fs = find_partition({**part, "fstype": part.get("fstype") or r.fstype}, disks,
+                            index if aligned else None)
+        if fs is None:
+            what = ", ".join(f"{k} {part[k]}" for k in ("fstype", "uuid", "label") if part.get(k))
+            missing[r.name] = (f"{r.name} held {what or 'a partition'} on the source's disk "
+                               f"{inventory['disks'][index].get('id')}, and no disk of the VM holds it")
+        else:
             names[r.name] = fs
-    return names
+    return names, missing
 
 
-def names_from_inventory(inventory: dict, filesystems: list[Filesystem]) -> dict[str, Filesystem]:
-    """Map every name the capture inventory knew for a partition to the filesystem with its UUID."""
-    by_uuid = {fs.uuid: fs for fs in filesystems if fs.uuid}
-    names = {}
-    for disk in inventory.get("disks", []):
-        for part in disk.get("partitions", []):
-            fs = by_uuid.get(part.get("uuid") or "")
-            if fs is None:
-                continue
-            node = part.get("path") or part.get("node") or part.get("name") or ""
-            aliases = [node if node.startswith("/dev/") else f"/dev/{node}"]
-            aliases += list(part.get("links", [])) + list(part.get("by_id", [])) + \
-                list(part.get("by_path", []))
-            for alias in aliases:
-                if alias and alias != "/dev/":
-                    names[alias] = fs
-    return names
+def claimed_uuids(refs: list[Reference]) -> set[str]:
+    """UUIDs and labels the guest's configuration names outright: those filesystems are in use."""
+    return {r.name.split("=", 1)[1].lower() for r in refs if r.name.startswith(("UUID=", "LABEL="))}
+
+
+def blkid_cache(text: str) -> dict[str, dict[str, str]]:
+    """The guest's /etc/blkid.tab (old systems kept it): device name → {TYPE, UUID, LABEL} as
+    last seen on the source machine."""
+    out = {}
+    for m in re.finditer(r"<device\b([^>]*)>([^<]+)</device>", text):
+        out[m[2].strip()] = dict(re.findall(r'(\w+)="([^"]*)"', m[1]))
+    return out
+
+
+def names_on_other_disks(refs: list[Reference], others: list[Filesystem], taken: set[str],
+                         cache: dict[str, dict[str, str]]) -> tuple[dict[str, Filesystem], dict[str, str], list[str]]:
+    """Old names of another source disk, with no inventory: the filesystem on the VM's other disks
+    (`others`) of the same type, with the UUID and label the guest's blkid cache last saw there,
+    and not one the configuration names by UUID or label already (`taken`). Returns (names mapped,
+    names left → why, warnings): one candidate maps, none or several leave the name unplaced; a
+    match by type alone is a warning, since nothing but the type says it is the right one."""
+    names, unplaced, warnings = {}, {}, []
+    free = [fs for fs in others if not ((fs.uuid or "").lower() in taken or (fs.label or "").lower() in taken)]
+    wanted: dict[str, tuple[Reference, list[Filesystem]]] = {}
+    for r in refs:
+        seen = cache.get(r.name, {})
+        found = [fs for fs in free if _same_type(seen.get("TYPE") or r.fstype, fs.fstype)
+                 and (not seen.get("UUID") or (fs.uuid or "").lower() == seen["UUID"].lower())
+                 and (not seen.get("LABEL") or fs.label == seen["LABEL"])]
+        if r.name not in wanted or (r.mountpoint and not wanted[r.name][0].mountpoint):
+            wanted[r.name] = (r, found)
+    # Two names whose only candidate is the same filesystem: it cannot be both.
+    picks = [found[0] for _, found in wanted.values() if len(found) == 1]
+    for name, (r, found) in wanted.items():
+        if len(found) == 1 and picks.count(found[0]) == 1:
+            names[name] = found[0]
+            seen = cache.get(name, {})
+            if not (seen.get("UUID") or seen.get("LABEL")):
+                warnings.append(f"{name} ({r.mountpoint or r.fstype}) is taken for {found[0].device}, "
+                                f"the only {found[0].fstype} filesystem on the VM's other disks that "
+                                "nothing else names: only its type says so; check it.")
+            continue
+        kind = r.fstype if r.fstype and r.fstype not in ("auto", "none") else "matching"
+        count = "no" if not found else "more than one" if len(found) > 1 else "one (wanted by another name too)"
+        unplaced[name] = (f"{name} is on another disk of the source machine, and the VM's other "
+                          f"disks hold {count} {kind} filesystem it could be"
+                          + (f" ({', '.join(fs.device for fs in found)})" if found else ""))
+    return names, unplaced, warnings
 
 
 _VM_DISK = re.compile(r"^/dev/(?:xv|v)d[a-z]+$")

@@ -85,6 +85,22 @@ def lv_names(vg: str, lv: str) -> list[str]:
     return [f"/dev/mapper/{vg.replace('-', '--')}-{lv.replace('-', '--')}", f"/dev/{vg}/{lv}"]
 
 
+def boot_places(table: blockdev.PartitionTable | None) -> tuple[bool, bool]:
+    """(BIOS boot code fits: MBR, or GPT with a BIOS boot partition; an EFI system partition is
+    there) for a disk's partition table."""
+    parts = table.partitions if table else []
+    types = {p.type.upper() if table and table.label == "gpt" else p.type.lower() for p in parts}
+    return table is None or table.label == "dos" or BIOS_BOOT_TYPE in types, bool(types & ESP_TYPES)
+
+
+def disk_boot_places(disk: str) -> tuple[bool, bool]:
+    """boot_places of another of the VM's disks (the one it boots from)."""
+    try:
+        return boot_places(blockdev.partition_table(disk))
+    except blockdev.BlockDevError as e:
+        raise RepairError(str(e)) from None
+
+
 def read_layout(disk: str, stack: ExitStack, peers: list[str] = (), readonly: bool = False,
                 mdadm: raid.Mdadm | None = None) -> DiskLayout:
     """Every filesystem on `disk`: on its partitions, LVM volumes and md arrays (active until
@@ -100,17 +116,15 @@ def read_layout(disk: str, stack: ExitStack, peers: list[str] = (), readonly: bo
     except blockdev.BlockDevError as e:
         raise RepairError(str(e)) from None
     parts = table.partitions if table else []
-    types = {p.type.upper() if table and table.label == "gpt" else p.type.lower() for p in parts}
-    layout = DiskLayout(disk=disk, filesystems=[],
-                        bios=table is None or table.label == "dos" or BIOS_BOOT_TYPE in types,
-                        uefi=bool(types & ESP_TYPES), volume_groups=[], aliases={})
+    bios, uefi = boot_places(table)
+    layout = DiskLayout(disk=disk, filesystems=[], bios=bios, uefi=uefi, volume_groups=[], aliases={})
     pvs: list[str] = []
     members: list[raid.Member] = []
     try:
         if table is None:
             pvs += _add_filesystem(layout, disk)
         for part in parts:
-            pvs += _add_filesystem(layout, part.node, part.number)
+            pvs += _add_filesystem(layout, part.node, part.number, part.start, part.size)
             if layout.filesystems and layout.filesystems[-1].device == part.node and \
                     layout.filesystems[-1].fstype == "linux_raid_member":
                 info = blockdev.md_member(part.node)
@@ -156,18 +170,20 @@ def partition_filesystems(disk: str) -> list[Filesystem]:
     for part in table.partitions if table else []:
         info = blockdev.filesystem(part.node)
         if info.get("TYPE"):
-            found.append(Filesystem(part.node, info["TYPE"], info.get("UUID"), info.get("LABEL"), part.number))
+            found.append(Filesystem(part.node, info["TYPE"], info.get("UUID"), info.get("LABEL"), part.number,
+                                    part.start, part.size))
     return found
 
 
-def _add_filesystem(layout: DiskLayout, device: str, partition: int | None = None) -> list[str]:
+def _add_filesystem(layout: DiskLayout, device: str, partition: int | None = None,
+                    start: int | None = None, size: int | None = None) -> list[str]:
     """Adds what is on `device` to the layout; returns the LVM PVs found (itself, or inside it)."""
     info = blockdev.filesystem(device)
     if info.get("TYPE") == "LVM2_member":
         return [device]
     if not info.get("TYPE"):
         return []
-    fs = Filesystem(device, info["TYPE"], info.get("UUID"), info.get("LABEL"), partition)
+    fs = Filesystem(device, info["TYPE"], info.get("UUID"), info.get("LABEL"), partition, start, size)
     layout.filesystems.append(fs)
     return _luks_inside(layout, fs) if fs.fstype == "crypto_LUKS" else []
 

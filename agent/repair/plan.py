@@ -41,6 +41,11 @@ class StepPlan:
     changes: list[FileChange] = field(default_factory=list)
     commands: list[Command] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)   # what the step saw or chose not to do
+    # What a technician must see: the VM may come up without something, or a guess to check.
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, text: str) -> None:
+        self.warnings.append(text)
 
     @property
     def empty(self) -> bool:
@@ -59,13 +64,19 @@ class Plan:
     def commands(self) -> list[Command]:
         return [c for s in self.steps for c in s.commands]
 
+    @property
+    def warnings(self) -> list[str]:
+        return [w for s in self.steps for w in s.warnings]
+
     def render(self) -> str:
         """Every step, its notes, commands and a unified diff of every file it changes."""
         out = []
         for step in self.steps:
             out.append(f"== {step.name}: " + ("nothing to do" if step.empty else
                        f"{len(step.changes)} file(s), {len(step.commands)} command(s)"))
+            out.extend(f"   WARNING: {warning}" for warning in step.warnings)
             out.extend(f"   {note}" for note in step.notes)
             out.extend(f"   $ {cmd}    # {cmd.why}" for cmd in step.commands)
             out.extend(change.diff() for change in step.changes)
+        out.extend(f"WARNING: {warning}" for warning in self.warnings)
         return "\n".join(out) + "\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
@@ -10,9 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from agent import inuse
 from agent.repair import guest, luks, raid, windows
 from agent.repair.apply import LOG, append_log, apply_plan
-from agent.repair.facts import Facts, Reference, names_from_disk, names_from_inventory, names_on_the_vms_disks
+from agent.repair.firmware import boot_problem, firmware_of_vm
+from agent.repair.facts import (Facts, Filesystem, Reference, blkid_cache, claimed_uuids, is_hardware_name,
+                                names_from_disk, names_from_inventory, names_on_other_disks)
 from agent.repair.network import VmNic, source_nics
 from agent.repair.guest import RepairError
 from agent.repair.plan import Plan
@@ -195,6 +199,45 @@ def _unlock(layout: guest.DiskLayout, request: Request, crypt: luks.Cryptsetup, 
     return why_not
 
 
+def attached_disks(disk: str) -> list[str]:
+    """This machine's other disks that nothing here uses: where `repair --disk` looks for the
+    filesystems of the source's other disks."""
+    return [d for d in vm_disks() if os.path.realpath(d) != os.path.realpath(disk) and not inuse.uses(d)]
+
+
+def place_names(refs: list[Reference], filesystems: list[Filesystem], disk: str, disks: list[str],
+                request: Request, cache: dict[str, dict[str, str]]
+                ) -> tuple[dict[str, Filesystem], list[str], dict[str, str], list[str]]:
+    """Old device names → filesystems on the VM's disks: (names, notes, names left unplaced → why,
+    warnings). By the job's inventory first (UUID, label, start+size of each source partition);
+    then the repaired disk's own names by partition number and type; then a name of another
+    source disk is looked for on the VM's other disks (`disks`, or with --disk this machine's
+    other disks)."""
+    names, notes = names_from_disk(refs, filesystems)
+    on_disks = [filesystems if d == disk else guest.partition_filesystems(d) for d in disks] \
+        if len(disks) > 1 else [filesystems]
+    unplaced: dict[str, str] = {}
+    if request.inventory:
+        found, unplaced = names_from_inventory(refs, request.inventory, on_disks)
+        for name in unplaced:
+            names.pop(name, None)      # never the guess by partition number
+        names.update(found)
+    if len(disks) > 1:
+        others = [fs for d, there in zip(disks, on_disks) if d != disk for fs in there]
+    else:
+        others = [fs for d in (attached_disks(disk) if request.disk else []) for fs in guest.partition_filesystems(d)]
+    left = [r for r in refs if is_hardware_name(r.name) and r.name not in names and r.name not in unplaced
+            and r.mountpoint != "/"]
+    found, more, warnings = names_on_other_disks(left, others, claimed_uuids(refs), cache)
+    names.update(found)
+    unplaced.update(more)
+    done = set(found) | set(unplaced)
+    notes = [n for n in notes if n.split(" ", 1)[0] not in done]
+    notes += [f"{name} is {fs.device} (UUID {fs.uuid}) on the VM's disks." for name, fs in names.items()
+              if fs not in filesystems or name in found]
+    return names, notes, unplaced, warnings
+
+
 def _repair_root(request: Request, disk: str, layout: guest.DiskLayout, roots: list,
                  work: Path, stack: ExitStack, say: Callable[[str], None],
                  crypt: luks.Cryptsetup, opened: dict[str, str], disks: list[str]) -> dict:
@@ -209,10 +252,11 @@ def _repair_root(request: Request, disk: str, layout: guest.DiskLayout, roots: l
         fam = family(probe_tree)
         refs = guest_references(probe_tree)
         luks_texts = {path: probe_tree.read(path) for path in luks.GUEST_FILES}
+        cache = blkid_cache(probe_tree.read("/etc/blkid.tab") or probe_tree.read("/etc/blkid/blkid.tab") or "")
     if fam is None:
         raise RepairError(f"The system on {root_fs.device} is not of a family repair knows "
                           "(Debian/Ubuntu, RHEL, SUSE, Arch); nothing was changed.")
-    names, notes = names_from_disk(refs, layout.filesystems)
+    names, notes, unplaced, warnings = place_names(refs, layout.filesystems, disk, disks, request, cache)
     wanted = luks.guest_names(luks_texts.get, layout.filesystems, {**layout.aliases, **names})
     for key, current in list(opened.items()):
         if wanted.get(key, current) != current:
@@ -227,14 +271,6 @@ def _repair_root(request: Request, disk: str, layout: guest.DiskLayout, roots: l
                           "ISO booted in the VM (--dry-run shows the plan here). Nothing was changed.")
     sources, vms = [], []
     if request.inventory:
-        names.update(names_from_inventory(request.inventory, layout.filesystems))
-        if len(disks) > 1:
-            on_disks = [layout.filesystems if d == disk else guest.partition_filesystems(d) for d in disks]
-            for name, fs in names_on_the_vms_disks(refs, request.inventory, on_disks).items():
-                if name not in names:
-                    names[name] = fs
-                    notes = [n for n in notes if not n.startswith(f"{name} is on another disk")]
-                    notes.append(f"{name} is on {fs.device}, the VM's disk in that source disk's place.")
         sources = source_nics(request.inventory)
         # This machine's NICs are the VM's only when the repair runs in the VM; from another
         # machine, the VM is taken to have the source's MACs, one vif each, as provisioning makes it.
@@ -244,24 +280,37 @@ def _repair_root(request: Request, disk: str, layout: guest.DiskLayout, roots: l
                                           {**layout.aliases, **names}, work, stack,
                                           readonly=request.dry_run)
     tree = GuestTree(root)
-    facts = Facts(filesystems=layout.filesystems, names=names, nics=dict(request.nics), disk=disk,
+    # The VM boots from its first disk: BIOS boot code goes there, wherever the root is.
+    boot_disk = disks[0] if len(disks) > 1 else disk
+    bios, uefi = (layout.bios, layout.uefi) if boot_disk == disk else guest.disk_boot_places(boot_disk)
+    in_the_vm = not (request.disk or request.disks)
+    problem = boot_problem(firmware_of_vm(request.inventory, in_the_vm), boot_disk, bios, uefi or layout.uefi)
+    if problem:
+        raise RepairError(problem)
+    facts = Facts(filesystems=layout.filesystems, names=names, nics=dict(request.nics), disk=boot_disk,
+                  root_disk=disk if boot_disk != disk else None,
                   source_nics=sources, vm_nics=vms,
-                  bios=layout.bios, uefi=layout.uefi, arrays=layout.arrays,
-                  nvram=not (request.disk or request.disks) and Path("/sys/firmware/efi/efivars").exists())
+                  bios=bios, uefi=layout.uefi, arrays=layout.arrays, unplaced=unplaced,
+                  nvram=in_the_vm and Path("/sys/firmware/efi/efivars").exists())
     steps = plan_repair(tree, facts)
     if steps:
         steps[0].notes[:0] = layout.notes + notes + mount_notes
+        steps[0].warnings[:0] = warnings
     os_name = _pretty_name(tree)
     report = {"disk": disk, "root": root_name, "os": os_name, "family": fam,
               "dry_run": request.dry_run, "changed": any(not s.empty for s in steps)}
     say(f"Found {os_name} ({fam} family) on {root_name}.")
+    report["warnings"] = Plan(steps).warnings
     if request.dry_run:
         say(Plan(steps).render())
         report["steps"] = [{"step": s.name, "files": [c.path for c in s.changes],
-                            "commands": [str(c) for c in s.commands], "notes": s.notes} for s in steps]
+                            "commands": [str(c) for c in s.commands], "notes": s.notes,
+                            "warnings": s.warnings} for s in steps]
         report["status"] = "planned"
         return report
     if not report["changed"]:
+        for warning in report["warnings"]:
+            say(f"WARNING: {warning}")
         say("Nothing to change: this system is already repaired.")
         report.update(status="ok", steps=[])
         return report

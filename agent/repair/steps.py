@@ -77,11 +77,35 @@ def _rewrite_first_field(text: str, facts: Facts, column: int, notes: list[str])
     return "".join(out)
 
 
+def _nofail(text: str, facts: Facts, step: StepPlan) -> str:
+    """Lines naming a filesystem no VM disk was found to hold get `nofail`: the VM boots without
+    it rather than stopping in emergency mode. Each says so as a warning, every run."""
+    out = []
+    for line in text.splitlines(keepends=True):
+        fields = line.split()
+        if len(fields) > 2 and not line.lstrip().startswith("#") and fields[0] in facts.unplaced \
+                and fields[1] != "/":
+            options = fields[3].split(",") if len(fields) > 3 else []
+            if "nofail" not in options:
+                if len(fields) > 3:
+                    m = list(re.finditer(r"\S+", line))[3]
+                    line = line[:m.start()] + fields[3] + ",nofail" + line[m.end():]
+                else:
+                    body = line.rstrip("\n")
+                    line = body + " defaults,nofail" + line[len(body):]
+            step.warn(f"{facts.unplaced[fields[0]]}: {fields[1]} is marked nofail in /etc/fstab, so the "
+                      "VM boots without it. Attach the disk that holds it to the VM and put "
+                      f"its UUID in place of {fields[0]} in the guest's /etc/fstab.")
+        out.append(line)
+    return "".join(out)
+
+
 def fstab(tree: GuestTree, facts: Facts) -> StepPlan:
     step = StepPlan("device names in fstab")
     text = tree.read("/etc/fstab")
     if text is not None:
-        step.changes = _change(tree, "/etc/fstab", _rewrite_first_field(text, facts, 0, step.notes))
+        new = _nofail(_rewrite_first_field(text, facts, 0, step.notes), facts, step)
+        step.changes = _change(tree, "/etc/fstab", new)
     return step
 
 
@@ -331,7 +355,20 @@ def initramfs_tool(tree: GuestTree) -> str | None:
         return "dracut"
     if family(tree) == "suse" and (tree.exists("/sbin/mkinitrd") or tree.exists("/usr/sbin/mkinitrd")):
         return "mkinitrd"
+    if family(tree) == "rhel" and tree.exists("/sbin/mkinitrd"):
+        return "mkinitrd-rhel"
     return None
+
+
+# RHEL 5's disk drivers for the VM: the PV-on-HVM kmod's, kernel-xen's, the mainline PV driver,
+# the emulated IDE's; sd_mod for the disks behind them.
+RHEL5_DISK_DRIVERS = ("xen-vbd", "xenblk", "xen-blkfront", "ata_piix", "sd_mod")
+
+
+def kernel_modules(tree: GuestTree, version: str) -> set[str]:
+    """The loadable modules of one installed kernel, by name (underscores)."""
+    dep = tree.read(f"/lib/modules/{version}/modules.dep") or ""
+    return {_module_name(line.split(":", 1)[0]) for line in dep.splitlines() if ":" in line}
 
 
 def initramfs_drivers(tree: GuestTree, facts: Facts) -> StepPlan:
@@ -340,7 +377,13 @@ def initramfs_drivers(tree: GuestTree, facts: Facts) -> StepPlan:
     drivers = needed_drivers(tree)
     tool = initramfs_tool(tree)
     if tool is None:
-        step.notes.append("No initramfs generator found (initramfs-tools, dracut, mkinitcpio, SUSE's mkinitrd).")
+        step.notes.append("No initramfs generator found (initramfs-tools, dracut, mkinitcpio, "
+                          "SUSE's or RHEL 5's mkinitrd).")
+    elif tool == "mkinitrd-rhel":
+        step.notes.append("RHEL 5's mkinitrd takes the VM's disk drivers on its command line "
+                          "(--with) when the initrd is rebuilt; a kernel installed later builds its "
+                          "initrd without them unless /etc/modprobe.conf names them "
+                          "(alias scsi_hostadapter1 xen-vbd).")
     elif tool == "mkinitrd":
         # SUSE before dracut (SLES 11): the initrd holds INITRD_MODULES from /etc/sysconfig/kernel.
         # Its Xen PV drivers for HVM guests come from xen-kmp as xen-vbd and xen-vnif.
@@ -432,7 +475,14 @@ def initramfs_rebuild(tree: GuestTree, facts: Facts, done: list[StepPlan]) -> St
            "dracut": ("dracut", "-f", "--regenerate-all"),
            "mkinitcpio": ("mkinitcpio", "-P"),
            "mkinitrd": ("mkinitrd",)}.get(tool or "")   # SUSE's: every kernel in /boot
-    if tool == "dracut" and family(tree) == "rhel" and not tree.exists("/etc/os-release"):
+    if tool == "mkinitrd-rhel":
+        # RHEL 5: one initrd per kernel, as RHEL names them, with the VM's disk drivers that kernel has.
+        for v in kernels(tree):
+            have = kernel_modules(tree, v)
+            withs = [f"--with={d}" for d in RHEL5_DISK_DRIVERS if d.replace("-", "_") in have]
+            step.commands.append(Command(("mkinitrd", "-f", *withs, f"/boot/initrd-{v}.img", v),
+                                         f"rebuild the initrd of {v} with the VM's disk drivers"))
+    elif tool == "dracut" and family(tree) == "rhel" and not tree.exists("/etc/os-release"):
         # RHEL 6's dracut (004) has no --regenerate-all: one image per kernel, as RHEL names them.
         step.commands += [Command(("dracut", "-f", f"/boot/initramfs-{v}.img", v), f"rebuild the initramfs of {v}")
                           for v in kernels(tree)]
@@ -543,7 +593,10 @@ def _legacy_grub_install(tree: GuestTree, facts: Facts, step: StepPlan) -> StepP
     if number is None:
         step.notes.append("The partition holding /boot/grub is not on this disk: GRUB 0.97 left as it is.")
         return step
-    script = rf"device (hd0) {facts.disk}\nroot (hd0,{number - 1})\nsetup (hd0)\nquit\n"
+    # /boot/grub on the VM's second disk: (hd1) to GRUB, while the boot code goes to (hd0).
+    home = "(hd1" if facts.root_disk else "(hd0"
+    second = rf"device (hd1) {facts.root_disk}\n" if facts.root_disk else ""
+    script = rf"device (hd0) {facts.disk}\n{second}root {home},{number - 1})\nsetup (hd0)\nquit\n"
     step.commands.append(Command(("sh", "-c", LEGACY_SETUP, "grub", script),
                                  "put GRUB 0.97 in the VM disk's boot area"))
     return step

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from xenp2v.protocol import vm_firmware
+
 MIB = 1024 * 1024
 # XAPI refuses dynamic memory below its static minimum; the templates' own floor is far above it.
 MIN_MEMORY = 256 * MIB
@@ -82,8 +84,7 @@ def vm_spec(job: dict, keep_macs: bool = True) -> VmSpec:
     memory = int(inventory.get("memory") or machine.get("memory") or DEFAULT_MEMORY)
     # The agent's capture puts firmware and NICs in "machine"; its unattended mode at the top,
     # where each NIC may carry its own "keep_mac" (the TUI's choice on the source).
-    firmware = machine.get("firmware") or inventory.get("firmware") or "bios"
-    firmware = "uefi" if str(firmware).lower() == "uefi" else "bios"
+    firmware = vm_firmware(inventory)
     nics = tuple(
         NicSpec(str(nic.get("name") or f"nic{i}"),
                 _mac(nic.get("mac")) if nic.get("keep_mac", keep_macs) is not False else "")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from agent.repair.facts import (Filesystem, Reference, names_from_disk, names_from_inventory,
-                                names_on_the_vms_disks, partition_ref)
+from agent.repair.facts import (Filesystem, Reference, blkid_cache, names_from_disk, names_from_inventory,
+                                names_on_other_disks, partition_ref)
 
 ROOT = Filesystem("/dev/xvda2", "ext4", "root-uuid", None, 2)
 BOOT = Filesystem("/dev/xvda1", "ext4", "boot-uuid", None, 1)
@@ -42,20 +42,87 @@ def test_a_second_disks_name_left_after_a_first_repair_is_still_another_disk():
     assert names_from_disk(refs, [esp])[0] == {"/dev/sda1": esp}
 
 
-def test_the_source_disks_kernel_names_map_onto_the_vms_disks_in_the_jobs_order():
-    home = Filesystem("/dev/vdb1", "ext4", "home-uuid", None, 1)
-    inventory = {"disks": [{"id": "sda", "device": "/dev/sda"}, {"id": "sdb", "device": "/dev/sdb"}]}
+MiB = 1 << 20
+SAMSUNG = "/dev/disk/by-id/ata-Samsung_SSD_860_EVO_500GB_S3Z9NB0K111111"
+WD = "/dev/disk/by-id/ata-WDC_WD10EZEX-08WN4A0_WD-WCC6Y0123456"
+HOME = Filesystem("/dev/xvdb1", "ext4", "home-uuid", "home", 1, MiB, 100 * MiB)
+SRV = Filesystem("/dev/xvdb2", "xfs", None, None, 2, 101 * MiB, 50 * MiB)
+
+
+def record(number: int, start: int, size: int, fstype: str, uuid: str | None, label: str | None = None) -> dict:
+    return {"number": number, "start": start, "size": size, "type": "83", "fstype": fstype,
+            "uuid": uuid, "label": label}
+
+
+def two_disks(links: bool = True) -> dict:
+    """A capture inventory of a machine with a root disk and a data disk, as agent/capture.py
+    records it."""
+    return {"disks": [
+        {"id": "sda", "device": "/dev/sda", "serial": "S3Z9NB0K111111",
+         "links": [SAMSUNG, "/dev/disk/by-path/pci-0000:00:1f.2-ata-1"] if links else [],
+         "table": {"label": "dos", "id": "0x1", "partitions": [
+             record(1, MiB, 200 * MiB, "ext4", "boot-uuid"), record(2, 201 * MiB, 800 * MiB, "ext4", "root-uuid")]}},
+        {"id": "sdb", "device": "/dev/sdb", "serial": "WD-WCC6Y0123456",
+         "links": [WD, "/dev/disk/by-path/pci-0000:00:1f.2-ata-2"] if links else [],
+         "table": {"label": "dos", "id": "0x2", "partitions": [
+             record(1, MiB, 100 * MiB, "ext4", "home-uuid", "home"), record(2, 101 * MiB, 50 * MiB, "xfs", None)]}},
+    ]}
+
+
+def test_a_second_disks_by_id_name_maps_to_its_own_filesystem_not_the_root_disks_partition():
+    refs = [Reference(f"{SAMSUNG}-part2", "/", "ext4"), Reference(f"{SAMSUNG}-part1", "/boot", "ext4"),
+            Reference(f"{WD}-part1", "/home", "ext4"),
+            Reference("/dev/disk/by-path/pci-0000:00:1f.2-ata-2-part2", "/srv", "xfs"),
+            Reference("/dev/sdb1", "/home2", "ext4")]
+    # Without the inventory, the disk's own by-id name and the other disk's look alike: partition
+    # 1 of this disk is what the number says, which is how /home came to mount /boot.
+    assert names_from_disk(refs, [ROOT, BOOT])[0][f"{WD}-part1"] == BOOT
+    names, missing = names_from_inventory(refs, two_disks(), [[ROOT, BOOT], [HOME, SRV]])
+    assert names == {f"{SAMSUNG}-part2": ROOT, f"{SAMSUNG}-part1": BOOT, f"{WD}-part1": HOME,
+                     "/dev/sdb1": HOME,
+                     # No UUID, no label: its start and size on the VM's second disk.
+                     "/dev/disk/by-path/pci-0000:00:1f.2-ata-2-part2": SRV}
+    assert missing == {}
+    # Without udev's names in the inventory, a by-id name that ends in the disk's serial is it.
+    names, _ = names_from_inventory(refs, two_disks(links=False), [[ROOT, BOOT], [HOME, SRV]])
+    assert names[f"{WD}-part1"] == HOME and "/dev/disk/by-path/pci-0000:00:1f.2-ata-2-part2" not in names
+
+
+def test_a_partition_no_vm_disk_holds_is_missing_not_guessed():
+    refs = [Reference("/dev/sda2", "/", "ext4"), Reference(f"{WD}-part1", "/home", "ext4")]
+    # The VM got only the root disk: the inventory says the name is the data disk's, so it is
+    # not the root disk's partition 1 either.
+    names, missing = names_from_inventory(refs, two_disks(), [[ROOT, BOOT]])
+    assert names == {"/dev/sda2": ROOT}
+    assert missing == {f"{WD}-part1": f"{WD}-part1 held fstype ext4, uuid home-uuid, label home on the "
+                                      "source's disk sdb, and no disk of the VM holds it"}
+    # A label another filesystem shares, a UUID of another type: neither is a match.
+    twin = Filesystem("/dev/xvdc1", "ext4", "other", "home", 1, MiB, 100 * MiB)
+    assert names_from_inventory([Reference(f"{WD}-part1", "/home", "ext4")],
+                                {"disks": [{"device": "/dev/sdb", "links": [WD], "table": {"partitions": [
+                                    record(1, MiB, 100 * MiB, "ext4", None, "home")]}}]},
+                                [[HOME, twin]])[0] == {}
+
+
+def test_another_disk_without_an_inventory_is_found_by_type_and_the_guests_blkid_cache():
+    data = Filesystem("/dev/xvdc1", "ext4", "data-uuid", "data", 1, MiB, 100 * MiB)
+    swap = Filesystem("/dev/xvdb2", "swap", "swap-uuid", None, 2, 101 * MiB, 10 * MiB)
     refs = [Reference("UUID=root-uuid", "/", "ext4"), Reference("/dev/sdb1", "/home", "ext4"),
-            Reference("/dev/sdb2", "/srv", "xfs"), Reference("/dev/sdc1", "/data", "ext4")]
-    assert names_on_the_vms_disks(refs, inventory, [[ROOT, BOOT], [home]]) == {"/dev/sdb1": home}
-    # One VM disk for two source disks: the second's names stay unmapped.
-    assert names_on_the_vms_disks(refs, inventory, [[ROOT, BOOT]]) == {}
-
-
-def test_inventory_names_map_by_uuid():
-    inventory = {"disks": [{"id": "sda", "partitions": [
-        {"name": "sda1", "uuid": "boot-uuid", "links": ["/dev/disk/by-id/wwn-0x5000-part1"]},
-        {"path": "/dev/sda2", "uuid": "root-uuid"},
-        {"name": "sda3", "uuid": "gone"}]}]}
-    assert names_from_inventory(inventory, [ROOT, BOOT]) == {
-        "/dev/sda1": BOOT, "/dev/disk/by-id/wwn-0x5000-part1": BOOT, "/dev/sda2": ROOT}
+            Reference("/dev/sdb2", "none", "swap")]
+    names, unplaced, warnings = names_on_other_disks(refs[1:], [HOME, data, swap], {"root-uuid"}, {})
+    assert names == {"/dev/sdb2": swap}
+    assert unplaced == {"/dev/sdb1": "/dev/sdb1 is on another disk of the source machine, and the VM's "
+                                     "other disks hold more than one ext4 filesystem it could be "
+                                     "(/dev/xvdb1, /dev/xvdc1)"}
+    assert warnings == ["/dev/sdb2 (none) is taken for /dev/xvdb2, the only swap filesystem on the VM's "
+                        "other disks that nothing else names: only its type says so; check it."]
+    # The guest's blkid cache remembers what /dev/sdb1 held: that settles it, without a warning.
+    cache = blkid_cache('<device DEVNO="0x0811" TIME="1700000000.1" LABEL="data" UUID="data-uuid" '
+                        'TYPE="ext4">/dev/sdb1</device>\n')
+    names, unplaced, warnings = names_on_other_disks(refs[1:2], [HOME, data], set(), cache)
+    assert (names, unplaced, warnings) == ({"/dev/sdb1": data}, {}, [])
+    # A filesystem the configuration already names by UUID is not a candidate.
+    names, unplaced, _ = names_on_other_disks(refs[1:2], [HOME, data], {"home-uuid"}, {})
+    assert names == {"/dev/sdb1": data}
+    names, unplaced, _ = names_on_other_disks(refs[1:2], [], set(), {})
+    assert unplaced["/dev/sdb1"].endswith("hold no ext4 filesystem it could be")
