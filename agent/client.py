@@ -20,6 +20,7 @@ import random
 import ssl
 import threading
 import time
+import uuid
 from urllib.parse import urlsplit
 
 import requests
@@ -256,8 +257,10 @@ class Client:
         return self.request("GET", protocol.health_path(), what="check the server").json()
 
     def create_job(self, inventory: dict) -> dict:
-        return self.request("POST", protocol.jobs_path(), json=inventory,
-                            what="create the job").json()
+        """The job for this inventory. A request_id made here goes with every retry of the
+        call, so a create whose answer was lost gives back the job it made, not a second one."""
+        body = {**inventory, "request_id": uuid.uuid4().hex}
+        return self.request("POST", protocol.jobs_path(), json=body, what="create the job").json()
 
     def job(self, job: str) -> dict:
         return self.request("GET", protocol.job_path(job), what=f"read job {job}").json()

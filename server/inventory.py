@@ -34,6 +34,7 @@ class Inventory:
     disks: tuple[DiskPlan, ...]
     resume: bool
     raw: dict
+    request_id: str | None = None  # the agent's key for this create call, same on every retry
 
 
 def bad(detail: str) -> ProtocolError:
@@ -133,4 +134,7 @@ def parse_inventory(body: object) -> Inventory:
     resume = body.get("resume", True)
     if not isinstance(resume, bool):
         raise bad("'resume' must be true or false.")
-    return Inventory(name.strip(), machine_key(machine), plans, resume, body)
+    request_id = body.get("request_id")
+    if request_id is not None:
+        request_id = check_id(request_id, "request_id")
+    return Inventory(name.strip(), machine_key(machine), plans, resume, body, request_id)

@@ -221,6 +221,12 @@ class Store:
         disks: (job, resumed). A new job made although another looked alike says why in its
         records (``not_resumed``)."""
         why_not = None
+        if inv.request_id:  # a retry of a create whose answer was lost: the job it made
+            row = self._db().conn.execute(
+                "SELECT id FROM jobs WHERE json_extract(inventory, '$.request_id')=?",
+                (inv.request_id,)).fetchone()
+            if row is not None:
+                return self.get_job(row["id"]), False
         if inv.resume:
             found, why_not = self._resumable(inv)
             if found:

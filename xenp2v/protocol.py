@@ -239,6 +239,10 @@ def chunk_span(size: int, chunk_size: int, index: int) -> tuple[int, int]:
 # --- the inventory: the body of POST /jobs ------------------------------------------------------
 #
 #   {"name": "web01", "resume": true,
+#    "request_id": optional, 1 to 64 of [A-Za-z0-9._-]: a key the agent makes once per create call
+#        and sends with every retry of it; a create with a key the server has seen answers the
+#        job that key made (as its first answer did), so a retry after a lost answer never
+#        leaves a second, orphan job holding free space,
 #    "machine": {"system_uuid", "vendor", "product", "serial": SMBIOS identity, null where absent;
 #                "firmware", "cpus", "memory", "nics", "os": what the VM is sized from},
 #    "disks": [{"id": "sda", "size": bytes,

@@ -137,3 +137,26 @@ def test_a_malformed_disk_identity_is_refused(p2v_server):
                 {"table": "gpt"}):
         r = wire.create([{"id": "sda", "size": GiB, **bad}])
         assert r.status_code == 400 and r.json()["error"] == "bad_request", (bad, r.text)
+
+
+def test_a_create_retried_after_a_lost_answer_makes_no_orphan_job(p2v_server_factory):
+    """A placeholder identity without disk serials is never resumed; the create's request_id
+    is what keeps a retry from making a second job that would hold free space for ever."""
+    from agent.client import Client
+    from cutproxy import CutProxy
+
+    server = p2v_server_factory(plain=True)
+    # The first connection's answer is cut after its first byte: the job was made, the agent
+    # never heard of it, and retries.
+    proxy = CutProxy(server.port, after=1, cuts=1, modes=("reset",))
+    try:
+        client = Client(proxy.url("http"), server.token, retry_for=30)
+        job = client.create_job({"name": "pc", "machine": OEM, "disks": [disk()]})
+    finally:
+        proxy.close()
+    assert proxy.cut["reset"] == 1
+    jobs = Wire(server).call("GET", p.jobs_path()).json()
+    assert [j["id"] for j in jobs] == [job["id"]]
+    # Two separate captures of such a machine are still two jobs.
+    other = Client(server.url, server.token).create_job({"name": "pc", "machine": OEM, "disks": [disk()]})
+    assert other["id"] != job["id"]
