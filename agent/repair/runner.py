@@ -132,8 +132,8 @@ def repair(request: Request, say: Callable[[str], None] = print, tools: Tools | 
             else:
                 report = _repair_windows(request, disk, layout, work, stack, say)
             if report is None:
-                errors.append(f"{disk} holds no Linux system that repair can fix (no root "
-                              "filesystem with /etc/fstab and an os-release) and no Windows" +
+                errors.append(f"{disk} holds no system that repair can fix (no Linux root "
+                              "filesystem with /etc/fstab and an os-release, and no Windows)" +
                               "".join(f"; {why}" for why in locked))
                 continue
         # The stack synced and unmounted the guest: only now may the server restart the VM.

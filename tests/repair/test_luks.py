@@ -264,8 +264,8 @@ def test_encrypted_root_without_its_passphrase_is_refused_with_why(encrypted_deb
     with pytest.raises(RepairError) as e:
         repair(Request(disk=disk, dry_run=True, passphrases=Passphrases(keys)), lambda line: None,
                Tools(Cryptsetup(mapper)))
-    assert str(e.value) == (f"{disk} holds no Linux system that repair can fix (no root filesystem "
-                            f"with /etc/fstab and an os-release); none of the 1 passphrases in {keys} "
+    assert str(e.value) == (f"{disk} holds no system that repair can fix (no Linux root filesystem "
+                            f"with /etc/fstab and an os-release, and no Windows); none of the 1 passphrases in {keys} "
                             f"opens {header}: add its passphrase to that file, one a line. Check that "
                             "the image was restored onto this disk.")
     assert mapper.calls == []
