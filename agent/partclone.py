@@ -15,13 +15,13 @@ import subprocess
 import tempfile
 import time
 
-# blkid TYPE -> partclone tool suffix (bookworm's partclone 0.3.x).
+# blkid TYPE -> partclone tool suffix (bookworm's partclone 0.3.x). Not btrfs: partclone maps its
+# logical space, not each device's copies and stripes (agent/btrfs.py does).
 TOOLS: dict[str, str] = {
     "ext2": "extfs",
     "ext3": "extfs",
     "ext4": "extfs",
     "xfs": "xfs",
-    "btrfs": "btrfs",
     "ntfs": "ntfs",
     "vfat": "fat",
     "exfat": "exfat",

@@ -1,10 +1,11 @@
 """The read plan of a disk: which bytes capture reads, and why.
 
 Partition tables, gaps and bootloader areas are read whole; a filesystem partclone knows only by
-its used blocks, unless it was not cleanly unmounted (fsstate: then whole, with a warning); swap
-by its header; an LVM PV by the used blocks of its linear LVs' filesystems (the rest of the PV
-whole); an md RAID1 member by its array's used blocks, through the member's data offset.
-Anything else is read whole. What the plan does not read is free.
+its used blocks, unless it was not cleanly unmounted (fsstate: then whole, with a warning); a
+btrfs member device by every copy of its used extents on it; swap by its header; an LVM PV by the
+used blocks of its linear LVs' filesystems (the rest of the PV whole); an md RAID1 member by its
+array's used blocks, through the member's data offset. Anything else is read whole. What the plan
+does not read is free.
 
 Ranges are half-open byte ranges [start, end) on the disk, sorted and disjoint.
 """
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from agent import blockdev, extfs, fsstate, partclone, windisk
+from agent import blockdev, btrfs, extfs, fsstate, partclone, windisk
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,7 @@ def area_used(node: str, start: int, length: int, label: str, notes: Notes) -> F
     if fstype == "BitLocker" or windisk.bitlocker(node):
         notes.warn(f"{label} {windisk.BITLOCKER_WARNING} ({_human(length)}).")
         return Found.whole(length).shift(start)
-    if partclone.knows(fstype) or fstype == "swap":
+    if partclone.knows(fstype) or fstype in ("swap", "btrfs"):
         return content_used(node, fstype, length, label, notes).shift(start)
     if fstype == "LVM2_member":
         return pv_used(node, length, label, notes).shift(start)
@@ -208,6 +209,8 @@ def content_used(node: str, fstype: str | None, length: int, label: str,
     if fstype == "swap":
         notes.append(f"{label}: swap: header only")
         return Found([(0, min(SWAP_HEADER, length))])
+    if fstype == "btrfs":
+        return btrfs_used(node, length, label, notes)
     if not partclone.knows(fstype):
         notes.append(f"{label}: {fstype or 'no filesystem found'}: read whole ({_human(length)})")
         return Found.whole(length)
@@ -242,6 +245,26 @@ def _unclean_whole(node: str, fstype: str, length: int, label: str, why: str,
     notes.warn(f"{fstype} on {label} {why}: read whole, {cost}. To send only used blocks, "
                f"boot the source's own system once and shut it down cleanly.")
     return Found.whole(length)
+
+
+def btrfs_used(node: str, length: int, label: str, notes: Notes) -> Found:
+    """A btrfs member device: every copy (mirror, stripe, parity) of every extent on it, from the
+    filesystem's chunk and extent trees (agent/btrfs.py); the whole device when the chunks
+    cannot be mapped.
+
+    partclone maps the filesystem's logical space, not each device: on several devices, or with
+    DUP, it drops stripes and second copies."""
+    try:
+        found = btrfs.map_device(node, length)
+    except btrfs.BtrfsError as e:
+        notes.warn(f"{label}: btrfs: its chunks cannot be mapped ({e}): read whole "
+                   f"({_human(length)})")
+        return Found.whole(length)
+    used = normalize(clip(found.ranges, 0, length))
+    whole = f", its chunks whole: {found.whole_chunks}" if found.whole_chunks else ""
+    notes.append(f"{label}: btrfs ({found.describe()}): every copy on this device{whole} "
+                 f"({_human(total(used))} of {_human(length)})")
+    return Found(used)
 
 
 def pv_used(node: str, length: int, label: str, notes: Notes) -> Found:

@@ -82,7 +82,8 @@ def test_plan_of_every_filesystem(loopdev):
     text = "\n".join(plan.notes)
     for expected in ("p1: no filesystem found: read whole", "p2: vfat: used blocks only",
                      "p3: ext4: used blocks only", "p4: swap: header only",
-                     "p5: xfs: used blocks only", "p6: btrfs: used blocks only",
+                     "p5: xfs: used blocks only",
+                     "p6: btrfs (single data, dup metadata, 1 device): every copy on this device",
                      "p7: ntfs: used blocks only", "LV " + src.vg + "/root: ext4: used blocks only",
                      "LV " + src.vg + "/swap: swap: header only", "RAID1 box:0: ext4: used blocks only"):
         assert expected in text, text
