@@ -7,6 +7,7 @@ pool, so receiving and storing run on different cores. Every error is JSON from 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hmac
 import json
@@ -34,8 +35,14 @@ log = logging.getLogger("xenp2v.server")
 
 # A client that stops sending mid-body is dropped after this long, so it holds nothing for ever.
 BODY_IDLE_TIMEOUT = 120.0
+# ... and one that trickles: a body must arrive within BODY_GRACE s plus its length at
+# MIN_BODY_RATE (a 4 MiB chunk in 4 min 31 s; a byte every 5 s never makes it).
+BODY_GRACE = 15.0
+MIN_BODY_RATE = 16 * 1024  # bytes per second
 # Chunk bodies in memory at once (each at most one chunk, twice when compressed).
 MAX_CHUNKS_IN_FLIGHT = 16
+# Of them, what one client address may hold: slow or hostile clients leave the rest to others.
+MAX_CHUNKS_PER_CLIENT = 8
 WRITE_PIECE = 256 * 1024  # a chunk going out is handed to the socket this much at a time
 THREADS = 24
 
@@ -50,7 +57,7 @@ TOKEN = web.AppKey("token", str)
 POOL = web.AppKey("pool", ThreadPoolExecutor)
 HOOK_POOL = web.AppKey("hook_pool", ThreadPoolExecutor)
 HOOKS = web.AppKey("hooks", dict)
-SLOTS = web.AppKey("slots", asyncio.Semaphore)
+SLOTS = web.AppKey("slots", "Slots")
 BUFFERS = web.AppKey("buffers", chunk.Buffers)
 
 _STATUS_CODES = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED,
@@ -138,18 +145,17 @@ async def read_body(request: web.Request, limit: int, what: str) -> bytes:
         raise too_large
     pieces: list[bytes] = []
     total = 0
-    loop = asyncio.get_running_loop()
+    clock = _BodyClock(request, limit, what)
     try:
-        async with asyncio.timeout(BODY_IDLE_TIMEOUT) as deadline:
+        async with asyncio.timeout(clock.next()) as deadline:
             while piece := await request.content.readany():
                 total += len(piece)
                 if total > limit:
                     raise too_large
                 pieces.append(piece)
-                deadline.reschedule(loop.time() + BODY_IDLE_TIMEOUT)
+                deadline.reschedule(clock.next())
     except TimeoutError:
-        raise ProtocolError(ErrorCode.BAD_REQUEST,
-                            f"The {what} stopped arriving for {BODY_IDLE_TIMEOUT:.0f} s.") from None
+        raise clock.late() from None
     # One copy at the end: growing a buffer piece by piece would copy each chunk many times.
     return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
@@ -162,25 +168,70 @@ async def read_body_into(request: web.Request, buffer, length: int, what: str) -
         raise too_large
     view = memoryview(buffer)
     filled = 0
-    loop = asyncio.get_running_loop()
+    clock = _BodyClock(request, length, what)
     try:
-        async with asyncio.timeout(BODY_IDLE_TIMEOUT) as deadline:
+        async with asyncio.timeout(clock.next()) as deadline:
             while piece := await request.content.readany():
                 if filled + len(piece) > length:
                     raise too_large
                 view[filled:filled + len(piece)] = piece
                 filled += len(piece)
-                deadline.reschedule(loop.time() + BODY_IDLE_TIMEOUT)
+                deadline.reschedule(clock.next())
     except TimeoutError:
         view.release()
-        raise ProtocolError(ErrorCode.BAD_REQUEST,
-                            f"The {what} stopped arriving for {BODY_IDLE_TIMEOUT:.0f} s.") from None
+        raise clock.late() from None
     except BaseException:
         view.release()
         raise
     data = view[:filled]
     view.release()
     return data
+
+
+class _BodyClock:
+    """When a body being read must have moved on: BODY_IDLE_TIMEOUT after its last piece, and
+    all of it by BODY_GRACE plus its length (Content-Length, else the limit) at MIN_BODY_RATE."""
+
+    def __init__(self, request: web.Request, limit: int, what: str):
+        self.loop = asyncio.get_running_loop()
+        expected = min(request.content_length or limit, limit)
+        self.allowed = BODY_GRACE + expected / MIN_BODY_RATE
+        self.end = self.loop.time() + self.allowed
+        self.what = what
+
+    def next(self) -> float:
+        return min(self.loop.time() + BODY_IDLE_TIMEOUT, self.end)
+
+    def late(self) -> ProtocolError:
+        if self.loop.time() >= self.end - 0.01:
+            return ProtocolError(ErrorCode.BAD_REQUEST,
+                                 f"The {self.what} arrived too slowly: it must be all here within "
+                                 f"{self.allowed:.0f} s ({MIN_BODY_RATE // 1024} KiB/s after "
+                                 f"{BODY_GRACE:.0f} s). Check the link, or lower p2v.streams.")
+        return ProtocolError(ErrorCode.BAD_REQUEST,
+                             f"The {self.what} stopped arriving for {BODY_IDLE_TIMEOUT:.0f} s.")
+
+
+class Slots:
+    """Chunk slots: ``total`` at once, at most ``per_client`` of them per client address; a
+    request beyond either waits (holding no buffer) until one is given back."""
+
+    def __init__(self, total: int, per_client: int):
+        self.all = asyncio.Semaphore(total)
+        self.per_client = per_client
+        self.clients: dict[str, list] = {}   # address -> [its semaphore, requests using it]
+
+    @contextlib.asynccontextmanager
+    async def hold(self, client: str | None):
+        entry = self.clients.setdefault(client or "", [asyncio.Semaphore(self.per_client), 0])
+        entry[1] += 1
+        try:
+            async with entry[0], self.all:
+                yield
+        finally:
+            entry[1] -= 1
+            if not entry[1]:
+                self.clients.pop(client or "", None)
 
 
 async def read_json(request: web.Request, limit: int = MAX_JSON_BODY, what: str = "JSON body"):
@@ -270,7 +321,7 @@ async def put_chunk(request: web.Request) -> web.Response:
     _, length = span or await in_pool(request, store.chunk_geometry, job, disk, index)
     what = f"body of chunk {index}"
     buffers = request.app[BUFFERS]
-    async with request.app[SLOTS]:
+    async with request.app[SLOTS].hold(request.remote):
         # The body goes straight into the chunk's buffer; a compressed one into a second buffer,
         # from which a worker decompresses it into the first.
         taken = [buffers.take(length)]
@@ -315,7 +366,7 @@ async def get_chunk(request: web.Request) -> web.StreamResponse:
     index = index_of(request)
     # A slot covers the chunk until it is on the wire, written in pieces as the socket drains:
     # memory stays at about one chunk per slot however many agents restore at once.
-    async with request.app[SLOTS]:
+    async with request.app[SLOTS].hold(request.remote):
         data, digest = await in_pool(request, request.app[STORE].read_chunk, job, disk, index)
         headers = {DIGEST_HEADER: digest, "Content-Type": "application/octet-stream"}
         if ZSTD in request.headers.get("Accept-Encoding", ""):
@@ -326,9 +377,15 @@ async def get_chunk(request: web.Request) -> web.StreamResponse:
         response.content_length = len(data)
         await response.prepare(request)
         view = memoryview(data)
-        for start in range(0, len(view), WRITE_PIECE):
-            await response.write(view[start:start + WRITE_PIECE])
-        await response.write_eof()
+        try:  # a reader as slow as a trickling writer gives its slot back as soon
+            async with asyncio.timeout(BODY_GRACE + len(data) / MIN_BODY_RATE):
+                for start in range(0, len(view), WRITE_PIECE):
+                    await response.write(view[start:start + WRITE_PIECE])
+                await response.write_eof()
+        except TimeoutError:
+            log.info("GET %s: the client read too slowly; dropped", request.path)
+            if request.transport is not None:
+                request.transport.abort()
         return response
 
 
@@ -419,7 +476,7 @@ def make_app(store: Store, token: str, on_job_sealed: Callable[[str], None] | No
     app[HOOK_POOL] = ThreadPoolExecutor(4, thread_name_prefix="p2v-hook")
 
     async def startup(app: web.Application) -> None:
-        app[SLOTS] = asyncio.Semaphore(MAX_CHUNKS_IN_FLIGHT)
+        app[SLOTS] = Slots(MAX_CHUNKS_IN_FLIGHT, MAX_CHUNKS_PER_CLIENT)
 
     async def cleanup(app: web.Application) -> None:
         app[POOL].shutdown(wait=True)
