@@ -33,6 +33,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent import inuse
 from agent.client import Client, ServerError
 from agent.progress import Progress, human
 from agent.settings import Settings
@@ -127,6 +128,44 @@ def check_target_free(target: str) -> None:
                                "start again.")
 
 
+def check_no_other_name(target: str) -> None:
+    """Refuse a target that is in use under another name: a block device that inuse finds used
+    (a writable loop device over it, btrfs), the backing file of a loop device that is in use,
+    or a loop device whose backing file another loop device in use also maps. Writing through
+    one name while a filesystem is mounted through another overwrites it."""
+    st = os.stat(target)
+    if stat.S_ISBLK(st.st_mode):
+        found = [u.sentence() for u in inuse.uses(target)]
+        if found:
+            raise RestoreError(f"{target} is in use: {' '.join(found)} Then start again.")
+    mine = _loop_backing(Path(target).name) if stat.S_ISBLK(st.st_mode) else None
+    if stat.S_ISREG(st.st_mode):
+        mine = (st.st_dev, st.st_ino)
+    if mine is None:
+        return
+    for loop in sorted(Path("/sys/block").glob("loop*")):
+        if f"/dev/{loop.name}" == os.path.realpath(target) or _loop_backing(loop.name) != mine:
+            continue
+        found = [u.sentence() for u in inuse.uses(f"/dev/{loop.name}")]
+        if found:
+            raise RestoreError(
+                f"{target} is in use under another name: /dev/{loop.name} maps the same "
+                f"{'file' if stat.S_ISREG(st.st_mode) else 'backing file'}, and "
+                f"{' '.join(found)} Then start again.")
+
+
+def _loop_backing(name: str) -> tuple[int, int] | None:
+    """(st_dev, st_ino) of the file loop device `name` maps; None when it maps none (or a
+    block device, or a file whose name leads nowhere now)."""
+    backing = Path(f"/sys/block/{name}/loop/backing_file")
+    try:
+        path = backing.read_text().strip()
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
+
+
 def open_target(target: str, size: int) -> tuple[int, int, bool]:
     """(fd, its size in bytes, reads_zeros) of the target, checked to be large enough and not
     in use. reads_zeros: known to read zeros everywhere (a new or wholly sparse file)."""
@@ -138,6 +177,7 @@ def open_target(target: str, size: int) -> tuple[int, int, bool]:
         os.ftruncate(fd, size)
         return fd, size, True  # a new sparse file reads zeros everywhere
     check_target_free(target)
+    check_no_other_name(target)
     st = os.stat(target)
     flags = os.O_RDWR | os.O_CLOEXEC | (os.O_EXCL if stat.S_ISBLK(st.st_mode) else 0)
     try:

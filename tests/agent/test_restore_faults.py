@@ -64,3 +64,47 @@ def test_a_damaged_image_is_named_as_such(loopdev, p2v_server):
     with pytest.raises(RestoreError, match=rf"Chunk {start} of {disk} arrived whole 3 times.*"
                                            rf"image of job {job} looks damaged.*p2v-server verify"):
         restore.run(settings_for(p2v_server, job=job, streams=1), target)
+
+
+def test_a_target_in_use_under_another_name_is_refused(loopdev, tmp_path):
+    import subprocess
+    from sourcedisks import mounted
+    from support import rescan, run
+
+    # The backing file of a loop device whose filesystem is mounted.
+    loop = loopdev(64 * MiB, "backed")
+    backing = run("losetup", "-nO", "BACK-FILE", loop).stdout.strip()
+    run("mkfs.ext4", "-q", loop)
+    second = run("losetup", "--show", "-f", backing).stdout.strip()   # the same file again
+    try:
+        with mounted(loop, "ext4") as mnt:
+            with pytest.raises(RestoreError, match=rf"{backing} is in use under another name: "
+                                                   rf"{loop} maps the same file.*mounted on {mnt}"):
+                restore.open_target(backing, 64 * MiB)
+            with pytest.raises(RestoreError, match=rf"{second} is in use under another name: "
+                                                   rf"{loop} maps the same backing file"):
+                restore.open_target(second, 64 * MiB)
+        fd, _, _ = restore.open_target(second, 64 * MiB)                 # unmounted: free again
+        os.close(fd)
+    finally:
+        subprocess.run(["losetup", "-d", second], capture_output=True)
+
+    # A partition of the loop device over the file, mounted.
+    parted = loopdev(64 * MiB, "parted")
+    run("sfdisk", "-q", parted, input="label: dos\nstart=2048, type=83\n")
+    part = rescan(parted)[0]
+    run("mkfs.ext4", "-q", part)
+    file = run("losetup", "-nO", "BACK-FILE", parted).stdout.strip()
+    with mounted(part, "ext4") as mnt:
+        with pytest.raises(RestoreError, match=rf"{Path(part).name} is mounted on {mnt}"):
+            restore.open_target(file, 64 * MiB)
+
+    # A block device with a writable loop device over it.
+    disk = loopdev(64 * MiB, "under")
+    over = run("losetup", "--show", "-f", disk).stdout.strip()
+    try:
+        with pytest.raises(RestoreError, match=rf"{disk} is in use: .*backing device of the writable "
+                                               rf"{Path(over).name}"):
+            restore.open_target(disk, 64 * MiB)
+    finally:
+        subprocess.run(["losetup", "-d", over], capture_output=True)
