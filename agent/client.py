@@ -98,7 +98,6 @@ class Client:
         s = getattr(self._local, "session", None)
         if s is None:
             s = requests.Session()
-            s.headers[protocol.AUTH_HEADER] = f"Bearer {self.token}"
             if self.fingerprint:
                 urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
                 s.mount("https://", _PinnedAdapter(self.fingerprint))
@@ -112,8 +111,11 @@ class Client:
             try:
                 # verify is passed per call: a REQUESTS_CA_BUNDLE in the environment would
                 # otherwise override the session's and defeat the pin.
+                # The token is read at each call: it becomes the job's own after create_job.
+                headers = {protocol.AUTH_HEADER: f"Bearer {self.token}", **(kw.get("headers") or {})}
                 resp = self._session().request(method, self.url + path, timeout=self.timeout,
-                                               verify=not self.fingerprint, **kw)
+                                               verify=not self.fingerprint,
+                                               **{**kw, "headers": headers})
             except requests.exceptions.SSLError as e:
                 if _is_trust_failure(e):
                     raise ServerError(self._tls_message(e)) from None
@@ -260,7 +262,12 @@ class Client:
         """The job for this inventory. A request_id made here goes with every retry of the
         call, so a create whose answer was lost gives back the job it made, not a second one."""
         body = {**inventory, "request_id": uuid.uuid4().hex}
-        return self.request("POST", protocol.jobs_path(), json=body, what="create the job").json()
+        answer = self.request("POST", protocol.jobs_path(), json=body, what="create the job").json()
+        if answer.get("token"):
+            # From here on this client speaks for this job only, with a token that can touch
+            # nothing else and ends with the job (an older server sends none: keep ours).
+            self.token = answer["token"]
+        return answer
 
     def job(self, job: str) -> dict:
         return self.request("GET", protocol.job_path(job), what=f"read job {job}").json()

@@ -28,7 +28,8 @@ from server.store import Store, storage_error
 from xenp2v import __version__
 from xenp2v.protocol import (
     API, AUTH_HEADER, DIGEST_HEADER, ENCODING_HEADER, MAX_CHUNK_SIZE, MAX_JSON_BODY, MAX_LOG_BODY,
-    VERSION, ZSTD, ErrorCode, ProtocolError, check_id, health_path, parse_digest,
+    FINISHED_JOB_STATES, VERSION, ZSTD, ErrorCode, JobState, ProtocolError, check_id, health_path,
+    parse_digest,
 )
 
 log = logging.getLogger("xenp2v.server")
@@ -59,6 +60,8 @@ HOOK_POOL = web.AppKey("hook_pool", ThreadPoolExecutor)
 HOOKS = web.AppKey("hooks", dict)
 SLOTS = web.AppKey("slots", "Slots")
 BUFFERS = web.AppKey("buffers", chunk.Buffers)
+JOB_TOKENS = web.AppKey("job_tokens", object)
+SCOPE = web.RequestKey("scope", object)  # None for the admin token, else a job token's job id
 
 _STATUS_CODES = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED,
                  413: ErrorCode.TOO_LARGE, 401: ErrorCode.UNAUTHORIZED}
@@ -118,19 +121,69 @@ def _storage_full(request: web.Request, exc: Exception) -> ProtocolError | None:
 
 @web.middleware
 async def auth(request: web.Request, handler):
+    """The admin token (the one the server printed) may do everything; a job token (made on
+    create, see protocol) only what touches its own job, and only while the job is not done
+    or failed. ``request[SCOPE]`` is None for the admin, else the job id."""
     if request.path == health_path():
         return await handler(request)
     given = request.headers.get(AUTH_HEADER, "")
     scheme, _, token = given.partition(" ")
-    expected = request.app[TOKEN].encode()
     # surrogateescape: aiohttp hands over bytes that are not UTF-8 as surrogates; they must
     # compare as what they are (not equal), not fail to encode.
     given_bytes = token.strip().encode("utf-8", "surrogateescape")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given_bytes, expected):
-        raise ProtocolError(ErrorCode.UNAUTHORIZED,
+    refused = ProtocolError(ErrorCode.UNAUTHORIZED,
                             "A valid 'Authorization: Bearer <token>' header is needed: use the token "
                             "the server printed when it started.")
+    if scheme.lower() != "bearer" or not given_bytes:
+        raise refused
+    if hmac.compare_digest(given_bytes, request.app[TOKEN].encode()):
+        request[SCOPE] = None
+        return await handler(request)
+    if len(given_bytes) > 128:
+        raise refused
+    found = await request.app[JOB_TOKENS].lookup(request, given_bytes)
+    if found is None:
+        raise refused
+    job, state = found
+    if state in FINISHED_JOB_STATES:
+        raise ProtocolError(ErrorCode.UNAUTHORIZED,
+                            f"This token was job {job}'s, which is {state}: it no longer works. "
+                            "Use the token the server printed.")
+    if request.match_info.http_exception is None:      # a route of ours (else: its 404/405)
+        asked = request.match_info.get("job")
+        if asked is None and "uuid" not in request.match_info:
+            raise ProtocolError(ErrorCode.FORBIDDEN,
+                                f"This is job {job}'s own token: it cannot list or create jobs. "
+                                "Use the token the server printed.")
+        if asked is not None and asked != job:
+            raise ProtocolError(ErrorCode.FORBIDDEN,
+                                f"This is job {job}'s own token: it cannot touch job {asked}.")
+    request[SCOPE] = job
     return await handler(request)
+
+
+class JobTokens:
+    """Job token -> (job, state), asked of the store in the pool and kept a few seconds, so a
+    stream of chunks costs no query each (a job that ends stops its tokens within STATE_TTL)."""
+
+    STATE_TTL = 2.0
+
+    def __init__(self):
+        self.known: dict[bytes, tuple[str, JobState, float]] = {}
+
+    async def lookup(self, request: web.Request, token: bytes) -> tuple[str, JobState] | None:
+        now = asyncio.get_running_loop().time()
+        hit = self.known.get(token)
+        if hit and now - hit[2] < self.STATE_TTL:
+            return hit[0], hit[1]
+        found = await in_pool(request, request.app[STORE].token_job, token)
+        if found is None:
+            self.known.pop(token, None)
+            return None
+        if len(self.known) > 10000:
+            self.known.clear()
+        self.known[token] = (*found, now)
+        return found
 
 
 async def in_pool(request: web.Request, fn: Callable, *args):
@@ -289,7 +342,8 @@ async def create_job(request: web.Request) -> web.Response:
     note = job["records"].get("not_resumed") if not resumed else None
     if note:
         log.info("Job %s: %s", job["id"], note)
-    answer = {"id": job["id"], "resumed": resumed,
+    job_token = await in_pool(request, request.app[STORE].issue_token, job["id"])
+    answer = {"id": job["id"], "resumed": resumed, "token": job_token,
               "disks": [{k: d[k] for k in ("id", "size", "chunk_size", "chunks", "state", "held_chunks")}
                         for d in job["disks"]]}
     if note:
@@ -446,7 +500,10 @@ async def post_events(request: web.Request) -> web.Response:
 
 async def machine(request: web.Request) -> web.Response:
     uuid = check_id(request.match_info["uuid"], "system UUID")
-    return web.json_response(await in_pool(request, request.app[STORE].job_for_machine, uuid))
+    job = await in_pool(request, request.app[STORE].job_for_machine, uuid)
+    if request.get(SCOPE) not in (None, job["id"]):   # a job token learns of no other job
+        raise ProtocolError(ErrorCode.NOT_FOUND, f"No job has a target VM with SMBIOS UUID {uuid}.")
+    return web.json_response(job)
 
 
 async def repair_report(request: web.Request) -> web.Response:
@@ -470,6 +527,7 @@ def make_app(store: Store, token: str, on_job_sealed: Callable[[str], None] | No
     app = web.Application(middlewares=[errors, auth], client_max_size=MAX_CHUNK_SIZE * 2)
     app[STORE] = store
     app[TOKEN] = token
+    app[JOB_TOKENS] = JobTokens()
     app[HOOKS] = {"on_job_sealed": on_job_sealed, "on_repair_report": on_repair_report}
     app[POOL] = ThreadPoolExecutor(THREADS, thread_name_prefix="p2v")
     app[BUFFERS] = chunk.Buffers(2 * MAX_CHUNKS_IN_FLIGHT)

@@ -20,6 +20,7 @@ import bisect
 import ctypes
 import ctypes.util
 import errno
+import hashlib
 import json
 import os
 import queue
@@ -56,6 +57,8 @@ CREATE TABLE IF NOT EXISTS events (
     job TEXT NOT NULL, at REAL NOT NULL, event TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS events_job ON events (job);
 CREATE INDEX IF NOT EXISTS jobs_target ON jobs (target_uuid);
+CREATE TABLE IF NOT EXISTS tokens (
+    hash TEXT PRIMARY KEY, job TEXT NOT NULL, created REAL NOT NULL);
 """
 
 _FALLOC_FL_KEEP_SIZE = 1
@@ -269,6 +272,23 @@ class Store:
         if why_not:
             self.record(job_id, "not_resumed", why_not)
         return self.get_job(job_id), False
+
+    def issue_token(self, job_id: str) -> str:
+        """A new job token for `job_id`: it can touch only that job, and only until the job is
+        done or failed. Only its SHA-256 is kept."""
+        self._job_row(job_id)
+        token = secrets.token_urlsafe(24)
+        with self._db() as db:
+            db.execute("INSERT INTO tokens (hash, job, created) VALUES (?,?,?)",
+                       (_token_hash(token), job_id, _now()))
+        return token
+
+    def token_job(self, token: bytes) -> tuple[str, JobState] | None:
+        """(job id, its state) of a job token, or None when it is no job's token."""
+        row = self._db().conn.execute(
+            "SELECT t.job, j.state FROM tokens t JOIN jobs j ON j.id=t.job WHERE t.hash=?",
+            (hashlib.sha256(token).hexdigest(),)).fetchone()
+        return None if row is None else (row["job"], JobState(row["state"]))
 
     def _resumable(self, inv: Inventory) -> tuple[str | None, str | None]:
         """(the unfinished job of this machine with these very disks, else None; why an alike
@@ -860,6 +880,10 @@ def _load_fallocate():
 
 
 _fallocate = _load_fallocate()
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _new_job_id(name: str) -> str:

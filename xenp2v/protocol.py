@@ -74,7 +74,8 @@ class ErrorCode(StrEnum):
     """The ``error`` field of every JSON error body; each pairs with one HTTP status."""
 
     BAD_REQUEST = "bad_request"              # 400 malformed JSON, field, header or id
-    UNAUTHORIZED = "unauthorized"            # 401 missing or wrong token
+    UNAUTHORIZED = "unauthorized"            # 401 missing or wrong token, or its job has ended
+    FORBIDDEN = "forbidden"                  # 403 a job token used on another job, or to list/create
     NOT_FOUND = "not_found"                  # 404 no such job, disk, chunk or route
     METHOD_NOT_ALLOWED = "method_not_allowed"  # 405
     CONFLICT = "conflict"                    # 409 disk sealed, or not sealed yet
@@ -89,6 +90,7 @@ class ErrorCode(StrEnum):
 ERROR_STATUS: dict[ErrorCode, int] = {
     ErrorCode.BAD_REQUEST: 400,
     ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.FORBIDDEN: 403,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.CONFLICT: 409,
@@ -262,6 +264,12 @@ def chunk_span(size: int, chunk_size: int, index: int) -> tuple[int, int]:
 #                   to the VM's filesystems by uuid, then label, then start and size},
 #               "links": the disk's by-id and by-path names (/dev/disk/by-id/ata-…), [] without udev,
 #               "device", "plan", "warnings": the agent's own notes, kept and shown}]}
+#
+# The answer (201 new, 200 resumed) is {"id", "resumed", "disks": [...], "token"}: "token" is a
+# job token, made for this answer, that can touch only this job (its disks, chunks, map, log,
+# events and repair report) and stops working once the job is done or failed. The agent uses it
+# for everything after the create; the server's own token (the admin token) is needed to create
+# or list jobs.
 #
 # A job is resumed only for the same machine with the same disks: ids, sizes, serials and partition
 # tables all equal (disk_identity), and never on a placeholder identity alone.
