@@ -472,13 +472,50 @@ def enter(root: Path, filesystems: list[Filesystem], volume_groups: list[str], s
     mount("tmpfs", run_, stack, "tmpfs", "mode=0755,size=64m")
 
 
+# The kernel command line a guest program would read; a copy without secrets is shown instead.
+CMDLINE = Path("/proc/cmdline")
+SECRET_WORDS = ("p2v.token=",)
+# Run in the new namespaces, with the host's sh and mount: $1 the clean command line, $2 the root.
+_MASKED = ('[ -e "$2/proc/cmdline" ] && { mount --bind "$1" "$2/proc/cmdline" || exit 125; }; '
+           'root="$2"; shift 2; exec chroot "$root" "$@"')
+
+
 def chroot(root: Path, argv: tuple[str, ...], timeout: int = 1800) -> subprocess.CompletedProcess:
+    """Runs `argv` in the guest, where it cannot learn the server's token.
+
+    The environment is a clean one. The program runs in its own mount and PID namespaces: its
+    /proc shows only its own processes (not the agent's command line or environment), and its
+    /proc/cmdline is a copy of the kernel's without p2v.token=. The guest's programs run as
+    root and come from a disk we know nothing of, so they are told nothing they do not need.
+    """
     env = {"PATH": CHROOT_PATH, "LANG": "C.UTF-8", "HOME": "/root", "DEBIAN_FRONTEND": "noninteractive"}
+    fd, clean = tempfile.mkstemp(prefix="xenp2v-cmdline-")
     try:
-        return subprocess.run(["chroot", str(root), *argv], capture_output=True, text=True,
-                              timeout=timeout, env=env)
+        with os.fdopen(fd, "w") as f:
+            f.write(clean_cmdline(_read(CMDLINE)))
+        masked = (host_of(root, "/proc") / "self").exists()   # enter() mounted /proc there
+        wrapper = (["unshare", "--mount", "--propagation", "private", "--pid", "--fork",
+                    "--kill-child", f"--mount-proc={host_of(root, '/proc')}"] if masked else
+                   ["unshare", "--mount", "--propagation", "private"])
+        return subprocess.run([*wrapper, "sh", "-c", _MASKED, "sh", clean, str(root), *argv],
+                              capture_output=True, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         raise RepairError(f"'{' '.join(argv)}' in the guest did not finish within {timeout} s.") from None
+    finally:
+        os.unlink(clean)
+
+
+def clean_cmdline(text: str) -> str:
+    """The kernel command line without the words that carry secrets (p2v.token=…)."""
+    words = [w for w in text.split() if not w.startswith(SECRET_WORDS)]
+    return " ".join(words) + "\n"
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
 
 
 def workdir(stack: ExitStack) -> Path:
