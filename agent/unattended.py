@@ -18,6 +18,7 @@ from typing import Callable, TextIO
 
 from agent.capture import CaptureError, CaptureResult
 from agent.capture import run as capture_run
+from agent import xenstore
 from agent.client import Client, ServerError
 from agent.probe import Machine, ProbeError, probe_machine
 from agent.progress import PlainLines, Progress, human
@@ -193,6 +194,10 @@ def _run(settings: Settings, say: Say, stream: TextIO, machine: Machine | None) 
         return Outcome(True, ["p2v.mode=shell: nothing to do."])
     client = None
     try:
+        if settings.server and (token := xenstore.vm_token()):
+            # A VM the server made: its job's own token, not the boot line's.
+            say("Using the job token this VM was given (XenStore).")
+            settings = dataclasses.replace(settings, token=token)
         if settings.server and settings.token:
             client = client_for(settings)
         if machine is None:

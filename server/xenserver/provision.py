@@ -20,6 +20,7 @@ from server.xenserver.spec import CD_USERDEVICE, VmSpec, disk_userdevices, fit_t
 log = logging.getLogger("xenp2v.xenserver")
 RECORD_KEY = "xenserver"
 NULL = "OpaqueRef:NULL"
+TOKEN_KEY = "vm-data/xenp2v/token"  # agent.xenstore reads it in the VM
 BOOT_CD_FIRST = "dc"         # HVM boot order letters: d = CD-ROM, c = first disk
 BOOT_DISK_FIRST = "cd"
 # A job in these states has its VM already: a second "sealed" must not make another.
@@ -137,6 +138,10 @@ class _Run:
         self.x.VM.set_is_a_template(vm, False)
         self.x.VM.set_name_description(vm, f"Migrated by xenp2v (job {self.job_id})")
         self.x.VM.add_to_other_config(vm, "xenp2v_job", self.job_id)
+        # The VM's agent speaks to us with this job's own token, read from XenStore
+        # (vm-data/xenp2v/token): it can touch only this job and ends with it, so the repair's
+        # guests never hold the token that opens every job. Never written on the job's record.
+        self.x.VM.add_to_xenstore_data(vm, TOKEN_KEY, self.store.issue_token(self.job_id))
         # VCPUs_at_startup may never exceed VCPUs_max: raise the max first, lower it last.
         if spec.vcpus >= int(self.x.VM.get_VCPUs_max(vm)):
             self.x.VM.set_VCPUs_max(vm, str(spec.vcpus))

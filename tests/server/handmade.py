@@ -80,6 +80,10 @@ class HandStore:
     def record(self, job_id, key, value):
         self.records.setdefault(job_id, {})[key] = value
 
+    def issue_token(self, job_id):
+        self.tokens = getattr(self, "tokens", []) + [(job_id, f"job-token-{len(getattr(self, 'tokens', []))}")]
+        return self.tokens[-1][1]
+
 
 def job_for(images: list[HandImage], name: str = "web01", cpus: int = 2,
             memory: int = 1 << 30, firmware: str = "bios", os_name: str = "Debian GNU/Linux 12",

@@ -7,6 +7,7 @@ and boots the VM from its disk. Then `p2v-server export` writes the same job as 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -71,10 +72,18 @@ def test_sealed_job_becomes_a_vm_that_boots_from_disk_after_repair(tmp_path, p2v
                 assert got[offset:offset + length] == expected[offset:offset + length], i
         assert body["records"]["xenserver"]["vm"]["uuid"] == vm["uuid"]
 
-        # The agent in the VM: its SMBIOS UUID is the VM's UUID.
-        found = wire.call("GET", p.machine_path(vm["uuid"]))
+        # The agent in the VM: its SMBIOS UUID is the VM's UUID, and it speaks with the job
+        # token the VM was given in XenStore, which opens this job only and ends with it.
+        vm_token = vm["xenstore_data"]["vm-data/xenp2v/token"]
+        assert vm_token != server.token and vm_token not in json.dumps(body)
+        in_vm = Wire(server, token=vm_token)
+        found = in_vm.call("GET", p.machine_path(vm["uuid"]))
         assert found.status_code == 200 and found.json()["id"] == job
-        r = wire.call("POST", p.repair_path(job), json={"ok": True, "detail": "repaired"})
+        other = wire.create([{"id": "sda", "size": CHUNK, "chunk_size": CHUNK}], name="other",
+                            uuid="99999999-2222-3333-4444-555555555555").json()["id"]
+        assert in_vm.call("GET", p.job_path(other)).status_code == 403
+        assert in_vm.call("GET", p.jobs_path()).status_code == 403
+        r = in_vm.call("POST", p.repair_path(job), json={"ok": True, "detail": "repaired"})
         assert r.status_code == 204, r.text
         deadline = time.monotonic() + 60
         while sim.db["VM"][vm_ref]["HVM_boot_params"]["order"] != "cd" or len(sim.boots) < 2:
@@ -85,6 +94,8 @@ def test_sealed_job_becomes_a_vm_that_boots_from_disk_after_repair(tmp_path, p2v
         cd = [sim.db["VBD"][v] for v in vm["VBDs"] if sim.db["VBD"][v]["type"] == "CD"]
         assert cd[0]["empty"] is True
         assert sim.boots[-1]["order"] == "cd"
+        time.sleep(2.5)  # what the server keeps of a token's job state
+        assert in_vm.call("GET", p.job_path(job)).status_code == 401   # ended with the job
 
     out = tmp_path / "db01.xva"
     proc = subprocess.run([sys.executable, "-m", "server.cli", "export", job, "--format", "xva",
