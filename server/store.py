@@ -157,6 +157,7 @@ class Store:
         self._disks: dict[tuple[str, str], _Disk] = {}
         self._gate = threading.Condition(self._lock)
         self._chunk_locks: dict[tuple[str, str, int], list] = {}
+        self._creating = threading.Lock()  # a create's checks and its INSERT are one step
         self._journal: Journal | None = None
         self._db().conn.executescript(SCHEMA)
         lock_down(self.data_dir)
@@ -222,7 +223,15 @@ class Store:
     def create_job(self, inv: Inventory) -> tuple[dict, bool]:
         """A new job for this inventory, or the unfinished one of the same machine with the same
         disks: (job, resumed). A new job made although another looked alike says why in its
-        records (``not_resumed``)."""
+        records (``not_resumed``).
+
+        One create at a time: the space check counts what unfinished jobs hold, so two creates
+        that both passed it before either was recorded would promise the same space twice (and
+        two creates of one machine would both find nothing to resume)."""
+        with self._creating:
+            return self._create_job(inv)
+
+    def _create_job(self, inv: Inventory) -> tuple[dict, bool]:
         why_not = None
         if inv.request_id:  # a retry of a create whose answer was lost: the job it made
             row = self._db().conn.execute(

@@ -7,6 +7,7 @@ import os
 import re
 import socket
 import subprocess
+import threading
 
 import pytest
 import zstandard
@@ -207,6 +208,46 @@ def test_full_disk_refuses_jobs_and_chunks_with_numbers(p2v_server_factory, tmp_
         os.unlink(mnt / "filler")
         assert wire.put(job, "sda", 5, data).status_code == 201
         assert wire.held(job, "sda") == {5: p.chunk_digest(data)}
+    finally:
+        if server:
+            server.stop()
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_parallel_creates_never_promise_more_space_than_there_is(p2v_server_factory, tmp_path):
+    """Each create checks the free space against what unfinished jobs hold, then records its own
+    promise: two creates at once must not both pass the check before either is recorded."""
+    needs_root()
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    run("mount", "-t", "tmpfs", "-o", "size=100m", "tmpfs", str(mnt))
+    server = None
+    try:
+        server = p2v_server_factory(data_dir=mnt / "data")
+        # 72 MiB each (64 disks of 18 chunks): one job fits in 100 MiB, two do not.
+        disks = [{"id": f"d{i}", "size": 1 << 30, "used_chunks": 18, "chunk_size": CHUNK}
+                 for i in range(64)]
+        wires = [Wire(server) for _ in range(8)]
+        for w in wires:
+            w.call("GET", p.health_path())  # connected beforehand: the creates race each other
+        for round_ in range(12):
+            start = threading.Barrier(len(wires))
+            answers: list[tuple[int, dict]] = []
+
+            def create(wire: Wire, n: int) -> None:
+                start.wait()
+                r = wire.create(disks, uuid=f"4c4c4544-0000-0000-{round_:04d}-{n:012d}")
+                answers.append((r.status_code, r.json()))
+
+            threads = [threading.Thread(target=create, args=(w, n)) for n, w in enumerate(wires)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            made = [body["id"] for status, body in answers if status == 201]
+            assert sorted(s for s, _ in answers) == [201] + [507] * 7, f"round {round_}: {made}"
+            # The job fails, and its promise goes with it: the next round has the space again.
+            assert wires[0].call("POST", p.repair_path(made[0]), json={"ok": False}).ok
     finally:
         if server:
             server.stop()
