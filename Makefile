@@ -13,13 +13,15 @@ E2E_APT_PACKAGES := debootstrap fusefat mtools ovmf qemu-system-x86
 # nbdcopy) and nftables for the wire counters. Keep sorted.
 BENCH_APT_PACKAGES := libnbd-bin nbdkit netcat-openbsd nftables partclone zstd
 BENCH_ARGS ?=
+# Flags for `make chaos`, e.g. CHAOS_ARGS=--short or CHAOS_ARGS="--seed 7".
+CHAOS_ARGS ?=
 # Scenarios `make e2e` runs (empty: all of them), e.g. `make e2e SCENARIOS=bios-mbr`.
 SCENARIOS ?=
 # How `make e2e` migrates them: iso (through out/xenp2v.iso, built when missing) or host (the repair
 # alone, on loop devices here: a fast check).
 E2E_PATH ?= iso
 
-.PHONY: all venv system-deps test serve iso pxe iso-test e2e e2e-deps e2e-ci bench clean
+.PHONY: all venv system-deps test chaos serve iso pxe iso-test e2e e2e-deps e2e-ci bench clean
 
 all: test
 
@@ -41,6 +43,13 @@ system-deps:
 
 test: venv system-deps
 	$(BIN)/pytest -q
+
+# The standing fault suite (tests/chaos/run.py), about 15 minutes as root: server kills, cut
+# connections, hostile and fuzzed requests, a full disk, slow clients; prints the table of counts
+# and PASS only if every run ended byte-identical and no request got a 5xx. Its short form runs in
+# `make test` (tests/chaos/test_chaos_short.py).
+chaos: venv system-deps
+	$(BIN)/python tests/chaos/run.py $(CHAOS_ARGS)
 
 serve: venv
 	$(BIN)/p2v-server serve $(ARGS)

@@ -2,8 +2,9 @@
 
 Tests and the chaos suite (`make chaos`) put it between the agent and the server. Each accepted
 connection is forwarded byte for byte; while ``cuts`` is above zero, a connection is broken once
-``after`` bytes have come back from the server: reset (RST), closed (FIN) or stalled (nothing more
-passes until the agent gives up). Imported as `cutproxy` (tests/ is on sys.path).
+``after`` bytes have passed (coming back from the server, or either way with
+``direction="both"``): reset (RST), closed (FIN) or stalled (nothing more passes for ``stall``
+seconds, then it is closed). Imported as `cutproxy` (tests/ is on sys.path).
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ class CutProxy:
     """127.0.0.1:``port`` -> 127.0.0.1:``target_port``; ``cut`` counts the connections broken."""
 
     def __init__(self, target_port: int, after: int | tuple[int, int] = 1 << 20, cuts: int = 0,
-                 modes: tuple[str, ...] = ("reset",), stall: float = 75.0, seed: int = 0):
+                 modes: tuple[str, ...] = ("reset",), stall: float = 75.0, seed: int = 0,
+                 direction: str = "down"):
         self.target_port = target_port
         self.after = after
         self.cuts = cuts
         self.modes = modes
         self.stall = stall
+        self.direction = direction
         self.random = random.Random(seed)
         self.cut = {m: 0 for m in MODES}
         self.connections = 0
@@ -41,6 +44,10 @@ class CutProxy:
 
     def url(self, scheme: str = "https") -> str:
         return f"{scheme}://127.0.0.1:{self.port}"
+
+    def add_cuts(self, n: int) -> None:
+        with self._lock:
+            self.cuts += n
 
     def close(self) -> None:
         self._closed = True
@@ -59,50 +66,74 @@ class CutProxy:
                     self.cuts -= 1
                 after = self.after if isinstance(self.after, int) else self.random.randint(*self.after)
                 mode = self.random.choice(self.modes)
-            threading.Thread(target=self._serve, args=(client, after if doomed else None, mode),
-                             daemon=True).start()
+            link = _Link(self, client, after if doomed else None, mode)
+            threading.Thread(target=link.run, daemon=True).start()
 
-    def _serve(self, client: socket.socket, after: int | None, mode: str) -> None:
+
+class _Link:
+    """One proxied connection: two pumps, one shared count of the bytes that passed."""
+
+    def __init__(self, proxy: CutProxy, client: socket.socket, after: int | None, mode: str):
+        self.proxy, self.client, self.after, self.mode = proxy, client, after, mode
+        self.passed = 0
+        self.broken = False
+        self.lock = threading.Lock()
+
+    def run(self) -> None:
         try:
-            server = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
+            self.server = socket.create_connection(("127.0.0.1", self.proxy.target_port), timeout=10)
         except OSError:
-            client.close()
+            self.client.close()
             return
-        server.settimeout(None)
-        threading.Thread(target=_pump, args=(client, server, None, None), daemon=True).start()
-        broken = _pump(server, client, after, mode, self.stall)
-        if broken:
-            with self._lock:
-                self.cut[mode] += 1
-            if mode == "reset":  # closed with unsent data discarded: the kernel sends RST
-                client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        # shutdown first: close() alone leaves the socket open while the other pump's recv()
-        # still holds it, and nothing would reach the agent.
-        for s, how in ((client, socket.SHUT_RD if broken and mode == "reset" else socket.SHUT_RDWR),
-                       (server, socket.SHUT_RDWR)):
+        self.server.settimeout(None)
+        up = threading.Thread(target=self._pump, args=(self.client, self.server, False), daemon=True)
+        up.start()
+        self._pump(self.server, self.client, True)
+        up.join()
+        for s in (self.client, self.server):
+            s.close()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, down: bool) -> None:
+        counted = down or self.proxy.direction == "both"
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data or self.broken:
+                    if not self.broken:
+                        dst.shutdown(socket.SHUT_WR)
+                    return
+                with self.lock:
+                    cut_here = (counted and self.after is not None and not self.broken
+                                and self.passed + len(data) >= self.after)
+                    if cut_here:
+                        self.broken = True
+                    elif counted:
+                        self.passed += len(data)
+                if cut_here:
+                    dst.sendall(data[:self.after - self.passed])
+                    self._break()
+                    return
+                dst.sendall(data)
+        except OSError:
+            if not self.broken:
+                for s in (self.client, self.server):
+                    try:
+                        s.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+    def _break(self) -> None:
+        if self.mode == "stall":
+            time.sleep(self.proxy.stall)
+        with self.proxy._lock:
+            self.proxy.cut[self.mode] += 1
+        if self.mode == "reset":  # closed with unsent data discarded: the kernel sends RST
+            self.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # shutdown wakes the other pump's recv(); close() alone would leave the socket open
+        # while that recv() holds it, and nothing would reach the agent.
+        for s, how in ((self.client, socket.SHUT_RD if self.mode == "reset" else socket.SHUT_RDWR),
+                       (self.server, socket.SHUT_RDWR)):
             try:
                 s.shutdown(how)
             except OSError:
                 pass
-            s.close()
-
-
-def _pump(src: socket.socket, dst: socket.socket, after: int | None, mode: str | None,
-          stall: float = 0.0) -> bool:
-    """Copies src to dst until either ends; True if it broke the stream after ``after`` bytes."""
-    passed = 0
-    try:
-        while True:
-            data = src.recv(65536)
-            if not data:
-                dst.shutdown(socket.SHUT_WR)
-                return False
-            if after is not None and passed + len(data) >= after:
-                dst.sendall(data[:after - passed])
-                if mode == "stall":
-                    time.sleep(stall)
-                return True
-            dst.sendall(data)
-            passed += len(data)
-    except OSError:
-        return False

@@ -1,0 +1,445 @@
+"""`make chaos`: the standing fault suite. Real agent, real p2v-server, loopback, bounded in time.
+
+What it does to them, each part until its share of the time is used or its count reached:
+
+- captures and restores through a cutting proxy (tests/cutproxy.py): resets, FINs and stalls at
+  random points of either direction, on every connection;
+- the server killed with SIGKILL at random moments of captures (chunk writes, seals) and
+  restores, and started again;
+- hostile requests: corrupted, truncated, oversize and zstd-bomb chunk bodies, malformed HTTP
+  (bad request lines, headers that are not UTF-8 or carry the token), and a fuzzer over every
+  route, method and header;
+- a full disk (a tmpfs data directory): the capture stops with 507, resumes once there is room;
+- 16 slow clients trickling a byte every 5 s while a capture runs.
+
+Every capture is restored and compared byte for byte with its source disk. It prints a table of
+counts and ends PASS only when every run ended byte-identical, no request got a 5xx (the server
+logged no failure), and the counts reached their floors. `--short` is the form `make test` runs
+(tests/chaos/test_chaos_short.py). Needs root (loop devices, tmpfs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import hashlib
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+for extra in (REPO, REPO / "tests", REPO / "tests" / "server"):
+    if str(extra) not in sys.path:
+        sys.path.insert(0, str(extra))
+
+from agent import capture, restore  # noqa: E402
+from agent.capture import CaptureError  # noqa: E402
+from agent.client import Client  # noqa: E402
+from agent.settings import Settings  # noqa: E402
+from cutproxy import CutProxy  # noqa: E402
+from support import P2VServer, rescan, run  # noqa: E402
+from test_server_hostile import fuzz, raw  # noqa: E402
+from wire import Wire  # noqa: E402
+from xenp2v import protocol as p  # noqa: E402
+
+MiB = 1 << 20
+SOURCE_SIZE = 64 * MiB
+
+
+@dataclass
+class Budget:
+    """Time (s) and floors of each part; the full run is about 15 minutes."""
+
+    cut_capture_s: float = 300
+    kill_s: float = 240
+    fuzz_requests: int = 10_000
+    slow_clients: int = 16
+    slow_s: float = 40
+    stall: float = 10.0                      # a stalled connection, before it is closed
+    timeout: tuple = (5.0, 8.0)              # the agent's connect and read timeouts
+    floors: dict = field(default_factory=lambda: {"kills": 50, "cuts during capture": 200,
+                                                  "cuts during restore": 100,
+                                                  "fuzzed requests": 10_000})
+
+
+SHORT = Budget(cut_capture_s=0, kill_s=0, fuzz_requests=300, slow_clients=0, slow_s=0,
+               stall=3.0, timeout=(3.0, 2.5),
+               floors={"kills": 2, "cuts during capture": 3, "cuts during restore": 2,
+                       "fuzzed requests": 300})
+
+
+@dataclass
+class Tally:
+    counts: collections.Counter = field(default_factory=collections.Counter)
+    statuses: collections.Counter = field(default_factory=collections.Counter)
+    failures: list = field(default_factory=list)
+
+    def fail(self, text: str) -> None:
+        print(f"FAILURE: {text}", flush=True)
+        self.failures.append(text)
+
+
+class Chaos:
+    def __init__(self, work: Path, budget: Budget, seed: int):
+        self.work, self.budget = work, budget
+        self.rng = random.Random(seed)
+        self.tally = Tally()
+        self.loops: list[str] = []
+        self.mounts: list[Path] = []
+        self.servers: list[P2VServer] = []
+
+    # --- fixtures ----------------------------------------------------------------------------
+
+    def loop(self, size: int, name: str) -> str:
+        backing = self.work / f"{name}.img"
+        with open(backing, "wb") as f:
+            f.truncate(size)
+        dev = run("losetup", "--show", "-f", "-P", str(backing)).stdout.strip()
+        self.loops.append(dev)
+        return dev
+
+    def source(self) -> str:
+        """64 MiB, MBR: a 40 MiB ext4 with 15 MiB of random files, then 16 MiB of zeros in use."""
+        dev = self.loop(SOURCE_SIZE, "source")
+        run("sfdisk", "-q", dev, input="label: dos\nstart=2048, size=40M, type=83\nsize=16M, type=da\n")
+        part = rescan(dev)[0]
+        run("mkfs.ext4", "-q", "-b", "4096", part)
+        mnt = Path(tempfile.mkdtemp(prefix="chaos-mnt-", dir=self.work))
+        run("mount", part, str(mnt))
+        try:
+            for i in range(5):
+                (mnt / f"f{i}").write_bytes(random.Random(i).randbytes(3 * MiB))
+        finally:
+            run("umount", str(mnt))
+        os.sync()
+        return dev
+
+    def server(self, data_dir: Path | None = None) -> P2VServer:
+        server = P2VServer(data_dir or self.work / f"data-{len(self.servers)}")
+        self.servers.append(server)
+        return server.start()
+
+    def cleanup(self) -> None:
+        for server in self.servers:
+            server.stop()
+        for mnt in self.mounts:
+            subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+        for dev in reversed(self.loops):
+            subprocess.run(["partx", "-d", dev], capture_output=True)
+            subprocess.run(["losetup", "-d", dev], capture_output=True)
+
+    # --- one migration, checked ------------------------------------------------------------
+
+    def settings(self, server: P2VServer, url: str | None = None, **kw) -> Settings:
+        return Settings(server=url or server.url, token=server.token,
+                        fingerprint=server.fingerprint, compress="off", **kw)
+
+    def migrate(self, server: P2VServer, src: str, what: str, capture_url: str | None = None,
+                restore_url: str | None = None) -> str | None:
+        """Capture `src`, restore it into a new file, compare: the job id, or None on failure."""
+        client = Client(capture_url or server.url, server.token, server.fingerprint,
+                        retry_for=300, timeout=self.budget.timeout)
+        try:
+            job = capture.run(self.settings(server, capture_url, disks=[src], streams=4),
+                              client=client, identity={"system_uuid": str(uuid.uuid4())}).job
+        except CaptureError as err:
+            self.tally.fail(f"{what}: capture failed: {err}")
+            return None
+        self.check_restore(server, job, src, what, restore_url)
+        return job
+
+    def check_restore(self, server, job, src, what, restore_url=None) -> None:
+        target = self.work / f"target-{job}.img"
+        client = Client(restore_url or server.url, server.token, server.fingerprint,
+                        retry_for=300, timeout=self.budget.timeout)
+        try:
+            restore.run(self.settings(server, restore_url, job=job, streams=4), str(target),
+                        client=client)
+        except restore.RestoreError as err:
+            self.tally.fail(f"{what}: restore of {job} failed: {err}")
+            return
+        finally:
+            self.tally.counts["runs"] += 1
+        same = _digest(src) == _digest(str(target))
+        self.tally.counts["bytes compared"] += 2 * SOURCE_SIZE
+        if not same:
+            self.tally.fail(f"{what}: {job} restored is not byte-identical to {src}")
+        else:
+            self.tally.counts["runs byte-identical"] += 1
+        target.unlink()
+
+    # --- the parts ---------------------------------------------------------------------------
+
+    def cuts(self, src: str) -> None:
+        server = self.server()
+        capture_proxy = CutProxy(server.port, after=(16 * 1024, 10 * MiB), cuts=1 << 30,
+                                 modes=("reset", "fin", "stall"), stall=self.budget.stall, seed=1,
+                                 direction="both")
+        restore_proxy = CutProxy(server.port, after=(16 * 1024, 10 * MiB), cuts=1 << 30,
+                                 modes=("reset", "fin", "stall"), stall=self.budget.stall, seed=2,
+                                 direction="both")
+        end = time.monotonic() + self.budget.cut_capture_s
+        try:
+            while True:
+                self.migrate(server, src, "cuts", capture_proxy.url(), restore_proxy.url())
+                if time.monotonic() > end:
+                    break
+        finally:
+            capture_proxy.close()
+            restore_proxy.close()
+        self.tally.counts["cuts during capture"] += sum(capture_proxy.cut.values())
+        self.tally.counts["cuts during restore"] += sum(restore_proxy.cut.values())
+        for mode in ("reset", "fin", "stall"):
+            self.tally.counts[f"  of which {mode}s"] += capture_proxy.cut[mode] + restore_proxy.cut[mode]
+        self.server_log_clean(server, "cuts")
+
+    def kills(self, src: str) -> None:
+        server = self.server()
+        stop = threading.Event()
+
+        def killer():
+            while not stop.is_set():
+                if stop.wait(self.rng.uniform(0.3, 2.5)):
+                    return
+                server.kill()
+                self.tally.counts["kills"] += 1
+                time.sleep(self.rng.uniform(0.1, 1.0))
+                server.start()
+
+        end = time.monotonic() + self.budget.kill_s
+        thread = threading.Thread(target=killer, daemon=True)
+        thread.start()
+        try:
+            while time.monotonic() < end or self.tally.counts["kills"] < 2:
+                self.migrate(server, src, "kills")
+        finally:
+            stop.set()
+            thread.join()
+        self.server_log_clean(server, "kills")
+
+    def hostile(self) -> None:
+        plain = P2VServer(self.work / "data-plain", plain=True)
+        self.servers.append(plain)
+        plain.start()
+        wire = Wire(plain)
+        job = wire.create([{"id": "sda", "size": 2 * p.MIN_CHUNK_SIZE,
+                            "chunk_size": p.MIN_CHUNK_SIZE}], resume=False).json()["id"]
+        statuses = fuzz(plain, job, self.budget.fuzz_requests, self.rng)
+        self.tally.counts["fuzzed requests"] += len(statuses)
+        self.tally.statuses.update(statuses)
+        self.tally.statuses.update(self.bad_bodies(plain, job))
+        self.tally.statuses.update(self.malformed(plain))
+        self.server_log_clean(plain, "hostile", token=True)
+        plain.stop()
+
+    def bad_bodies(self, server: P2VServer, job: str) -> list[int]:
+        """Corrupted, truncated, oversize and bomb chunk bodies: each refused, nothing held."""
+        import zstandard
+        wire, size = Wire(server), p.MIN_CHUNK_SIZE
+        data = os.urandom(size)
+        out = []
+        cases = [
+            ("corrupted", dict(data=bytes([data[0] ^ 1]) + data[1:]), p.chunk_digest(data), {}),
+            ("short", dict(data=data[:-1]), p.chunk_digest(data), {}),
+            ("oversize", dict(data=data + b"x" * size), p.chunk_digest(data), {}),
+            ("bomb", dict(data=zstandard.ZstdCompressor(level=19).compress(bytes(1 << 30))),
+             p.chunk_digest(bytes(size)), {p.ENCODING_HEADER: p.ZSTD}),
+            ("not zstd", dict(data=os.urandom(1000)), p.chunk_digest(data), {p.ENCODING_HEADER: p.ZSTD}),
+        ]
+        for _ in range(max(1, self.budget.fuzz_requests // 500)):
+            for name, body, digest, headers in cases:
+                r = wire.call("PUT", p.chunk_path(job, "sda", 0), headers={p.DIGEST_HEADER: digest,
+                                                                          **headers}, **body)
+                out.append(r.status_code)
+                self.tally.counts[f"bad bodies ({name})"] += 1
+                if r.status_code < 400:
+                    self.tally.fail(f"a {name} chunk body was taken: {r.status_code}")
+        if wire.held(job, "sda"):
+            self.tally.fail("a bad chunk body was held")
+        # Truncated on the wire: Content-Length promised, the connection closed midway.
+        for _ in range(20):
+            raw(server, (f"PUT {p.chunk_path(job, 'sda', 1)} HTTP/1.1\r\nHost: x\r\nAuthorization: "
+                         f"Bearer {server.token}\r\n{p.DIGEST_HEADER}: {p.chunk_digest(data)}\r\n"
+                         f"Content-Length: {size}\r\n\r\n").encode() + data[:size // 2], read=False)
+            self.tally.counts["bad bodies (cut on the wire)"] += 1
+        return out
+
+    def malformed(self, server: P2VServer) -> list[int]:
+        token = server.token.encode()
+        cases = [b"GARBAGE\r\n\r\n",
+                 b"GET /api/v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\n\r\n",
+                 b"GET /api/v1/jobs HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token + b"\x01\r\n\r\n",
+                 b"GET /api/v1/jobs HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 9000 + b"\r\n\r\n",
+                 b"GET /api/v1/\xff HTTP/1.1\r\nHost: x\r\n\r\n",
+                 b"GET /api/v1/health HTTP/9.9\r\nHost: x\r\n\r\n",
+                 b"POST /api/v1/jobs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"]
+        out = []
+        for _ in range(max(1, self.budget.fuzz_requests // 200)):
+            for request in cases:
+                status, _ = raw(server, request)
+                out.append(status)
+                self.tally.counts["malformed HTTP"] += 1
+        return out
+
+    def full_disk(self, src: str) -> None:
+        mnt = self.work / "small"
+        mnt.mkdir()
+        run("mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(mnt))
+        self.mounts.append(mnt)
+        server = self.server(mnt / "data")
+        filler = mnt / "filler"
+        with open(filler, "wb") as f:
+            try:
+                while os.statvfs(mnt).f_bavail * os.statvfs(mnt).f_frsize > 12 * MiB:
+                    f.write(bytes(MiB))
+            except OSError:
+                pass
+        ident = {"system_uuid": str(uuid.uuid4())}
+        settings = self.settings(server, disks=[src], streams=4)
+        try:
+            capture.run(settings, identity=ident, retry_for=5)
+            self.tally.fail("disk full: the capture went through a full disk")
+        except CaptureError as err:
+            if "507" not in str(err) and "full" not in str(err) and "free" not in str(err):
+                self.tally.fail(f"disk full: the capture stopped without saying so: {err}")
+        self.tally.counts["disk-full runs"] += 1
+        filler.unlink()
+        try:
+            job = capture.run(settings, identity=ident).job
+        except CaptureError as err:
+            self.tally.fail(f"disk full: the capture did not go through once freed: {err}")
+            return
+        self.check_restore(server, job, src, "disk full")
+        self.server_log_clean(server, "disk full")
+        server.stop()
+
+    def slow(self, src: str) -> None:
+        if not self.budget.slow_clients:
+            return
+        server = self.server()
+        wire = Wire(server)
+        job = wire.create([{"id": "sda", "size": 64 * p.MIN_CHUNK_SIZE,
+                            "chunk_size": p.MIN_CHUNK_SIZE}], resume=False).json()["id"]
+        answers: list[int] = []
+        done = threading.Event()
+
+        def trickle(i: int) -> None:
+            import ssl
+            ctx = ssl.create_default_context(cafile=str(server.data_dir / "tls" / "cert.pem"))
+            ctx.check_hostname = False
+            sock = socket.create_connection(("127.0.0.1", server.port), source_address=("127.0.0.2", 0))
+            s = ctx.wrap_socket(sock)
+            s.sendall((f"PUT {p.chunk_path(job, 'sda', i)} HTTP/1.1\r\nHost: x\r\nAuthorization: "
+                       f"Bearer {server.token}\r\n{p.DIGEST_HEADER}: {p.chunk_digest(bytes(p.MIN_CHUNK_SIZE))}"
+                       f"\r\nContent-Length: {p.MIN_CHUNK_SIZE}\r\n\r\n").encode())
+            s.settimeout(5)
+            answer = b""
+            while not answer and not done.is_set():
+                try:
+                    s.sendall(b"\0")
+                    answer = s.recv(4096)
+                except socket.timeout:
+                    continue
+                except OSError:
+                    break
+            s.close()
+            if answer:
+                answers.append(int(answer.split(b" ", 2)[1]))
+
+        threads = [threading.Thread(target=trickle, args=(i,), daemon=True)
+                   for i in range(self.budget.slow_clients)]
+        for t in threads:
+            t.start()
+        time.sleep(2)
+        started = time.monotonic()
+        self.migrate(server, src, "slow clients")
+        took = time.monotonic() - started
+        for t in threads:
+            t.join(self.budget.slow_s)
+        done.set()
+        self.tally.counts["slow clients"] += len(threads)
+        self.tally.counts["slow clients dropped"] += len(answers)
+        self.tally.statuses.update(answers)
+        if took > 60:
+            self.tally.fail(f"slow clients: a capture and restore beside them took {took:.0f} s")
+        self.server_log_clean(server, "slow clients")
+
+    def server_log_clean(self, server: P2VServer, what: str, token: bool = False) -> None:
+        """A 5xx or a failure the server logged, and the token in its log (past the banner)."""
+        text = server.log.read_text(errors="replace")
+        body = text.split("p2v.mode=auto", 1)[-1]
+        failed = sum(1 for line in body.splitlines()
+                     if " failed" in line and ("HTTP layer" in line or " /api/" in line))
+        self.tally.statuses[500] += failed + body.count("Traceback")
+        if failed or "Traceback" in body:
+            self.tally.fail(f"{what}: the server logged failures (see {server.log})")
+        if token and server.token in body.replace(f"p2v.token={server.token}", ""):
+            self.tally.fail(f"{what}: the token is in the server's log ({server.log})")
+
+    # --- the whole ---------------------------------------------------------------------------
+
+    def run(self) -> bool:
+        started = time.monotonic()
+        try:
+            src = self.source()
+            for part in (self.hostile, lambda: self.full_disk(src), lambda: self.cuts(src),
+                         lambda: self.kills(src), lambda: self.slow(src)):
+                part()
+        finally:
+            self.cleanup()
+        return self.report(time.monotonic() - started)
+
+    def report(self, took: float) -> bool:
+        rows = list(self.tally.counts.items())
+        rows += [(f"requests answered {s}", n) for s, n in sorted(self.tally.statuses.items())]
+        width = max(len(k) for k, _ in rows) + 2
+        print(f"\n{'xenp2v chaos':<{width}}count")
+        for key, n in rows:
+            print(f"{key:<{width}}{n}")
+        short = [f"{k} {self.tally.counts[k]} < {floor}" for k, floor in self.budget.floors.items()
+                 if self.tally.counts[k] < floor]
+        fives = sum(n for s, n in self.tally.statuses.items() if s >= 500)
+        ok = (not self.tally.failures and not short and not fives
+              and self.tally.counts["runs"] == self.tally.counts["runs byte-identical"] > 0)
+        print(f"{'time':<{width}}{took:.0f} s")
+        for line in short:
+            print(f"below the floor: {line}")
+        print("PASS" if ok else f"FAIL ({len(self.tally.failures)} failures, {fives} 5xx)")
+        return ok
+
+
+def _digest(path: str) -> str:
+    h = hashlib.blake2b()
+    with open(path, "rb") as f:
+        while piece := f.read(4 * MiB):
+            h.update(piece)
+    return h.hexdigest()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--short", action="store_true", help="the short form `make test` runs")
+    parser.add_argument("--seed", type=int, default=18)
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("make chaos needs root (loop devices, tmpfs).", file=sys.stderr)
+        return 2
+    work = Path(tempfile.mkdtemp(prefix="xenp2v-chaos-"))
+    try:
+        ok = Chaos(work, SHORT if args.short else Budget(), args.seed).run()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
