@@ -184,7 +184,7 @@ class Chaos:
         capture_proxy = CutProxy(server.port, after=(16 * 1024, 10 * MiB), cuts=1 << 30,
                                  modes=("reset", "fin", "stall"), stall=self.budget.stall, seed=1,
                                  direction="both")
-        restore_proxy = CutProxy(server.port, after=(16 * 1024, 10 * MiB), cuts=1 << 30,
+        restore_proxy = CutProxy(server.port, after=(16 * 1024, 5 * MiB), cuts=1 << 30,
                                  modes=("reset", "fin", "stall"), stall=self.budget.stall, seed=2,
                                  direction="both")
         end = time.monotonic() + self.budget.cut_capture_s
