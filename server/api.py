@@ -47,7 +47,7 @@ MAX_CHUNKS_PER_CLIENT = 8
 WRITE_PIECE = 256 * 1024  # a chunk going out is handed to the socket this much at a time
 THREADS = 24
 
-# How the app must be run (web.AppRunner(app, **RUNNER_OPTIONS)): chunk bodies reach the handler
+# How the app must be run (guard.Runner(app, **RUNNER_OPTIONS)): chunk bodies reach the handler
 # still compressed, so decompression stays bounded and off the event loop; no line per chunk.
 RUNNER_OPTIONS = {"auto_decompress": False, "access_log": None, "read_bufsize": 1 << 20}
 
@@ -518,7 +518,7 @@ async def repair_report(request: web.Request) -> web.Response:
 
 def make_app(store: Store, token: str, on_job_sealed: Callable[[str], None] | None = None,
              on_repair_report: Callable[[str, dict], None] | None = None) -> web.Application:
-    """The server's aiohttp application; run it with ``web.AppRunner(app, **RUNNER_OPTIONS)``.
+    """The server's aiohttp application; run it with ``guard.Runner(app, **RUNNER_OPTIONS)``.
 
     ``on_job_sealed(job_id)`` runs once every disk of a job is sealed, and
     ``on_repair_report(job_id, report)`` when a VM reports its repair; both in a worker thread,
