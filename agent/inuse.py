@@ -8,10 +8,20 @@ one sentence per use, what to stop.
 Everything comes from the kernel's own tables, matched by major:minor: /proc/self/mountinfo,
 /proc/swaps, the holders in sysfs, /sys/fs/btrfs/*/devices and the loop devices' status. A
 read-only loop device over the disk (the plan's own views) cannot change it and is not a use.
+
+Those tables do not see everything (a mount in another mount namespace, the external log of a
+mounted XFS, the external journal of a mounted ext4, a bcache set); the kernel's own exclusive
+claim does. Every mount, swap, md or device-mapper holder, btrfs device, external log or journal
+holds its device claimed, and opening a claimed device with O_EXCL fails with EBUSY. So the disk
+and each partition is opened so, and closed at once (a mount racing that instant would see EBUSY
+once); a claim no table explains is looked for in every mount namespace, in the mounted
+filesystems' external log, realtime and journal devices, and else named as the kernel's. A
+read-only loop view and partclone open without O_EXCL: they neither claim nor are refused.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import re
@@ -59,6 +69,7 @@ def uses(disk: str) -> list[Use]:
     found += _held(nodes)
     found += _btrfs_open(nodes, {u.device for u in found})
     found += _loop_backed(nodes, mounts)
+    found += _claimed(nodes, {u.device for u in found})
     return found
 
 
@@ -108,19 +119,22 @@ class _Mount:
     number: Number       # the superblock's device (anonymous, 0:N, for btrfs)
     source: str          # the device or path it was mounted from
     target: str
+    fstype: str = ""
+    options: str = ""    # the superblock's options (XFS: logdev=, rtdev=)
 
 
 def _unescape(field: str) -> str:
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
-def _mountinfo() -> list[_Mount]:
+def _mountinfo(pid: str = "self") -> list[_Mount]:
     out = []
-    for line in (PROC / "self/mountinfo").read_text().splitlines():
+    for line in (PROC / pid / "mountinfo").read_text().splitlines():
         left, _, right = line.partition(" - ")
         fields, after = left.split(), right.split()
         if len(fields) >= 5 and len(after) >= 2:
-            out.append(_Mount(_parse_number(fields[2]), _unescape(after[1]), _unescape(fields[4])))
+            out.append(_Mount(_parse_number(fields[2]), _unescape(after[1]), _unescape(fields[4]),
+                              after[0], _unescape(after[2]) if len(after) > 2 else ""))
     return out
 
 
@@ -274,3 +288,140 @@ def _loop_status(dev: str) -> tuple[Number, Number] | None:
         os.close(fd)
     fields = _LOOP_INFO64.unpack(buf)
     return _number(fields[0]), _number(fields[2])
+
+
+# --- what the kernel claims ----------------------------------------------------------------------
+
+def _claimed(nodes: dict[Number, str], reported: set[str]) -> list[Use]:
+    """The nodes the kernel holds claimed that no check above explained, each with the use found
+    for it. A claimed partition makes its disk busy too, and a claimed disk every partition:
+    the disk itself counts when it has no partition, or when all of them are busy and nothing
+    explains any of them."""
+    busy = {number: name for number, name in nodes.items() if _busy(name, number)}
+    if not busy:
+        return []
+    disk, *parts = nodes
+    spaces = _namespaces()
+    found = {number: _explain(busy[number], number, spaces)
+             for number in parts if number in busy and busy[number] not in reported}
+    if disk in busy and busy[disk] not in reported:
+        whole_claimed = all(p in busy and busy[p] not in reported for p in parts) and not any(
+            found.values())
+        if whole_claimed:
+            return [_explain(busy[disk], disk, spaces) or _kernel_claim(busy[disk])]
+    return [use or _kernel_claim(busy[number]) for number, use in found.items()]
+
+
+def _busy(name: str, number: Number) -> bool:
+    """Does the kernel refuse to open /dev/`name` exclusively (EBUSY)? False when there is no
+    such node, or it is another device, or it cannot be opened at all."""
+    path = f"/dev/{name}"
+    if _block_number(path) != number:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_EXCL | os.O_CLOEXEC)
+    except OSError as e:
+        return e.errno == errno.EBUSY
+    os.close(fd)
+    return False
+
+
+@dataclass(frozen=True)
+class _Namespace:
+    pid: str             # a process in it ("self" for this one)
+    command: str
+    mounts: list[_Mount]
+
+    def inside(self, path: str) -> str:
+        """`path` as this namespace's processes see it, from here."""
+        return path if self.pid == "self" else f"{PROC}/{self.pid}/root{path}"
+
+    def todo(self, target: str) -> str:
+        if self.pid == "self":
+            return f"unmount it (umount {target})"
+        return (f"unmount it there (nsenter -t {self.pid} -m umount {target}) or stop "
+                f"process {self.pid} ({self.command})")
+
+    def where(self) -> str:
+        return "" if self.pid == "self" else (f" in another mount namespace (that of process "
+                                              f"{self.pid}, {self.command})")
+
+
+def _namespaces() -> list[_Namespace]:
+    """This mount namespace, then one process of every other one, with its mounts."""
+    out = [_Namespace("self", "", _mountinfo())]
+    seen = {_link(PROC / "self/ns/mnt")}
+    for entry in sorted(PROC.glob("[0-9]*"), key=lambda p: int(p.name)):
+        ns = _link(entry / "ns/mnt")
+        if not ns or ns in seen:
+            continue
+        try:
+            mounts = _mountinfo(entry.name)
+        except OSError:
+            continue  # gone meanwhile
+        seen.add(ns)
+        out.append(_Namespace(entry.name, _text(entry / "comm"), mounts))
+    return out
+
+
+def _link(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
+def _explain(name: str, number: Number, spaces: list[_Namespace]) -> Use | None:
+    """What claims `name` where the mount tables show it; None when they do not."""
+    for ns in spaces:
+        targets = [m.target for m in ns.mounts
+                   if m.number == number or _block_number(ns.inside(m.source)) == number]
+        if targets:
+            targets = list(dict.fromkeys(targets))
+            return Use(name, f"is mounted on {', '.join(targets)}{ns.where()}",
+                       ns.todo(" ".join(targets)))
+    for ns in spaces:
+        for m in ns.mounts:
+            if role := _companion(m, name, number, ns):
+                return Use(name, f"is {role} of the {m.fstype} filesystem on {m.source} mounted "
+                                 f"on {m.target}{ns.where()}", ns.todo(m.target))
+    return None
+
+
+def _kernel_claim(name: str) -> Use:
+    return Use(name, "is claimed by the kernel (it cannot be opened exclusively), yet no mount, "
+                     "swap, holder or btrfs filesystem here names it",
+               "find what holds it (a mount inside a container, the external journal or log of a "
+               "mounted filesystem, a bcache or RAID set; lsblk and /proc/*/mountinfo show most) "
+               "and stop that")
+
+
+_EXT_MAGIC = 0xEF53
+
+
+def _companion(m: _Mount, name: str, number: Number, ns: _Namespace) -> str | None:
+    """What device `number` is to the mounted filesystem `m`, when it is one of its other
+    devices: the external log or realtime device of an XFS (its logdev=, rtdev= options), the
+    external journal of an ext3/4 (its superblock's journal UUID is the device's UUID)."""
+    for option in m.options.split(","):
+        key, _, path = option.partition("=")
+        role = {"logdev": "the external log", "rtdev": "the realtime device"}.get(key)
+        if role and path and _block_number(ns.inside(path)) == number:
+            return role
+    if m.fstype in ("ext3", "ext4") and m.source.startswith("/"):
+        journal = _ext_superblock(f"/dev/{name}")
+        fs = _ext_superblock(ns.inside(m.source))
+        if journal and fs and journal[0x68:0x78] == fs[0xD0:0xE0] and any(fs[0xD0:0xE0]):
+            return "the external journal"
+    return None
+
+
+def _ext_superblock(path: str) -> bytes | None:
+    """The 1 KiB ext2/3/4 superblock (also a journal device's) of `path`, or None."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(1024)
+            sb = f.read(1024)
+    except OSError:
+        return None
+    return sb if len(sb) == 1024 and struct.unpack_from("<H", sb, 0x38)[0] == _EXT_MAGIC else None

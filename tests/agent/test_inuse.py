@@ -4,7 +4,10 @@ and the TUI's disk screen say the same."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -101,3 +104,98 @@ def test_the_probe_and_the_disk_screen_say_what_uses_a_disk(loopdev):
     assert said in disk_details(machine, disk)
     assert Machine.loads(machine.dumps()) == machine
     assert LiveProber(devices=[dev], medium=Path("/nonexistent")).machine().disks[0].in_use == []
+
+
+# --- what only the kernel's exclusive claim shows --------------------------------------------------
+
+@contextlib.contextmanager
+def in_another_namespace(mount_args: list[str], mnt: Path):
+    """`mount mount_args mnt` inside a new private mount namespace, held by a sleeping process
+    (the namespace, and so the mount, ends with it); yields that process."""
+    proc = subprocess.Popen(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c",
+         'mount "$@" && echo ready && exec sleep 900', "sh", *mount_args, str(mnt)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+        while Path(f"/proc/{proc.pid}/comm").read_text().strip() != "sleep":
+            time.sleep(0.01)   # the shell's exec is a moment behind its echo
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_partition_mounted_in_another_mount_namespace_is_refused(loopdev, p2v_server, tmp_path):
+    dev, part, _ = two_partitions(loopdev)
+    mnt = tmp_path / "elsewhere"
+    mnt.mkdir()
+    with in_another_namespace([part], mnt) as proc:
+        assert str(mnt) not in Path("/proc/self/mountinfo").read_text()
+        message = refused(p2v_server, dev)
+    assert (f"{Path(part).name} is mounted on {mnt} in another mount namespace (that of process "
+            f"{proc.pid}, sleep): unmount it there (nsenter -t {proc.pid} -m umount {mnt}) or "
+            f"stop process {proc.pid} (sleep).") in message
+    assert inuse.uses(dev) == []   # the namespace went with its process
+
+
+def xfs_with_external_log(loopdev) -> tuple[str, str]:
+    """(data disk, log disk): an XFS on one loop device whose log is the whole other one."""
+    data, log = loopdev(320 * MiB, "xfs-data"), loopdev(80 * MiB, "xfs-log")
+    run("mkfs.xfs", "-q", "-f", "-l", f"logdev={log},size=64m", data)
+    return data, log
+
+
+def test_the_external_log_of_a_mounted_xfs_is_refused(loopdev, p2v_server, tmp_path):
+    data, log = xfs_with_external_log(loopdev)
+    mnt = tmp_path / "xfs"
+    mnt.mkdir()
+    run("mount", "-o", f"logdev={log}", data, str(mnt))
+    try:
+        message = refused(p2v_server, log)
+        assert inuse.uses(data)   # the data disk by its mount, as before
+    finally:
+        run("umount", str(mnt))
+    assert (f"{Path(log).name} is the external log of the xfs filesystem on {data} mounted on "
+            f"{mnt}: unmount it (umount {mnt}).") in message
+    assert inuse.uses(log) == []
+
+
+def test_the_external_log_of_an_xfs_mounted_in_another_namespace_is_refused(loopdev, tmp_path):
+    data, log = xfs_with_external_log(loopdev)
+    mnt = tmp_path / "xfs"
+    mnt.mkdir()
+    with in_another_namespace(["-o", f"logdev={log}", data], mnt) as proc:
+        (use,) = inuse.uses(log)
+    assert use.what == (f"is the external log of the xfs filesystem on {data} mounted on {mnt} "
+                        f"in another mount namespace (that of process {proc.pid}, sleep)")
+
+
+def test_the_external_journal_of_a_mounted_ext4_is_refused(loopdev, tmp_path):
+    journal, data = loopdev(32 * MiB, "jbd"), loopdev(64 * MiB, "ext4")
+    run("mke2fs", "-q", "-F", "-O", "journal_dev", "-b", "4096", journal)
+    run("mkfs.ext4", "-q", "-F", "-b", "4096", "-J", f"device={journal}", data)
+    with mounted(data, "ext4") as mnt:
+        (use,) = inuse.uses(journal)
+    assert use.sentence() == (f"{Path(journal).name} is the external journal of the ext4 "
+                              f"filesystem on {data} mounted on {mnt}: unmount it (umount {mnt}).")
+
+
+def test_a_claim_nothing_names_is_still_refused(loopdev):
+    """A process holding the partition open with O_EXCL claims it as a mount would (mkfs and
+    fsck do so); no table names it, the kernel's refusal does."""
+    dev, part, _ = two_partitions(loopdev)
+    fd = os.open(part, os.O_RDONLY | os.O_EXCL)
+    try:
+        (use,) = inuse.uses(dev)
+    finally:
+        os.close(fd)
+    assert use.device == Path(part).name
+    assert "is claimed by the kernel" in use.what
+    fd = os.open(dev, os.O_RDONLY | os.O_EXCL)   # the whole disk: every partition is busy too
+    try:
+        (use,) = inuse.uses(dev)
+    finally:
+        os.close(fd)
+    assert use.device == Path(dev).name
+    assert inuse.uses(dev) == []

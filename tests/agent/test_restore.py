@@ -107,7 +107,8 @@ def test_refuses_small_mounted_or_held_targets(loopdev, p2v_server):
         run("swapoff", part)
     claim = os.open(target, os.O_RDONLY | os.O_EXCL)   # what a mount, md or dm holds
     try:
-        with pytest.raises(RestoreError, match=f"{target} is in use by the system"):
+        with pytest.raises(RestoreError, match=f"{target} is in use: {Path(target).name} is "
+                                               "claimed by the kernel"):
             restore.run(settings_for(p2v_server, job=job), target)
     finally:
         os.close(claim)
