@@ -277,11 +277,10 @@ def capture_disk(client: Client, job: str, did: str, plan: ReadPlan, chunk_size:
         digests.update(more)
         bad = sorted(set(map(tuple, bad + bad2)))
         held = client.held_chunks(job, did)
-    # Chunks held from an earlier run that are now free: their content is undefined anyway.
-    zero_set = set(zero)
-    for i, d in held.items():
-        if i not in digests and i not in zero_set:
-            digests[i] = d
+    # Chunks held from an earlier run that this plan does not read (a file deleted since, or
+    # another machine's bytes): sealed as zero, so the server forgets and punches them; as data
+    # they would put bytes the source no longer uses onto the target.
+    zero = sorted(set(zero) | (held.keys() - digests.keys()))
     result.bad_ranges = [list(r) for r in bad]
     result.data_chunks, result.zero_chunks = len(digests), len(zero)
     result.digest = protocol.image_digest(plan.size, chunk_size, digests, zero)

@@ -636,7 +636,10 @@ class Store:
 
     def seal(self, job_id: str, disk_id: str, digest: str, zero: list[tuple[int, int]],
              bad_ranges: list[tuple[int, int]]) -> tuple[dict, bool]:
-        """Seals a disk if ``digest`` is the image digest of what is held: (job, job now sealed)."""
+        """Seals a disk if ``digest`` is the image digest of what is held: (job, job now sealed).
+
+        ``zero`` (chunk runs) wins over held chunks: a held chunk in it is forgotten and punched,
+        so the chunk list, the map and the image all say zero there."""
         disk = self._disk(job_id, disk_id)
         count = chunk_count(disk.size, disk.chunk_size)
         for start, n in zero:
@@ -659,15 +662,18 @@ class Store:
                 self._gate.wait()
         try:
             held = self.held_chunks(job_id, disk_id)
-            zero_idx = [i for start, n in _merged(zero) for i in range(start, start + n)
-                        if i not in held]
-            mine = image_digest(disk.size, disk.chunk_size, held, zero_idx)
+            zero_idx = [i for start, n in _merged(zero) for i in range(start, start + n)]
+            zero_idx_set = set(zero_idx)
+            dropped = [i for i in zero_idx if i in held]
+            data = {i: d for i, d in held.items() if i not in zero_idx_set} if dropped else held
+            mine = image_digest(disk.size, disk.chunk_size, data, zero_idx)
             if mine != digest:
                 raise ProtocolError(
                     ErrorCode.BAD_DIGEST,
-                    f"The image digest sent for disk {disk_id} does not match the {len(held)} data "
+                    f"The image digest sent for disk {disk_id} does not match the {len(data)} data "
                     f"and {len(zero_idx)} zero chunks the server holds ({mine}). Ask for the chunk "
                     "list, send what is missing or different, then complete again.")
+            self._forget(disk, dropped)
             self._zero_fill(disk, zero_idx)
             job_sealed = self._mark_sealed(disk, digest, list(runs(zero_idx)), bad_ranges)
         finally:
@@ -682,6 +688,19 @@ class Store:
             raise conflict(f"Disk {disk.id} of job {disk.job} is already sealed with digest "
                            f"{row['digest']}; it never changes again.")
         return self.get_job(disk.job), False
+
+    def _forget(self, disk: _Disk, indices: list[int]) -> None:
+        """Drops held chunks the seal declares zero (an earlier run sent them; the source no longer
+        uses them) from the journal, before _zero_fill punches their bytes: the journal never
+        names bytes that are not on disk."""
+        if not indices:
+            return
+        try:
+            with self._db() as db:
+                db.executemany("DELETE FROM chunks WHERE job=? AND disk=? AND idx=?",
+                               [(disk.job, disk.id, i) for i in indices])
+        except sqlite3.Error as err:
+            raise storage_error(err, self.data_dir) from None
 
     def _zero_fill(self, disk: _Disk, zero_idx: list[int]) -> None:
         """Makes zero chunks read zeros even where an earlier, unjournaled write left bytes."""

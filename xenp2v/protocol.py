@@ -9,6 +9,10 @@ An image is a disk cut into fixed-size chunks (the last one may be short). Each 
 The whole-image digest is the BLAKE3 of a canonical manifest (size, chunk size, then one line per
 data or zero chunk), so both sides compute it from chunk digests alone, without re-reading a disk
 that may be a terabyte of mostly nothing.
+
+At the seal (``complete``), the zero runs the agent sends win over chunks the server holds: a
+held chunk declared zero (sent by an earlier run, no longer used by the source) is forgotten and
+reads zeros, so the sealed image holds no byte the source does not use.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from agent import capture
+from agent import capture, restore
 from agent.client import Client, ServerError
 from agent.probe import probe_machine
 from support import rescan, run
@@ -114,3 +114,72 @@ def test_the_same_machine_resumes_and_other_disks_do_not(loopdev, p2v_server):
 def set_table(dev: str, dump: str) -> None:
     run("sfdisk", "-q", "--no-reread", dev, input=dump)
     rescan(dev)
+
+
+# --- disks with no serial and no partition table: a whole-disk filesystem -------------------------
+
+SECRET_A = b"MACHINE-A-SECRET" * 4096   # 64 KiB of one machine's data, repeated into its files
+
+
+class CutBeforeSeal(Client):
+    """A client whose seal fails: every chunk is held, and the job is left unfinished."""
+
+    def complete(self, job, *args, **kw):
+        self.job_id = job
+        raise ServerError("the network went down (test)")
+
+
+def unsealed(settings, identity: dict) -> str:
+    """The id of the job a capture filled and left unsealed."""
+    client = CutBeforeSeal(settings.server, settings.token, settings.fingerprint, retry_for=1)
+    with pytest.raises(capture.CaptureError):
+        capture.run(settings, client=client, identity=identity)
+    return client.job_id
+
+
+def bare_ext4(dev: str, files: dict[str, bytes], force: bool = False) -> str:
+    """ext4 on the whole of `dev` (no partition table) holding `files`; its UUID."""
+    run("mkfs.ext4", "-q", *(["-F"] if force else []), dev)
+    with mounted(dev, "ext4") as mnt:
+        for name, data in files.items():
+            (mnt / name).write_bytes(data)
+    os.sync()
+    return run("blkid", "-p", "-o", "value", "-s", "UUID", dev).stdout.strip()
+
+
+def restored(p2v_server, loopdev, job: str) -> bytes:
+    """The bytes a restore of `job`'s disk writes onto a disk that held nothing."""
+    target = loopdev(64 * MiB, "target")
+    restore.run(settings_for(p2v_server, job=job), target)
+    with open(target, "rb") as f:
+        return f.read()
+
+
+def test_a_resumed_capture_leaves_nothing_the_source_no_longer_uses(loopdev, p2v_server):
+    """The same machine resumes its job after a file was deleted: the chunks that held it, sent
+    by the first run, are no data of the sealed image, on the server or on the target."""
+    dev = loopdev(64 * MiB, "bare")
+    keep = random.Random(7).randbytes(4 * MiB)
+    bare_ext4(dev, {"secret": SECRET_A * 256, "keep": keep})
+    settings = settings_for(p2v_server, disks=[dev])
+    first = unsealed(settings, DELL)
+    client = Client(settings.server, settings.token, settings.fingerprint)
+    disk = capture.disk_id(dev)
+    held_before = client.held_chunks(first, disk)
+    with mounted(dev, "ext4") as mnt:
+        (mnt / "secret").unlink()
+    os.sync()
+
+    again = capture.run(settings, identity=DELL)
+    assert again.resumed and again.job == first
+    held = client.held_chunks(first, disk)
+    dropped = held_before.keys() - held.keys()
+    assert dropped                      # chunks wholly the deleted file's are no longer held
+    extents = client.image_map(first, disk)["extents"]
+    kinds = {i: e["kind"] for e in extents for i in range(e["start"], e["start"] + e["count"])}
+    assert {i for i, k in kinds.items() if k == "data"} == held.keys()   # chunk list and map agree
+    assert all(kinds[i] != "data" for i in dropped)
+    image = p2v_server.data_dir / "jobs" / first / "disks" / f"{disk}.img"
+    assert SECRET_A[:64] not in image.read_bytes()
+    target = restored(p2v_server, loopdev, first)
+    assert SECRET_A[:64] not in target and keep in target

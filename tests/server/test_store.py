@@ -113,6 +113,28 @@ def test_seal_zeroes_zero_chunks_and_serves_the_sealed_image(tmp_path):
     store.close()
 
 
+def test_held_chunks_sealed_as_zero_are_forgotten_and_read_zeros(tmp_path):
+    """An earlier run sent chunks 2 and 3; the source no longer uses them, and the seal says zero:
+    the journal, the chunk list, the map, the image and a chunk read all agree they are zero."""
+    store = Store(tmp_path)
+    job = new_job(store)
+    data = {i: os.urandom(CHUNK) for i in (0, 2, 3)}
+    for i, b in data.items():
+        store.put_chunk(job, "sda", i, b, p.chunk_digest(b))
+    digests = {0: p.chunk_digest(data[0])}
+    store.seal(job, "sda", p.image_digest(8 * CHUNK, CHUNK, digests, [2, 3]), [(2, 2)], [])
+    assert store.held_chunks(job, "sda") == digests
+    assert store.chunk_list(job, "sda")["chunks"] == {"0": digests[0]}
+    assert store.disk_map(job, "sda")["extents"] == [
+        {"kind": "data", "start": 0, "count": 1}, {"kind": "free", "start": 1, "count": 1},
+        {"kind": "zero", "start": 2, "count": 2}, {"kind": "free", "start": 4, "count": 4}]
+    assert store.get_job(job)["disks"][0]["held_chunks"] == 1
+    assert store.read_chunk(job, "sda", 2) == (bytes(CHUNK), p.chunk_digest(bytes(CHUNK)))
+    image = store.image_path(job, "sda").read_bytes()
+    assert image[2 * CHUNK:4 * CHUNK] == bytes(2 * CHUNK) and image[:CHUNK] == data[0]
+    store.close()
+
+
 def test_the_api_other_server_parts_use(tmp_path):
     store = Store(tmp_path)
     job = new_job(store)
