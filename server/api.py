@@ -123,8 +123,9 @@ def _storage_full(request: web.Request, exc: Exception) -> ProtocolError | None:
 async def auth(request: web.Request, handler):
     """The admin token (the one the server printed) may do everything; a job token (made on
     create, see protocol) only what touches its own job, and only while the job is not done
-    or failed. ``request[SCOPE]`` is None for the admin, else the job id."""
-    if request.path == health_path():
+    or failed. ``request[SCOPE]`` is None for the admin, else the job id. The dashboard and
+    /metrics (server/dashboard) guard their own paths: a session, a token."""
+    if request.path == health_path() or not request.path.startswith(API + "/"):
         return await handler(request)
     given = request.headers.get(AUTH_HEADER, "")
     scheme, _, token = given.partition(" ")

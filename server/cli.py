@@ -16,7 +16,7 @@ from xenp2v.protocol import ProtocolError
 
 # Modules that provide subcommands, in the order `--help` lists them.
 SUBCOMMAND_MODULES: tuple[str, ...] = ("server.serve", "server.jobs", "server.verify",
-                                         "server.export", "server.xenserver.cli")
+                                         "server.export", "server.xenserver.cli", "server.password")
 
 
 def build_parser() -> argparse.ArgumentParser:

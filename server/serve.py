@@ -19,6 +19,7 @@ from aiohttp import web
 from server import tls
 from server.guard import Redact, Runner
 from server.api import RUNNER_OPTIONS, make_app
+from server import dashboard
 from server.datadir import add_data_dir, data_dir, load_or_make_token
 from server.store import Store
 from server.xenserver.cli import add_xapi_arguments, automatic_path
@@ -37,6 +38,9 @@ def register(sub) -> None:
                    help=f"address and port to listen on (default: {DEFAULT_LISTEN})")
     p.add_argument("--token", default=None,
                    help="the token agents must present (default: made once, kept in the data dir)")
+    p.add_argument("--metrics-token", default=None, metavar="TOKEN",
+                   help="a second token that may read /metrics only (for a Prometheus scrape "
+                        "job); the server's token reads it too")
     p.add_argument("--plain-http", action="store_true",
                    help="serve plain HTTP instead of TLS (a lab without eavesdroppers only)")
     p.set_defaults(func=run)
@@ -71,6 +75,8 @@ def banner(urls_: list[str], token: str, fingerprint: str | None, directory: Pat
     lines += [f"  URL:          {u}" for u in urls_]
     lines.append(f"  Token:        {token}")
     lines.append(f"  Fingerprint:  {fingerprint or '(none: plain HTTP)'}")
+    lines.append(f"  Dashboard:    {urls_[0]}/ (sign in with the token, or the password "
+                 "set with p2v-server password); metrics at /metrics")
     lines.append(f"  Data:         {directory}")
     lines.append("Kernel command line to add in the ISO's boot menu (Tab or e to edit):")
     for u in urls_:
@@ -124,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
     for handler in logging.getLogger().handlers:  # no token in the log, whoever logs it
-        handler.addFilter(Redact([token]))
+        handler.addFilter(Redact([token, args.metrics_token]))
     scheme = "http" if args.plain_http else "https"
     try:
         hooks = automatic_path(args, store)
@@ -135,14 +141,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_serve(store, token, host, port, ssl_context,
                                   banner(urls(host, port, scheme), token, fingerprint, directory),
-                                  hooks))
+                                  hooks, args.metrics_token))
     finally:
         store.close()
 
 
 async def _serve(store: Store, token: str, host: str, port: int, ssl_context, text: str,
-                 hooks: dict) -> int:
-    runner = Runner(make_app(store, token, **hooks), handle_signals=False, **RUNNER_OPTIONS)
+                 hooks: dict, metrics_token: str | None = None) -> int:
+    app = make_app(store, token, **hooks)
+    dashboard.install(app, token, metrics_token, hooks)
+    runner = Runner(app, handle_signals=False, **RUNNER_OPTIONS)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host or None, port, ssl_context=ssl_context, backlog=512)

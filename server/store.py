@@ -90,6 +90,7 @@ class _Disk:
     direct_fd: int | None = None       # O_DIRECT, for aligned writes; -1 where not supported
     writers: int = 0
     sealing: bool = False
+    cancelled: bool = False           # its job was cancelled: no more chunks, never sealed
     zero: list[Extent] | None = None  # once sealed
 
     def close(self) -> None:
@@ -121,6 +122,11 @@ def not_found(detail: str) -> ProtocolError:
 
 def conflict(detail: str) -> ProtocolError:
     return ProtocolError(ErrorCode.CONFLICT, detail)
+
+
+def cancelled(job_id: str) -> ProtocolError:
+    return conflict(f"Job {job_id} was cancelled on the server: it takes no more chunks. Start "
+                    "a new capture if the machine is still to be migrated.")
 
 
 def storage_error(err: BaseException, where: Path) -> ProtocolError:
@@ -202,12 +208,15 @@ class Store:
         if disk:
             return disk
         row = self._db().conn.execute(
-            "SELECT size, chunk_size, state FROM disks WHERE job=? AND id=?", key).fetchone()
+            "SELECT d.size, d.chunk_size, d.state, j.state AS job_state FROM disks d"
+            " JOIN jobs j ON j.id=d.job WHERE d.job=? AND d.id=?", key).fetchone()
         if row is None:
             self._job_row(job_id)
             raise not_found(f"Job {job_id} has no disk {disk_id}.")
         disk = _Disk(job_id, disk_id, row["size"], row["chunk_size"], DiskState(row["state"]),
                      self.image_path(job_id, disk_id))
+        # Only a cancel leaves a disk receiving in a failed job.
+        disk.cancelled = row["job_state"] == JobState.FAILED and disk.state is DiskState.RECEIVING
         with self._lock:
             return self._disks.setdefault(key, disk)
 
@@ -408,6 +417,52 @@ class Store:
             db.execute("UPDATE jobs SET last_event=?, updated=? WHERE id=?",
                        (json.dumps({**events[-1], "at": _iso(now)}), now, job_id))
 
+    def latest_events(self, job_id: str) -> dict[str, dict]:
+        """Disk id -> the last event the agent sent about that disk (progress, rate, ETA)."""
+        self._job_row(job_id)
+        rows = self._db().conn.execute(
+            "SELECT at, event FROM events WHERE rowid IN (SELECT MAX(rowid) FROM events WHERE job=?"
+            " GROUP BY json_extract(event, '$.disk'))", (job_id,))
+        out = {}
+        for r in rows:
+            event = json.loads(r["event"])
+            if isinstance(event.get("disk"), str):
+                out[event["disk"]] = {**event, "at": _iso(r["at"])}
+        return out
+
+    def cancel_job(self, job_id: str, detail: str) -> None:
+        """Stops a job still receiving: it fails with ``detail``, its disks refuse every further
+        chunk and seal (409, which ends the agent's capture with that sentence). ProtocolError
+        409 for a job in another state."""
+        row = self._job_row(job_id)
+        if row["state"] != JobState.RECEIVING:
+            raise conflict(f"Job {job_id} is {row['state']}, not receiving: only a capture in "
+                           "progress can be cancelled.")
+        with self._gate:
+            for (job, _), disk in self._disks.items():
+                if job == job_id:
+                    disk.cancelled = True
+        self.set_state(job_id, JobState.FAILED, detail)
+
+    def delete_job(self, job_id: str) -> None:
+        """Removes a job, its images, agent log and events from the server. A job still
+        receiving (cancel it first) or whose VM is being made or repaired is refused (409)."""
+        row = self._job_row(job_id)
+        if row["state"] in (JobState.RECEIVING, JobState.PROVISIONING, JobState.REPAIRING):
+            raise conflict(f"Job {job_id} is {row['state']}: cancel it or let it finish before "
+                           "deleting it.")
+        with self._gate:
+            for key in [k for k in self._disks if k[0] == job_id]:
+                self._disks.pop(key).close()
+        try:
+            with self._db() as db:
+                for table, column in (("chunks", "job"), ("disks", "job"), ("events", "job"),
+                                      ("jobs", "id")):
+                    db.execute(f"DELETE FROM {table} WHERE {column}=?", (job_id,))
+        except sqlite3.Error as err:
+            raise storage_error(err, self.data_dir) from None
+        shutil.rmtree(self.jobs_dir / job_id, ignore_errors=True)
+
     def events(self, job_id: str) -> list[dict]:
         self._job_row(job_id)
         return [{**json.loads(r["event"]), "at": _iso(r["at"])} for r in self._db().conn.execute(
@@ -571,6 +626,8 @@ class Store:
         with self._gate:
             if disk.state is DiskState.SEALED:
                 raise conflict(f"Disk {disk.id} of job {disk.job} is sealed: it never changes again.")
+            if disk.cancelled:
+                raise cancelled(disk.job)
             if disk.sealing:
                 raise conflict(f"Disk {disk.id} of job {disk.job} is being sealed; it takes no more chunks.")
             disk.writers += 1
@@ -655,6 +712,8 @@ class Store:
         with self._gate:
             if disk.state is DiskState.SEALED:
                 return self._reseal(disk, digest)
+            if disk.cancelled:
+                raise cancelled(job_id)
             if disk.sealing:
                 raise conflict(f"Disk {disk_id} of job {job_id} is already being sealed.")
             disk.sealing = True

@@ -114,7 +114,7 @@ def apply_plan(root: Path, steps: list[StepPlan], run_command: Callable[[Command
     for step in steps:
         entry = {"step": step.name, "files": [c.path for c in step.changes],
                  "commands": [str(c) for c in step.commands], "notes": step.notes,
-                 "warnings": step.warnings, "status": "ok"}
+                 "warnings": step.warnings, "diff": step.report_diff(), "status": "ok"}
         report.append(entry)
         for warning in step.warnings:
             say(f"WARNING: {warning}")

@@ -6,6 +6,9 @@ import difflib
 from dataclasses import dataclass, field
 
 
+REPORT_DIFF_LIMIT = 64 * 1024
+
+
 @dataclass(frozen=True)
 class FileChange:
     """One file in the guest: `old` None means created, `new` None means removed."""
@@ -50,6 +53,15 @@ class StepPlan:
     @property
     def empty(self) -> bool:
         return not self.changes and not self.commands
+
+    def report_diff(self) -> str:
+        """The step's file changes as one unified diff for the report the server keeps and
+        shows, cut at REPORT_DIFF_LIMIT characters (the report travels in one JSON body)."""
+        text = "".join(change.diff() for change in self.changes)
+        if len(text) <= REPORT_DIFF_LIMIT:
+            return text
+        return (text[:REPORT_DIFF_LIMIT] + f"\n… cut at {REPORT_DIFF_LIMIT} characters; the "
+                "guest keeps every original under /var/backups/xenp2v.\n")
 
 
 @dataclass

@@ -305,7 +305,7 @@ def _repair_root(request: Request, disk: str, layout: guest.DiskLayout, roots: l
         say(Plan(steps).render())
         report["steps"] = [{"step": s.name, "files": [c.path for c in s.changes],
                             "commands": [str(c) for c in s.commands], "notes": s.notes,
-                            "warnings": s.warnings} for s in steps]
+                            "warnings": s.warnings, "diff": s.report_diff()} for s in steps]
         report["status"] = "planned"
         return report
     if not report["changed"]:

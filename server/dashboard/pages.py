@@ -1,0 +1,313 @@
+"""The dashboard's pages and actions: aiohttp handlers that render server-side HTML.
+
+Pages need a session (else they send the browser to the sign-in page); the parts the page's
+script polls answer 401 instead. Every POST passes ``guard``: this server's origin, and for
+actions the session's CSRF token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import time
+from importlib import resources
+
+import jinja2
+from aiohttp import web
+
+from server.dashboard import model
+from server.dashboard.downloads import send_export
+from server.dashboard.metrics import COUNTERS
+from server.dashboard.session import (
+    Session, Sessions, clear_cookie, csrf_ok, same_origin, secret_ok, set_cookie,
+)
+from server.export import FORMATS
+from server.verify import verify_job
+from xenp2v.protocol import ErrorCode, ProtocolError, check_id
+
+log = logging.getLogger("xenp2v.server")
+
+# How long a refused sign-in waits before its answer: guessing a token stays slow.
+REFUSAL_DELAY = 1.0
+LOG_PIECE = 256 * 1024     # the most of the agent log one poll returns
+TIMELINE = 300             # events shown on a job's page, newest last
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
+                               "form-action 'self'; base-uri 'none'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+class Dashboard:
+    """The dashboard of one server: its store, secrets, sessions, templates and background work."""
+
+    def __init__(self, store, token: str, pool, hooks: dict | None = None):
+        self.store, self.token, self.pool = store, token, pool
+        self.hooks = hooks or {}
+        self.sessions = Sessions()
+        self.templates = jinja2.Environment(
+            loader=jinja2.PackageLoader("server.dashboard", "templates"),
+            autoescape=True, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+        self.templates.filters.update(human=model.human, duration=model.duration)
+        self.templates.globals.update(formats=FORMATS, action_text=model.ACTION_TEXT)
+        self.background: set[asyncio.Future] = set()
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    async def call(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(
+            self.pool, functools.partial(fn, *args))
+
+    def render(self, name: str, status: int = 200, **values) -> web.Response:
+        html = self.templates.get_template(name).render(**values)
+        return web.Response(text=html, status=status, content_type="text/html",
+                            headers=SECURITY_HEADERS)
+
+    def error_page(self, session: Session | None, err: ProtocolError) -> web.Response:
+        return self.render("error.html", status=err.status, session=session, detail=err.detail)
+
+    def run_later(self, fn, *args) -> None:
+        """Runs slow work (verify, provision) in a thread, after the answer is on its way."""
+        future = asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args))
+        self.background.add(future)
+        future.add_done_callback(self.background.discard)
+
+    # --- sign-in ----------------------------------------------------------------------------
+
+    async def signin_page(self, request: web.Request) -> web.Response:
+        if self.sessions.of(request):
+            raise web.HTTPSeeOther("/")
+        return self.render("signin.html", session=None, refused=False)
+
+    async def signin(self, request: web.Request) -> web.StreamResponse:
+        if not same_origin(request):
+            return self.refuse_cross_site(request, None)
+        form = await request.post()
+        given = form.get("secret")
+        if not isinstance(given, str) or not await self.call(
+                secret_ok, given, self.token, self.store.data_dir):
+            request.app[COUNTERS].add("sign_in_failures")
+            log.info("Refused a dashboard sign-in from %s: wrong token or password", request.remote)
+            await asyncio.sleep(REFUSAL_DELAY)
+            return self.render("signin.html", status=401, session=None, refused=True)
+        session = self.sessions.new()
+        log.info("Dashboard sign-in from %s", request.remote)
+        response = see_other("/")
+        set_cookie(response, request, session)
+        return response
+
+    async def signout(self, request: web.Request) -> web.StreamResponse:
+        session = self.guard(request)
+        if isinstance(session, web.Response):
+            return session
+        self.sessions.end(session)
+        response = see_other("/signin")
+        clear_cookie(response, request)
+        return response
+
+    def guard(self, request: web.Request) -> Session | web.Response:
+        """The session of a POST from this server's own page, or the answer refusing it."""
+        session = self.sessions.of(request)
+        if not same_origin(request):
+            return self.refuse_cross_site(request, session)
+        if session is None:
+            return self.render("signin.html", status=401, session=None, refused=False,
+                               note="Your session has ended: sign in again, then repeat the action.")
+        return session
+
+    def refuse_cross_site(self, request: web.Request, session: Session | None) -> web.Response:
+        log.info("Refused a cross-site %s %s from %s", request.method, request.path, request.remote)
+        return self.error_page(session, ProtocolError(
+            ErrorCode.UNAUTHORIZED, "This request came from another site's page, so it was "
+                                    "refused: use the buttons on this server's own pages."))
+
+    # --- pages ------------------------------------------------------------------------------
+
+    async def jobs_page(self, request: web.Request) -> web.Response:
+        session = self.signed_in(request)
+        jobs = await self.call(self.job_views)
+        return self.render("jobs.html", session=session, jobs=jobs)
+
+    async def jobs_part(self, request: web.Request) -> web.Response:
+        session = self.sessions.of(request)
+        if session is None:
+            return web.Response(status=401, text="Sign in again.", headers=SECURITY_HEADERS)
+        jobs = await self.call(self.job_views)
+        return self.render("jobs_part.html", session=session, jobs=jobs)
+
+    def job_views(self) -> list[dict]:
+        return [model.job_view(job, self.store.latest_events(job["id"]))
+                for job in reversed(self.store.list_jobs())]
+
+    async def job_page(self, request: web.Request) -> web.Response:
+        session = self.signed_in(request)
+        try:
+            values = await self.call(self.job_values, request.match_info["job"])
+        except ProtocolError as err:
+            return self.error_page(session, err)
+        return self.render("job.html", session=session, **values)
+
+    async def job_part(self, request: web.Request) -> web.Response:
+        session = self.sessions.of(request)
+        if session is None:
+            return web.Response(status=401, text="Sign in again.", headers=SECURITY_HEADERS)
+        try:
+            values = await self.call(self.job_values, request.match_info["job"])
+        except ProtocolError as err:
+            return web.Response(status=err.status, text=err.detail, headers=SECURITY_HEADERS)
+        return self.render("job_part.html", session=session, **values)
+
+    def job_values(self, job_id: str) -> dict:
+        job = self.store.get_job(check_id(job_id, "job id"))
+        events = self.store.events(job["id"])
+        repair = job.get("repair") or None
+        records = dict(job.get("records") or {})
+        return {
+            "job": job, "view": model.job_view(job, self.store.latest_events(job["id"])),
+            "inventory": job.get("inventory") or {},
+            "events": events[-TIMELINE:], "events_total": len(events),
+            "repair": repair, "diff_lines": model.diff_lines,
+            "xenserver": records.pop("xenserver", None),
+            "verify": records.pop("verify", None),
+            "records": records,
+            "actions": model.actions(job, bool(self.hooks.get("on_job_sealed"))),
+        }
+
+    async def agent_log(self, request: web.Request) -> web.Response:
+        """The agent log from byte ``from`` on (at most LOG_PIECE); X-Log-Next: where to go on."""
+        if self.sessions.of(request) is None:
+            return web.Response(status=401, text="Sign in again.", headers=SECURITY_HEADERS)
+        try:
+            path = self.store.log_path(request.match_info["job"])
+            start = max(0, int(request.query.get("from", "0")))
+        except (ProtocolError, ValueError):
+            return web.Response(status=400, text="Bad request.", headers=SECURITY_HEADERS)
+        data, size = await self.call(_read_from, path, start, LOG_PIECE)
+        return web.Response(body=data, content_type="text/plain", charset="utf-8",
+                            headers={**SECURITY_HEADERS, "X-Log-Next": str(start + len(data)),
+                                     "X-Log-Size": str(size)})
+
+    async def confirm_page(self, request: web.Request) -> web.Response:
+        session = self.signed_in(request)
+        action = request.match_info["action"]
+        try:
+            values = await self.call(self.job_values, request.match_info["job"])
+        except ProtocolError as err:
+            return self.error_page(session, err)
+        if action not in values["actions"]:
+            return self.error_page(session, self.not_now(values["job"], action))
+        return self.render("confirm.html", session=session, action=action, **values)
+
+    async def export(self, request: web.Request) -> web.StreamResponse:
+        session = self.signed_in(request)
+        try:
+            job = check_id(request.match_info["job"], "job id")
+            disk = request.query.get("disk") or None
+            if disk is not None:
+                check_id(disk, "disk id")
+            return await send_export(request, self.store, job, request.match_info["format"], disk,
+                                     self.pool)
+        except ProtocolError as err:
+            return self.error_page(session, err)
+
+    def signed_in(self, request: web.Request) -> Session:
+        session = self.sessions.of(request)
+        if session is None:
+            raise web.HTTPSeeOther("/signin")
+        return session
+
+    # --- actions ----------------------------------------------------------------------------
+
+    async def act(self, request: web.Request) -> web.StreamResponse:
+        session = self.guard(request)
+        if isinstance(session, web.Response):
+            return session
+        form = await request.post()
+        if not csrf_ok(session, form.get("csrf")):
+            log.info("Refused %s %s from %s: no valid CSRF token", request.method, request.path,
+                     request.remote)
+            return self.error_page(session, ProtocolError(
+                ErrorCode.UNAUTHORIZED, "This form is out of date or did not come from this "
+                                        "server: open the job's page again and repeat the action."))
+        job_id, action = request.match_info["job"], request.match_info["action"]
+        try:
+            job = await self.call(self.store.get_job, check_id(job_id, "job id"))
+            if action not in model.actions(job, bool(self.hooks.get("on_job_sealed"))):
+                raise self.not_now(job, action)
+            where = await self.call(self.do, job_id, action)
+        except ProtocolError as err:
+            return self.error_page(session, err)
+        log.info("Dashboard: %s of job %s", action, job_id)
+        return see_other(where)
+
+    def do(self, job_id: str, action: str) -> str:
+        """Carries out an action (slow ones in the background); the page to go to next."""
+        if action == "cancel":
+            self.store.cancel_job(job_id, "Cancelled from the dashboard at "
+                                  + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()) + ".")
+        elif action == "delete":
+            self.store.delete_job(job_id)
+            return "/"
+        elif action == "verify":
+            self.store.record(job_id, "verify", {"at": _now(), "running": True})
+            self.run_later(self.verify, job_id)
+        elif action == "provision":
+            self.run_later(self.hooks["on_job_sealed"], job_id)
+        return f"/jobs/{job_id}"
+
+    def verify(self, job_id: str) -> None:
+        try:
+            reports = verify_job(self.store, job_id)
+            problems = sum(len(r.problems) for r in reports)
+            result = {"at": _now(), "ok": not problems, "lines": [r.line() for r in reports]}
+        except (OSError, ProtocolError) as err:
+            result = {"at": _now(), "ok": False, "lines": [f"The verification could not run: {err}"]}
+        self.store.record(job_id, "verify", result)
+        log.info("Dashboard: verified job %s: %s", job_id, "all good" if result["ok"] else "problems")
+
+    @staticmethod
+    def not_now(job: dict, action: str) -> ProtocolError:
+        if action not in model.ACTION_TEXT:
+            return ProtocolError(ErrorCode.NOT_FOUND, f"There is no action {action!r}.")
+        if action == "provision":
+            why = ("this server has no pool to make VMs on (start it with --xapi-url and the other "
+                   "pool options), or the job is not sealed")
+        else:
+            why = f"the job is {job['state']}"
+        return ProtocolError(ErrorCode.CONFLICT, f"Job {job['id']} cannot be given '{action}' now: "
+                                                 f"{why}.")
+
+
+def see_other(where: str) -> web.Response:
+    return web.Response(status=303, headers={**SECURITY_HEADERS, "Location": where})
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _read_from(path, start: int, limit: int) -> tuple[bytes, int]:
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            f.seek(min(start, size))
+            return f.read(limit), size
+    except FileNotFoundError:
+        return b"", 0
+
+
+STATIC = {"dashboard.css": "text/css", "dashboard.js": "text/javascript"}
+
+
+async def static(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if name not in STATIC:
+        raise web.HTTPNotFound()
+    body = resources.files("server.dashboard").joinpath("static", name).read_bytes()
+    return web.Response(body=body, content_type=STATIC[name],
+                        headers={**SECURITY_HEADERS, "Cache-Control": "max-age=300"})
