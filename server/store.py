@@ -479,14 +479,15 @@ class Store:
             raise storage_error(err, path.parent) from None
 
     def set_repair(self, job_id: str, report: dict) -> None:
-        """Keeps the VM's repair report; its outcome (``ok``, else ``status``) finishes the job."""
+        """Keeps the VM's repair report; its outcome (``ok``, else ``status``) finishes the job.
+        A dry run's report (status "planned") is kept and shown but decides nothing."""
         self._job_row(job_id)
         with self._db() as db:
             db.execute("UPDATE jobs SET repair=?, updated=? WHERE id=?",
                        (json.dumps(report), _now(), job_id))
         if isinstance(report.get("ok"), bool):
             ok = report["ok"]
-        elif isinstance(report.get("status"), str):
+        elif isinstance(report.get("status"), str) and report["status"] != "planned":
             ok = report["status"] == "ok"
         else:
             return

@@ -33,9 +33,11 @@ def machine_label(inventory: dict) -> str:
     return " ".join(words)
 
 
-def disk_view(disk: dict, event: dict | None, planned: dict | None, receiving: bool) -> dict:
-    """One disk's line: a progress bar from what the server holds (it moves with every chunk),
-    rate and ETA from the agent's latest event while the capture runs."""
+def disk_view(disk: dict, event: dict | None, planned: dict | None, receiving: bool,
+              stored_rate: float | None = None) -> dict:
+    """One disk's line: a progress bar from what the server holds (it moves with every chunk);
+    while the capture runs, the rate the server stores at (``stored_rate``, bytes/s, when it has
+    watched long enough), else the agent's latest event's, and the ETA from it."""
     event = event or {}
     planned = planned or {}
     sealed = disk["state"] == DiskState.SEALED
@@ -45,11 +47,16 @@ def disk_view(disk: dict, event: dict | None, planned: dict | None, receiving: b
     else:   # zero chunks are never sent, so only the seal says 100 %
         pct = min(99, int(100 * disk["held_bytes"] / expected)) if expected else 0
     live = receiving and not sealed and event.get("phase") in LIVE_PHASES
+    rate = eta = None
+    if live and stored_rate:
+        rate, eta = stored_rate, max(0, expected - disk["held_bytes"]) / stored_rate
+    elif live and event.get("rate"):   # an agent's first event says 0 B/s: not a rate yet
+        rate, eta = event["rate"], event.get("eta")
     return {
         "id": disk["id"], "size": disk["size"], "state": disk["state"], "pct": pct,
         "held": disk["held_bytes"], "expected": expected,
         "sent": event.get("sent"), "phase": event.get("phase") or ("sealed" if sealed else "waiting"),
-        "rate": event.get("rate") if live else None, "eta": event.get("eta") if live else None,
+        "rate": rate, "eta": eta,
         "message": event.get("message") or "",
         "warnings": [w for w in planned.get("warnings") or [] if isinstance(w, str)],
         "bad_ranges": disk.get("bad_ranges") or [],
@@ -57,12 +64,15 @@ def disk_view(disk: dict, event: dict | None, planned: dict | None, receiving: b
     }
 
 
-def job_view(job: dict, latest: dict[str, dict]) -> dict:
-    """A job's line in the list (and the head of its page)."""
+def job_view(job: dict, latest: dict[str, dict], rates: dict[str, float] | None = None) -> dict:
+    """A job's line in the list (and the head of its page); ``latest``: the last event per disk,
+    ``rates``: bytes/s the server stores each disk at now."""
+    rates = rates or {}
     inventory = job.get("inventory") or {}
     planned = {d.get("id"): d for d in inventory.get("disks") or [] if isinstance(d, dict)}
     receiving = job["state"] == JobState.RECEIVING
-    disks = [disk_view(d, latest.get(d["id"]), planned.get(d["id"]), receiving) for d in job["disks"]]
+    disks = [disk_view(d, latest.get(d["id"]), planned.get(d["id"]), receiving, rates.get(d["id"]))
+             for d in job["disks"]]
     last = job.get("last_event") or {}
     phase = job["state"] if not receiving else (last.get("phase") or "waiting for chunks")
     warnings = [f"{d['id']}: {w}" for d in disks for w in d["warnings"]]
@@ -78,6 +88,32 @@ def job_view(job: dict, latest: dict[str, dict]) -> dict:
         "warnings": warnings,
         "bad_ranges": sum(len(d["bad_ranges"]) for d in disks),
     }
+
+
+class Rates:
+    """The rate each disk is stored at, from what the server held at each look (the pages poll
+    every 2 s), over the last RATE_WINDOW seconds. Not thread-safe: hold a lock around it."""
+
+    RATE_WINDOW = 10.0
+
+    def __init__(self):
+        self.samples: dict[tuple[str, str], list[tuple[float, int]]] = {}
+
+    def look(self, job: dict, now: float) -> dict[str, float]:
+        out = {}
+        for disk in job["disks"]:
+            key = (job["id"], disk["id"])
+            if disk["state"] == DiskState.SEALED:
+                self.samples.pop(key, None)
+                continue
+            seen = self.samples.setdefault(key, [])
+            seen.append((now, disk["held_bytes"]))
+            while len(seen) > 2 and now - seen[1][0] > self.RATE_WINDOW:
+                seen.pop(0)
+            (t0, held0), (t1, held1) = seen[0], seen[-1]
+            if t1 - t0 >= 1.0:
+                out[disk["id"]] = (held1 - held0) / (t1 - t0)
+        return out
 
 
 def diff_lines(diff: str) -> list[tuple[str, str]]:

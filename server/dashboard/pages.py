@@ -11,6 +11,7 @@ import asyncio
 import functools
 import logging
 import os
+import threading
 import time
 from importlib import resources
 
@@ -38,7 +39,7 @@ SECURITY_HEADERS = {
                                "form-action 'self'; base-uri 'none'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",   # "no-referrer" makes a form's Origin "null"
     "Cache-Control": "no-store",
 }
 
@@ -50,12 +51,12 @@ class Dashboard:
         self.store, self.token, self.pool = store, token, pool
         self.hooks = hooks or {}
         self.sessions = Sessions()
+        self.rates, self.rates_lock = model.Rates(), threading.Lock()
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader("server.dashboard", "templates"),
-            autoescape=True, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+            autoescape=True, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.ChainableUndefined)   # reports and inventories vary by agent version
         self.templates.filters.update(human=model.human, duration=model.duration)
         self.templates.globals.update(formats=FORMATS, action_text=model.ACTION_TEXT)
-        self.background: set[asyncio.Future] = set()
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -72,10 +73,14 @@ class Dashboard:
         return self.render("error.html", status=err.status, session=session, detail=err.detail)
 
     def run_later(self, fn, *args) -> None:
-        """Runs slow work (verify, provision) in a thread, after the answer is on its way."""
-        future = asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args))
-        self.background.add(future)
-        future.add_done_callback(self.background.discard)
+        """Runs slow work (verify, provision) in a worker thread, after the answer is on its way."""
+        def call():
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("The dashboard's %s of %s failed", getattr(fn, "__name__", fn), args)
+
+        self.pool.submit(call)
 
     # --- sign-in ----------------------------------------------------------------------------
 
@@ -141,8 +146,12 @@ class Dashboard:
         return self.render("jobs_part.html", session=session, jobs=jobs)
 
     def job_views(self) -> list[dict]:
-        return [model.job_view(job, self.store.latest_events(job["id"]))
-                for job in reversed(self.store.list_jobs())]
+        return [self.job_view(job) for job in reversed(self.store.list_jobs())]
+
+    def job_view(self, job: dict) -> dict:
+        with self.rates_lock:
+            rates = self.rates.look(job, time.monotonic())
+        return model.job_view(job, self.store.latest_events(job["id"]), rates)
 
     async def job_page(self, request: web.Request) -> web.Response:
         session = self.signed_in(request)
@@ -168,7 +177,7 @@ class Dashboard:
         repair = job.get("repair") or None
         records = dict(job.get("records") or {})
         return {
-            "job": job, "view": model.job_view(job, self.store.latest_events(job["id"])),
+            "job": job, "view": self.job_view(job),
             "inventory": job.get("inventory") or {},
             "events": events[-TIMELINE:], "events_total": len(events),
             "repair": repair, "diff_lines": model.diff_lines,
