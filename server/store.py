@@ -445,7 +445,7 @@ class Store:
         self.set_state(job_id, JobState.FAILED, detail)
 
     def delete_job(self, job_id: str) -> None:
-        """Removes a job, its images, agent log and events from the server. A job still
+        """Removes a job, its images, agent log, events and tokens from the server. A job still
         receiving (cancel it first) or whose VM is being made or repaired is refused (409)."""
         row = self._job_row(job_id)
         if row["state"] in (JobState.RECEIVING, JobState.PROVISIONING, JobState.REPAIRING):
@@ -457,7 +457,7 @@ class Store:
         try:
             with self._db() as db:
                 for table, column in (("chunks", "job"), ("disks", "job"), ("events", "job"),
-                                      ("jobs", "id")):
+                                      ("tokens", "job"), ("jobs", "id")):
                     db.execute(f"DELETE FROM {table} WHERE {column}=?", (job_id,))
         except sqlite3.Error as err:
             raise storage_error(err, self.data_dir) from None

@@ -283,3 +283,28 @@ def test_data_directory_and_images_are_private_and_old_ones_fixed(tmp_path):
     assert os.stat(store.image_path(second, "sda")).st_mode & 0o777 == 0o600
     assert os.stat(store.log_path(second)).st_mode & 0o777 == 0o600
     store.close()
+
+
+def test_a_cancelled_job_takes_no_chunk_and_no_seal_even_after_a_restart(tmp_path):
+    store = Store(tmp_path)
+    job = new_job(store)
+    data = os.urandom(CHUNK)
+    store.put_chunk(job, "sda", 0, data, p.chunk_digest(data))
+    store.cancel_job(job, "Cancelled for the test.")
+    for attempt in range(2):
+        with pytest.raises(p.ProtocolError, match="cancelled on the server") as err:
+            store.put_chunk(job, "sda", 1, data, p.chunk_digest(data))
+        assert err.value.code is p.ErrorCode.CONFLICT
+        with pytest.raises(p.ProtocolError, match="cancelled on the server"):
+            store.seal(job, "sda", p.image_digest(8 * CHUNK, CHUNK, {0: p.chunk_digest(data)}, []),
+                       [], [])
+        assert store.get_job(job)["state"] == "failed"
+        store.close()
+        store = Store(tmp_path)       # a restarted server knows it from the job's state
+    with pytest.raises(p.ProtocolError, match="not receiving"):
+        store.cancel_job(job, "again")
+    store.delete_job(job)
+    assert not (tmp_path / "jobs" / job).exists()
+    with pytest.raises(p.ProtocolError, match="no job"):
+        store.get_job(job)
+    store.close()
