@@ -106,17 +106,23 @@ def disk_links(device: str, dev_disk: Path = DEV_DISK) -> list[str]:
 def partition_record(part: blockdev.Partition) -> dict:
     """A partition as the inventory's table lists it: what the repair finds its filesystem by on
     the VM's disks (UUID, then label, then start and size), never by its number alone."""
-    found = blockdev.filesystem(part.node)
     return {"number": part.number, "start": part.start, "size": part.size, "type": part.type,
-            "fstype": found.get("TYPE"), "uuid": found.get("UUID"), "label": found.get("LABEL")}
+            **filesystem_record(part.node)}
+
+
+def filesystem_record(node: str) -> dict:
+    """{"fstype", "uuid", "label"}: what blkid finds on `node`, None where it finds nothing."""
+    found = blockdev.filesystem(node)
+    return {"fstype": found.get("TYPE"), "uuid": found.get("UUID"), "label": found.get("LABEL")}
 
 
 def disk_inventory(plan: ReadPlan, serial: str | None, table: blockdev.PartitionTable | None,
                    links: list[str] = ()) -> dict:
     """One disk of the inventory (see xenp2v.protocol): what the server reserves for it, what
-    tells it apart from another machine's disk when a job is resumed, and what the repair maps
-    the source's device names by."""
+    tells it apart from another machine's disk when a job is resumed (down to the filesystems
+    it holds), and what the repair maps the source's device names by."""
     chunk_size = protocol.chunk_size_for(plan.size)
+    whole = filesystem_record(plan.device) if table is None else None
     return {
         "id": disk_id(plan.device), "size": plan.size, "used": min(plan.read_bytes, plan.size),
         "used_chunks": sum(1 for _, parts in plan.chunks(chunk_size) if parts),
@@ -124,6 +130,7 @@ def disk_inventory(plan: ReadPlan, serial: str | None, table: blockdev.Partition
         "table": None if table is None else {
             "label": table.label, "id": table.id,
             "partitions": [partition_record(p) for p in table.partitions]},
+        "filesystem": whole if whole and whole["fstype"] else None,
         "links": list(links),
         "device": plan.device, "plan": plan.notes, "warnings": plan.warnings,
     }
@@ -245,15 +252,19 @@ def open_job(client: Client, settings: Settings, inv: dict) -> dict:
     if have != want:
         raise CaptureError(
             f"Job {settings.job} holds disks {_disks_text(have)}, not the {_disks_text(want)} "
-            "chosen here (ids, sizes, serials and partition tables must all be the same); drop "
-            "--job to start a new job, or choose the same disks.")
+            "chosen here (ids, sizes, serials, partition tables and filesystems must all be the "
+            "same); drop --job to start a new job, or choose the same disks.")
     return {**job, "resumed": True}
 
 
 def _disks_text(disks: list[tuple]) -> str:
-    return ", ".join(f"{i} ({size} bytes, serial {serial or 'none'}, "
-                     f"{table[0] + ' ' + (table[1] or '') if table else 'no'} partition table)"
-                     for i, size, serial, table in disks)
+    def holds(table, filesystem) -> str:
+        if table:
+            return f"{table[0]} {table[1] or ''} partition table, " + " ".join(
+                f"{fstype or 'nothing'} {uuid or ''}".strip() for _, _, fstype, uuid in table[2])
+        return f"no partition table, {' '.join(filter(None, filesystem or ())) or 'nothing'}"
+    return ", ".join(f"{i} ({size} bytes, serial {serial or 'none'}, {holds(table, fs)})"
+                     for i, size, serial, table, fs in disks)
 
 
 def capture_disk(client: Client, job: str, did: str, plan: ReadPlan, chunk_size: int,

@@ -82,8 +82,19 @@ def _record(part: dict) -> bool:
     """A partition record's other fields: a number, and short strings or null."""
     number = part.get("number")
     return isinstance(number, int) and not isinstance(number, bool) and 0 < number < 1 << 16 and \
-        all(part.get(k) is None or (isinstance(part[k], str) and len(part[k]) <= MAX_SERIAL)
-            for k in ("type", "fstype", "uuid", "label"))
+        _strings(part, ("type", "fstype", "uuid", "label"))
+
+
+def _strings(obj: dict, keys: tuple[str, ...]) -> bool:
+    return all(obj.get(k) is None or (isinstance(obj[k], str) and len(obj[k]) <= MAX_SERIAL)
+               for k in keys)
+
+
+def _filesystem(value: object, disk_id: str) -> None:
+    if value is not None and not (isinstance(value, dict)
+                                  and _strings(value, ("fstype", "uuid", "label"))):
+        raise bad(f"The filesystem of disk {disk_id} must be null or an object with 'fstype', "
+                  f"'uuid' and 'label' (each null or a string of at most {MAX_SERIAL} characters).")
 
 
 def _disk(obj: object, position: int) -> DiskPlan:
@@ -109,6 +120,7 @@ def _disk(obj: object, position: int) -> DiskPlan:
         raise bad(f"The serial of disk {disk_id} must be null or a string of at most "
                   f"{MAX_SERIAL} characters.")
     _table(obj.get("table"), disk_id)
+    _filesystem(obj.get("filesystem"), disk_id)
     return DiskPlan(disk_id, size, chunk, reservation(size, chunk, used, used_chunks),
                     disk_identity(obj))
 

@@ -251,6 +251,7 @@ class Store:
         if inv.resume:
             found, why_not = self._resumable(inv)
             if found:
+                self._resume(found, inv)
                 return self.get_job(found), True
         self._check_space(inv)
         job_id = _new_job_id(inv.name)
@@ -290,6 +291,22 @@ class Store:
         if why_not:
             self.record(job_id, "not_resumed", why_not)
         return self.get_job(job_id), False
+
+    def _resume(self, job_id: str, inv: Inventory) -> None:
+        """The resumed job takes the new inventory (name, machine, plan notes, warnings, tables:
+        what the capture sees now), and its events say so."""
+        now = _now()
+        event = {"phase": "resumed", "message": f"Resumed by a new capture of {inv.name}; the "
+                 "inventory is the one it sent."}
+        try:
+            with self._db() as db:
+                db.execute("UPDATE jobs SET name=?, inventory=?, updated=?, last_event=? WHERE id=?",
+                           (inv.name, json.dumps(inv.raw), now,
+                            json.dumps({**event, "at": _iso(now)}), job_id))
+                db.execute("INSERT INTO events (job, at, event) VALUES (?,?,?)",
+                           (job_id, now, json.dumps(event)))
+        except sqlite3.Error as err:
+            raise storage_error(err, self.data_dir) from None
 
     def issue_token(self, job_id: str) -> str:
         """A new job token for `job_id`: it can touch only that job, and only until the job is
@@ -983,7 +1000,7 @@ def _new_job_id(name: str) -> str:
 def _disk_difference(have: list[tuple], want: list[tuple]) -> str:
     """How two jobs' disks (sorted protocol.disk_identity tuples) differ, in one clause."""
     theirs = {d[0]: d for d in have}
-    for disk_id, size, serial, table in want:
+    for disk_id, size, serial, table, filesystem in want:
         other = theirs.get(disk_id)
         if other is None:
             return f"it has no disk {disk_id} (it has {', '.join(str(d[0]) for d in have)})"
@@ -994,7 +1011,15 @@ def _disk_difference(have: list[tuple], want: list[tuple]) -> str:
                     f"not {_serial_text(serial)}")
         if other[3] != table:
             return f"its disk {disk_id} has another partition table: {_table_difference(other[3], table)}"
+        if other[4] != filesystem:
+            return (f"its disk {disk_id} holds {_filesystem_text(other[4])}, "
+                    f"not {_filesystem_text(filesystem)}")
     return f"it has more disks ({', '.join(str(d[0]) for d in have)})"
+
+
+def _filesystem_text(filesystem: tuple | None) -> str:
+    """(fstype, uuid) of protocol.disk_identity as words: "ext4 <uuid>", "nothing"."""
+    return " ".join(filter(None, filesystem or ())) or "nothing"
 
 
 def _serial_text(serial: str | None) -> str:
@@ -1011,9 +1036,14 @@ def _table_difference(theirs: tuple | None, ours: tuple | None) -> str:
         return f"identifier {theirs[1] or 'none'}, not {ours[1] or 'none'}"
 
     def spans(parts: tuple) -> str:
-        shown = ", ".join(f"{start}+{size}" for start, size in parts[:4])
+        shown = ", ".join(f"{start}+{size}" for start, size, *_ in parts[:4])
         return f"[{shown}{', …' if len(parts) > 4 else ''}]"
-    return f"partitions (start+size in bytes) {spans(theirs[2])}, not {spans(ours[2])}"
+    if [p[:2] for p in theirs[2]] != [p[:2] for p in ours[2]]:
+        return f"partitions (start+size in bytes) {spans(theirs[2])}, not {spans(ours[2])}"
+    number, theirs_part, ours_part = next(
+        (n, a, b) for n, (a, b) in enumerate(zip(theirs[2], ours[2]), 1) if a != b)
+    return (f"its partition {number} holds {_filesystem_text(theirs_part[2:])}, "
+            f"not {_filesystem_text(ours_part[2:])}")
 
 
 def _human(n: int) -> str:

@@ -266,6 +266,9 @@ def chunk_span(size: int, chunk_size: int, index: int) -> tuple[int, int]:
 #                                   nothing}, ...] in table order (older agents sent [start, size]
 #                   pairs); the repair maps the source's device names (/dev/sdb1, by-id …-part1)
 #                   to the VM's filesystems by uuid, then label, then start and size},
+#               "filesystem": null, or what blkid found on the whole disk where it has no
+#                   partition table, as {"fstype", "uuid", "label"} (a whole-disk filesystem,
+#                   an LVM PV),
 #               "links": the disk's by-id and by-path names (/dev/disk/by-id/ata-…), [] without udev,
 #               "device", "plan", "warnings": the agent's own notes, kept and shown}]}
 #
@@ -275,8 +278,9 @@ def chunk_span(size: int, chunk_size: int, index: int) -> tuple[int, int]:
 # for everything after the create; the server's own token (the admin token) is needed to create
 # or list jobs.
 #
-# A job is resumed only for the same machine with the same disks: ids, sizes, serials and partition
-# tables all equal (disk_identity), and never on a placeholder identity alone.
+# A job is resumed only for the same machine with the same disks: ids, sizes, serials, partition
+# tables and the filesystems on them all equal (disk_identity), and never on a placeholder
+# identity alone. A resumed job takes the new inventory (name, machine, plan notes, tables).
 
 # SMBIOS and disk identities that cheap boards and disks ship: they identify nothing.
 PLACEHOLDER_UUIDS = frozenset({
@@ -323,17 +327,31 @@ def partition_span(part: object) -> tuple[int, int] | None:
 
 
 def disk_identity(disk: dict) -> tuple:
-    """What must be equal for two inventories' disks to be the same disk: id, size, serial and
-    partition table (label, id, each partition's start and size), from an inventory disk."""
+    """What must be equal for two inventories' disks to be the same disk, from an inventory disk:
+    (id, size, serial, table, filesystem). table: None or (label, id, partitions), each partition
+    (start, size, fstype, uuid); filesystem: None or (fstype, uuid) of a whole-disk filesystem.
+    What the disk holds counts: disks of one size with no serial and no table (or one imaged
+    table) are told apart only by the filesystems on them."""
     table = disk.get("table")
     if isinstance(table, dict):
-        parts = tuple(span for p in table.get("partitions") or () if (span := partition_span(p)))
+        parts = tuple((*span, *_content(p)) for p in table.get("partitions") or ()
+                      if (span := partition_span(p)))
         table = (str(table.get("label")), str(table.get("id") or "").lower(), parts)
     else:
         table = None
     serial = disk.get("serial")
     serial = serial.strip() if isinstance(serial, str) and serial.strip() else None
-    return (disk.get("id"), disk.get("size"), serial, table)
+    filesystem = disk.get("filesystem")
+    filesystem = _content(filesystem) if isinstance(filesystem, dict) else None
+    return (disk.get("id"), disk.get("size"), serial, table, filesystem)
+
+
+def _content(record: object) -> tuple[str | None, str | None]:
+    """(fstype, uuid) of a partition or filesystem record; (None, None) where it names none."""
+    if not isinstance(record, dict):
+        return None, None
+    uuid = record.get("uuid")
+    return record.get("fstype"), uuid.lower() if isinstance(uuid, str) else None
 
 
 # --- extents and the image digest ---------------------------------------------------------------

@@ -97,7 +97,7 @@ def test_the_same_machine_resumes_and_other_disks_do_not(loopdev, p2v_server):
     assert not other_id.resumed and other_id.job != first
     assert "another partition table: identifier" in agent_log(p2v_server, other_id.job)
     # Asked for by name, the first job is refused too: its disk is not this one.
-    with pytest.raises(capture.CaptureError, match="serials and partition tables must all be"):
+    with pytest.raises(capture.CaptureError, match="partition tables and filesystems must all be"):
         capture.run(settings_for(p2v_server, disks=[dev], job=first), identity=DELL)
     size = re.search(r"size= *(\d+)", table)
     set_table(dev, table.replace(size[0], f"size={int(size[1]) - 2048}"))
@@ -153,6 +153,20 @@ def restored(p2v_server, loopdev, job: str) -> bytes:
     restore.run(settings_for(p2v_server, job=job), target)
     with open(target, "rb") as f:
         return f.read()
+
+
+def test_another_machines_filesystem_on_a_bare_disk_is_another_disk(loopdev, p2v_server):
+    """Two machines with one SMBIOS identity, disks of one size with no serial and no partition
+    table: only the filesystem on the disk tells them apart, and it must."""
+    dev = loopdev(64 * MiB, "bare")
+    uuid_a = bare_ext4(dev, {f"a{i}": SECRET_A * 64 for i in range(3)})
+    first = unsealed(settings_for(p2v_server, disks=[dev], name="machine-a"), DELL)
+
+    uuid_b = bare_ext4(dev, {f"b{i}": random.Random(i).randbytes(MiB) for i in range(3)}, force=True)
+    second = capture.run(settings_for(p2v_server, disks=[dev], name="machine-b"), identity=DELL)
+    assert not second.resumed and second.job != first
+    assert f"holds ext4 {uuid_a}, not ext4 {uuid_b}" in agent_log(p2v_server, second.job)
+    assert SECRET_A[:64] not in restored(p2v_server, loopdev, second.job)
 
 
 def test_a_resumed_capture_leaves_nothing_the_source_no_longer_uses(loopdev, p2v_server):

@@ -165,9 +165,9 @@ def test_capture_records_each_partition_and_repair_maps_a_second_disks_by_id_nam
         {"number": 1, "start": MiB, "size": 31 * MiB, "type": "83", "fstype": "ext4",
          "uuid": uuids["home"], "label": "home"}]
     assert [p["uuid"] for p in inventory["disks"][0]["table"]["partitions"]] == [uuids["boot"], uuids["root"]]
-    # The server takes it, and resuming still compares starts and sizes.
+    # The server takes it, and resuming compares starts, sizes and the filesystems in them.
     parse_inventory({"name": "web01", **inventory})
-    assert protocol.disk_identity(inventory["disks"][1])[3][2] == ((MiB, 31 * MiB),)
+    assert protocol.disk_identity(inventory["disks"][1])[3][2] == ((MiB, 31 * MiB, "ext4", uuids["home"]),)
 
     said: list[str] = []
     repair(Request(disks=[root_disk, data_disk], inventory=inventory, dry_run=True), said.append)

@@ -98,6 +98,59 @@ def test_same_machine_identity_with_other_disks_is_a_new_job(tmp_path, change, w
     store.close()
 
 
+EXT4_A, EXT4_B = "0f5c1d9e-3b7a-4c2e-9a51-6d8e2f4b7c10", "7e2a9b41-5c3d-4f6e-8a1b-2c9d0e3f4a5b"
+
+
+def whole_disk(uuid: str, fstype: str = "ext4") -> dict:
+    """A disk with no serial and no partition table, a filesystem on the whole of it."""
+    return {"id": "sda", "size": GiB, "used_chunks": 16, "serial": None, "table": None,
+            "filesystem": {"fstype": fstype, "uuid": uuid, "label": None}}
+
+
+def partitioned(uuid: str) -> dict:
+    """The imaged partition table every machine of a batch has, its partition reformatted."""
+    part = {"number": 1, "start": 1 << 20, "size": 512 << 20, "type": "83", "fstype": "ext4",
+            "uuid": uuid, "label": "root"}
+    return {**disk(), "table": {"label": "gpt", "id": IMAGED, "partitions": [part]}}
+
+
+@pytest.mark.parametrize("first, second, why", [
+    (whole_disk(EXT4_A), whole_disk(EXT4_B), f"its disk sda holds ext4 {EXT4_A}, not ext4 {EXT4_B}"),
+    (whole_disk(EXT4_A), whole_disk(EXT4_A, "xfs"), f"holds ext4 {EXT4_A}, not xfs {EXT4_A}"),
+    (whole_disk(EXT4_A), {**whole_disk(EXT4_A), "filesystem": None},
+     f"holds ext4 {EXT4_A}, not nothing"),
+    (partitioned(EXT4_A), partitioned(EXT4_B),
+     f"another partition table: its partition 1 holds ext4 {EXT4_A}, not ext4 {EXT4_B}"),
+])
+def test_what_a_disk_holds_tells_two_machines_apart(tmp_path, first, second, why):
+    """Disks with no serial, of one size, with no partition table or one imaged table: the
+    filesystems on them are what tells one machine's disk from another's."""
+    store = Store(tmp_path)
+    a, _ = create(store, DELL, first)
+    b, resumed = create(store, DELL, second)
+    assert not resumed and b["id"] != a["id"] and why in b["records"]["not_resumed"]
+    again, resumed = create(store, DELL, first)
+    assert resumed and again["id"] == a["id"]
+    store.close()
+
+
+def test_a_resumed_job_takes_the_new_inventory_and_says_so(tmp_path):
+    store = Store(tmp_path)
+    old = {**whole_disk(EXT4_A), "plan": ["old note"], "warnings": []}
+    first, _ = store.create_job(parse_inventory(
+        {"name": "before", "machine": {**DELL, "memory": 1 << 30}, "disks": [old]}))
+    new = {**whole_disk(EXT4_A), "plan": ["new note"], "warnings": ["new note"]}
+    again, resumed = store.create_job(parse_inventory(
+        {"name": "after", "machine": {**DELL, "memory": 2 << 30}, "disks": [new]}))
+    assert resumed and again["id"] == first["id"]
+    assert again["name"] == "after" and again["inventory"]["name"] == "after"
+    assert again["inventory"]["machine"]["memory"] == 2 << 30
+    assert again["inventory"]["disks"][0]["plan"] == ["new note"]
+    (event,) = store.events(first["id"])
+    assert event["phase"] == "resumed" and again["last_event"]["phase"] == "resumed"
+    store.close()
+
+
 def test_placeholders_are_told_from_identities():
     for value in (None, "", "  ", "To be filled by O.E.M.", "Default string", "System Serial Number",
                   "Not Specified", "0123456789", AMI, AMI.upper(), "00000000-0000-0000-0000-000000000000",
@@ -134,7 +187,7 @@ def test_over_http_placeholder_machines_get_their_own_jobs_and_the_answer_says_w
 def test_a_malformed_disk_identity_is_refused(p2v_server):
     wire = Wire(p2v_server)
     for bad in ({"serial": 7}, {"serial": "x" * 300}, {"table": {"label": "gpt", "partitions": [[1]]}},
-                {"table": "gpt"}):
+                {"table": "gpt"}, {"filesystem": "ext4"}, {"filesystem": {"uuid": 7}}):
         r = wire.create([{"id": "sda", "size": GiB, **bad}])
         assert r.status_code == 400 and r.json()["error"] == "bad_request", (bad, r.text)
 
