@@ -23,6 +23,8 @@ def register(subparsers) -> None:
     p.add_argument("--streams", metavar="N", help="parallel connections (default 8)")
     p.add_argument("--compress", metavar="auto|zstd|off", help="zstd compression (default auto)")
     p.add_argument("--bwlimit", metavar="RATE", help="bandwidth limit, e.g. 50M (bytes/s)")
+    p.add_argument("--job", metavar="ID", help="resume this unfinished job (refused unless its "
+                   "disks are these: ids, sizes, serials, partition tables, filesystems)")
     settings_mod.add_source_arguments(p)
     p.set_defaults(func=main)
 

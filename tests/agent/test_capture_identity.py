@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import random
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +23,7 @@ OEM = {"system_uuid": "03000200-0400-0500-0006-000700080009", "vendor": "ASRock"
        "product": "H61M-DGS", "serial": "To be filled by O.E.M."}
 DELL = {"system_uuid": "4c4c4544-0042-3510-8052-b4c04f4e4e31", "vendor": "Dell Inc.",
         "product": "OptiPlex 7010", "serial": "5R2JBX1"}
+REPO = Path(__file__).resolve().parents[2]
 PTUUID = "6F1E3A52-93C4-4B1E-9D0C-2B8E5F7A9C11"
 
 
@@ -197,3 +201,29 @@ def test_a_resumed_capture_leaves_nothing_the_source_no_longer_uses(loopdev, p2v
     assert SECRET_A[:64] not in image.read_bytes()
     target = restored(p2v_server, loopdev, first)
     assert SECRET_A[:64] not in target and keep in target
+
+
+def agent_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "agent.cli", *args, "--cmdline", ""],
+                          capture_output=True, text=True, cwd=REPO, timeout=300)
+
+
+def test_capture_job_flag_resumes_the_named_job_and_only_with_its_disks(loopdev, p2v_server):
+    """`p2v-agent capture --job ID`: into that job although the machine's identity differs (a
+    board replaced), never into a job of other disks."""
+    assert "--job ID" in agent_cli("capture", "--help").stdout
+    dev = source(loopdev)
+    settings = settings_for(p2v_server, disks=[dev])
+    named = unfinished(settings, DELL)      # not this box's identity: nothing resumes it unasked
+    common = ["--server", p2v_server.url, "--token", p2v_server.token,
+              "--fingerprint", p2v_server.fingerprint, "--disks", dev]
+    out = agent_cli("capture", *common, "--job", named)
+    assert out.returncode == 0, out.stderr
+    assert f"sealed in job {named}:" in out.stdout
+
+    other = loopdev(64 * MiB, "other")
+    bare_ext4(other, {"f": b"x"})
+    elsewhere = unfinished(settings_for(p2v_server, disks=[other]), DELL)
+    out = agent_cli("capture", *common, "--job", elsewhere)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert f"Job {elsewhere} holds disks" in out.stderr and "drop --job" in out.stderr
