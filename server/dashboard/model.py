@@ -81,7 +81,7 @@ def job_view(job: dict, latest: dict[str, dict], rates: dict[str, float] | None 
     return {
         "id": job["id"], "name": job["name"], "machine": machine_label(inventory),
         "state": job["state"], "detail": job["detail"], "phase": phase,
-        "phase_message": last.get("message") or "", "updated": job["updated"],
+        "phase_message": (last.get("message") or "") if receiving else "", "updated": job["updated"],
         "created": job["created"], "disks": disks,
         "sent": sum(d["sent"] or 0 for d in disks), "stored": sum(d["held"] for d in disks),
         "sealed": all(d["state"] == DiskState.SEALED for d in disks) and bool(disks),

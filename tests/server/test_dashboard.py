@@ -184,6 +184,19 @@ def test_dashboard_follows_a_capture_in_a_browser(source_disk, p2v_server, tmp_p
             assert values[-1] == 100 and state == "sealed", values
             expect(job_card.locator(".badge")).to_have_text("sealed")
             assert page.evaluate("window.notReloaded") is True   # updated in place
+
+            # On a phone's width nothing runs off the side; the keyboard reaches the job first thing.
+            page.set_viewport_size({"width": 390, "height": 844})
+            shot(page, "dashboard-phone.png")
+            assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+            page.set_viewport_size({"width": 1100, "height": 900})
+            page.keyboard.press("Tab")
+            assert page.evaluate("document.activeElement.textContent") == "Skip to the content"
+            tabs = 1
+            while page.evaluate("document.activeElement.getAttribute('href')") != f"/jobs/{out['result'].job}":
+                page.keyboard.press("Tab")
+                tabs += 1
+                assert tabs < 8, "the job's link is not reached by the keyboard"
             result = out["result"]
             job = result.job
 
