@@ -243,28 +243,16 @@ def run(settings: Settings, progress: Progress | None = None, *, client: Client 
 
 
 def open_job(client: Client, settings: Settings, inv: dict) -> dict:
-    """A new job, the server's unfinished one for this machine, or the one `--job` names."""
+    """A new job, the server's unfinished one for this machine, or the one `--job` names (the
+    server refuses it, saying why, unless it holds these very disks)."""
     if not settings.job:
         return client.create_job(inv)
-    job = client.job(settings.job)
-    have = sorted(protocol.disk_identity(d) for d in job.get("inventory", {}).get("disks", []))
-    want = sorted(protocol.disk_identity(d) for d in inv["disks"])
-    if have != want:
+    job = client.create_job({**inv, "job": settings.job})
+    if job["id"] != settings.job:
         raise CaptureError(
-            f"Job {settings.job} holds disks {_disks_text(have)}, not the {_disks_text(want)} "
-            "chosen here (ids, sizes, serials, partition tables and filesystems must all be the "
-            "same); drop --job to start a new job, or choose the same disks.")
-    return {**job, "resumed": True}
-
-
-def _disks_text(disks: list[tuple]) -> str:
-    def holds(table, filesystem) -> str:
-        if table:
-            return f"{table[0]} {table[1] or ''} partition table, " + " ".join(
-                f"{fstype or 'nothing'} {uuid or ''}".strip() for _, _, fstype, uuid in table[2])
-        return f"no partition table, {' '.join(filter(None, filesystem or ())) or 'nothing'}"
-    return ", ".join(f"{i} ({size} bytes, serial {serial or 'none'}, {holds(table, fs)})"
-                     for i, size, serial, table, fs in disks)
+            f"The server answered job {job['id']}, not job {settings.job}: it is older than this "
+            "agent and cannot resume a job by name. Update p2v-server, or drop --job (p2v.job=).")
+    return job
 
 
 def capture_disk(client: Client, job: str, did: str, plan: ReadPlan, chunk_size: int,

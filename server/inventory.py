@@ -35,6 +35,7 @@ class Inventory:
     resume: bool
     raw: dict
     request_id: str | None = None  # the agent's key for this create call, same on every retry
+    job: str | None = None  # the job to resume, named by the technician (--job); no other
 
 
 def bad(detail: str) -> ProtocolError:
@@ -149,4 +150,7 @@ def parse_inventory(body: object) -> Inventory:
     request_id = body.get("request_id")
     if request_id is not None:
         request_id = check_id(request_id, "request_id")
-    return Inventory(name.strip(), machine_key(machine), plans, resume, body, request_id)
+    job = body.get("job")
+    if job is not None:
+        job = check_id(job, "job id")
+    return Inventory(name.strip(), machine_key(machine), plans, resume, body, request_id, job)

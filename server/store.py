@@ -248,6 +248,9 @@ class Store:
                 (inv.request_id,)).fetchone()
             if row is not None:
                 return self.get_job(row["id"]), False
+        if inv.job:
+            self._resume(self._named(inv), inv)
+            return self.get_job(inv.job), True
         if inv.resume:
             found, why_not = self._resumable(inv)
             if found:
@@ -346,6 +349,21 @@ class Store:
         return None, (f"Job {latest} is of a machine with the same identity, but "
                       f"{_disk_difference(have, want)}: this is a new job, so that the disks of "
                       "two machines are never mixed.")
+
+    def _named(self, inv: Inventory) -> str:
+        """The job the inventory names (``job``), if it still receives and holds these very disks,
+        whatever the machine's identity (a board replaced); 404 or 409 saying why not."""
+        row = self._job_row(inv.job)
+        if row["state"] != JobState.RECEIVING:
+            raise conflict(f"Job {inv.job} is {row['state']}: it takes no more chunks. Drop --job "
+                           "(p2v.job=) to start a new job.")
+        have = sorted(disk_identity(d) for d in json.loads(row["inventory"]).get("disks", []))
+        want = sorted(d.identity for d in inv.disks)
+        if have != want:
+            raise conflict(f"Job {inv.job} holds other disks: {_disk_difference(have, want)}. Drop "
+                           "--job (p2v.job=) to start a new job, or choose the same disks (ids, "
+                           "sizes, serials, partition tables and filesystems must all be the same).")
+        return inv.job
 
     def _check_space(self, inv: Inventory) -> None:
         needed = sum(d.expected for d in inv.disks)

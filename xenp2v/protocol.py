@@ -249,6 +249,8 @@ def chunk_span(size: int, chunk_size: int, index: int) -> tuple[int, int]:
 #        and sends with every retry of it; a create with a key the server has seen answers the
 #        job that key made (as its first answer did), so a retry after a lost answer never
 #        leaves a second, orphan job holding free space,
+#    "job": optional, a job id: resume that job and no other (the technician's --job); 409 unless
+#        it is receiving and holds these very disks (disk_identity), 404 when there is none,
 #    "machine": {"system_uuid", "vendor", "product", "serial": SMBIOS identity, null where absent;
 #                "firmware", "cpus", "memory", "nics", "os": what the VM is sized from},
 #    "disks": [{"id": "sda", "size": bytes,

@@ -3,9 +3,11 @@ the same disks (sizes, serials, partition tables), never another machine's that 
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -220,10 +222,17 @@ def test_capture_job_flag_resumes_the_named_job_and_only_with_its_disks(loopdev,
     out = agent_cli("capture", *common, "--job", named)
     assert out.returncode == 0, out.stderr
     assert f"sealed in job {named}:" in out.stdout
+    job = Client(p2v_server.url, p2v_server.token, p2v_server.fingerprint).job(named)
+    assert job["inventory"]["machine"]["system_uuid"] != DELL["system_uuid"]   # this box's now
+    with sqlite3.connect(p2v_server.data_dir / "xenp2v.db") as db:
+        events = [json.loads(e) for (e,) in db.execute("SELECT event FROM events WHERE job=?",
+                                                       (named,))]
+    assert [e["phase"] for e in events].count("resumed") == 1
 
     other = loopdev(64 * MiB, "other")
     bare_ext4(other, {"f": b"x"})
     elsewhere = unfinished(settings_for(p2v_server, disks=[other]), DELL)
     out = agent_cli("capture", *common, "--job", elsewhere)
     assert out.returncode == 1 and "Traceback" not in out.stderr
-    assert f"Job {elsewhere} holds disks" in out.stderr and "drop --job" in out.stderr
+    assert f"Job {elsewhere} holds other disks: it has no disk {Path(dev).name}" in out.stderr
+    assert "Drop --job" in out.stderr

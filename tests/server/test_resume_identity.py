@@ -151,6 +151,27 @@ def test_a_resumed_job_takes_the_new_inventory_and_says_so(tmp_path):
     store.close()
 
 
+def test_a_named_job_is_resumed_only_while_receiving_and_only_with_its_disks(tmp_path):
+    store = Store(tmp_path)
+    named, _ = create(store, OEM, disk())          # a placeholder: never resumed unasked
+    body = {"name": "pc", "machine": DELL, "disks": [disk()], "job": named["id"]}
+    again, resumed = store.create_job(parse_inventory(body))
+    assert resumed and again["id"] == named["id"] and again["inventory"]["machine"] == DELL
+    with pytest.raises(p.ProtocolError) as refused:
+        store.create_job(parse_inventory({**body, "disks": [disk(serial="S3Z9NB0K123456A")]}))
+    assert refused.value.status == 409 and refused.value.detail.startswith(
+        f"Job {named['id']} holds other disks: its disk sda has no serial, not serial")
+    with pytest.raises(p.ProtocolError) as refused:
+        store.create_job(parse_inventory({**body, "job": "20990101-000000-none"}))
+    assert refused.value.status == 404
+    store.set_state(named["id"], p.JobState.SEALED)
+    with pytest.raises(p.ProtocolError) as refused:
+        store.create_job(parse_inventory(body))
+    assert refused.value.status == 409 and "is sealed: it takes no more chunks" in refused.value.detail
+    assert len(store.list_jobs()) == 1
+    store.close()
+
+
 def test_placeholders_are_told_from_identities():
     for value in (None, "", "  ", "To be filled by O.E.M.", "Default string", "System Serial Number",
                   "Not Specified", "0123456789", AMI, AMI.upper(), "00000000-0000-0000-0000-000000000000",
