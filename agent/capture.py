@@ -220,7 +220,7 @@ def run(settings: Settings, progress: Progress | None = None, *, client: Client 
         if job.get("not_resumed"):
             log.warning("%s", job["not_resumed"])
         geometry = {d["id"]: d for d in job["disks"]}
-        events = _ServerEvents(client, job_id)
+        events = _ServerEvents(client, job_id, buffer)
         progress.subscribe(events)
         results = []
         for plan in plans:
@@ -394,10 +394,12 @@ def _zero_digest(length: int) -> str:
 
 
 class _ServerEvents:
-    """Forwards progress to the server's event log, at most every few seconds, never blocking long."""
+    """Forwards progress to the server's event log, and the log lines written since, at most
+    every few seconds (the dashboard tails the log as it grows), never blocking long."""
 
-    def __init__(self, client: Client, job: str, interval: float = 5.0):
-        self.client, self.job, self.interval = client, job, interval
+    def __init__(self, client: Client, job: str, buffer: "LogBuffer | None" = None,
+                 interval: float = 5.0):
+        self.client, self.job, self.buffer, self.interval = client, job, buffer, interval
         self.last = 0.0
         self.lock = threading.Lock()
 
@@ -412,10 +414,13 @@ class _ServerEvents:
             self.client.post_events(self.job, event.to_json(), retry_for=10.0)
         except ServerError as e:
             log.warning("progress not sent to the server: %s", e)
+        if self.buffer is not None:
+            _upload_log(self.client, self.job, self.buffer, retry_for=10.0)
 
 
 class LogBuffer(logging.Handler):
-    """Keeps the agent's log lines for upload to the server at the end (bounded)."""
+    """Keeps the agent's log lines for upload to the server, as it goes and at the end
+    (bounded); ``unsent`` and ``sent`` hand each line over once."""
 
     LIMIT = 4 * 1024 * 1024
 
@@ -424,6 +429,7 @@ class LogBuffer(logging.Handler):
         self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         self.lines: list[str] = []
         self.size = 0
+        self.uploaded = 0     # lines[:uploaded] are on the server
 
     def emit(self, record: logging.LogRecord) -> None:
         line = self.format(record)
@@ -431,10 +437,30 @@ class LogBuffer(logging.Handler):
             self.lines.append(line)
             self.size += len(line) + 1
 
+    def unsent(self) -> tuple[str, int]:
+        """(the lines not uploaded yet as text, "" when none; the mark to pass to ``sent``)."""
+        with self.lock:
+            upto = len(self.lines)
+            new = self.lines[self.uploaded:upto]
+        return ("\n".join(new) + "\n" if new else ""), upto
 
-def _upload_log(client: Client, job: str, buffer: LogBuffer) -> None:
-    text = "\n".join(buffer.lines) + "\n"
-    try:
-        client.post_log(job, text)
-    except ServerError as e:
-        log.warning("the agent log was not uploaded: %s", e)
+    def sent(self, upto: int) -> None:
+        with self.lock:
+            self.uploaded = max(self.uploaded, upto)
+
+
+def _upload_log(client: Client, job: str, buffer: LogBuffer, retry_for: float | None = None) -> None:
+    # One upload at a time: the progress thread and the end of the run may both get here.
+    with _UPLOADING:
+        text, upto = buffer.unsent()
+        if not text:
+            return
+        try:
+            client.post_log(job, text, retry_for=retry_for)
+        except ServerError as e:
+            log.warning("the agent log was not uploaded: %s", e)
+            return
+        buffer.sent(upto)
+
+
+_UPLOADING = threading.Lock()

@@ -308,10 +308,10 @@ class Client:
         self.request("POST", protocol.events_path(job), json=event, ok=(200, 201, 204),
                      what="send progress", retry_for=retry_for)
 
-    def post_log(self, job: str, text: str) -> None:
+    def post_log(self, job: str, text: str, retry_for: float | None = None) -> None:
         self.request("POST", protocol.log_path(job), data=text.encode(),
                      headers={"Content-Type": "text/plain; charset=utf-8"}, ok=(200, 201, 204),
-                     what="upload the agent log")
+                     what="upload the agent log", retry_for=retry_for)
 
 
 class _Retry(Exception):

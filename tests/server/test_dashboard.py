@@ -167,11 +167,19 @@ def test_dashboard_follows_a_capture_in_a_browser(source_disk, p2v_server, tmp_p
             job_card = page.locator("article.job").first
             expect(job_card).to_be_visible(timeout=30_000)
             bar = job_card.locator(f".disk[data-disk='{disk_id}'] progress")
-            values = []
+            values, log_while_receiving = [], ""
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 state = job_card.get_attribute("data-state")
                 values.append(int(bar.get_attribute("value")))
+                if state == "receiving" and not log_while_receiving:
+                    # The agent's log while it captures: fetched, then the job still receiving
+                    # (the card may lag the seal by a refresh, after which the whole log comes).
+                    job_id = job_card.get_attribute("data-job")
+                    text = page.request.get(f"{p2v_server.url}/jobs/{job_id}/log").text()
+                    if requests.get(f"{p2v_server.url}/api/v1/jobs/{job_id}", verify=False,
+                                    headers=p2v_server.headers).json()["state"] == "receiving":
+                        log_while_receiving = text
                 if 30 < values[-1] < 95:   # the last of these is kept
                     shot(page, "dashboard-jobs.png")
                 if state == "sealed":
@@ -182,6 +190,7 @@ def test_dashboard_follows_a_capture_in_a_browser(source_disk, p2v_server, tmp_p
             moving = [v for v in values if 0 < v < 100]
             assert len(set(moving)) >= 2 and moving == sorted(moving), values
             assert values[-1] == 100 and state == "sealed", values
+            assert "used blocks only" in log_while_receiving, log_while_receiving
             expect(job_card.locator(".badge")).to_have_text("sealed")
             assert page.evaluate("window.notReloaded") is True   # updated in place
 
