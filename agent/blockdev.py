@@ -82,6 +82,7 @@ class VolumeGroup:
     extent_size: int
     pvs: list[str] = field(default_factory=list)        # device paths
     lvs: list[LogicalVolume] = field(default_factory=list)
+    missing_pvs: list[str] = field(default_factory=list)  # PV UUIDs not among the devices asked
 
 
 @dataclass
@@ -212,6 +213,48 @@ def filesystem(dev: str) -> dict[str, str]:
     return out
 
 
+def devices_matching(token: str) -> list[dict[str, str]]:
+    """Every block device on this machine whose probe matches blkid's `token` (NAME=value, e.g.
+    UUID=..., TYPE=xfs_external_log), probed afresh (no cache, no udev): blkid's export fields
+    (DEVNAME, TYPE, UUID, LOGUUID, ...) for each; [] when none."""
+    proc = _run(["blkid", "-c", "/dev/null", "-o", "export", "-t", token],
+                f"look for block devices with {token}", ok=(0, 2))
+    out = []
+    for block in proc.stdout.strip().split("\n\n"):
+        fields = {}
+        for line in block.splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                fields[key] = re.sub(r"\\(.)", r"\1", value)
+        if "DEVNAME" in fields:
+            out.append(fields)
+    return out
+
+
+def disks_under(dev: str) -> set[str]:
+    """The kernel names of the whole disks `dev` lies on: {sda} for /dev/sda2; for a loop device
+    over a block device, that device's disks; for a device-mapper or md device, its slaves'.
+    A path that is no block device: {itself, made absolute}."""
+    try:
+        st = os.stat(dev)
+    except OSError:
+        return {os.path.realpath(dev)}
+    if not stat.S_ISBLK(st.st_mode):
+        return {os.path.realpath(dev)}
+    entry = Path(f"/sys/dev/block/{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}").resolve()
+    if (entry / "partition").exists():
+        entry = entry.parent
+    backing = entry / "loop/backing_file"
+    if backing.exists():
+        path = backing.read_text().strip()
+        if path.startswith("/dev/") and os.path.exists(path):
+            return disks_under(path)
+    slaves = sorted((entry / "slaves").glob("*")) if (entry / "slaves").is_dir() else []
+    if slaves:
+        return set().union(*(disks_under(f"/dev/{slave.name}") for slave in slaves))
+    return {entry.name}
+
+
 def _lvm_report(args: list[str], what: str, devices: list[str] | None) -> list[dict]:
     scope = ["--devices", ",".join(devices)] if devices else []
     proc = _run(
@@ -240,10 +283,12 @@ def lvm_layout(devices: list[str] | None = None) -> list[VolumeGroup]:
                                "list LVM volume groups", devices)
     }
     pe_start = {}
-    for row in _lvm_report(["pvs", "-o", "pv_name,vg_uuid,pe_start"], "list LVM physical volumes",
-                           devices):
+    for row in _lvm_report(["pvs", "-o", "pv_name,pv_uuid,vg_uuid,pe_start"],
+                           "list LVM physical volumes", devices):
         pe_start[row["pv_name"]] = int(row["pe_start"])
-        if row["vg_uuid"] in vgs:
+        if row["vg_uuid"] in vgs and row["pv_name"] == "[unknown]":
+            vgs[row["vg_uuid"]].missing_pvs.append(row["pv_uuid"])
+        elif row["vg_uuid"] in vgs:
             vgs[row["vg_uuid"]].pvs.append(row["pv_name"])
     lvs: dict[str, LogicalVolume] = {}
     rows = _lvm_report(

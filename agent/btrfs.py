@@ -133,6 +133,8 @@ class DeviceMap:
     profiles: dict[str, str]   # chunk kind -> profile, e.g. {"data": "raid1", ...}
     num_devices: int
     whole_chunks: str = ""     # why the chunks are read whole, if they are
+    unclean: bool = False      # a log tree waits to be replayed (then the chunks are whole)
+    mapped: int | None = None  # bytes the extent tree alone would have put here, when known
 
     def describe(self) -> str:
         """E.g. "raid1 data, raid1 metadata, 2 devices"."""
@@ -259,12 +261,14 @@ def map_device(node: str, length: int) -> DeviceMap:
         except BtrfsError as scanned:
             raise BtrfsError(f"{scanned}; from this device alone: {alone}; are all "
                              f"{sb.num_devices} member devices attached?") from None
-    if sb.log_root:
-        found.whole_chunks = "a log tree waits to be replayed"
-        return found
     text, complaint = _run(["btrfs", "inspect-internal", "dump-tree", "-t", "extent", *options,
                             node], "read its extent tree")
     used, adds_up = parse_extent_tree(text, sb.nodesize)
+    if sb.log_root:
+        found.whole_chunks, found.unclean = "a log tree waits to be replayed", True
+        if adds_up == sb.used:  # what it costs, against the committed extents
+            found.mapped = sum(e - s for s, e in device_map(sb, chunks, length, used).ranges)
+        return found
     if adds_up != sb.used:
         found.whole_chunks = (f"its extent tree adds up to {adds_up} bytes, its superblock "
                               f"says {sb.used}{f' ({complaint})' if complaint else ''}")

@@ -203,7 +203,7 @@ def run(settings: Settings, progress: Progress | None = None, *, client: Client 
         plans = []
         for dev in devices:
             progress.start(disk_id(dev), 0, "plan", "mapping the used blocks of its filesystems")
-            plan = plan_disk(dev)
+            plan = plan_disk(dev, devices)
             for note in plan.notes:
                 if note in plan.warnings:
                     log.warning("plan: %s", note)

@@ -8,7 +8,8 @@ trusted only when nothing is left to replay or repair:
 - ext2/3/4: not `needs_recovery` (the journal holds committed transactions), state `clean` (an
   ext2, or ext4 without a journal, that was not unmounted is not), no errors recorded;
 - XFS: a clean log (head and tail meet, as the kernel decides before replaying it), which
-  `xfs_logprint -t` reports as `state: <CLEAN>` once it has found the log's head and tail;
+  `xfs_logprint -t` reports as `state: <CLEAN>` once it has found the log's head and tail; an
+  external log is looked for among the attached devices by its UUID and read with `-l`;
 - NTFS: no dirty flag (chkdsk pending), a clean or empty `$LogFile` restart area (Windows replays
   it otherwise), and no hibernated Windows in `hiberfil.sys` (Fast Startup leaves its filesystems
   mounted in the hibernated session).
@@ -22,13 +23,16 @@ from __future__ import annotations
 
 import struct
 import subprocess
+import uuid
+
+from agent import blockdev
 
 TIMEOUT = 600.0   # seconds any one look may take
 
 EXT = ("ext2", "ext3", "ext4")
 
 
-class _CannotTell(Exception):
+class CannotTell(Exception):
     pass
 
 
@@ -41,7 +45,7 @@ def unclean(node: str, fstype: str | None) -> str | None:
         return None
     try:
         return check(node)
-    except _CannotTell as e:
+    except CannotTell as e:
         return f"could not be checked for a clean unmount ({e})"
 
 
@@ -60,7 +64,7 @@ def _ext(node: str) -> str | None:
 def ext_verdict(header: dict[str, str]) -> str | None:
     """The verdict from `dumpe2fs -h`'s fields (Filesystem features, Filesystem state)."""
     if "Filesystem state" not in header:
-        raise _CannotTell("dumpe2fs shows no filesystem state")
+        raise CannotTell("dumpe2fs shows no filesystem state")
     features = header.get("Filesystem features", "").split()
     state = header["Filesystem state"]
     if "needs_recovery" in features:
@@ -75,17 +79,27 @@ def ext_verdict(header: dict[str, str]) -> str | None:
 # --- XFS ------------------------------------------------------------------------------------------
 
 def _xfs(node: str) -> str | None:
+    logs = xfs_log_devices(node)
+    verdicts = [_xfs_log(node, log) for log in logs or [None]]
+    return next((v for v in verdicts if v), None)
+
+
+def _xfs_log(node: str, log: str | None) -> str | None:
     # -t prints "log tail: T head: H state: <CLEAN|DIRTY>" first, then every transaction of a
     # dirty log (up to 2 GiB of it): stop reading at the verdict.
+    cmd = ["xfs_logprint", "-t", *(["-l", log] if log else []), node]
     try:
-        proc = subprocess.Popen(["xfs_logprint", "-t", node], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, errors="replace")
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                errors="replace")
     except FileNotFoundError:
-        raise _CannotTell("xfs_logprint is not installed") from None
+        raise CannotTell("xfs_logprint is not installed") from None
     lines = []
     try:
         for line in proc.stdout:
             lines.append(line.strip())
+            if "mismatched uuid" in line:
+                # it goes on to judge the other filesystem's log
+                raise CannotTell(f"the external log device {log} belongs to another XFS")
             if "state:" in line:
                 return xfs_verdict(line)
             if len(lines) > 50:
@@ -94,8 +108,43 @@ def _xfs(node: str) -> str | None:
         proc.kill()
         proc.wait()
         proc.stdout.close()
-    said = next((ln for ln in reversed(lines) if ln), "no output")
-    raise _CannotTell(f"xfs_logprint could not read its log: {said}")
+    said = next((ln for ln in reversed(lines) if ln.rstrip(":")), "no output")
+    raise CannotTell(f"xfs_logprint could not read its log{f' on {log}' if log else ''}: {said}")
+
+
+XFS_MAGIC = b"XFSB"
+
+
+def xfs_log_devices(node: str) -> list[str]:
+    """The attached block devices that hold the external log of the XFS on `node`: [] when its
+    log is internal. An external log (the superblock's sb_logstart is 0) is known by its log
+    records' filesystem UUID, which the kernel checks against the superblock's at mount and
+    blkid reports as the LOGUUID of a TYPE=xfs_external_log device. Several (a cloned disk
+    attached too) are all returned; none found is CannotTell, saying so."""
+    try:
+        with open(node, "rb") as f:
+            sb = f.read(56)
+    except OSError as e:
+        raise CannotTell(f"its superblock could not be read: {e.strerror}") from None
+    if len(sb) < 56 or sb[:4] != XFS_MAGIC:
+        raise CannotTell("no XFS superblock is there")
+    if struct.unpack_from(">Q", sb, 48)[0] != 0:
+        return []
+    fs_uuid = str(uuid.UUID(bytes=sb[32:48]))
+    found = []
+    try:
+        logs = blockdev.devices_matching("TYPE=xfs_external_log")
+    except blockdev.BlockDevError as e:
+        raise CannotTell(str(e).rstrip(".")) from None
+    for device in logs:
+        if device.get("LOGUUID") == fs_uuid:
+            found.append(device["DEVNAME"])
+    if not found:
+        raise CannotTell(
+            f"its log is on an external device, and no attached block device holds an XFS "
+            f"external log with its UUID {fs_uuid}: attach the disk that holds its log (mount "
+            f"option logdev= in the source's fstab names it) and select it for capture too")
+    return found
 
 
 def xfs_verdict(line: str) -> str | None:
@@ -104,7 +153,7 @@ def xfs_verdict(line: str) -> str | None:
         return None
     if "<DIRTY>" in line:
         return "was not cleanly unmounted (its log is dirty)"
-    raise _CannotTell(f"xfs_logprint said '{line.strip()}'")
+    raise CannotTell(f"xfs_logprint said '{line.strip()}'")
 
 
 # --- NTFS -----------------------------------------------------------------------------------------
@@ -119,7 +168,7 @@ def _ntfs(node: str) -> str | None:
     flags = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
                   if ln.strip().startswith("Volume Flags:")), None)
     if flags is None:
-        raise _CannotTell("ntfsinfo shows no volume flags")
+        raise CannotTell("ntfsinfo shows no volume flags")
     if int(flags.split()[0], 16) & VOLUME_IS_DIRTY:  # "0x0001 DIRTY"
         return "is marked dirty (Windows would run chkdsk on it)"
     if _hibernated(_head(node, "/hiberfil.sys", 4)):
@@ -135,14 +184,14 @@ def _head(node: str, path: str, size: int) -> bytes:
         proc = subprocess.Popen(["ntfscat", node, path], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
     except FileNotFoundError:
-        raise _CannotTell("ntfscat is not installed") from None
+        raise CannotTell("ntfscat is not installed") from None
     try:
         data = proc.stdout.read(size)
     finally:
         proc.kill()
         _, err = proc.communicate()
     if not data and b"not found" not in err.lower() and b"no such" not in err.lower():
-        raise _CannotTell(f"ntfscat could not read {path}: "
+        raise CannotTell(f"ntfscat could not read {path}: "
                           f"{err.decode(errors='replace').strip() or 'no output'}")
     return data
 
@@ -187,12 +236,12 @@ def _run(cmd: list[str], tool: str) -> str:
         proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace",
                               timeout=TIMEOUT)
     except FileNotFoundError:
-        raise _CannotTell(f"{tool} is not installed") from None
+        raise CannotTell(f"{tool} is not installed") from None
     except subprocess.TimeoutExpired:
-        raise _CannotTell(f"{tool} did not answer within {TIMEOUT:.0f} s") from None
+        raise CannotTell(f"{tool} did not answer within {TIMEOUT:.0f} s") from None
     if proc.returncode != 0:
         said = proc.stderr.strip().splitlines()
-        raise _CannotTell(f"{tool}: {said[-1] if said else f'exit status {proc.returncode}'}")
+        raise CannotTell(f"{tool}: {said[-1] if said else f'exit status {proc.returncode}'}")
     return proc.stdout
 
 

@@ -18,7 +18,7 @@ import subprocess
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from agent import blockdev, btrfs, extfs, fsstate, partclone, windisk
 
@@ -153,13 +153,50 @@ def _chunk_parts(ranges: list[Range], chunk_size: int, size: int) -> Iterator[tu
         yield index, parts
 
 
-def plan_disk(device: str) -> ReadPlan:
-    """Probe `device` and decide what to read."""
+@dataclass(frozen=True)
+class Selection:
+    """The disks captured together, by kernel name: a filesystem, LV or array with a part on any
+    other disk arrives incomplete on the VM, and the plan warns."""
+
+    disks: frozenset[str]
+
+    @classmethod
+    def of(cls, devices: Iterable[str]) -> "Selection":
+        return cls(frozenset().union(*(blockdev.disks_under(d) for d in devices)))
+
+    def holds(self, device: str) -> bool:
+        return blockdev.disks_under(device) <= self.disks
+
+    def outside(self, groups: Iterable[list[str]]) -> list[str]:
+        """For each group of devices that are one and the same (a PV, a btrfs device, an md
+        member, seen under several names), none of which lies on a selected disk: its first
+        device, as "/dev/sdc1 (disk sdc)"."""
+        return [f"{group[0]} (disk {', '.join(sorted(blockdev.disks_under(group[0])))})"
+                for group in groups if group and not any(self.holds(d) for d in group)]
+
+
+def _not_captured(what: str, label: str, outside: list[str], missing: str = "") -> str:
+    """The warning for `what` (an LV, a btrfs, an array) with parts on `outside` devices, or
+    `missing` ones not attached at all."""
+    where = []
+    if outside:
+        where.append(f"on {', '.join(outside)}, not among the disks being captured")
+    if missing:
+        where.append(missing)
+    return (f"{label}: {what} lies partly {' and '.join(where)}: on the VM it would be "
+            f"incomplete. Select {'that disk' if len(outside) == 1 and not missing else 'those disks'}"
+            f" too (--disks){'; attach the missing ones first' if missing else ''}.")
+
+
+def plan_disk(device: str, selected: Iterable[str] = ()) -> ReadPlan:
+    """Probe `device` and decide what to read. `selected`: the other disks captured with it
+    (device paths); what lies partly on a disk outside them is a warning."""
+    selection = Selection.of([device, *selected])
     size = blockdev.disk_size(device)
     notes = Notes()
     table = blockdev.partition_table(device)
     if table is None:
-        return _plan(device, size, area_used(device, 0, size, device, notes), notes)
+        return _plan(device, size, area_used(device, 0, size, device, notes, selection), notes)
     parts = [p for p in table.partitions
              if not (table.label == "dos" and p.type.lower() in EXTENDED_TYPES)]
     gaps = subtract([(0, size)], [(p.start, p.start + p.size) for p in parts])
@@ -171,7 +208,7 @@ def plan_disk(device: str) -> ReadPlan:
             notes.warn(f"{p.node} {why} ({_human(p.size)}).")
             found.used.append((p.start, p.start + p.size))
             continue
-        area = area_used(p.node, p.start, p.size, p.node, notes)
+        area = area_used(p.node, p.start, p.size, p.node, notes, selection)
         found.used += area.used
         found.zero += area.zero
     return _plan(device, size, found, notes)
@@ -183,7 +220,8 @@ def _plan(device: str, size: int, found: Found, notes: Notes) -> ReadPlan:
     return ReadPlan(device, size, used, list(notes), zero, list(notes.warnings))
 
 
-def area_used(node: str, start: int, length: int, label: str, notes: Notes) -> Found:
+def area_used(node: str, start: int, length: int, label: str, notes: Notes,
+              selection: Selection) -> Found:
     """What the area [start, start+length) that `node` exposes holds, in disk offsets."""
     try:
         fstype = blockdev.filesystem(node).get("TYPE")
@@ -194,28 +232,30 @@ def area_used(node: str, start: int, length: int, label: str, notes: Notes) -> F
         notes.warn(f"{label} {windisk.BITLOCKER_WARNING} ({_human(length)}).")
         return Found.whole(length).shift(start)
     if partclone.knows(fstype) or fstype in ("swap", "btrfs"):
-        return content_used(node, fstype, length, label, notes).shift(start)
+        return content_used(node, fstype, length, label, notes, selection).shift(start)
     if fstype == "LVM2_member":
-        return pv_used(node, length, label, notes).shift(start)
+        return pv_used(node, length, label, notes, selection).shift(start)
     if fstype == "linux_raid_member":
-        return md_member_used(node, length, label, notes).shift(start)
+        return md_member_used(node, length, label, notes, selection).shift(start)
     notes.append(f"{label}: {fstype or 'no filesystem found'}: read whole ({_human(length)})")
     return Found.whole(length).shift(start)
 
 
 def content_used(node: str, fstype: str | None, length: int, label: str,
-                 notes: Notes) -> Found:
+                 notes: Notes, selection: Selection) -> Found:
     """What a filesystem or swap of `length` bytes on `node` holds, relative to `node`."""
     if fstype == "swap":
         notes.append(f"{label}: swap: header only")
         return Found([(0, min(SWAP_HEADER, length))])
     if fstype == "btrfs":
-        return btrfs_used(node, length, label, notes)
+        return btrfs_used(node, length, label, notes, selection)
     if not partclone.knows(fstype):
         notes.append(f"{label}: {fstype or 'no filesystem found'}: read whole ({_human(length)})")
         return Found.whole(length)
     if why := fsstate.unclean(node, fstype):
         return _unclean_whole(node, fstype, length, label, why, notes)
+    if fstype == "xfs":
+        _xfs_log_elsewhere(node, label, notes, selection)
     try:
         used, end = partclone.used_blocks(node, fstype)
     except partclone.PartcloneError as e:
@@ -230,6 +270,17 @@ def content_used(node: str, fstype: str | None, length: int, label: str,
         used = subtract(used, zero + free)
     notes.append(f"{label}: {fstype}: used blocks only ({_human(total(used))} of {_human(length)})")
     return Found(used, zero)
+
+
+def _xfs_log_elsewhere(node: str, label: str, notes: Notes, selection: Selection) -> None:
+    """Warn when the clean XFS on `node` keeps its log on a device no captured disk holds: the
+    VM could not mount it."""
+    try:
+        logs = fsstate.xfs_log_devices(node)
+    except fsstate.CannotTell:
+        return  # the clean-unmount check has just found it: gone meanwhile
+    if logs and (outside := selection.outside([logs])):
+        notes.warn(_not_captured("xfs (its external log)", label, outside))
 
 
 def _unclean_whole(node: str, fstype: str, length: int, label: str, why: str,
@@ -247,7 +298,8 @@ def _unclean_whole(node: str, fstype: str, length: int, label: str, why: str,
     return Found.whole(length)
 
 
-def btrfs_used(node: str, length: int, label: str, notes: Notes) -> Found:
+def btrfs_used(node: str, length: int, label: str, notes: Notes,
+               selection: Selection) -> Found:
     """A btrfs member device: every copy (mirror, stripe, parity) of every extent on it, from the
     filesystem's chunk and extent trees (agent/btrfs.py); the whole device when the chunks
     cannot be mapped.
@@ -262,12 +314,44 @@ def btrfs_used(node: str, length: int, label: str, notes: Notes) -> Found:
         return Found.whole(length)
     used = normalize(clip(found.ranges, 0, length))
     whole = f", its chunks whole: {found.whole_chunks}" if found.whole_chunks else ""
-    notes.append(f"{label}: btrfs ({found.describe()}): every copy on this device{whole} "
-                 f"({_human(total(used))} of {_human(length)})")
+    line = (f"{label}: btrfs ({found.describe()}): every copy on this device{whole} "
+            f"({_human(total(used))} of {_human(length)})")
+    if found.whole_chunks:
+        cost = _human(total(used)) + (f" instead of {_human(found.mapped)}"
+                                      if found.mapped is not None else "")
+        todo = ("To send only used blocks, boot the source's own system once and shut it down "
+                "cleanly." if found.unclean else
+                "Run 'btrfs check --readonly' on it to see why its trees do not add up.")
+        notes.warn(f"{line}: read {cost}. {todo}")
+    else:
+        notes.append(line)
+    if found.num_devices > 1:
+        _btrfs_elsewhere(node, found.num_devices, label, notes, selection)
     return Found(used)
 
 
-def pv_used(node: str, length: int, label: str, notes: Notes) -> Found:
+def _btrfs_elsewhere(node: str, num_devices: int, label: str, notes: Notes,
+                     selection: Selection) -> None:
+    """Warn when a device of the btrfs on `node` lies on no disk being captured, or is not
+    attached: blkid finds them by the filesystem's UUID, one device by its UUID_SUB."""
+    try:
+        fsid = blockdev.filesystem(node).get("UUID", "")
+        devices: dict[str, list[str]] = {}
+        for d in blockdev.devices_matching(f"UUID={fsid}"):
+            if d.get("TYPE") == "btrfs":
+                devices.setdefault(d.get("UUID_SUB", d["DEVNAME"]), []).append(d["DEVNAME"])
+    except blockdev.BlockDevError as e:
+        notes.warn(f"{label}: btrfs: its other devices could not be looked for ({e}); select "
+                   "every disk that holds a device of it.")
+        return
+    missing = num_devices - len(devices)
+    outside = selection.outside(devices.values())
+    if outside or missing > 0:
+        lost = f"{missing} of its {num_devices} devices not attached" if missing > 0 else ""
+        notes.warn(_not_captured(f"btrfs {fsid}", label, outside, lost))
+
+
+def pv_used(node: str, length: int, label: str, notes: Notes, selection: Selection) -> Found:
     """An LVM PV: its plain linear LVs through their filesystems' used blocks; the rest whole.
 
     A single-segment linear LV is seen through a read-only loop device over its bytes on the PV,
@@ -296,12 +380,12 @@ def pv_used(node: str, length: int, label: str, notes: Notes) -> Found:
                 seg = lv.segments[0]
                 try:
                     with loop_view(node, seg["pv_start"], seg["size"]) as view:
-                        inner = area_inner(view, seg["size"], name, notes)
+                        inner = area_inner(view, seg["size"], name, notes, selection)
                 except blockdev.BlockDevError as e:
                     notes.append(f"{name}: {e} Read whole.")
                     continue
             elif lv.active and Path(lv.path).exists():
-                inner = area_inner(lv.path, lv.size, name, notes)
+                inner = area_inner(lv.path, lv.size, name, notes, selection)
             else:
                 where = ", some on other PVs," if len(mine) < len(lv.types) else ""
                 notes.append(f"{name}: {len(lv.types)} segments{where} and not active: read whole")
@@ -319,7 +403,34 @@ def pv_used(node: str, length: int, label: str, notes: Notes) -> Found:
                 notes.warn(line)
             else:
                 notes.append(line)
+        if vg.missing_pvs:
+            _lvs_elsewhere(vg, node, label, notes, selection)
     return Found(normalize(clip(found.used, 0, length)), clip(found.zero, 0, length))
+
+
+def _lvs_elsewhere(vg: blockdev.VolumeGroup, node: str, label: str, notes: Notes,
+                   selection: Selection) -> None:
+    """Warn for each LV of `vg` with a part on one of its other PVs when that PV lies on no
+    disk being captured, or is not attached. LVM, asked about this PV alone, knows the others
+    by UUID only; blkid finds them among the machine's devices."""
+    groups, missing = [], 0
+    for pv_uuid in vg.missing_pvs:
+        try:
+            found = [d["DEVNAME"] for d in blockdev.devices_matching(f"UUID={pv_uuid}")
+                     if d.get("TYPE") == "LVM2_member"]
+        except blockdev.BlockDevError:
+            found = []
+        if found:
+            groups.append(found)
+        else:
+            missing += 1
+    outside = selection.outside(groups)
+    if not outside and not missing:
+        return
+    lost = f"{missing} PV{'s' if missing > 1 else ''} of {vg.name} not attached" if missing else ""
+    for top in sorted({top_lv(vg, lv).name for lv in vg.lvs
+                       if any(seg["pv"] != node for seg in lv.segments)}):
+        notes.warn(_not_captured(f"LV {vg.name}/{top}", label, outside, lost))
 
 
 def _on_pv(lv: blockdev.LogicalVolume, seg: dict) -> int:
@@ -398,7 +509,8 @@ def pv_free(node: str) -> list[Range]:
     return free
 
 
-def md_member_used(node: str, length: int, label: str, notes: Notes) -> Found:
+def md_member_used(node: str, length: int, label: str, notes: Notes,
+                   selection: Selection) -> Found:
     """An md RAID1 member: the array's used blocks, seen through the member's data offset.
 
     A RAID1 member holds the whole array from its data offset on, so a read-only loop device
@@ -410,6 +522,8 @@ def md_member_used(node: str, length: int, label: str, notes: Notes) -> Found:
     except blockdev.BlockDevError as e:
         notes.append(f"{label}: RAID member: {e} Read whole.")
         return Found.whole(length)
+    if member is not None and member.raid_devices > 1:
+        _md_elsewhere(member, label, notes, selection)
     if member is None or member.level != "raid1" or not 0 <= member.data_offset < length:
         level = member.level if member else "unknown level"
         notes.append(f"{label}: RAID member ({level}): read whole ({_human(length)})")
@@ -418,7 +532,7 @@ def md_member_used(node: str, length: int, label: str, notes: Notes) -> Found:
     try:
         with loop_view(node, offset, length - offset) as view:
             inner = area_inner(view, length - offset, f"{label}: RAID1 {member.name or ''}".rstrip(),
-                               notes)
+                               notes, selection)
     except blockdev.BlockDevError as e:
         notes.append(f"{label}: RAID member: {e} Read whole.")
         return Found.whole(length)
@@ -426,14 +540,39 @@ def md_member_used(node: str, length: int, label: str, notes: Notes) -> Found:
     return Found(normalize([(0, offset)] + inner.used), inner.zero)
 
 
-def area_inner(node: str, length: int, label: str, notes: Notes) -> Found:
+def _md_elsewhere(member: blockdev.MdMember, label: str, notes: Notes,
+                  selection: Selection) -> None:
+    """Warn when a member of `member`'s array lies on no disk being captured, or is not attached:
+    blkid finds the members by the array's UUID (mdadm writes it aa:bb:cc:dd, blkid as a UUID),
+    each member once by its UUID_SUB."""
+    want = member.array_uuid.replace(":", "").replace("-", "").lower()
+    members: dict[str, list[str]] = {}
+    try:
+        for d in blockdev.devices_matching("TYPE=linux_raid_member"):
+            if d.get("UUID", "").replace("-", "").lower() == want:
+                members.setdefault(d.get("UUID_SUB", d["DEVNAME"]), []).append(d["DEVNAME"])
+    except blockdev.BlockDevError as e:
+        notes.warn(f"{label}: RAID member: the array's other members could not be looked for "
+                   f"({e}); select every disk that holds one.")
+        return
+    missing = member.raid_devices - len(members)
+    outside = selection.outside(members.values())
+    if outside or missing > 0:
+        lost = (f"{missing} of its {member.raid_devices} members not attached"
+                if missing > 0 else "")
+        notes.warn(_not_captured(f"RAID array {member.name or member.array_uuid} "
+                                 f"({member.level})", label, outside, lost))
+
+
+def area_inner(node: str, length: int, label: str, notes: Notes,
+               selection: Selection) -> Found:
     """What a stacked device (LV, RAID1 data) of `length` bytes holds, relative to it."""
     try:
         fstype = blockdev.filesystem(node).get("TYPE")
     except blockdev.BlockDevError as e:
         notes.append(f"{label}: {e} Read whole.")
         return Found.whole(length)
-    return content_used(node, fstype, length, label, notes)
+    return content_used(node, fstype, length, label, notes, selection)
 
 
 @contextmanager
