@@ -303,7 +303,7 @@ def test_every_copy_of_every_chunk_survives_capture_and_restore(loopdev, p2v_ser
     assert len(expected) == 36 - 12 + 12
 
     for disk, node in zip(disks, nodes):
-        plan = plan_disk(disk)
+        plan = plan_disk(disk, disks)   # captured together
         note = next(n for n in plan.notes if n.startswith(f"{node}: btrfs"))
         assert f"{layout.devices} device" in note and "every copy on this device" in note, note
         assert not plan.warnings, plan.warnings
