@@ -14,9 +14,17 @@ trusted only when nothing is left to replay or repair:
   it otherwise), and no hibernated Windows in `hiberfil.sys` (Fast Startup leaves its filesystems
   mounted in the hibernated session).
 
-Everything is read through the tools' read-only paths; nothing is replayed or written. btrfs is
-mapped from its own trees elsewhere; FAT has no separate allocation map to disagree with its
-chains; the other filesystems partclone knows are taken as they are.
+- f2fs: its current checkpoint (the valid pack with the newest version) was written at unmount
+  (CP_UMOUNT_FLAG), with no error or fsck flag and checkpointing not disabled. Any other
+  checkpoint means a mount that did not end: the first mount then rolls forward every fsync'ed
+  node written after that checkpoint, blocks its bitmaps count free;
+- exFAT: the boot sector's VolumeDirty flag clear (set at mount, cleared at a clean unmount);
+- HFS+: the volume header says unmounted cleanly (kHFSVolumeUnmountedBit) and not inconsistent
+  (kHFSBootVolumeInconsistentBit), and a journaled volume's journal is empty (start == end).
+
+Everything is read through the tools' read-only paths, or straight from the device's first
+blocks; nothing is replayed or written. btrfs is mapped from its own trees elsewhere; FAT has no
+separate allocation map to disagree with its chains; minix is taken as it is.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from __future__ import annotations
 import struct
 import subprocess
 import uuid
+import zlib
 
 from agent import blockdev
 
@@ -229,7 +238,147 @@ def logfile_clean(data: bytes) -> bool:
     return in_use == LOGFILE_NO_CLIENT or bool(flags & RESTART_VOLUME_IS_CLEAN)
 
 
+# --- f2fs ---------------------------------------------------------------------------------------
+
+F2FS_MAGIC = 0xF2F52010
+F2FS_SUPER_OFFSET = 1024
+CP_UMOUNT_FLAG = 0x0001
+CP_ERROR_FLAG = 0x0008
+CP_FSCK_FLAG = 0x0010
+CP_DISABLED_FLAG = 0x1000
+
+
+def _f2fs(node: str) -> str | None:
+    sb = _read(node, F2FS_SUPER_OFFSET, 1024)
+    magic, = struct.unpack_from("<I", sb, 0)
+    if magic != F2FS_MAGIC:
+        raise CannotTell("no f2fs superblock is there")
+    log_blocksize, log_blocks_per_seg = struct.unpack_from("<II", sb, 16)
+    cp_blkaddr, = struct.unpack_from("<I", sb, 76)
+    block = 1 << log_blocksize
+    packs = [_f2fs_checkpoint(node, (cp_blkaddr + (i << log_blocks_per_seg)) * block, block)
+             for i in range(2)]
+    valid = [p for p in packs if p is not None]
+    if not valid:
+        raise CannotTell("neither of its two checkpoint packs is valid")
+    return f2fs_verdict(max(valid)[1])
+
+
+def _f2fs_checkpoint(node: str, at: int, block: int) -> tuple[int, int] | None:
+    """(version, flags) of the checkpoint pack at byte `at`, as the kernel validates it (its
+    first and last blocks' CRCs, and the same version in both); None when it is not valid."""
+    first = _f2fs_cp_block(_read(node, at, block))
+    if first is None:
+        return None
+    version, flags, total = first
+    last = _f2fs_cp_block(_read(node, at + (total - 1) * block, block)) if total else None
+    if last is None or last[0] != version:
+        return None
+    return version, flags
+
+
+def _f2fs_cp_block(cp: bytes) -> tuple[int, int, int] | None:
+    """(checkpoint_ver, ckpt_flags, cp_pack_total_block_count) of a checkpoint block whose CRC
+    (f2fs's CRC32, seeded with the magic, at checksum_offset) is right; else None."""
+    if len(cp) < 4096:
+        return None
+    version, = struct.unpack_from("<Q", cp, 0)
+    flags, total = struct.unpack_from("<II", cp, 132)
+    at, = struct.unpack_from("<I", cp, 164)
+    if not 168 <= at <= len(cp) - 4:
+        return None
+    if struct.unpack_from("<I", cp, at)[0] != f2fs_crc32(cp[:at]):
+        return None
+    return version, flags, total
+
+
+def f2fs_crc32(data: bytes) -> int:
+    """f2fs's checksum: CRC-32 (reflected, 0xEDB88320) from the seed F2FS_MAGIC, with neither
+    zlib's initial nor its final inversion."""
+    return zlib.crc32(data, F2FS_MAGIC ^ 0xFFFFFFFF) ^ 0xFFFFFFFF
+
+
+def f2fs_verdict(flags: int) -> str | None:
+    """The verdict from the current checkpoint's ckpt_flags."""
+    if flags & (CP_ERROR_FLAG | CP_FSCK_FLAG):
+        return "has errors recorded that fsck.f2fs has not repaired"
+    if flags & CP_DISABLED_FLAG:
+        return "was mounted with checkpoints disabled (what it wrote since is not checkpointed)"
+    if not flags & CP_UMOUNT_FLAG:
+        return ("was not cleanly unmounted (its last checkpoint is not an unmount's: the first "
+                "mount recovers what was fsync'ed after it)")
+    return None
+
+
+# --- exFAT ----------------------------------------------------------------------------------------
+
+EXFAT_VOLUME_DIRTY = 0x0002
+
+
+def _exfat(node: str) -> str | None:
+    boot = _read(node, 0, 512)
+    if boot[3:11] != b"EXFAT   ":
+        raise CannotTell("no exFAT boot sector is there")
+    flags, = struct.unpack_from("<H", boot, 106)
+    if flags & EXFAT_VOLUME_DIRTY:
+        return "was not cleanly unmounted (its boot sector's VolumeDirty flag is set)"
+    return None
+
+
+# --- HFS+ -----------------------------------------------------------------------------------------
+
+HFS_UNMOUNTED = 1 << 8
+HFS_INCONSISTENT = 1 << 11
+HFS_JOURNALED = 1 << 13
+JOURNAL_IN_FS = 0x1
+JOURNAL_MAGIC = 0x4A4E4C78        # "JNLx"
+JOURNAL_ENDIAN = 0x12345678
+
+
+def _hfsplus(node: str) -> str | None:
+    header = _read(node, 1024, 512)
+    if header[:2] not in (b"H+", b"HX"):
+        raise CannotTell("no HFS+ volume header is there")
+    attributes, _, journal_info = struct.unpack_from(">III", header, 4)
+    block_size, = struct.unpack_from(">I", header, 40)
+    if attributes & HFS_INCONSISTENT:
+        return "was not cleanly unmounted (its volume header says it is inconsistent)"
+    if not attributes & HFS_UNMOUNTED:
+        return "was not cleanly unmounted (its volume header says it is still mounted)"
+    if attributes & HFS_JOURNALED and not _hfs_journal_empty(node, journal_info * block_size):
+        return "was not cleanly unmounted (its journal holds transactions to replay)"
+    return None
+
+
+def _hfs_journal_empty(node: str, info_at: int) -> bool:
+    """Is the journal the journal info block at byte `info_at` describes empty? Its header is
+    written in the writer's byte order, which its endian field tells."""
+    info = _read(node, info_at, 52)
+    flags, = struct.unpack_from(">I", info, 0)
+    if not flags & JOURNAL_IN_FS:
+        raise CannotTell("its journal is on another device")
+    offset, = struct.unpack_from(">Q", info, 36)
+    header = _read(node, offset, 32)
+    for order in (">", "<"):
+        magic, endian, start, end = struct.unpack_from(f"{order}IIQQ", header, 0)
+        if magic == JOURNAL_MAGIC and endian == JOURNAL_ENDIAN:
+            return start == end
+    raise CannotTell("its journal header is not readable")
+
+
 # --- helpers --------------------------------------------------------------------------------------
+
+def _read(node: str, offset: int, size: int) -> bytes:
+    try:
+        with open(node, "rb") as f:
+            f.seek(offset)
+            data = f.read(size)
+    except OSError as e:
+        raise CannotTell(f"{node} could not be read at byte {offset}: {e.strerror}") from None
+    if len(data) < size:
+        raise CannotTell(f"{node} ends before byte {offset + size}")
+    return data
+
 
 def _run(cmd: list[str], tool: str) -> str:
     try:
@@ -245,4 +394,5 @@ def _run(cmd: list[str], tool: str) -> str:
     return proc.stdout
 
 
-_CHECKS = {"ext2": _ext, "ext3": _ext, "ext4": _ext, "xfs": _xfs, "ntfs": _ntfs}
+_CHECKS = {"ext2": _ext, "ext3": _ext, "ext4": _ext, "xfs": _xfs, "ntfs": _ntfs, "f2fs": _f2fs,
+           "exfat": _exfat, "hfsplus": _hfsplus}
