@@ -80,6 +80,7 @@ def machine_inventory(machine: Machine) -> dict:
         "product": machine.product,
         "serial": machine.serial,
         "firmware": machine.firmware,
+        "secure_boot": machine.secure_boot,
         "cpus": machine.cpu.threads if machine.cpu else None,
         "memory": machine.memory,
         "nics": [dataclasses.asdict(n) for n in machine.nics],

@@ -227,7 +227,7 @@ def _run(settings: Settings, say: Say, stream: TextIO, machine: Machine | None) 
                 return Outcome(False, ["p2v.mode=restore needs p2v.job=ID: the job to restore."])
             restore(settings, progress, client)
             job = client.job(settings.job)
-        inventory = (job or {}).get("inventory")
+        inventory = protocol.job_inventory(job) if job else None
         disk = settings.disks[0] if settings.disks else None
         report = apply_repair(disk, inventory, say, client, job and job["id"],
                               passphrases=Passphrases(settings.luks, console_ask(), say))

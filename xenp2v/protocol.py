@@ -312,10 +312,31 @@ def placeholder(value: object) -> bool:
 
 def vm_firmware(inventory: dict) -> str:
     """"uefi" or "bios": the firmware the job's VM is made with (server/xenserver/spec.py) and
-    the repair installs boot code for: the source's, as the capture saw it; BIOS when unknown."""
+    the repair installs boot code for: the VM's as the server made it (``inventory["vm"]``, see
+    job_inventory: a pool without UEFI guests gets a BIOS VM), else the source's, as the capture
+    saw it; BIOS when unknown."""
+    made = (inventory.get("vm") or {}).get("firmware")
+    if made in ("bios", "uefi"):
+        return made
     machine = inventory.get("machine") or {}
     firmware = machine.get("firmware") or inventory.get("firmware") or "bios"
     return "uefi" if str(firmware).lower() == "uefi" else "bios"
+
+
+def vm_secure_boot(inventory: dict) -> bool:
+    """Whether the job's VM boots with Secure Boot on (as the server made it)."""
+    return vm_firmware(inventory) == "uefi" and (inventory.get("vm") or {}).get("secure_boot") is True
+
+
+def job_inventory(job: dict) -> dict:
+    """What the repair reads of a job: its inventory, with the VM the server made for it (firmware,
+    Secure Boot, from the provisioning record) under "vm" when the automatic path made one."""
+    inventory = dict(job.get("inventory") or {})
+    made = ((job.get("records") or {}).get("xenserver") or {}).get("vm") or {}
+    vm = {k: made[k] for k in ("firmware", "secure_boot") if k in made}
+    if vm:
+        inventory["vm"] = vm
+    return inventory
 
 
 def partition_span(part: object) -> tuple[int, int] | None:

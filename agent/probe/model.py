@@ -176,6 +176,7 @@ class Machine:
     multipaths: list[Multipath] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)      # what the probe could not read, as sentences
     note: str = ""                   # for recordings: where it came from, what was adjusted
+    secure_boot: bool = False        # UEFI Secure Boot on (the firmware's SecureBoot variable)
     format: int = FORMAT
 
     @property

@@ -61,7 +61,7 @@ class LiveProber:
     def machine(self) -> Machine:
         ident = system.dmi()
         machine = Machine(firmware=system.firmware(), cpu=system.cpu(), memory=system.memory(),
-                          nics=system.nics(), **ident)
+                          nics=system.nics(), secure_boot=system.secure_boot(), **ident)
         machine.multipaths = edge.multipaths()
         paths = edge.disk_paths(self.devices)
         if self.devices is None:

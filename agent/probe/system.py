@@ -31,6 +31,18 @@ def firmware(sysfs: Path = SYSFS) -> str:
     return "uefi" if (sysfs / "firmware/efi").is_dir() else "bios"
 
 
+SECURE_BOOT_VAR = "firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
+
+
+def secure_boot(sysfs: Path = SYSFS) -> bool:
+    """UEFI Secure Boot on: the global SecureBoot variable (4 bytes of attributes, then 1)."""
+    try:
+        data = (sysfs / SECURE_BOOT_VAR).read_bytes()
+    except OSError:
+        return False
+    return len(data) >= 5 and data[4] == 1
+
+
 def dmi(sysfs: Path = SYSFS) -> dict[str, str | None]:
     """vendor, product, serial and system_uuid from DMI; None where absent or a placeholder."""
     base = sysfs / "class/dmi/id"

@@ -51,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
             try:
                 protocol.check_id(args.job, "job id")
                 client = Client(args.server, args.token, args.fingerprint, retry_for=60)
-                request.inventory = client.job(args.job).get("inventory") or {}
+                request.inventory = protocol.job_inventory(client.job(args.job))
             except (ServerError, protocol.ProtocolError) as e:
                 raise RepairError(str(e)) from None
         try:

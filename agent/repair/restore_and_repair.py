@@ -11,6 +11,7 @@ import argparse
 import logging
 import sys
 
+from xenp2v import protocol
 from agent import settings as settings_mod
 from agent import unattended
 from agent.client import ServerError
@@ -55,7 +56,7 @@ def main(args: argparse.Namespace) -> int:
         client = unattended.client_for(settings, retry_for=60)
         for r in unattended.restore(settings, Progress([PlainLines()], interval=2.0), client, targets):
             say(r.summary())
-        inventory = client.job(settings.job).get("inventory")
+        inventory = protocol.job_inventory(client.job(settings.job))
         report = unattended.apply_repair(None, inventory, say, client, settings.job, disks=targets,
                                          passphrases=Passphrases(settings.luks, console_ask(), say))
     except RestoreError as e:

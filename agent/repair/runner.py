@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from agent import inuse
+from xenp2v.protocol import vm_firmware as protocol_vm_firmware
 from agent.repair import guest, luks, raid, windows
 from agent.repair.apply import LOG, append_log, apply_plan
 from agent.repair.firmware import boot_problem, firmware_of_vm
@@ -149,9 +150,9 @@ def repair(request: Request, say: Callable[[str], None] = print, tools: Tools | 
 def vm_firmware(request: Request, layout: guest.DiskLayout) -> str:
     """"bios" or "uefi": the job's (the server makes the VM with the source's firmware), else
     what the disk boots with (an EFI system partition and no BIOS boot area: UEFI)."""
-    firmware = ((request.inventory or {}).get("machine") or {}).get("firmware")
-    if firmware in ("bios", "uefi"):
-        return firmware
+    inventory = request.inventory or {}
+    if (inventory.get("vm") or {}).get("firmware") or (inventory.get("machine") or {}).get("firmware"):
+        return protocol_vm_firmware(inventory)
     return "uefi" if layout.uefi and not layout.bios else "bios"
 
 

@@ -10,6 +10,7 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Button, RichLog, Static
 
+from xenp2v import protocol
 from agent.client import ServerError
 from agent.repair.guest import RepairError
 from agent.repair.luks import Passphrases
@@ -71,7 +72,7 @@ class RepairScreen(Step):
     @work(thread=True, exclusive=True)
     def plan(self) -> None:
         said: list[str] = []
-        inventory = (self.job() or {}).get("inventory")
+        inventory = protocol.job_inventory(self.job()) if self.job() else None
         try:
             report = self.app.edges.plan_repair(self.app.edges.repair_disk, inventory, said.append,
                                                 self.passphrases)
@@ -126,7 +127,7 @@ class RepairScreen(Step):
             self.post_message(RepairSaid(line))
 
         try:
-            report = self.app.edges.apply_repair(self.app.edges.repair_disk, (job or {}).get("inventory"),
+            report = self.app.edges.apply_repair(self.app.edges.repair_disk, protocol.job_inventory(job) if job else None,
                                                  say, client, job and job["id"],
                                                  passphrases=self.passphrases)
         except RepairError as e:

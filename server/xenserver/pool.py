@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ssl
 import xmlrpc.client
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 import XenAPI
@@ -88,9 +88,13 @@ def tls_context(config: XapiConfig) -> ssl.SSLContext | None:
 
 @dataclass(frozen=True)
 class Product:
+    """host.software_version's product_brand, product_version and platform_version, and the
+    host's API version (API_version_major/minor): what each version rule reads."""
+
     brand: str
     version: str
     api: tuple[int, int]
+    platform: str = ""
 
     @property
     def major(self) -> int:
@@ -106,8 +110,16 @@ class Product:
         return 0 < self.major <= LAST_PV_MAJOR
 
     def to_json(self) -> dict:
-        return {"brand": self.brand, "version": self.version,
+        return {"brand": self.brand, "version": self.version, "platform": self.platform,
                 "api": f"{self.api[0]}.{self.api[1]}"}
+
+
+@dataclass(frozen=True)
+class PoolFeatures:
+    """What the pool has for guests beyond its version (Pool.features)."""
+
+    secure_boot: bool = False                      # Secure Boot certificates ready for guests
+    image_formats: dict[str, tuple[str, ...]] = field(default_factory=dict)  # SR type -> formats
 
 
 class Pool:
@@ -126,6 +138,7 @@ class Pool:
             brand=software.get("product_brand") or host.get("API_version_vendor") or "XenServer",
             version=software.get("product_version") or software.get("platform_version") or "",
             api=(int(host["API_version_major"]), int(host["API_version_minor"])),
+            platform=software.get("platform_version") or "",
         )
         cpus = host.get("cpu_info", {}).get("cpu_count")
         self.host_cpus = int(cpus) if cpus else len(host.get("host_CPUs", []))
@@ -157,6 +170,21 @@ class Pool:
             pass
 
     # --- discovery ---------------------------------------------------------------------------
+
+    def features(self) -> PoolFeatures:
+        """What this pool has for guests beyond its version: Secure Boot readiness, and the image
+        formats each storage manager offers (SM.supported_image_formats, where XAPI has it)."""
+        try:
+            secure = self.x.pool.get_guest_secureboot_readiness(self.pool_ref) in (
+                "ready", "ready_no_dbx")
+        except XenAPI.Failure as failure:
+            if not failure.details or failure.details[0] != "MESSAGE_METHOD_UNKNOWN":
+                raise
+            # Before the readiness call: the pool's certificates, where the field exists.
+            secure = bool(self.x.pool.get_record(self.pool_ref).get("uefi_certificates"))
+        formats = {rec["type"]: tuple(rec.get("supported_image_formats") or ())
+                   for rec in self.x.SM.get_all_records().values()}
+        return PoolFeatures(secure_boot=secure, image_formats=formats)
 
     def host_free_memory(self) -> int:
         return int(self.x.host.compute_free_memory(self.master))

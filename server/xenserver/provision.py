@@ -13,9 +13,9 @@ import time
 import XenAPI
 
 from xenp2v.protocol import DiskState, JobState
-from server.xenserver import vdi_import
+from server.xenserver import rules, vdi_import
 from server.xenserver.pool import Pool, XapiConfig, XenServerError, explain, tls_context
-from server.xenserver.spec import CD_USERDEVICE, VmSpec, disk_userdevices, fit_to_host, vm_spec
+from server.xenserver.spec import CD_USERDEVICE, DiskSpec, VmSpec, disk_userdevices, fit_to_host, vm_spec
 
 log = logging.getLogger("xenp2v.xenserver")
 RECORD_KEY = "xenserver"
@@ -74,27 +74,20 @@ class _Run:
         images = [self.store.sealed_image(self.job_id, d) for d in disk_ids]
         spec = vm_spec(job, keep_macs=self.config.keep_macs)
         spec = fit_to_host(spec, self.pool.host_cpus, self.pool.host_free_memory())
-        product = self.pool.product
-        adjustments = list(spec.adjustments)
-        firmware = spec.firmware
-        if firmware == "uefi" and not product.uefi:
-            adjustments.append(f"{product.brand} {product.version} has no UEFI guests: the VM "
-                               "boots with BIOS firmware, and the repair installs a BIOS boot "
-                               "loader.")
-            firmware = "bios"
-        if self.config.pv and not product.pv:
-            raise XenServerError(f"{product.brand} {product.version} does not run PV guests: "
-                                 "provision without --pv (the VM stays HVM).")
-        self.rec["adjustments"] = adjustments
-        template = self.pool.template()
         sr, sr_rec = self.pool.sr()
+        # Every version rule before anything is made: a refusal leaves the pool as it was.
+        disks = [DiskSpec(image.disk, image.size) for image in images]
+        choice = rules.choose(self.pool.product, self.pool.features(), spec, disks, sr_rec,
+                              self.config.pv)
+        self.rec["adjustments"] = list(spec.adjustments) + list(choice.notes)
+        template = self.pool.template()
         network = self.pool.network() if spec.nics else None
         iso = self.pool.iso()
         self.rec["sr"] = {"ref": sr, "uuid": sr_rec["uuid"], "name": sr_rec["name_label"],
                           "type": sr_rec["type"]}
 
-        vm = self.create_vm(template, spec, firmware)
-        vdis = self.create_disks(vm, spec, images, sr)
+        vm = self.create_vm(template, spec, choice)
+        vdis = self.create_disks(vm, spec, images, sr, choice.disk_formats)
         send_zero = not vdi_import.zeroed(sr_rec["type"])
         for position, (image, vdi) in enumerate(zip(images, vdis), 1):
             self.step(f"Importing disk {image.disk} ({position} of {len(images)}, "
@@ -125,7 +118,7 @@ class _Run:
         scheme = self.config.url.split(":", 1)[0]
         return f"{scheme}://{self.x.host.get_address(host)}"
 
-    def create_vm(self, template: str, spec: VmSpec, firmware: str) -> str:
+    def create_vm(self, template: str, spec: VmSpec, choice: rules.VmChoice) -> str:
         self.step(f"Creating VM {spec.name} from template {self.config.template!r}")
         vm = self.x.VM.clone(template, spec.name)
         uuid = self.created("VM", vm, f"the VM {spec.name}")
@@ -154,26 +147,31 @@ class _Run:
         self.x.VM.set_memory_limits(vm, str(static_min), memory, memory, memory)
         self.x.VM.set_HVM_boot_policy(vm, "BIOS order")
         params = {"order": BOOT_CD_FIRST}
-        if firmware == "uefi":
+        if choice.firmware == "uefi":
             params["firmware"] = "uefi"
         self.x.VM.set_HVM_boot_params(vm, params)
         platform = dict(self.x.VM.get_platform(vm))
         platform["viridian"] = "true" if spec.windows else "false"
+        if choice.firmware == "uefi":
+            platform["secureboot"] = "true" if choice.secure_boot else "false"
         self.x.VM.set_platform(vm, platform)
-        self.rec["vm"].update(vcpus=spec.vcpus, memory=spec.memory, firmware=firmware,
-                              viridian=spec.windows)
+        # The repair reads firmware and Secure Boot from here (xenp2v.protocol.vm_firmware).
+        self.rec["vm"].update(vcpus=spec.vcpus, memory=spec.memory, firmware=choice.firmware,
+                              secure_boot=choice.secure_boot, viridian=spec.windows)
         self.save()
         return vm
 
-    def create_disks(self, vm: str, spec: VmSpec, images: list, sr: str) -> list[str]:
+    def create_disks(self, vm: str, spec: VmSpec, images: list, sr: str,
+                     formats: tuple[str, ...]) -> list[str]:
         self.step(f"Creating {len(images)} disk(s) on SR {self.rec['sr']['name']!r}")
         vdis = []
-        for image, slot in zip(images, disk_userdevices(len(images))):
+        for image, slot, image_format in zip(images, disk_userdevices(len(images)), formats):
             vdi = self.x.VDI.create({
                 "name_label": f"{spec.name} {image.disk}",
                 "name_description": f"xenp2v job {self.job_id}, source disk {image.disk}",
                 "SR": sr, "virtual_size": str(image.size), "type": "system",
-                "sharable": False, "read_only": False, "xenstore_data": {}, "sm_config": {},
+                "sharable": False, "read_only": False, "xenstore_data": {},
+                "sm_config": {"image-format": image_format} if image_format else {},
                 "tags": [], "other_config": {"xenp2v_job": self.job_id, "xenp2v_disk": image.disk},
             })
             self.created("VDI", vdi, f"the disk for source disk {image.disk}")
@@ -274,7 +272,9 @@ class Provisioner:
         except OSError as err:
             message = f"Reading the job's images failed ({err}); run p2v-server verify on it."
         try:
-            if self.config.keep_on_failure:
+            if not run.rec["created"]:
+                tail = ""
+            elif self.config.keep_on_failure:
                 tail = "What was created is kept (see the job's xenserver record)."
                 run.save()
             else:
@@ -283,7 +283,7 @@ class Provisioner:
                         "Some objects could not be removed: see the job's xenserver record.")
         finally:
             pool.logout()
-        self.fail(job_id, f"Provisioning stopped: {message} {tail}")
+        self.fail(job_id, f"Provisioning stopped: {message} {tail}".rstrip())
         return False
 
     def after_repair(self, job_id: str, report: dict) -> bool:

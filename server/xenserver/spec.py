@@ -6,7 +6,7 @@ the one imported offline have the same CPUs, memory, firmware, MACs and disks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from xenp2v.protocol import vm_firmware
 
@@ -46,6 +46,7 @@ class VmSpec:
     nics: tuple[NicSpec, ...]
     system_uuid: str = ""           # the source's SMBIOS UUID (informational; the VM gets its own)
     adjustments: tuple[str, ...] = field(default=())  # what was changed to fit, said in sentences
+    secure_boot: bool = False       # the source booted UEFI with Secure Boot on
 
 
 def _os_text(machine: dict) -> str:
@@ -108,6 +109,7 @@ def vm_spec(job: dict, keep_macs: bool = True) -> VmSpec:
         nics=nics,
         system_uuid=str(machine.get("system_uuid") or ""),
         adjustments=tuple(adjustments),
+        secure_boot=firmware == "uefi" and machine.get("secure_boot") is True,
     )
 
 
@@ -123,5 +125,4 @@ def fit_to_host(spec: VmSpec, host_cpus: int, host_free_memory: int) -> VmSpec:
         notes.append(f"Memory lowered from {memory // MIB} MiB to {limit // MIB} MiB, "
                      "what the host has free.")
         memory = max(MIN_MEMORY, limit)
-    return VmSpec(spec.name, vcpus, memory, spec.firmware, spec.windows, spec.disks, spec.nics,
-                  spec.system_uuid, tuple(notes))
+    return replace(spec, vcpus=vcpus, memory=memory, adjustments=tuple(notes))

@@ -12,6 +12,7 @@ import subprocess
 import threading
 import uuid
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 import xmlrpc.client
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,6 +23,9 @@ MiB = 1024 ** 2
 NULL = "OpaqueRef:NULL"
 # Storage manager types whose new VDIs read as zeros (VHD or sparse-file backed).
 ZEROED_SR_TYPES = {"ext", "nfs", "lvm", "lvmoiscsi", "lvmohba", "file", "smb"}
+# Storage managers whose VDIs are VHD files or VHD on LVM: sm's vhdutil.MAX_VHD_SIZE, 2040 GiB.
+VHD_SR_TYPES = {"ext", "nfs", "lvm", "lvmoiscsi", "lvmohba", "file", "smb"}
+MAX_VHD_SIZE = 2040 * GiB
 STALE = b"\xa5" * 4096
 STALE_EVERY = 64 * 1024
 HEADER = struct.Struct("<QI")
@@ -41,6 +45,40 @@ WRITABLE = {
     "pool": {"name_label", "default_SR", "other_config"},
     "host": {"name_label", "other_config"},
     "task": {"other_config"},
+    "SM": set(),
+}
+
+
+@dataclass(frozen=True)
+class Version:
+    """What one release reports and has, from XAPI's data model (ocaml/idl/datamodel_types.ml's
+    release list: API version per release; datamodel_pool.ml, datamodel.ml for fields and calls).
+
+    ``uefi_certificates``: pool.uefi_certificates exists (Published in quebec, API 2.14) with
+    this value ("" until someone installs certificates, as on XCP-ng 8.2). ``readiness``:
+    pool.get_guest_secureboot_readiness exists (xapi 24.17.0: XCP-ng 8.3, XenServer 8) and
+    answers this. ``image_formats``: SM.supported_image_formats exists (xapi 26.15.0, XCP-ng's
+    QCOW2 update) and lists these for the VHD storage managers.
+    """
+
+    brand: str
+    product_version: str
+    platform_version: str
+    api: tuple[int, int]
+    xen: str
+    uefi_certificates: str | None = None
+    readiness: str | None = None
+    image_formats: tuple[str, ...] | None = None
+
+
+VERSIONS = {
+    "xenserver-6.5": Version("XenServer", "6.5.0", "1.9.0", (2, 3), "4.4.1"),
+    "xenserver-7.1": Version("XenServer", "7.1.0", "2.2.0", (2, 6), "4.7.1"),
+    "xcp-ng-8.2": Version("XCP-ng", "8.2.1", "3.2.1", (2, 15), "4.13.4", uefi_certificates=""),
+    "xcp-ng-8.3": Version("XCP-ng", "8.3.0", "3.4.0", (2, 21), "4.17.5", uefi_certificates="",
+                          readiness="ready", image_formats=("vhd", "raw", "qcow2")),
+    "xenserver-8": Version("XenServer", "8.4.0", "3.4.0", (2, 21), "4.17.5",
+                           uefi_certificates="H4sIAAAAAAAAA+3O", readiness="ready"),
 }
 
 
@@ -91,7 +129,14 @@ class XapiSim:
     def __init__(self, root: Path, *, user: str = "root", password: str = "secret",
                  brand: str = "XCP-ng", product_version: str = "8.2.1", api: tuple = (2, 16),
                  host_cpus: int = 8, host_memory: int = 16 * GiB, sr_size: int = 100 * GiB,
-                 sr_type: str = "ext", iso_path: Path | None = None, tls: bool = False):
+                 sr_type: str = "ext", iso_path: Path | None = None, tls: bool = False,
+                 version: str | None = None):
+        """``version``: a key of VERSIONS (brand, product and API version, the fields and calls
+        that release has); without it, the brand, product_version and api given."""
+        self.version = VERSIONS[version] if version else Version(
+            brand, product_version, "3.2.1", tuple(api), "4.13", uefi_certificates="")
+        brand, product_version, api = self.version.brand, self.version.product_version, \
+            self.version.api
         self.root = Path(root)
         (self.root / "vdis").mkdir(parents=True, exist_ok=True)
         self.user, self.password = user, password
@@ -121,7 +166,8 @@ class XapiSim:
             "name_label": "sim-host", "name_description": "", "address": "127.0.0.1",
             "API_version_major": api[0], "API_version_minor": api[1], "API_version_vendor": brand,
             "software_version": {"product_brand": brand, "product_version": product_version,
-                                 "platform_version": "3.2.1", "xapi": "1.20", "xen": "4.13"},
+                                 "platform_version": self.version.platform_version,
+                                 "xapi": "1.20", "xen": self.version.xen},
             "cpu_info": {"cpu_count": str(host_cpus), "vendor": "GenuineIntel"},
             "host_CPUs": [new_ref() for _ in range(host_cpus)], "memory_overhead": 0,
             "memory_total": host_memory, "enabled": True, "resident_VMs": [],
@@ -143,14 +189,29 @@ class XapiSim:
             "name_label": "Pool-wide network associated with eth0", "name_description": "",
             "bridge": "xenbr0", "MTU": 1500, "VIFs": [], "PIFs": [], "tags": [],
         })
-        self.pool = self._add("pool", {"name_label": "", "master": self.host,
-                                       "default_SR": self.sr})
+        pool = {"name_label": "", "master": self.host, "default_SR": self.sr}
+        if self.version.uefi_certificates is not None:
+            pool["uefi_certificates"] = self.version.uefi_certificates
+        self.pool = self._add("pool", pool)
+        for sm_type in sorted({sr_type, "iso"}):
+            sm = {"type": sm_type, "name_label": sm_type, "name_description": "",
+                  "capabilities": ["VDI_CREATE", "VDI_DELETE"], "features": {}}
+            if self.version.image_formats is not None:
+                sm["supported_image_formats"] = list(self.version.image_formats) \
+                    if sm_type in VHD_SR_TYPES else []
+            self._add("SM", sm)
         if iso_path is not None:
             self.add_iso(Path(iso_path))
         self._template("Other install media", {
             "disks": '<provision><disk device="0" size="8589934592" sr="" bootable="true" '
                      'type="system"/></provision>',
             "install-methods": "cdrom"})
+
+    def _pool_get_guest_secureboot_readiness(self, pool: str) -> str:
+        self._get("pool", pool)
+        if self.version.readiness is None:
+            raise Failure("MESSAGE_METHOD_UNKNOWN", "pool.get_guest_secureboot_readiness")
+        return self.version.readiness
 
     def _template(self, name: str, other_config: dict) -> str:
         return self._add("VM", {
@@ -443,6 +504,17 @@ class XapiSim:
         size = like(0, record["virtual_size"])
         if sr["content_type"] == "iso":
             raise Failure("SR_OPERATION_NOT_SUPPORTED", record["SR"])
+        image_format = dict(record.get("sm_config", {})).get("image-format", "")
+        formats = next((sm.get("supported_image_formats") or [] for sm in self.db["SM"].values()
+                        if sm["type"] == sr["type"]), [])
+        if image_format and image_format not in formats:
+            raise Failure("SR_BACKEND_FAILURE_79", "",
+                          f"VDI Invalid size [opterr=image format {image_format} not supported]", "")
+        if sr["type"] in VHD_SR_TYPES and image_format != "qcow2" and size > MAX_VHD_SIZE:
+            # sm's VHD drivers: XenError('VDISize', opterr=...) for a VHD past vhdutil.MAX_VHD_SIZE.
+            raise Failure("SR_BACKEND_FAILURE_79", "",
+                          f"VDI Invalid size [opterr=VDI size must be between 1 MB and "
+                          f"{MAX_VHD_SIZE // MiB} MB]", "")
         if sr["physical_utilisation"] + size > sr["physical_size"]:
             raise Failure("SR_BACKEND_FAILURE_44", "", "There is insufficient space", "")
         sr["physical_utilisation"] += size
