@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from textual.app import App
+from textual.app import App, SuspendNotSupported
 
 from agent.probe import Machine
 from agent.settings import Settings
@@ -54,9 +54,17 @@ class P2VApp(App[int]):
                                        yes="Quit", no="Stay"), answer)
 
     def action_shell(self) -> None:
-        with self.suspend():
-            print("xenp2v: a root shell. Type exit to come back to the agent.", flush=True)
+        """A root shell; back from it, the screen looks at the disks again (a driver loaded
+        there, a disk attached, may show new ones)."""
+        try:
+            with self.suspend():
+                print("xenp2v: a root shell. Type exit to come back to the agent.", flush=True)
+                self.edges.shell()
+        except SuspendNotSupported:      # no terminal to hand over (tests): the edge alone
             self.edges.shell()
+        look_again = getattr(self.screen, "look_again", None)
+        if look_again:
+            look_again()
 
 
 def make_app(settings: Settings | None = None, edges: Edges | None = None) -> P2VApp:

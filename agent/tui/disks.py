@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.widgets import Button, DataTable, Static
 
 from agent.probe import Disk, Machine
 from agent.probe.report import human_size
 from agent.settings import SettingsError, update
 from agent.tui.common import Step, buttons
+from agent.tui.messages import Probed
 
 STICK = "boot-stick"
 
@@ -26,6 +28,35 @@ def on_disk(machine: Machine, disk: Disk, where: str) -> bool:
         if where == (raid.path or f"RAID {raid.name or raid.uuid}"):
             return any(m.startswith(disk.path) for m in raid.members)
     return False
+
+
+def left_out(machine: Machine, chosen: list[str]) -> list[str]:
+    """Why the disks ticked (paths) may not be enough: a system, a /boot or a volume group on
+    a disk that is not ticked. One sentence each."""
+    out = []
+    ticked = [d for d in machine.disks if d.path in chosen]
+    others = [d for d in machine.disks if d.path not in chosen]
+    for disk in others:
+        oses = sorted({fs.os.name for where, fs in machine.os_roots() if on_disk(machine, disk, where)})
+        if oses:
+            out.append(f"{disk.name} holds {', '.join(oses)} but is not ticked: the VM would not "
+                       "have it. Go back to Disks (Esc) to tick it.")
+        elif ticked and any(p.fs and p.fs.boot_files for p in disk.partitions):
+            out.append(f"{disk.name} holds a /boot with kernels but is not ticked: the copied "
+                       "system may not start without it.")
+    for vg in machine.volume_groups:
+        on_ticked = {d.name for d in ticked if any(pv.startswith(d.path) for pv in vg.pvs)}
+        on_others = {d.name for d in others if any(pv.startswith(d.path) for pv in vg.pvs)}
+        if on_ticked and on_others:
+            out.append(f"Volume group {vg.name} is also on {', '.join(sorted(on_others))}, which "
+                       "is not ticked: its volumes would be incomplete.")
+    for raid in machine.raids:
+        on_ticked = {d.name for d in ticked if any(m.startswith(d.path) for m in raid.members)}
+        on_others = {d.name for d in others if any(m.startswith(d.path) for m in raid.members)}
+        if on_ticked and on_others:
+            out.append(f"RAID {raid.name or raid.uuid} is also on {', '.join(sorted(on_others))}, "
+                       "which is not ticked.")
+    return out
 
 
 def disk_row(machine: Machine, disk: Disk) -> tuple[str, ...]:
@@ -55,30 +86,78 @@ def disk_details(machine: Machine, disk: Disk) -> str:
     return "\n".join(lines)
 
 
+class DiskTable(DataTable):
+    """The disks: Space ticks; Enter goes on (a tired Enter must not untick the system disk)."""
+
+    BINDINGS = [Binding("enter", "screen.next", "Next", show=False)]
+
+
+def wanted_here(machine: Machine, wanted: list[str] | None) -> set[str]:
+    """The paths of the disks p2v.disks names that this machine has (all when it names none)."""
+    if wanted is None:
+        return {d.path for d in machine.disks}
+    return {d.path for d in machine.disks if d.name in wanted or d.path in wanted}
+
+
 class DisksScreen(Step):
     TITLE = "Disks"
-    HELP = ("Every disk of this machine that can be copied. Move with the arrows; Space or Enter "
-            "ticks or unticks a disk. Copy every disk the system uses (a root on one disk and "
-            "/home on another need both). The boot stick the agent runs from is shown at the "
-            "bottom and cannot be ticked: it is never copied.")
+    HELP = ("Every disk of this machine that can be copied. Move with the arrows; Space ticks "
+            "or unticks a disk, Enter goes on. Copy every disk the system uses (a root on one "
+            "disk and /home on another need both). The boot stick the agent runs from is shown "
+            "at the bottom and cannot be ticked: it is never copied.\n\nA disk missing? Load "
+            "its controller's driver in the shell (F9): back from it, the agent looks at the "
+            "disks again (or press Look again).")
 
     def body(self) -> ComposeResult:
-        yield DataTable(id="disks", cursor_type="row", zebra_stripes=True)
+        yield DiskTable(id="disks", cursor_type="row", zebra_stripes=True)
         yield Static("", id="details")
         yield Static("", id="status")
-        yield buttons(("next", "Next", "primary"))
+        yield buttons(("next", "Next", "primary"), ("again", "Look again", "default"))
 
     def on_mount(self) -> None:
         machine = self.app.session.machine
-        wanted = self.app.session.settings.disks
-        self.chosen = {d.path for d in machine.select_disks(wanted)} if machine.disks else set()
+        self.chosen = wanted_here(machine, self.app.session.settings.disks)
+        self.seen = {d.path for d in machine.disks}
         table = self.query_one("#disks", DataTable)
         table.add_columns("Copy", "Disk", "Size", "Systems", "Used", "Filesystems", "Model",
                           "Serial", "Bus", "Parts")
         self.fill()
         table.focus()
+        self.tell()
+
+    def tell(self) -> None:
+        machine = self.app.session.machine
         if not machine.disks:
-            self.say("No disk can be copied here. Check the disk controller in the shell (F9).", True)
+            self.say("No disk can be copied here. Load the disk controller's driver in the shell "
+                     "(F9), then Look again.", True)
+        elif machine.problems:
+            self.say(machine.problems[0], True)
+
+    @on(Button.Pressed, "#again")
+    def look_again(self) -> None:
+        self.say("Looking at the disks again...")
+        self.probe()
+
+    @work(thread=True, exclusive=True)
+    def probe(self) -> None:
+        from agent.tui.start import look
+        self.post_message(look(self.app))
+
+    def on_probed(self, message: Probed) -> None:
+        if message.problem:
+            self.say(message.problem, True)
+            return
+        session = self.app.session
+        machine = session.machine = message.machine
+        session.situation = message.situation or session.situation
+        fresh = {d.path for d in machine.disks} - self.seen
+        self.seen |= fresh
+        here = {d.path for d in machine.disks}
+        self.chosen = (self.chosen & here) | (fresh & wanted_here(machine, session.settings.disks))
+        self.fill()
+        names = [d.name for d in machine.disks if d.path in fresh]
+        self.say(f"New: {', '.join(names)}." if names else "No new disk.")
+        self.tell()
 
     def fill(self) -> None:
         machine = self.app.session.machine
@@ -120,6 +199,9 @@ class DisksScreen(Step):
         self.chosen ^= {key}
         self.fill()
         self.say(f"{len(self.chosen)} disk(s) ticked.")
+
+    def action_next(self) -> None:
+        self.next()
 
     @on(Button.Pressed, "#next")
     def next(self) -> None:

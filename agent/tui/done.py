@@ -27,9 +27,19 @@ def next_steps(session) -> str:
         f"{machine.firmware.upper()} firmware, disks of "
         + ", ".join(human_size(d.size) for d in disks)
         + ". Boot it from this ISO with the boot line\n"
-        f"  p2v.server={s.server} p2v.token=... p2v.job={job} p2v.mode=restore\n"
-        "  and it restores the disks and repairs the system by itself."
+        f"  {boot_line(s, job)}\n"
+        "  (p2v.token= the token p2v-server printed) and it restores the disks and repairs "
+        "the system by itself."
     )
+
+
+def boot_line(s, job: str) -> str:
+    """The manual path's kernel arguments: the fingerprint too, or the VM's restore stops at the
+    certificate with no screen to trust it on."""
+    words = [f"p2v.server={s.server}", "p2v.token=...",
+             f"p2v.fingerprint={s.fingerprint}" if s.fingerprint else "",
+             f"p2v.job={job}", "p2v.mode=restore"]
+    return " ".join(w for w in words if w)
 
 
 class DoneScreen(Step):

@@ -55,6 +55,10 @@ class ServerScreen(Step):
             "the end. If they match, press Trust it. A different fingerprint means another "
             "machine answers: do not go on.")
 
+    def __init__(self, then: type | None = None):
+        super().__init__()
+        self.then = then          # the screen after this one: Disks, or Restore on the manual path
+
     def body(self) -> ComposeResult:
         settings = self.app.session.settings
         with Grid(id="server-form"):
@@ -142,6 +146,9 @@ class ServerScreen(Step):
                                                          "fingerprint": fingerprint or None})
         except SettingsError as e:
             self.say(" ".join(e.problems), True)
+            return
+        if self.then:
+            self.app.switch_screen(self.then())
             return
         from agent.tui.disks import DisksScreen
         self.app.push_screen(DisksScreen())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from textual import on, work
 from textual.app import ComposeResult
 from textual.widgets import OptionList, Static
@@ -21,6 +23,40 @@ CHOICES = {
     "repair": "Repair the copied system on this machine's disks",
     "shell": "Open a shell (F9), then come back here",
 }
+
+
+def named_disks(wanted: list[str] | None) -> tuple[list[str] | None, list[str]]:
+    """(what to probe, names of p2v.disks that are not here): one missing name must not hide
+    the others, and when none of the names is here every disk is looked at."""
+    if not wanted:
+        return None, []
+    here = [name for name in wanted
+            if Path(name if name.startswith("/") else f"/dev/{name}").exists()]
+    return (here or None), [name for name in wanted if name not in here]
+
+
+def look(app) -> Probed:
+    """Probe the machine (again, after the shell), and work out the situation: in a worker."""
+    settings = app.session.settings
+    devices, missing = named_disks(settings.disks)
+    try:
+        machine = app.edges.probe(devices)
+    except (ProbeError, BlockDevError, OSError) as e:
+        return Probed(None, None, f"The probe failed: {e}")
+    if missing:
+        machine.problems.insert(0, f"p2v.disks names {', '.join(missing)}, which this machine "
+                                   "does not have; the other disks are shown.")
+    client = None
+    if settings.server and settings.token:
+        try:
+            client = client_for(settings, retry_for=10)
+        except ServerError:
+            client = None
+    try:
+        found = situation(machine, settings, client)
+    except ServerError:
+        found = situation(machine, settings, None)
+    return Probed(machine, found, None)
 
 
 def glance(machine: Machine) -> str:
@@ -69,24 +105,12 @@ class StartScreen(Step):
 
     @work(thread=True, exclusive=True)
     def probe(self) -> None:
-        session = self.app.session
-        settings = session.settings
-        try:
-            machine = self.app.edges.probe(settings.disks)
-        except (ProbeError, BlockDevError, OSError) as e:
-            self.post_message(Probed(None, None, f"The probe failed: {e}"))
-            return
-        client = None
-        if settings.server and settings.token:
-            try:
-                client = client_for(settings, retry_for=10)
-            except ServerError:
-                client = None
-        try:
-            found = situation(machine, settings, client)
-        except ServerError:
-            found = situation(machine, settings, None)
-        self.post_message(Probed(machine, found, None))
+        self.post_message(look(self.app))
+
+    def look_again(self) -> None:
+        """After the shell: a driver loaded there may show new disks."""
+        self.query_one("#glance", Static).update("Looking at this machine's hardware and disks again...")
+        self.probe()
 
     def on_probed(self, message: Probed) -> None:
         if message.problem:
@@ -118,7 +142,13 @@ class StartScreen(Step):
             self.app.action_shell()
         elif choice == "restore":
             from agent.tui.restore import RestoreScreen
-            self.app.push_screen(RestoreScreen())
+            settings = self.app.session.settings
+            if settings.server and settings.server.startswith("https:") and not settings.fingerprint:
+                # Nothing to trust the server's certificate by yet: the Server screen first.
+                from agent.tui.server import ServerScreen
+                self.app.push_screen(ServerScreen(then=RestoreScreen))
+            else:
+                self.app.push_screen(RestoreScreen())
         elif choice == "repair":
             from agent.tui.repair import RepairScreen
             self.app.push_screen(RepairScreen())

@@ -11,6 +11,7 @@ from agent.probe import Machine
 from agent.probe.report import human_size
 from agent.settings import Settings, SettingsError, parse_size, update
 from agent.tui.common import Step, buttons
+from agent.tui.disks import left_out
 
 VHD_LIMIT = 2040 << 30      # VHD-based storage holds at most about 2 TiB per disk
 XEN_VCPUS = 32              # what XenServer supports for most guests
@@ -29,7 +30,7 @@ def memory_text(size: int) -> str:
 
 
 def warnings(machine: Machine, settings: Settings, vcpus: int | None, memory: int | None) -> list[str]:
-    out = []
+    out = left_out(machine, settings.disks or [])
     chosen = [d for d in machine.disks if d.path in (settings.disks or [])]
     if vcpus and vcpus > XEN_VCPUS:
         out.append(f"{vcpus} vCPUs: XenServer supports at most {XEN_VCPUS} for most guests.")

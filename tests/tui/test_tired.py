@@ -1,0 +1,149 @@
+"""The TUI for a tired technician (issue 17): each slip a person makes at a server's console,
+tried with the keys, on recorded machines and fixed core actions."""
+
+from __future__ import annotations
+
+import asyncio
+
+from agent.probe import probe_machine
+from agent.settings import Settings
+from agent.tui.app import make_app
+from agent.tui.edges import Edges
+from tests.tui.helpers import MACHINES, screen_text, wait_for, wait_screen
+
+FINGERPRINT = "sha256:" + "5c0ffee1" * 8
+PRESET = dict(server="https://10.0.0.5:8443", token="s3cret-token", fingerprint=FINGERPRINT)
+
+
+def edges(machine: str = "two-disks-usb", **more) -> Edges:
+    return Edges(probe=lambda devices: probe_machine(recorded=MACHINES / f"{machine}.json"),
+                 nics=lambda: [], power=lambda argv: None, shell=lambda: None, **more)
+
+
+def walk(app, steps, size=(80, 24)):
+    async def run():
+        async with app.run_test(size=size) as pilot:
+            await wait_for(pilot, lambda: app.screen.query_one("#choices").display, 60, "the probe")
+            await steps(pilot)
+    asyncio.run(run())
+
+
+async def open_screen(pilot, screen):
+    await pilot.app.push_screen(screen)
+    await pilot.pause(0.2)
+
+
+# --- 1. the manual path's boot line --------------------------------------------------------------
+
+def test_done_screens_boot_line_carries_the_fingerprint():
+    app = make_app(Settings(**PRESET, disks=["/dev/sda"]), edges())
+
+    async def steps(pilot):
+        from agent.tui.done import DoneScreen
+        app.session.job = "20261127-0930-files-1a2b3c"
+        await open_screen(pilot, DoneScreen(True, False))
+        text = screen_text(app).replace("\n", " ")
+        assert f"p2v.fingerprint={FINGERPRINT}" in text, text
+        assert "p2v.job=20261127-0930-files-1a2b3c p2v.mode=restore" in text
+
+    walk(app, steps)
+
+
+def test_restore_with_an_untrusted_server_asks_for_the_fingerprint_first():
+    restored = []
+    app = make_app(Settings(server="https://127.0.0.1:9", token="t", job="j1"),
+                   edges("windows", restore=lambda *a: restored.append(a) or []))
+
+    async def steps(pilot):
+        assert app.screen.query_one("#choices").get_option_at_index(0).id == "restore"
+        await pilot.press("enter")
+        await wait_screen(pilot, "ServerScreen")
+        assert not restored
+
+    walk(app, steps)
+
+
+# --- 2. Enter on the Disks screen ----------------------------------------------------------------
+
+def test_enter_on_the_disks_screen_goes_on_and_unticks_nothing():
+    app = make_app(Settings(), edges())
+
+    async def steps(pilot):
+        from agent.tui.disks import DisksScreen
+        await open_screen(pilot, DisksScreen())
+        assert app.screen.chosen == {"/dev/sda", "/dev/sdb"}
+        await pilot.press("enter")                   # focus starts in the table
+        await wait_screen(pilot, "VmScreen")
+        assert app.session.settings.disks == ["/dev/sda", "/dev/sdb"]
+
+    walk(app, steps)
+
+
+def test_a_system_disk_left_out_is_a_warning_on_the_vm_and_summary_screens():
+    app = make_app(Settings(**PRESET), edges())
+
+    async def steps(pilot):
+        from agent.tui.disks import DisksScreen
+        await open_screen(pilot, DisksScreen())
+        await pilot.press("space")                   # the first row, sda: the Debian disk
+        await pilot.press("enter")
+        await wait_screen(pilot, "VmScreen")
+        assert app.session.settings.disks == ["/dev/sdb"]
+        assert "sda holds Debian GNU/Linux 11 (bullseye) but is not ticked" in screen_text(app)
+        await pilot.press("enter")
+        await wait_screen(pilot, "SummaryScreen")
+        assert "sda holds Debian GNU/Linux 11 (bullseye) but is not ticked" in screen_text(app)
+
+    walk(app, steps)
+
+
+# --- 3. a new look at the disks ------------------------------------------------------------------
+
+def test_back_from_the_shell_the_disks_are_looked_at_again(tmp_path):
+    import json
+    one = json.loads((MACHINES / "two-disks-usb.json").read_text())
+    one["disks"] = one["disks"][:1]                  # sdb's controller has no driver yet
+    (tmp_path / "one.json").write_text(json.dumps(one))
+    looks = []
+
+    def probe(devices):
+        looks.append(devices)
+        name = "one.json" if len(looks) == 1 else None
+        return probe_machine(recorded=tmp_path / name if name else MACHINES / "two-disks-usb.json")
+
+    shells = []
+    app = make_app(Settings(), Edges(probe=probe, nics=lambda: [], power=lambda argv: None,
+                                     shell=lambda: shells.append(1)))
+
+    async def steps(pilot):
+        from agent.tui.disks import DisksScreen
+        await open_screen(pilot, DisksScreen())
+        assert app.screen.query_one("#disks").row_count == 2     # sda and the stick
+        await pilot.press("f9")                                  # modprobe in the shell, exit
+        await wait_for(pilot, lambda: app.screen.query_one("#disks").row_count == 3, 30,
+                       "the new look")
+        assert shells and "New: sdb." in screen_text(app)
+        assert app.screen.chosen == {"/dev/sda", "/dev/sdb"}
+
+    walk(app, steps)
+
+
+def test_a_missing_name_in_p2v_disks_hides_no_other_disk(loopdev):
+    dev = loopdev(8 << 20, "named")
+    looked = []
+
+    def probe(devices):
+        looked.append(devices)
+        return probe_machine(recorded=MACHINES / "two-disks-usb.json")
+
+    app = make_app(Settings(disks=["/dev/sdzz9", dev]), Edges(
+        probe=probe, nics=lambda: [], power=lambda argv: None, shell=lambda: None))
+
+    async def steps(pilot):
+        assert looked == [[dev]]
+        assert "p2v.disks names /dev/sdzz9, which this machine does not have" in screen_text(app)
+        from agent.tui.disks import DisksScreen
+        await open_screen(pilot, DisksScreen())          # the recorded disks: none named
+        assert app.screen.chosen == set()
+
+    walk(app, steps)
