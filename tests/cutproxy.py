@@ -2,7 +2,7 @@
 
 Tests and the chaos suite (`make chaos`) put it between the agent and the server. Each accepted
 connection is forwarded byte for byte; while ``cuts`` is above zero, a connection is broken once
-``after`` bytes have passed (coming back from the server, or either way with
+``after`` bytes have passed (each connection with ``probability``; coming back from the server, or either way with
 ``direction="both"``): reset (RST), closed (FIN) or stalled (nothing more passes for ``stall``
 seconds, then it is closed). Imported as `cutproxy` (tests/ is on sys.path).
 """
@@ -23,13 +23,14 @@ class CutProxy:
 
     def __init__(self, target_port: int, after: int | tuple[int, int] = 1 << 20, cuts: int = 0,
                  modes: tuple[str, ...] = ("reset",), stall: float = 75.0, seed: int = 0,
-                 direction: str = "down"):
+                 direction: str = "down", probability: float = 1.0):
         self.target_port = target_port
         self.after = after
         self.cuts = cuts
         self.modes = modes
         self.stall = stall
         self.direction = direction
+        self.probability = probability  # of a connection being doomed while cuts are left
         self.random = random.Random(seed)
         self.cut = {m: 0 for m in MODES}
         self.connections = 0
@@ -61,7 +62,7 @@ class CutProxy:
                 return
             with self._lock:
                 self.connections += 1
-                doomed = self.cuts > 0
+                doomed = self.cuts > 0 and self.random.random() < self.probability
                 if doomed:
                     self.cuts -= 1
                 after = self.after if isinstance(self.after, int) else self.random.randint(*self.after)
