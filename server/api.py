@@ -28,8 +28,8 @@ from server.store import Store, storage_error
 from xenp2v import __version__
 from xenp2v.protocol import (
     API, AUTH_HEADER, DIGEST_HEADER, ENCODING_HEADER, MAX_CHUNK_SIZE, MAX_JSON_BODY, MAX_LOG_BODY,
-    FINISHED_JOB_STATES, VERSION, ZSTD, ErrorCode, JobState, ProtocolError, check_id, health_path,
-    parse_digest,
+    FINISHED_JOB_STATES, PRECOPY_DIGEST, VERSION, ZSTD, ErrorCode, JobState, ProtocolError,
+    check_id, chunk_digest, health_path, parse_digest,
 )
 
 log = logging.getLogger("xenp2v.server")
@@ -349,6 +349,9 @@ async def create_job(request: web.Request) -> web.Response:
                         for d in job["disks"]]}
     if note:
         answer["not_resumed"] = note
+    warm = job["records"].get("warm")
+    if resumed and warm:
+        answer["pass"], answer["version"] = warm["pass"], warm["version"]
     return web.json_response(answer, status=200 if resumed else 201)
 
 
@@ -363,13 +366,15 @@ async def get_job(request: web.Request) -> web.Response:
 
 async def held_chunks(request: web.Request) -> web.Response:
     job, disk = ids(request, "job", "disk")
-    return web.json_response(await in_pool(request, request.app[STORE].chunk_list, job, disk))
+    sealed = request.query.get("version") == "sealed"
+    return web.json_response(await in_pool(request, request.app[STORE].chunk_list, job, disk,
+                                           sealed))
 
 
 async def put_chunk(request: web.Request) -> web.Response:
     job, disk = ids(request, "job", "disk")
     index = index_of(request)
-    digest = parse_digest(request.headers.get(DIGEST_HEADER))
+    digest = parse_digest(request.headers.get(DIGEST_HEADER), precopy=True)
     encoding = request.headers.get(ENCODING_HEADER, "").strip().lower() or None
     store = request.app[STORE]
     span = store.known_chunk_geometry(job, disk, index)  # no thread hop once the disk is known
@@ -413,7 +418,10 @@ def _store_chunk(store: Store, job, disk, index, body, encoding, buffer, length,
     """Decodes (into ``buffer``), checks and writes one chunk: a future of its being held."""
     data = chunk.decode(body, encoding, length, buffer)
     chunk.check(data, digest)
-    return store.write_chunk(job, disk, index, data, digest, aligned=True)
+    sha256 = None
+    if digest.startswith(PRECOPY_DIGEST + ":"):  # a pre-copy sender's: the server digests too
+        sha256, digest = digest.partition(":")[2], chunk_digest(data)
+    return store.write_chunk(job, disk, index, data, digest, aligned=True, sha256=sha256)
 
 
 async def get_chunk(request: web.Request) -> web.StreamResponse:
@@ -457,7 +465,7 @@ async def complete(request: web.Request) -> web.Response:
     if not isinstance(body.get("digest"), str):
         raise ProtocolError(ErrorCode.BAD_REQUEST,
                             "The completion needs 'digest': the image digest as 'blake3:<64 hex digits>'.")
-    digest = parse_digest(body["digest"])
+    digest = parse_digest(body["digest"], precopy=True)
     zero = _pairs(body.get("zero", []), "zero")
     bad_ranges = _pairs(body.get("bad_ranges", []), "bad_ranges")
     job_json, job_sealed = await in_pool(request, request.app[STORE].seal, job, disk, digest,
@@ -465,7 +473,9 @@ async def complete(request: web.Request) -> web.Response:
     log.info("Sealed disk %s of job %s (%s)", disk, job, digest)
     if job_sealed:
         log.info("Every disk of job %s is sealed", job)
-        fire(request, "on_job_sealed", job)
+        # A pre-copy pass is not the last one: the VM is made after the final sync.
+        if (job_json["records"].get("warm") or {}).get("pass") != "precopy":
+            fire(request, "on_job_sealed", job)
     sealed = next(d for d in job_json["disks"] if d["id"] == disk)
     return web.json_response({"job": job, "disk": sealed, "job_state": job_json["state"]})
 

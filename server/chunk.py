@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import mmap
 import threading
 
 import zstandard
 
-from xenp2v.protocol import ZSTD, ErrorCode, ProtocolError, chunk_digest
+from xenp2v.protocol import PRECOPY_DIGEST, ZSTD, ErrorCode, ProtocolError, chunk_digest
 
 
 def body_limit(length: int, encoding: str | None) -> int:
@@ -97,7 +98,12 @@ def _unzstd(body: bytes | bytearray, length: int, out) -> memoryview:
 
 
 def check(data: bytes | bytearray, digest: str) -> None:
-    actual = chunk_digest(data)
+    """ProtocolError 422 unless ``data`` hashes to ``digest`` (``blake3:`` or a pre-copy
+    sender's ``sha256:``)."""
+    if digest.startswith(PRECOPY_DIGEST + ":"):
+        actual = f"{PRECOPY_DIGEST}:" + hashlib.sha256(data).hexdigest()
+    else:
+        actual = chunk_digest(data)
     if actual != digest:
         raise ProtocolError(ErrorCode.BAD_DIGEST,
                             f"The chunk's bytes hash to {actual}, not to the {digest} sent with it; "

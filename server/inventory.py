@@ -36,6 +36,8 @@ class Inventory:
     raw: dict
     request_id: str | None = None  # the agent's key for this create call, same on every retry
     job: str | None = None  # the job to resume, named by the technician (--job); no other
+    precopy: bool = False  # a pre-copy pass of warm migration (protocol: "pass": "precopy")
+    live: bool = False  # read from the source's own running system
 
 
 def bad(detail: str) -> ProtocolError:
@@ -153,4 +155,11 @@ def parse_inventory(body: object) -> Inventory:
     job = body.get("job")
     if job is not None:
         job = check_id(job, "job id")
-    return Inventory(name.strip(), machine_key(machine), plans, resume, body, request_id, job)
+    kind = body.get("pass")
+    if kind not in (None, "precopy", "final"):
+        raise bad(f"'pass' must be \"precopy\" or \"final\", not {kind!r}.")
+    live = body.get("live", False)
+    if not isinstance(live, bool):
+        raise bad("'live' must be true or false.")
+    return Inventory(name.strip(), machine_key(machine), plans, resume, body, request_id, job,
+                     kind == "precopy", live)

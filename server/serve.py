@@ -21,7 +21,7 @@ from server.guard import Redact, Runner
 from server.api import RUNNER_OPTIONS, make_app
 from server import dashboard
 from server.datadir import add_data_dir, data_dir, load_or_make_token
-from server.store import Store
+from server.store import DEFAULT_KEEP_VERSIONS, Store
 from server.xenserver.cli import add_xapi_arguments, automatic_path
 
 DEFAULT_LISTEN = "0.0.0.0:8443"
@@ -43,6 +43,9 @@ def register(sub) -> None:
                         "job); the server's token reads it too")
     p.add_argument("--plain-http", action="store_true",
                    help="serve plain HTTP instead of TLS (a lab without eavesdroppers only)")
+    p.add_argument("--keep-versions", type=int, default=DEFAULT_KEEP_VERSIONS, metavar="N",
+                   help="sealed versions of each image kept for warm migration (each pre-copy "
+                        f"pass and the final sync writes one; default: {DEFAULT_KEEP_VERSIONS})")
     p.set_defaults(func=run)
 
 
@@ -124,7 +127,10 @@ def run(args: argparse.Namespace) -> int:
         if not args.plain_http:
             cert, key = tls.ensure_certificate(directory / "tls")
             ssl_context, fingerprint = tls.server_context(cert, key), tls.fingerprint(cert)
-        store = Store(directory)
+        store = Store(directory, keep_versions=args.keep_versions)
+    except ValueError as err:
+        print(err, file=sys.stderr)
+        return 2
     except (OSError, sqlite3.Error) as err:
         print(f"Cannot use the data directory {directory}: {err}. Choose another with --data-dir.",
               file=sys.stderr)

@@ -5,13 +5,22 @@ Data directory layout::
     xenp2v.db                      jobs, disks, the chunk journal, events (SQLite, WAL)
     token                          the bearer token agents present (mode 0600)
     tls/cert.pem, tls/key.pem      the self-signed certificate agents pin
-    jobs/<job>/disks/<disk>.img    one sparse raw image per source disk
+    jobs/<job>/disks/<disk>.img    one sparse raw image per source disk (its version 1)
+    jobs/<job>/disks/<disk>.vN.img version N of it: each pass into a sealed pre-copy job (warm
+                                   migration) writes a new version, cloned from the last sealed
+                                   one (a reflink where the filesystem has them, else a copy)
     jobs/<job>/agent.log           what the agent uploaded of its log
 
 A chunk counts as held only once it is in the journal (the ``chunks`` table), and it enters the
 journal only after its bytes are fdatasync'ed into the image, in group commits (see ``Journal``).
 Before a held chunk is overwritten with different bytes its journal entry is removed, so the
 journal never names bytes that are not on disk.
+
+A sealed version never changes: its chunk digests, zero runs and image digest are copied into
+``versions``/``version_chunks`` at the seal, and restore, export and import read the newest sealed
+version. A later pass (a pre-copy again, or the final sync from the stick) writes version N+1 in
+its own file, so a pass that fails or is cancelled leaves version N as it was. Old versions are
+pruned at each seal: the newest ``keep_versions`` stay.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import bisect
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -36,7 +46,8 @@ from pathlib import Path
 from server.inventory import Inventory
 from xenp2v.protocol import (
     ChunkKind, DiskState, ErrorCode, Extent, JobState, ProtocolError, check_id, chunk_count,
-    chunk_digest, chunk_span, disk_identity, image_digest, image_map, placeholder, runs,
+    PRECOPY_DIGEST, chunk_digest, chunk_span, disk_identity, image_digest, image_map, placeholder,
+    precopy_image_digest, runs,
 )
 
 SCHEMA = """
@@ -59,7 +70,21 @@ CREATE INDEX IF NOT EXISTS events_job ON events (job);
 CREATE INDEX IF NOT EXISTS jobs_target ON jobs (target_uuid);
 CREATE TABLE IF NOT EXISTS tokens (
     hash TEXT PRIMARY KEY, job TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS versions (
+    job TEXT NOT NULL, disk TEXT NOT NULL, version INTEGER NOT NULL, digest TEXT NOT NULL,
+    zero TEXT NOT NULL, bad_ranges TEXT NOT NULL, sealed REAL NOT NULL, pass TEXT NOT NULL,
+    live INTEGER NOT NULL, PRIMARY KEY (job, disk, version));
+CREATE TABLE IF NOT EXISTS version_chunks (
+    job TEXT NOT NULL, disk TEXT NOT NULL, version INTEGER NOT NULL, idx INTEGER NOT NULL,
+    digest TEXT NOT NULL, PRIMARY KEY (job, disk, version, idx)) WITHOUT ROWID;
 """
+# Columns added after the first release: (table, column, definition), added where missing.
+COLUMNS = [
+    ("disks", "version", "INTEGER NOT NULL DEFAULT 1"),  # the version being received or sealed
+    ("chunks", "sha256", "TEXT"),  # a pre-copy sender's digest of the chunk (PRECOPY_DIGEST)
+]
+DEFAULT_KEEP_VERSIONS = 2
+_FICLONE = 0x40049409  # ioctl: the destination shares the source's extents (btrfs, XFS reflink=1)
 
 _FALLOC_FL_KEEP_SIZE = 1
 _FALLOC_FL_PUNCH_HOLE = 2
@@ -74,6 +99,21 @@ class SealedImage:
     size: int
     chunk_size: int
     extents: list[Extent]
+    version: int = 1
+
+
+@dataclass(frozen=True)
+class _Version:
+    """A sealed version of a disk's image: what restore, export and import read."""
+
+    job: str
+    disk: str
+    version: int
+    path: Path
+    size: int
+    chunk_size: int
+    digest: str
+    zero: tuple[Extent, ...]
 
 
 @dataclass
@@ -91,7 +131,6 @@ class _Disk:
     writers: int = 0
     sealing: bool = False
     cancelled: bool = False           # its job was cancelled: no more chunks, never sealed
-    zero: list[Extent] | None = None  # once sealed
 
     def close(self) -> None:
         for fd in (self.fd, self.direct_fd):
@@ -152,7 +191,12 @@ def _iso(ts: float | None) -> str | None:
 class Store:
     """Every job and image under one data directory. Safe to use from many threads at once."""
 
-    def __init__(self, data_dir: str | os.PathLike):
+    def __init__(self, data_dir: str | os.PathLike, keep_versions: int = DEFAULT_KEEP_VERSIONS):
+        """``keep_versions``: how many sealed versions of each disk's image stay (at least 1);
+        older ones are pruned at each seal."""
+        if keep_versions < 1:
+            raise ValueError("Keep at least one version of each image (--keep-versions 1 or more).")
+        self.keep_versions = keep_versions
         self.data_dir = Path(data_dir)
         self.jobs_dir = self.data_dir / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
@@ -163,10 +207,27 @@ class Store:
         self._disks: dict[tuple[str, str], _Disk] = {}
         self._gate = threading.Condition(self._lock)
         self._chunk_locks: dict[tuple[str, str, int], list] = {}
+        self._versions: dict[tuple[str, str, int], _Version] = {}
         self._creating = threading.Lock()  # a create's checks and its INSERT are one step
         self._journal: Journal | None = None
         self._db().conn.executescript(SCHEMA)
+        self._upgrade()
         lock_down(self.data_dir)
+
+    def _upgrade(self) -> None:
+        """Adds the columns a data directory made by an older server lacks, and records each
+        disk it sealed as that disk's version 1."""
+        conn = self._db().conn
+        for table, column, definition in COLUMNS:
+            if column not in {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+        rows = conn.execute("SELECT d.* FROM disks d WHERE d.state=? AND NOT EXISTS (SELECT 1 FROM"
+                            " versions v WHERE v.job=d.job AND v.disk=d.id AND v.version=d.version)",
+                            (DiskState.SEALED,)).fetchall()
+        for row in rows:
+            with self._db() as db:
+                self._snapshot(db, row["job"], row["id"], row["version"], row["digest"],
+                               row["zero"], row["bad_ranges"], row["sealed"] or _now(), {})
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -195,8 +256,14 @@ class Store:
             self._conns.clear()
         self._local = threading.local()
 
-    def image_path(self, job_id: str, disk_id: str) -> Path:
-        return self.jobs_dir / check_id(job_id, "job id") / "disks" / f"{check_id(disk_id, 'disk id')}.img"
+    def image_path(self, job_id: str, disk_id: str, version: int = 1) -> Path:
+        """The file of a version of a disk's image: version 1 is <disk>.img, as it always was."""
+        name = check_id(disk_id, "disk id") + ("" if version == 1 else f".v{version}")
+        return self.jobs_dir / check_id(job_id, "job id") / "disks" / f"{name}.img"
+
+    def working_path(self, job_id: str, disk_id: str) -> Path:
+        """The file of the version being received, or of the last one sealed."""
+        return self._disk(job_id, disk_id).path
 
     def log_path(self, job_id: str) -> Path:
         return self.jobs_dir / check_id(job_id, "job id") / "agent.log"
@@ -208,13 +275,13 @@ class Store:
         if disk:
             return disk
         row = self._db().conn.execute(
-            "SELECT d.size, d.chunk_size, d.state, j.state AS job_state FROM disks d"
+            "SELECT d.size, d.chunk_size, d.state, d.version, j.state AS job_state FROM disks d"
             " JOIN jobs j ON j.id=d.job WHERE d.job=? AND d.id=?", key).fetchone()
         if row is None:
             self._job_row(job_id)
             raise not_found(f"Job {job_id} has no disk {disk_id}.")
         disk = _Disk(job_id, disk_id, row["size"], row["chunk_size"], DiskState(row["state"]),
-                     self.image_path(job_id, disk_id))
+                     self.image_path(job_id, disk_id, row["version"]))
         # Only a cancel leaves a disk receiving in a failed job.
         disk.cancelled = row["job_state"] == JobState.FAILED and disk.state is DiskState.RECEIVING
         with self._lock:
@@ -249,12 +316,20 @@ class Store:
             if row is not None:
                 return self.get_job(row["id"]), False
         if inv.job:
-            self._resume(self._named(inv), inv)
+            job_id = self._named(inv)
+            if self._job_row(job_id)["state"] == JobState.SEALED:
+                self._start_pass(job_id, inv)
+            else:
+                self._resume(job_id, inv)
             return self.get_job(inv.job), True
         if inv.resume:
             found, why_not = self._resumable(inv)
             if found:
                 self._resume(found, inv)
+                return self.get_job(found), True
+            found, _ = self._resumable(inv, precopied=True)
+            if found:
+                self._start_pass(found, inv)
                 return self.get_job(found), True
         self._check_space(inv)
         job_id = _new_job_id(inv.name)
@@ -293,7 +368,55 @@ class Store:
             raise storage_error(err, self.data_dir) from None
         if why_not:
             self.record(job_id, "not_resumed", why_not)
+        if inv.precopy:
+            self.record(job_id, "warm", {"pass": "precopy", "live": inv.live, "version": 1})
         return self.get_job(job_id), False
+
+    def _start_pass(self, job_id: str, inv: Inventory) -> None:
+        """Opens version N+1 of every disk of a sealed pre-copy job, for another pass: each image
+        is cloned from version N (a reflink, else a copy of its data), which stays as it is; the
+        chunk journal carries over, since the clone holds the same bytes, so the agent sends only
+        what changed. The job receives again and takes the new inventory."""
+        kind = "precopy" if inv.precopy else "final"
+        disks = self._db().conn.execute("SELECT id, version FROM disks WHERE job=?",
+                                        (job_id,)).fetchall()
+        made, how = [], set()
+        try:
+            for d in disks:
+                dst = self.image_path(job_id, d["id"], d["version"] + 1)
+                how.add(clone_image(self.image_path(job_id, d["id"], d["version"]), dst))
+                made.append(dst)
+        except OSError as err:
+            for path in made:
+                path.unlink(missing_ok=True)
+            raise storage_error(err, self.jobs_dir) from None
+        version = max(d["version"] for d in disks) + 1
+        with self._gate:
+            for key in [k for k in self._disks if k[0] == job_id]:
+                self._disks.pop(key).close()
+        now = _now()
+        event = {"phase": "pass", "message": f"A {'pre-copy' if inv.precopy else 'final sync'} "
+                 f"pass of {inv.name}{' on the running system' if inv.live else ''} writes "
+                 f"version {version} of its images ({' and '.join(sorted(how))} of the last "
+                 "sealed one, which stays as it is)."}
+        try:
+            with self._db() as db:
+                records = json.loads(db.execute("SELECT records FROM jobs WHERE id=?",
+                                                (job_id,)).fetchone()[0])
+                records["warm"] = {"pass": kind, "live": inv.live, "version": version}
+                db.execute("UPDATE disks SET version=version+1, state=?, digest=NULL, zero='[]',"
+                           " bad_ranges='[]', sealed=NULL WHERE job=?",
+                           (DiskState.RECEIVING, job_id))
+                db.execute("UPDATE jobs SET state=?, detail='', name=?, inventory=?, records=?,"
+                           " updated=?, last_event=? WHERE id=?",
+                           (JobState.RECEIVING, inv.name, json.dumps(inv.raw), json.dumps(records),
+                            now, json.dumps({**event, "at": _iso(now)}), job_id))
+                db.execute("INSERT INTO events (job, at, event) VALUES (?,?,?)",
+                           (job_id, now, json.dumps(event)))
+        except sqlite3.Error as err:
+            for path in made:
+                path.unlink(missing_ok=True)
+            raise storage_error(err, self.data_dir) from None
 
     def _resume(self, job_id: str, inv: Inventory) -> None:
         """The resumed job takes the new inventory (name, machine, plan notes, warnings, tables:
@@ -328,15 +451,18 @@ class Store:
             (hashlib.sha256(token).hexdigest(),)).fetchone()
         return None if row is None else (row["job"], JobState(row["state"]))
 
-    def _resumable(self, inv: Inventory) -> tuple[str | None, str | None]:
+    def _resumable(self, inv: Inventory, precopied: bool = False) -> tuple[str | None, str | None]:
         """(the unfinished job of this machine with these very disks, else None; why an alike
         job was not taken, else None). A placeholder machine identity (machine_key None) is
-        taken only with a disk serial to back it."""
+        taken only with a disk serial to back it. ``precopied``: the sealed pre-copy job of
+        this machine with these very disks instead (warm migration: the next pass goes there)."""
         if inv.machine_key is None and not any(not placeholder(d.identity[2]) for d in inv.disks):
             return None, None
         rows = self._db().conn.execute(
-            "SELECT id, inventory FROM jobs WHERE machine_key IS ? AND state=? ORDER BY created DESC",
-            (inv.machine_key, JobState.RECEIVING)).fetchall()
+            "SELECT id, inventory FROM jobs WHERE machine_key IS ? AND state=?"
+            + (" AND json_extract(records, '$.warm.pass')='precopy'" if precopied else "")
+            + " ORDER BY created DESC",
+            (inv.machine_key, JobState.SEALED if precopied else JobState.RECEIVING)).fetchall()
         want = sorted(d.identity for d in inv.disks)
         for row in rows:
             have = sorted(disk_identity(d) for d in json.loads(row["inventory"]).get("disks", []))
@@ -354,7 +480,9 @@ class Store:
         """The job the inventory names (``job``), if it still receives and holds these very disks,
         whatever the machine's identity (a board replaced); 404 or 409 saying why not."""
         row = self._job_row(inv.job)
-        if row["state"] != JobState.RECEIVING:
+        precopied = (row["state"] == JobState.SEALED
+                     and (json.loads(row["records"]).get("warm") or {}).get("pass") == "precopy")
+        if row["state"] != JobState.RECEIVING and not precopied:
             raise conflict(f"Job {inv.job} is {row['state']}: it takes no more chunks. Drop --job "
                            "(p2v.job=) to start a new job.")
         have = sorted(disk_identity(d) for d in json.loads(row["inventory"]).get("disks", []))
@@ -406,7 +534,15 @@ class Store:
         held = {r["disk"]: (r["n"], r["last"]) for r in db.execute(
             "SELECT disk, COUNT(*) AS n, MAX(idx) AS last FROM chunks WHERE job=? GROUP BY disk",
             (job_id,))}
-        return _job_json(row, [_disk_json(d, held.get(d["id"], (0, None))) for d in disks])
+        versions: dict[str, list[dict]] = {}
+        for v in db.execute("SELECT disk, version, digest, sealed, pass, live FROM versions"
+                            " WHERE job=? ORDER BY version", (job_id,)):
+            versions.setdefault(v["disk"], []).append(
+                {"version": v["version"], "digest": v["digest"], "sealed": _iso(v["sealed"]),
+                 "pass": v["pass"], "live": bool(v["live"])})
+        return _job_json(row, [{**_disk_json(d, held.get(d["id"], (0, None))),
+                                "version": d["version"], "versions": versions.get(d["id"], [])}
+                               for d in disks])
 
     def list_jobs(self) -> list[dict]:
         ids = [r["id"] for r in self._db().conn.execute("SELECT id FROM jobs ORDER BY created, id")]
@@ -492,7 +628,8 @@ class Store:
         try:
             with self._db() as db:
                 for table, column in (("chunks", "job"), ("disks", "job"), ("events", "job"),
-                                      ("tokens", "job"), ("jobs", "id")):
+                                      ("tokens", "job"), ("versions", "job"),
+                                      ("version_chunks", "job"), ("jobs", "id")):
                     db.execute(f"DELETE FROM {table} WHERE {column}=?", (job_id,))
         except sqlite3.Error as err:
             raise storage_error(err, self.data_dir) from None
@@ -537,11 +674,20 @@ class Store:
         return {r[0]: r[1] for r in self._db().conn.execute(
             "SELECT idx, digest FROM chunks WHERE job=? AND disk=?", (disk.job, disk.id))}
 
-    def chunk_list(self, job_id: str, disk_id: str) -> dict:
-        """What GET …/chunks answers: the chunk size and every durably held chunk's digest."""
-        held = self.held_chunks(job_id, disk_id)
-        return {"chunk_size": self._disk(job_id, disk_id).chunk_size,
-                "chunks": {str(i): d for i, d in sorted(held.items())}}
+    def chunk_list(self, job_id: str, disk_id: str, sealed: bool = False) -> dict:
+        """What GET …/chunks answers: the chunk size and every durably held chunk's digest, with
+        the pre-copy digests (sha256) the server has of them; ``sealed``: the chunks of the newest
+        sealed version instead (what a restore reads while a later pass is received)."""
+        disk = self._disk(job_id, disk_id)
+        if sealed:
+            held = self.sealed_chunks(job_id, disk_id)
+            return {"chunk_size": disk.chunk_size,
+                    "chunks": {str(i): d for i, d in sorted(held.items())}}
+        rows = self._db().conn.execute("SELECT idx, digest, sha256 FROM chunks WHERE job=? AND disk=?"
+                                       " ORDER BY idx", (disk.job, disk.id)).fetchall()
+        return {"chunk_size": disk.chunk_size,
+                "chunks": {str(r[0]): r[1] for r in rows},
+                "sha256": {str(r[0]): r[2] for r in rows if r[2]}}
 
     def chunk_geometry(self, job_id: str, disk_id: str, index: int) -> tuple[int, int]:
         """(offset, length) of a chunk of a disk still receiving; ProtocolError otherwise."""
@@ -567,13 +713,14 @@ class Store:
         return self.write_chunk(job_id, disk_id, index, data, digest).result()
 
     def write_chunk(self, job_id: str, disk_id: str, index: int, data, digest: str,
-                    aligned: bool = False) -> Future:
+                    aligned: bool = False, sha256: str | None = None) -> Future:
         """Writes a checked chunk into its image and hands it to the journal, without waiting.
 
         The returned future completes once the chunk is durably held (only then may it be
         acknowledged), with True if it was written and False if the same chunk was already held
         (nothing done); or fails with the reason. Until then, other writers of this chunk and
         the disk's seal wait. ``aligned``: data starts on a page boundary (see _write).
+        ``sha256``: the pre-copy sender's digest of the chunk (hex), kept beside the BLAKE3.
         """
         disk = self._disk(job_id, disk_id)
         offset, length = chunk_span(disk.size, disk.chunk_size, index)
@@ -603,7 +750,7 @@ class Store:
                 self._gate.notify_all()
             raise
         try:
-            journaled = self._put_locked(disk, index, offset, data, digest, aligned)
+            journaled = self._put_locked(disk, index, offset, data, digest, aligned, sha256)
         except BaseException:
             release()
             raise
@@ -615,11 +762,15 @@ class Store:
         return held
 
     def _put_locked(self, disk: _Disk, index: int, offset: int, data, digest: str,
-                    aligned: bool) -> Future | None:
-        row = self._db().conn.execute("SELECT digest FROM chunks WHERE job=? AND disk=? AND idx=?",
-                                      (disk.job, disk.id, index)).fetchone()
+                    aligned: bool, sha256: str | None = None) -> Future | None:
+        row = self._db().conn.execute("SELECT digest, sha256 FROM chunks WHERE job=? AND disk=?"
+                                      " AND idx=?", (disk.job, disk.id, index)).fetchone()
         if row is not None:
             if row[0] == digest:
+                if sha256 and row[1] != sha256:  # held already; the sender's digest is new
+                    with self._db() as db:
+                        db.execute("UPDATE chunks SET sha256=? WHERE job=? AND disk=? AND idx=?",
+                                   (sha256, disk.job, disk.id, index))
                 return None
             try:
                 with self._db() as db:
@@ -628,7 +779,7 @@ class Store:
             except sqlite3.Error as err:
                 raise storage_error(err, self.data_dir) from None
         fd = self._write(disk, offset, data, aligned)
-        return self._journal_for().add(fd, (disk.job, disk.id, index, digest))
+        return self._journal_for().add(fd, (disk.job, disk.id, index, digest, sha256))
 
     def _write(self, disk: _Disk, offset: int, data, aligned: bool) -> int:
         """Writes data at offset into the image; returns the descriptor to fdatasync.
@@ -710,17 +861,17 @@ class Store:
             return self._journal
 
     def read_chunk(self, job_id: str, disk_id: str, index: int) -> tuple[bytes, str]:
-        """(bytes, digest) of a data or zero chunk of a sealed disk."""
-        disk = self._sealed_disk(job_id, disk_id)
-        offset, length = chunk_span(disk.size, disk.chunk_size, index)
-        row = self._db().conn.execute("SELECT digest FROM chunks WHERE job=? AND disk=? AND idx=?",
-                                      (disk.job, disk.id, index)).fetchone()
+        """(bytes, digest) of a data or zero chunk of the newest sealed version of a disk."""
+        v = self._sealed_version(job_id, disk_id)
+        offset, length = chunk_span(v.size, v.chunk_size, index)
+        row = self._db().conn.execute(
+            "SELECT digest FROM version_chunks WHERE job=? AND disk=? AND version=? AND idx=?",
+            (v.job, v.disk, v.version, index)).fetchone()
         if row is not None:
-            with open(disk.path, "rb") as f:
+            with open(v.path, "rb") as f:
                 return os.pread(f.fileno(), length, offset), row[0]
-        zero = self._zero_extents(disk)
-        at = bisect.bisect_right([e.start for e in zero], index) - 1
-        if at >= 0 and index < zero[at].start + zero[at].count:
+        at = bisect.bisect_right([e.start for e in v.zero], index) - 1
+        if at >= 0 and index < v.zero[at].start + v.zero[at].count:
             data = bytes(length)
             return data, chunk_digest(data)
         raise not_found(f"Chunk {index} of disk {disk_id} is free: the source did not use it.")
@@ -761,8 +912,16 @@ class Store:
             zero_idx_set = set(zero_idx)
             dropped = [i for i in zero_idx if i in held]
             data = {i: d for i, d in held.items() if i not in zero_idx_set} if dropped else held
-            mine = image_digest(disk.size, disk.chunk_size, data, zero_idx)
-            if mine != digest:
+            if digest.startswith(PRECOPY_DIGEST + ":"):
+                # A pre-copy sender's seal: checked against the sha256 of what is held; the
+                # disk is sealed with the BLAKE3 image digest, as every other.
+                sha = {i: f"{PRECOPY_DIGEST}:{h}" for i, h in self._sha256s(disk).items()
+                       if i in data}
+                mine = precopy_image_digest(disk.size, disk.chunk_size, sha, data.keys(), zero_idx)
+                checked, digest = digest, image_digest(disk.size, disk.chunk_size, data, zero_idx)
+            else:
+                mine, checked = image_digest(disk.size, disk.chunk_size, data, zero_idx), digest
+            if mine != checked:
                 raise ProtocolError(
                     ErrorCode.BAD_DIGEST,
                     f"The image digest sent for disk {disk_id} does not match the {len(data)} data "
@@ -776,9 +935,20 @@ class Store:
                 disk.sealing = False
         return self.get_job(job_id), job_sealed
 
+    def _sha256s(self, disk: _Disk) -> dict[int, str]:
+        return {r[0]: r[1] for r in self._db().conn.execute(
+            "SELECT idx, sha256 FROM chunks WHERE job=? AND disk=? AND sha256 IS NOT NULL",
+            (disk.job, disk.id))}
+
     def _reseal(self, disk: _Disk, digest: str) -> tuple[dict, bool]:
-        row = self._db().conn.execute("SELECT digest FROM disks WHERE job=? AND id=?",
+        row = self._db().conn.execute("SELECT digest, zero FROM disks WHERE job=? AND id=?",
                                       (disk.job, disk.id)).fetchone()
+        if digest.startswith(PRECOPY_DIGEST + ":"):  # a pre-copy sender's retried complete
+            zero = [i for s, n in json.loads(row["zero"]) for i in range(s, s + n)]
+            held = self.held_chunks(disk.job, disk.id)
+            sha = {i: f"{PRECOPY_DIGEST}:{h}" for i, h in self._sha256s(disk).items()}
+            if precopy_image_digest(disk.size, disk.chunk_size, sha, held, zero) == digest:
+                return self.get_job(disk.job), False
         if row["digest"] != digest:
             raise conflict(f"Disk {disk.id} of job {disk.job} is already sealed with digest "
                            f"{row['digest']}; it never changes again.")
@@ -810,13 +980,27 @@ class Store:
             raise storage_error(err, disk.path.parent) from None
 
     def _mark_sealed(self, disk: _Disk, digest: str, zero_runs, bad_ranges) -> bool:
+        """Seals the version being received, and keeps it as a sealed version (its chunk list
+        copied) that no later pass changes; prunes the versions beyond keep_versions."""
         now = _now()
         try:
             with self._db() as db:
+                zero_json, bad_json = json.dumps(zero_runs), json.dumps([list(r) for r in bad_ranges])
                 db.execute("UPDATE disks SET state=?, digest=?, zero=?, bad_ranges=?, sealed=?"
                            " WHERE job=? AND id=?",
-                           (DiskState.SEALED, digest, json.dumps(zero_runs),
-                            json.dumps([list(r) for r in bad_ranges]), now, disk.job, disk.id))
+                           (DiskState.SEALED, digest, zero_json, bad_json, now, disk.job, disk.id))
+                version = db.execute("SELECT version FROM disks WHERE job=? AND id=?",
+                                     (disk.job, disk.id)).fetchone()[0]
+                warm = json.loads(db.execute("SELECT records FROM jobs WHERE id=?",
+                                             (disk.job,)).fetchone()[0]).get("warm") or {}
+                self._snapshot(db, disk.job, disk.id, version, digest, zero_json, bad_json, now, warm)
+                pruned = [r[0] for r in db.execute(
+                    "SELECT version FROM versions WHERE job=? AND disk=? AND version<=?",
+                    (disk.job, disk.id, version - self.keep_versions))]
+                db.execute("DELETE FROM versions WHERE job=? AND disk=? AND version<=?",
+                           (disk.job, disk.id, version - self.keep_versions))
+                db.execute("DELETE FROM version_chunks WHERE job=? AND disk=? AND version<=?",
+                           (disk.job, disk.id, version - self.keep_versions))
                 left = db.execute("SELECT COUNT(*) FROM disks WHERE job=? AND state!=?",
                                   (disk.job, DiskState.SEALED)).fetchone()[0]
                 if not left:
@@ -829,41 +1013,70 @@ class Store:
         with self._gate:
             disk.state = DiskState.SEALED
             disk.close()
+        for old in pruned:  # rows first: a file no row names is only garbage
+            self.image_path(disk.job, disk.id, old).unlink(missing_ok=True)
         return not left
 
-    # --- the restore side -----------------------------------------------------------------
+    @staticmethod
+    def _snapshot(db: sqlite3.Connection, job: str, disk: str, version: int, digest: str,
+                  zero_json: str, bad_json: str, sealed: float, warm: dict) -> None:
+        """Keeps a sealed version: its record and a copy of its chunk list."""
+        db.execute("INSERT OR REPLACE INTO versions (job, disk, version, digest, zero, bad_ranges,"
+                   " sealed, pass, live) VALUES (?,?,?,?,?,?,?,?,?)",
+                   (job, disk, version, digest, zero_json, bad_json, sealed,
+                    warm.get("pass") or "capture", int(bool(warm.get("live")))))
+        db.execute("DELETE FROM version_chunks WHERE job=? AND disk=? AND version=?",
+                   (job, disk, version))
+        db.execute("INSERT INTO version_chunks (job, disk, version, idx, digest) SELECT job, disk,"
+                   " ?, idx, digest FROM chunks WHERE job=? AND disk=?", (version, job, disk))
 
-    def _sealed_disk(self, job_id: str, disk_id: str) -> _Disk:
+    # --- the restore side: the newest sealed version ------------------------------------------
+
+    def _sealed_version(self, job_id: str, disk_id: str) -> _Version:
+        """The newest sealed version of a disk (a pass writing the next one leaves it as it is);
+        409 while none is sealed."""
         disk = self._disk(job_id, disk_id)
-        if disk.state is not DiskState.SEALED:
+        row = self._db().conn.execute(
+            "SELECT version, digest, zero FROM versions WHERE job=? AND disk=?"
+            " ORDER BY version DESC LIMIT 1", (disk.job, disk.id)).fetchone()
+        if row is None:
             raise conflict(f"Disk {disk_id} of job {job_id} is not sealed yet: it cannot be served "
                            "for restore, export or import until the agent completes it.")
-        return disk
+        key = (disk.job, disk.id, row["version"])
+        with self._lock:
+            found = self._versions.get(key)
+        if found is None:
+            zero = tuple(Extent(ChunkKind.ZERO, s, n) for s, n in json.loads(row["zero"]))
+            found = _Version(disk.job, disk.id, row["version"],
+                             self.image_path(disk.job, disk.id, row["version"]), disk.size,
+                             disk.chunk_size, row["digest"], zero)
+            with self._lock:
+                if len(self._versions) > 1024:
+                    self._versions.clear()
+                self._versions[key] = found
+        return found
 
-    def _zero_extents(self, disk: _Disk) -> list[Extent]:
-        """The zero runs of a sealed disk, in order; kept in memory, since they never change."""
-        if disk.zero is None:
-            row = self._db().conn.execute("SELECT zero FROM disks WHERE job=? AND id=?",
-                                          (disk.job, disk.id)).fetchone()
-            disk.zero = [Extent(ChunkKind.ZERO, s, n) for s, n in json.loads(row["zero"])]
-        return disk.zero
+    def sealed_chunks(self, job_id: str, disk_id: str) -> dict[int, str]:
+        """Chunk index -> digest of every data chunk of the newest sealed version."""
+        v = self._sealed_version(job_id, disk_id)
+        return {r[0]: r[1] for r in self._db().conn.execute(
+            "SELECT idx, digest FROM version_chunks WHERE job=? AND disk=? AND version=?",
+            (v.job, v.disk, v.version))}
 
     def sealed_image(self, job_id: str, disk_id: str) -> SealedImage:
-        disk = self._sealed_disk(job_id, disk_id)
-        zero = [i for e in self._zero_extents(disk) for i in range(e.start, e.start + e.count)]
-        extents = image_map(chunk_count(disk.size, disk.chunk_size),
-                            self.held_chunks(job_id, disk_id), zero)
-        return SealedImage(job_id, disk_id, disk.path, disk.size, disk.chunk_size, extents)
+        v = self._sealed_version(job_id, disk_id)
+        zero = [i for e in v.zero for i in range(e.start, e.start + e.count)]
+        extents = image_map(chunk_count(v.size, v.chunk_size), self.sealed_chunks(job_id, disk_id),
+                            zero)
+        return SealedImage(v.job, v.disk, v.path, v.size, v.chunk_size, extents, v.version)
 
     def disk_map(self, job_id: str, disk_id: str) -> dict:
         image = self.sealed_image(job_id, disk_id)
-        return {"size": image.size, "chunk_size": image.chunk_size,
+        return {"size": image.size, "chunk_size": image.chunk_size, "version": image.version,
                 "extents": [e.to_json() for e in image.extents]}
 
     def sealed_digest(self, job_id: str, disk_id: str) -> str:
-        disk = self._sealed_disk(job_id, disk_id)
-        return self._db().conn.execute("SELECT digest FROM disks WHERE job=? AND id=?",
-                                       (disk.job, disk.id)).fetchone()[0]
+        return self._sealed_version(job_id, disk_id).digest
 
 
 class _Txn:
@@ -929,8 +1142,8 @@ class Journal:
                 os.fdatasync(fd)
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                self._conn.executemany("INSERT OR REPLACE INTO chunks (job, disk, idx, digest)"
-                                       " VALUES (?,?,?,?)", [row for _, row, _ in batch])
+                self._conn.executemany("INSERT OR REPLACE INTO chunks (job, disk, idx, digest,"
+                                       " sha256) VALUES (?,?,?,?,?)", [row for _, row, _ in batch])
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
@@ -991,6 +1204,52 @@ def _punch_hole(fd: int, offset: int, length: int) -> None:
         zeros = bytes(1 << 20)
         while start < end:
             start += os.pwrite(fd, zeros[:min(len(zeros), end - start)], start)
+
+
+def clone_image(src: Path, dst: Path) -> str:
+    """Makes ``dst`` (a new private file) hold what ``src`` holds: "reflink" where the filesystem
+    shares extents (FICLONE: btrfs, XFS with reflink=1; costs no space until either changes),
+    else "copy" (only the ranges that hold data, so holes stay holes). OSError as it comes."""
+    dst.unlink(missing_ok=True)
+    with open(src, "rb") as source:
+        fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_FILE)
+        try:
+            try:
+                fcntl.ioctl(fd, _FICLONE, source.fileno())
+                how = "reflink"
+            except OSError as err:
+                if err.errno not in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno.EXDEV,
+                                     errno.ENOSYS):
+                    raise
+                how = "copy"
+                size = os.fstat(source.fileno()).st_size
+                os.ftruncate(fd, size)
+                for start, end in list(_written_ranges(source.fileno(), 0, size)):
+                    _copy_range(source.fileno(), fd, start, end)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            dst.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+    return how
+
+
+def _copy_range(src: int, dst: int, start: int, end: int) -> None:
+    pos = start
+    while pos < end:
+        try:
+            n = os.copy_file_range(src, dst, min(end - pos, 1 << 30), pos, pos)
+        except OSError as err:
+            if err.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+            n = 0
+        if n == 0:  # no copy_file_range here: through memory
+            data = os.pread(src, min(end - pos, 8 << 20), pos)
+            if not data:
+                return
+            n = os.pwrite(dst, data, pos)
+        pos += n
 
 
 def _load_fallocate():

@@ -78,7 +78,7 @@ def verify_disk(store: Store, job_id: str, disk: dict) -> DiskReport:
     report = DiskReport(disk["id"], disk["state"])
     held = store.held_chunks(job_id, disk["id"])
     report.data_chunks = len(held)
-    path = store.image_path(job_id, disk["id"])
+    path = store.working_path(job_id, disk["id"])
     report.problems += _bad_data(path, disk["size"], disk["chunk_size"], held)
     if disk["state"] != DiskState.SEALED:
         return report

@@ -13,10 +13,20 @@ that may be a terabyte of mostly nothing.
 At the seal (``complete``), the zero runs the agent sends win over chunks the server holds: a
 held chunk declared zero (sent by an earlier run, no longer used by the source) is forgotten and
 reads zeros, so the sealed image holds no byte the source does not use.
+
+Warm migration (see the inventory's ``pass``): a job made by a pre-copy pass is sealed like any
+other, and each later pass into it (pre-copy again, or the final sync from the stick) writes a
+new *version* of its images, so a sealed version never changes and a pass that fails or is
+cancelled leaves the last sealed version as it was. Restore, export and import read the newest
+sealed version. The pre-copy sender runs on old systems whose Python (3.6) has no BLAKE3: it
+digests chunks with SHA-256 (``sha256:<hex>`` in ``X-P2V-Digest``; the server checks it, then
+digests the chunk with BLAKE3 itself and keeps both), compares them with the ``sha256`` list of
+``GET …/chunks``, and completes with ``precopy_image_digest``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -49,6 +59,8 @@ MAX_DISKS = 64
 # Job and disk identifiers: also file names on the server, so nothing that can escape a directory.
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _DIGEST = re.compile(r"^blake3:([0-9a-f]{64})$")
+PRECOPY_DIGEST = "sha256"  # what the pre-copy sender digests with (hashlib, any Python 3)
+_PRECOPY = re.compile(r"^sha256:([0-9a-f]{64})$")
 
 
 class ChunkKind(StrEnum):
@@ -195,10 +207,11 @@ def chunk_digest(data: bytes | memoryview) -> str:
     return "blake3:" + blake3.blake3(data, max_threads=1).hexdigest()
 
 
-def parse_digest(value: str | None) -> str:
-    """Validate a ``blake3:<64 hex>`` string; returns it lower-cased."""
+def parse_digest(value: str | None, precopy: bool = False) -> str:
+    """Validate a ``blake3:<64 hex>`` string (with ``precopy``, a ``sha256:<64 hex>`` one too);
+    returns it lower-cased."""
     text = (value or "").strip().lower()
-    if not _DIGEST.match(text):
+    if not (_DIGEST.match(text) or (precopy and _PRECOPY.match(text))):
         raise ProtocolError(
             ErrorCode.BAD_REQUEST,
             f"The digest {value!r} is not of the form 'blake3:<64 hex digits>'.",
@@ -272,9 +285,28 @@ def chunk_span(size: int, chunk_size: int, index: int) -> tuple[int, int]:
 #                   partition table, as {"fstype", "uuid", "label"} (a whole-disk filesystem,
 #                   an LVM PV),
 #               "links": the disk's by-id and by-path names (/dev/disk/by-id/ata-…), [] without udev,
-#               "device", "plan", "warnings": the agent's own notes, kept and shown}]}
+#               "device", "plan", "warnings": the agent's own notes, kept and shown}],
+#    "pass": optional, "precopy" or "final" (warm migration). "precopy": a pass that is not the
+#        last (the source keeps running): a new job is marked pre-copy (records.warm), and
+#        sealing it makes no VM. Any create (either pass, or none) that finds no unfinished job
+#        to resume but a sealed pre-copy job of the same machine with these very disks (the
+#        resume rules), or that names one with "job", opens a new version of its images in it
+#        instead of a new job: answered 200, "resumed": true, "pass" and "version"; the chunk
+#        list is the last sealed version's, so only what changed is sent. A pass that is not
+#        "precopy" is the final sync: once sealed the job is no longer pre-copy and its VM is
+#        made as after any capture,
+#    "live": optional, true when the pass reads the source's own running system (a
+#        crash-consistent view the final sync corrects); kept on the job and its versions}
 #
-# The answer (201 new, 200 resumed) is {"id", "resumed", "disks": [...], "token"}: "token" is a
+# GET …/chunks answers {"chunk_size", "chunks": {index: blake3 digest}, "sha256": {index: the
+# pre-copy digest where the server has one}} of the version being received (or the last sealed
+# when none is); with ?version=sealed, the newest sealed version's (what a restore reads). The
+# map (GET …/map) also names its "version". A job's disks list "version" (received or last
+# sealed) and "versions": the sealed ones kept, [{version, digest, sealed, pass, live}]; the
+# server keeps the newest N (p2v-server serve --keep-versions, 2 by default).
+#
+# The answer (201 new, 200 resumed) is {"id", "resumed", "disks": [...], "token"} (and "pass",
+# "version" when it opens a new version of a pre-copy job): "token" is a
 # job token, made for this answer, that can touch only this job (its disks, chunks, map, log,
 # events and repair report) and stops working once the job is done or failed. The agent uses it
 # for everything after the create; the server's own token (the admin token) is needed to create
@@ -435,6 +467,20 @@ def image_map(count: int, data: Iterable[int], zero: Iterable[int]) -> list[Exte
     if pos < count:
         add(ChunkKind.FREE, pos, count - pos)
     return out
+
+
+def precopy_image_digest(size: int, chunk_size: int, sha256: dict[int, str], data: Iterable[int],
+                         zero: Iterable[int]) -> str:
+    """The whole-image digest a pre-copy sender seals with: image_digest's manifest with each
+    data chunk's ``sha256:`` digest, hashed with SHA-256. A chunk of ``data`` missing from
+    ``sha256`` makes the line ``<index> unknown``, so the digest cannot match the sender's."""
+    h = hashlib.sha256()
+    h.update(f"xenp2v-image v{VERSION} size={size} chunk={chunk_size}\n".encode())
+    data = set(data)
+    for index in sorted(data | set(zero)):
+        line = (f"{index} {sha256.get(index, 'unknown')}\n" if index in data else f"{index} zero\n")
+        h.update(line.encode())
+    return f"{PRECOPY_DIGEST}:" + h.hexdigest()
 
 
 def image_digest(size: int, chunk_size: int, data: dict[int, str], zero: Iterable[int]) -> str:
