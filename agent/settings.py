@@ -65,6 +65,7 @@ class Settings:
     debug: bool = False                  # p2v.debug
     ip: list[str] = field(default_factory=list)  # standard ip= values, as given
     luks: str | None = field(default=None, repr=False)  # p2v.luks: file of LUKS passphrases
+    guest_tools: str | None = None       # p2v.guest_tools: the pool's tools ISO or a directory
 
     @property
     def runs_unattended(self) -> bool:
@@ -208,6 +209,15 @@ def _luks(text: str) -> str:
     return str(path)
 
 
+def _guest_tools(text: str) -> str:
+    path = Path(text) if text.startswith("/") else BOOT_MEDIUM / text
+    if not (path.is_file() or path.is_dir()):
+        raise ValueError("names no ISO file or directory; give the full path of the pool's tools "
+                         "ISO (guest-tools.iso) or of a folder with its Linux/ files, or its path "
+                         "on the boot medium")
+    return str(path)
+
+
 _IP_METHODS = ("dhcp", "on", "any", "off", "none", "bootp", "rarp", "both", "dhcp6")
 
 
@@ -284,6 +294,7 @@ KEYS: dict[str, Key] = {
     "p2v.unattended": Key("unattended", _flag, "", flag=True),
     "p2v.debug": Key("debug", _flag, "", flag=True),
     "p2v.luks": Key("luks", _luks, "/run/live/medium/luks.txt"),
+    "p2v.guest_tools": Key("guest_tools", _guest_tools, "/run/live/medium/guest-tools.iso"),
     "ip": Key("ip", _ip, "dhcp"),
 }
 BY_FIELD = {key.field: name for name, key in KEYS.items()}

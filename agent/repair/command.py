@@ -27,6 +27,8 @@ def register(subparsers) -> None:
                    help="rename network interface OLD to NEW in the guest (repeatable)")
     p.add_argument("--luks", metavar="FILE",
                    help="passphrases of the guest's LUKS volumes, one a line (else: asked on this terminal)")
+    p.add_argument("--guest-tools", metavar="ISO|DIR",
+                   help="the pool's tools ISO or a folder with its Linux/ files: install the guest agent")
     p.set_defaults(func=main)
 
 
@@ -43,7 +45,7 @@ def _nics(values: list[str]) -> dict[str, str]:
 def main(args: argparse.Namespace) -> int:
     client = None
     try:
-        request = Request(disk=args.disk, dry_run=args.dry_run, nics=_nics(args.nic),
+        request = Request(disk=args.disk, dry_run=args.dry_run, nics=_nics(args.nic), guest_tools=args.guest_tools,
                           passphrases=luks.Passphrases(args.luks, luks.console_ask()))
         if args.job or args.server:
             if not (args.job and args.server and args.token):

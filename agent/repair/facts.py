@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 from agent.repair.network import SourceNic, VmNic
 
@@ -75,6 +76,11 @@ class Facts:
     # Old names of filesystems on another disk that no VM disk was found to hold → why; their
     # fstab lines get `nofail` so the VM boots without them.
     unplaced: dict[str, str] = field(default_factory=dict)
+    # The pool's guest agent: the package that fits the guest (guest_tools.pick), the ISO or
+    # directory it was asked from (None: not asked for), why none was found there.
+    guest_tools: Any = None
+    guest_tools_source: str | None = None
+    guest_tools_problem: str | None = None
 
     def uuid_ref(self, name: str) -> str | None:
         """`UUID=…` for an old device name that maps to a filesystem with a UUID, else None."""

@@ -36,6 +36,8 @@ def register(subparsers) -> None:
     p.add_argument("--streams", metavar="N", help="parallel connections (default 4)")
     p.add_argument("--luks", metavar="FILE", help="passphrases of the guest's LUKS volumes, one a "
                    "line (or p2v.luks=; else: asked on this terminal)")
+    p.add_argument("--guest-tools", metavar="ISO|DIR", help="the pool's tools ISO or a folder with its "
+                   "Linux/ files: install the guest agent (or p2v.guest_tools=)")
     settings_mod.add_source_arguments(p)
     p.set_defaults(func=main)
 
@@ -58,7 +60,8 @@ def main(args: argparse.Namespace) -> int:
             say(r.summary())
         inventory = protocol.job_inventory(client.job(settings.job))
         report = unattended.apply_repair(None, inventory, say, client, settings.job, disks=targets,
-                                         passphrases=Passphrases(settings.luks, console_ask(), say))
+                                         passphrases=Passphrases(settings.luks, console_ask(), say),
+                                         guest_tools=settings.guest_tools)
     except RestoreError as e:
         print(f"Restore failed: {e}", file=sys.stderr)
         return 1

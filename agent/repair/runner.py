@@ -13,7 +13,7 @@ from typing import Callable
 
 from agent import inuse
 from xenp2v.protocol import vm_firmware as protocol_vm_firmware
-from agent.repair import guest, luks, raid, windows
+from agent.repair import guest, guest_tools, luks, raid, windows
 from agent.repair.apply import LOG, append_log, apply_plan
 from agent.repair.firmware import boot_problem, firmware_of_vm
 from agent.repair.facts import (Facts, Filesystem, Reference, blkid_cache, claimed_uuids, is_hardware_name,
@@ -34,6 +34,7 @@ class Request:
     nics: dict[str, str] = field(default_factory=dict)   # old name → new, given by hand
     inventory: dict | None = None      # the job's capture inventory
     passphrases: luks.Passphrases = field(default_factory=luks.Passphrases)  # for LUKS volumes
+    guest_tools: str | None = None     # the pool's tools ISO or a directory: install its agent
 
 
 @dataclass
@@ -288,11 +289,20 @@ def _repair_root(request: Request, disk: str, layout: guest.DiskLayout, roots: l
     problem = boot_problem(firmware_of_vm(request.inventory, in_the_vm), boot_disk, bios, uefi or layout.uefi)
     if problem:
         raise RepairError(problem)
+    package, tools_problem = None, None
+    if request.guest_tools:
+        try:
+            files = guest_tools.read_source(Path(request.guest_tools), work / "guest-tools")
+            package = guest_tools.pick(files, fam, guest_tools.guest_arch(tree), request.guest_tools)
+        except guest_tools.ToolsError as e:
+            tools_problem = str(e).rstrip(".")
     facts = Facts(filesystems=layout.filesystems, names=names, nics=dict(request.nics), disk=boot_disk,
                   root_disk=disk if boot_disk != disk else None,
                   source_nics=sources, vm_nics=vms,
                   bios=bios, uefi=layout.uefi, arrays=layout.arrays, unplaced=unplaced,
-                  nvram=in_the_vm and Path("/sys/firmware/efi/efivars").exists())
+                  nvram=in_the_vm and Path("/sys/firmware/efi/efivars").exists(),
+                  guest_tools=package, guest_tools_source=request.guest_tools,
+                  guest_tools_problem=tools_problem)
     steps = plan_repair(tree, facts)
     if steps:
         steps[0].notes[:0] = layout.notes + notes + mount_notes
@@ -302,6 +312,9 @@ def _repair_root(request: Request, disk: str, layout: guest.DiskLayout, roots: l
               "dry_run": request.dry_run, "changed": any(not s.empty for s in steps)}
     say(f"Found {os_name} ({fam} family) on {root_name}.")
     report["warnings"] = Plan(steps).warnings
+    installs_tools = any(s.name == "guest tools" and s.commands for s in steps)
+    if installs_tools:
+        report["guest_tools"] = guest_tools.report(package)
     if request.dry_run:
         say(Plan(steps).render())
         report["steps"] = [{"step": s.name, "files": [c.path for c in s.changes],
@@ -328,6 +341,8 @@ def _repair_root(request: Request, disk: str, layout: guest.DiskLayout, roots: l
 
     # A failed apply has put every file back: the guest keeps no log of it either (the error and
     # the output went to `say`).
+    if installs_tools:
+        guest_tools.stage(root, package)
     report["steps"] = apply_plan(root, steps, run_command, log)
     report["status"] = "ok"
     append_log(root, lines)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Callable
 
+from agent.repair import guest_tools
 from agent.repair.facts import Facts, partition_ref
 from agent.repair.installdevice import install_devices
 from agent.repair.lvmconf import lvm_filters
@@ -602,6 +603,12 @@ def _legacy_grub_install(tree: GuestTree, facts: Facts, step: StepPlan) -> StepP
     return step
 
 
+def guest_tools_step(tree: GuestTree, facts: Facts, done: list[StepPlan]) -> StepPlan:
+    """The pool's guest agent, when asked for (--guest-tools, p2v.guest_tools=)."""
+    return guest_tools.plan(tree, facts.guest_tools, family(tree), facts.guest_tools_source,
+                            facts.guest_tools_problem)
+
+
 def stamp(tree: GuestTree, facts: Facts, done: list[StepPlan]) -> StepPlan:
     step = StepPlan("repair record")
     if _needs_tools(tree, done):
@@ -614,7 +621,7 @@ FILE_STEPS: tuple[Callable[[GuestTree, Facts], StepPlan], ...] = (
     lvm_filters, install_devices, mdadm_conf, network,
     initramfs_drivers, selinux, hypervisor_tools,
 )
-TOOL_STEPS = (initramfs_rebuild, bootloader, stamp)
+TOOL_STEPS = (initramfs_rebuild, bootloader, guest_tools_step, stamp)
 
 
 def plan_repair(tree: GuestTree, facts: Facts) -> list[StepPlan]:
