@@ -6,7 +6,7 @@ import ipaddress
 
 from textual import on, work
 from textual.app import ComposeResult
-from textual.containers import Horizontal
+from textual.containers import Grid, Horizontal
 from textual.widgets import Button, DataTable, Input, Label, RadioButton, RadioSet, Static
 
 from agent.client import ServerError
@@ -16,12 +16,51 @@ from agent.tui.messages import NetworkDone
 
 
 def static_ip(nic: str, address: str, gateway: str, dns: str) -> str:
-    """The kernel's `ip=` form of a static address typed as 10.0.0.9/24."""
+    """The kernel's `ip=` form of a static address typed as 10.0.0.9/24, a gateway on that
+    network and a DNS server; SettingsError says, in the form's words, what is wrong."""
+    text = address.strip()
+    if "/" not in text:
+        raise SettingsError([f"Address '{text}' needs its prefix length: write it like "
+                             "10.0.0.9/24 (/24 is the netmask 255.255.255.0)."])
     try:
-        iface = ipaddress.IPv4Interface(address.strip())
+        iface = ipaddress.IPv4Interface(text)
     except ValueError:
         raise SettingsError([f"Address '{address}' is not like 10.0.0.9/24."]) from None
-    return f"{iface.ip}::{gateway.strip()}:{iface.netmask}::{nic}:off:{dns.strip()}".rstrip(":")
+    problems = []
+    gateway, dns = gateway.strip(), dns.strip()
+    if gateway:
+        try:
+            if ipaddress.IPv4Address(gateway) not in iface.network:
+                problems.append(f"Gateway {gateway} is not on {iface.network}, the network of "
+                                f"{iface}: the gateway must be on the same network (check the "
+                                "prefix length).")
+        except ValueError:
+            problems.append(f"Gateway '{gateway}' is not an address like 10.0.0.1.")
+    if dns:
+        try:
+            ipaddress.IPv4Address(dns)
+        except ValueError:
+            problems.append(f"DNS '{dns}' is not an address like 10.0.0.1.")
+    if problems:
+        raise SettingsError(problems)
+    return f"{iface.ip}::{gateway}:{iface.netmask}::{nic}:off:{dns}".rstrip(":")
+
+
+def network_line(ip_values: list[str]) -> str:
+    """What the summary says of the network: the address typed, or DHCP."""
+    from agent.settings import parse_ip
+    if not ip_values:
+        return "DHCP (as the live system started)"
+    out = []
+    for text in ip_values:
+        ip = parse_ip(text)
+        if ip.autoconf == "static":
+            out.append(f"{ip.device or 'card'} {ip.client}/{ip.prefix}"
+                       + (f" via {ip.gateway}" if ip.gateway else "")
+                       + (f", DNS {' '.join(ip.dns)}" if ip.dns else ""))
+        else:
+            out.append(f"{ip.device or 'every card'} {ip.autoconf.upper()}")
+    return "; ".join(out)
 
 
 class NetworkScreen(Step):
@@ -38,7 +77,7 @@ class NetworkScreen(Step):
             with RadioSet(id="method"):
                 yield RadioButton("DHCP", value=True, id="dhcp")
                 yield RadioButton("Static", id="static")
-            with Horizontal(id="static-fields"):
+            with Grid(id="static-fields"):
                 yield Label("Address")
                 yield Input(placeholder="10.0.0.9/24", id="address")
                 yield Label("Gateway")
@@ -54,6 +93,7 @@ class NetworkScreen(Step):
         table.add_columns("Card", "Link", "MAC", "Driver", "Addresses")
         self.show_nics(self.app.session.machine.nics if self.app.session.machine else [])
         self.query_one("#static-fields").display = False
+        self.applied: str | None = None     # the static address last applied, in ip= form
         self.query_one("#next", Button).focus()
 
     def show_nics(self, nics) -> None:
@@ -71,8 +111,27 @@ class NetworkScreen(Step):
     def method(self, event: RadioSet.Changed) -> None:
         self.query_one("#static-fields").display = event.pressed.id == "static"
 
+    def typed(self) -> str | None:
+        """The static address as typed, in ip= form (None: DHCP chosen); SettingsError."""
+        if not self.query_one("#static", RadioButton).value:
+            return None
+        table = self.query_one("#nics", DataTable)
+        nic = str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value) \
+            if table.row_count else "eth0"
+        return static_ip(nic, *(self.query_one(f"#{name}", Input).value
+                                for name in ("address", "gateway", "dns")))
+
     @on(Button.Pressed, "#next")
     def next(self) -> None:
+        try:
+            wanted = self.typed()
+        except SettingsError as e:
+            self.say(" ".join(e.problems) + " Or choose DHCP.", True)
+            return
+        if wanted is not None and wanted != self.applied:
+            self.say("Static is chosen but not applied yet: press Apply to set the address "
+                     "(or choose DHCP).", True)
+            return
         from agent.tui.server import ServerScreen
         self.app.push_screen(ServerScreen())
 
@@ -85,16 +144,12 @@ class NetworkScreen(Step):
         nic = str(table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value)
         session = self.app.session
         try:
-            if self.query_one("#static", RadioButton).value:
-                text = static_ip(nic, self.query_one("#address", Input).value,
-                                 self.query_one("#gateway", Input).value,
-                                 self.query_one("#dns", Input).value)
-            else:
-                text = f"{nic}:dhcp"
+            text = self.typed() or f"{nic}:dhcp"
             session.settings = update(session.settings, {"ip": [text]})
         except SettingsError as e:
             self.say(" ".join(e.problems), True)
             return
+        self.applied = text
         self.say(f"Configuring {nic}...")
         self.configure(nic, text)
 

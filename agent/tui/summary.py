@@ -9,6 +9,7 @@ from textual.widgets import Button, Static
 
 from agent.probe.report import human_size
 from agent.tui.common import Step, buttons
+from agent.tui.network import network_line
 from agent.tui.vm import warnings
 
 
@@ -20,6 +21,7 @@ def summary(session) -> str:
         f"Fingerprint  {(s.fingerprint or 'none (plain HTTP)')[:26]}...",
         f"VM name      {s.name}",
         f"vCPUs        {s.vcpus}      Memory  {human_size(s.memory)}",
+        f"Network      {network_line(s.ip)}",
         f"NICs         {len(machine.nics)}, MACs {'kept' if session.keep_macs else 'new'}",
         "Disks        " + ", ".join(f"{d.name} ({human_size(d.size)})" for d in chosen),
         f"Transfer     {s.streams} streams, compression {s.compress}, "

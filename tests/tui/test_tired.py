@@ -16,8 +16,8 @@ PRESET = dict(server="https://10.0.0.5:8443", token="s3cret-token", fingerprint=
 
 
 def edges(machine: str = "two-disks-usb", **more) -> Edges:
-    return Edges(probe=lambda devices: probe_machine(recorded=MACHINES / f"{machine}.json"),
-                 nics=lambda: [], power=lambda argv: None, shell=lambda: None, **more)
+    given = {"nics": lambda: [], "power": lambda argv: None, "shell": lambda: None, **more}
+    return Edges(probe=lambda devices: probe_machine(recorded=MACHINES / f"{machine}.json"), **given)
 
 
 def walk(app, steps, size=(80, 24)):
@@ -145,5 +145,50 @@ def test_a_missing_name_in_p2v_disks_hides_no_other_disk(loopdev):
         from agent.tui.disks import DisksScreen
         await open_screen(pilot, DisksScreen())          # the recorded disks: none named
         assert app.screen.chosen == set()
+
+    walk(app, steps)
+
+
+# --- 5. static addresses -------------------------------------------------------------------------
+
+def test_a_static_address_is_checked_in_the_forms_words_applied_before_next_and_summarised():
+    from agent.probe import Nic
+    applied = []
+    nic = Nic(name="eno1", mac="70:10:6f:aa:bb:01", driver="tg3", link=True, speed=1000)
+    app = make_app(Settings(**PRESET), edges(
+        nics=lambda: [nic], configure_network=lambda n, ip: applied.append((n, ip)) or "done"))
+
+    async def steps(pilot):
+        from agent.tui.network import NetworkScreen
+        app.session.machine.nics = [nic]
+        await open_screen(pilot, NetworkScreen())
+        screen = app.screen
+        screen.query_one("#static").value = True
+        await pilot.pause(0.2)
+        assert screen.query_one("#address").region.width >= 20       # room for 192.168.100.200/24
+        screen.query_one("#address").value = "10.0.0.9"
+        screen.query_one("#apply").press()
+        await pilot.pause(0.2)
+        status = str(screen.query_one("#status").render())
+        assert "needs its prefix length" in status and not applied
+        screen.query_one("#address").value = "10.0.0.9/24"
+        screen.query_one("#gateway").value = "10.0.1.1"
+        screen.query_one("#apply").press()
+        await pilot.pause(0.2)
+        status = str(screen.query_one("#status").render())
+        assert "Gateway 10.0.1.1 is not on 10.0.0.0/24" in status and "::" not in status
+        screen.query_one("#gateway").value = "10.0.0.1"
+        screen.query_one("#next").press()                          # not applied yet
+        await pilot.pause(0.2)
+        assert type(app.screen).__name__ == "NetworkScreen"
+        assert "not applied yet" in str(screen.query_one("#status").render())
+        screen.query_one("#apply").press()
+        await wait_for(pilot, lambda: applied, 30, "the address applied")
+        screen.query_one("#next").press()
+        await wait_screen(pilot, "ServerScreen")
+        app.session.settings.disks = ["/dev/sda"]
+        from agent.tui.summary import SummaryScreen
+        await open_screen(pilot, SummaryScreen())
+        assert "Network      eno1 10.0.0.9/24 via 10.0.0.1" in screen_text(app)
 
     walk(app, steps)
