@@ -29,6 +29,7 @@ CFG_PATHS: tuple[Path, ...] = (BOOT_MEDIUM / "p2v.cfg",)
 MODES = ("auto", "capture", "restore", "repair", "shell")
 COMPRESS = ("auto", "zstd", "off")
 POSTS = ("poweroff", "reboot", "shell", "wait")
+FAILS = ("wait", "shell", "poweroff", "reboot")
 SECRET = "(set)"
 
 
@@ -60,7 +61,8 @@ class Settings:
     streams: int = 8                     # p2v.streams: parallel connections
     compress: str = "auto"               # p2v.compress: auto|zstd|off
     bwlimit: int | None = None           # p2v.bwlimit, in bytes per second
-    post: str = "wait"                   # p2v.post: poweroff|reboot|shell|wait
+    post: str = "wait"                   # p2v.post: poweroff|reboot|shell|wait, after success
+    fail: str = "wait"                   # p2v.fail: wait|shell|poweroff|reboot, after a failure
     unattended: bool = False             # p2v.unattended
     debug: bool = False                  # p2v.debug
     ip: list[str] = field(default_factory=list)  # standard ip= values, as given
@@ -291,6 +293,7 @@ KEYS: dict[str, Key] = {
     "p2v.compress": Key("compress", _choice(COMPRESS), "auto"),
     "p2v.bwlimit": Key("bwlimit", _bwlimit, "50M"),
     "p2v.post": Key("post", _choice(POSTS), "poweroff"),
+    "p2v.fail": Key("fail", _choice(FAILS), "wait"),
     "p2v.unattended": Key("unattended", _flag, "", flag=True),
     "p2v.debug": Key("debug", _flag, "", flag=True),
     "p2v.luks": Key("luks", _luks, "/run/live/medium/luks.txt"),

@@ -11,6 +11,7 @@ the same functions below; only the asking and the showing differ.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -184,10 +185,21 @@ def run(settings: Settings, stream: TextIO | None = None, machine: Machine | Non
     def say(line: str) -> None:
         print(line, file=stream, flush=True)
 
-    outcome = _run(settings, say, stream, machine)
+    # The client's retries ("cannot reach …; retrying in 4.0 s") on the console as they happen:
+    # a server that does not answer must not look like a hung agent for ten minutes.
+    retries = logging.StreamHandler(stream)
+    retries.setLevel(logging.WARNING)
+    retries.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    agent_log = logging.getLogger("agent")
+    agent_log.addHandler(retries)
+    try:
+        outcome = _run(settings, say, stream, machine)
+    finally:
+        agent_log.removeHandler(retries)
     for line in outcome.lines:
         say(line)
-    say(post_action(settings.post, command))
+    # A failed run follows p2v.fail (default wait): its reason stays on screen for someone to read.
+    say(post_action(settings.post if outcome.ok else settings.fail, command))
     return 0 if outcome.ok else 1
 
 
@@ -219,6 +231,9 @@ def _run(settings: Settings, say: Say, stream: TextIO, machine: Machine | None) 
                 say(f"Job {job['id']} was not imported onto this VM by the server: its image is "
                     "restored onto this VM's disks first, then repaired.")
                 mode = "restore"
+        if client is not None:
+            say(f"Server {settings.server}: a server that does not answer is retried for "
+                "10 minutes, each attempt shown here.")
         if mode in ("capture", "restore") and client is None:
             return Outcome(False, [f"p2v.mode={mode} needs p2v.server and p2v.token; add them "
                                    "to the boot line or to p2v.cfg."])

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import io
+import select
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import requests
@@ -111,3 +113,85 @@ def test_a_job_imported_onto_this_vm_is_repaired_in_place():
     assert imported_here({"id": "j1", "target_uuid": vm.system_uuid.upper()}, vm)
     assert not imported_here({"id": "j1", "target_uuid": None}, vm)
     assert not imported_here({"id": "j1", "target_uuid": "00000000-0000-0000-0000-000000000001"}, vm)
+
+
+def test_a_failed_run_follows_p2v_fail_and_waits_by_default_even_with_post_poweroff():
+    ran = []
+    out = io.StringIO()
+    failing = Settings(server="https://127.0.0.1:9", token="t", mode="restore", unattended=True,
+                       post="poweroff")
+    assert unattended.run(failing, out, command=ran.append) == 1
+    assert ran == [] and "p2v.mode=restore needs p2v.job=ID" in out.getvalue()
+    assert out.getvalue().rstrip().endswith("the console waits for someone.")
+    failing.fail = "reboot"
+    assert unattended.run(failing, io.StringIO(), command=ran.append) == 1
+    assert ran == [["systemctl", "reboot"]]
+
+
+def test_p2v_fail_is_read_like_p2v_post():
+    from agent.settings import SettingsError, load_settings
+    assert load_settings("p2v.fail=poweroff", cfg_paths=[]).fail == "poweroff"
+    assert load_settings("quiet", cfg_paths=[]).fail == "wait"
+    try:
+        load_settings("p2v.fail=later", cfg_paths=[])
+    except SettingsError as e:
+        assert "p2v.fail=later is not one of wait|shell|poweroff|reboot" in str(e)
+    else:
+        raise AssertionError("p2v.fail=later was accepted")
+
+
+CONSOLE = Path(__file__).resolve().parents[2] / \
+    "live-build/config/includes.chroot_after_packages/usr/local/sbin/xenp2v-console"
+
+
+def console(tmp_path: Path, cmdline: str, status: int) -> tuple[str, list[str]]:
+    """xenp2v-console with a p2v-agent that exits with `status` and a systemctl that records."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "p2v-agent").write_text(f"#!/bin/sh\necho why it stopped\nexit {status}\n")
+    calls = tmp_path / "systemctl.calls"
+    (bin_dir / "systemctl").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
+    (tmp_path / "cmdline").write_text(cmdline + "\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    script = CONSOLE.read_text().replace("export PATH=", f"export PATH={bin_dir}:") \
+        .replace("/proc/cmdline", str(tmp_path / "cmdline")).replace("/bin/bash --login", "true")
+    (tmp_path / "console").write_text(script)
+    proc = subprocess.run(["bash", str(tmp_path / "console"), "tty1"], input="\n",
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    return proc.stdout + proc.stderr, (calls.read_text().split("\n")[:-1] if calls.exists() else [])
+
+
+def test_the_console_follows_p2v_fail_after_a_failed_agent_and_p2v_post_after_success(tmp_path):
+    said, calls = console(tmp_path, "p2v.post=poweroff", 1)
+    assert calls == [] and "why it stopped" in said and "This is a root shell" in said
+    said, calls = console(tmp_path, "p2v.post=poweroff p2v.fail=reboot", 1)
+    assert calls == ["reboot"]
+    (tmp_path / "systemctl.calls").unlink()
+    said, calls = console(tmp_path, "p2v.post=poweroff", 0)
+    assert calls == ["poweroff"]
+
+
+def test_a_server_that_does_not_answer_is_said_at_once_not_after_minutes(loopdev, tmp_path):
+    dev = loopdev(16 * MiB, "noserver")
+    line = (f"p2v.server=https://127.0.0.1:9 p2v.token=t p2v.mode=capture p2v.disks={dev} "
+            "p2v.fingerprint=sha256:" + "ab" * 32)
+    proc = subprocess.Popen([*AGENT, "--config", str(tmp_path / "none.cfg"), "--cmdline", line],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True,
+                            cwd=Path(__file__).resolve().parents[2])
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stderr], [], [], 1)
+            if ready:
+                lines.append(proc.stderr.readline())
+                if any("cannot reach https://127.0.0.1:9" in x and "retrying in" in x for x in lines):
+                    break
+        else:
+            raise AssertionError("nothing said in 90 s:\n" + "".join(lines))
+    finally:
+        proc.kill()
+        proc.wait()
