@@ -48,6 +48,7 @@ class DiskResult:
     data_chunks: int = 0
     zero_chunks: int = 0
     skipped_chunks: int = 0  # already held by the server (resume)
+    changed: int = 0         # bytes of the chunks sent (a final sync: what changed since)
     bad_ranges: list[list[int]] = field(default_factory=list)
     digest: str = ""
     warnings: list[str] = field(default_factory=list)  # the plan's, for the summary
@@ -58,6 +59,7 @@ class CaptureResult:
     job: str
     resumed: bool
     disks: list[DiskResult]
+    sync: int | None = None  # the version a final sync (warm migration) wrote, else None
 
 
 # --- which disks, and the inventory ----------------------------------------------------------------
@@ -218,6 +220,10 @@ def run(settings: Settings, progress: Progress | None = None, *, client: Client 
         job = open_job(client, settings, inventory(settings, disks, machine))
         job_id = job["id"]
         log.info("job %s (%s)", job_id, "resumed" if job.get("resumed") else "new")
+        sync = job.get("version") if job.get("pass") == "final" else None
+        if sync:
+            log.info("final sync of pre-copy job %s: version %d of its images; only the chunks "
+                     "that differ from the last pass are sent", job_id, sync)
         if job.get("not_resumed"):
             log.warning("%s", job["not_resumed"])
         geometry = {d["id"]: d for d in job["disks"]}
@@ -227,9 +233,9 @@ def run(settings: Settings, progress: Progress | None = None, *, client: Client 
         for plan in plans:
             did = disk_id(plan.device)
             results.append(capture_disk(client, job_id, did, plan, geometry[did]["chunk_size"],
-                                        settings, progress))
+                                        settings, progress, sync=bool(sync)))
         _upload_log(client, job_id, buffer)
-        return CaptureResult(job_id, bool(job.get("resumed")), results)
+        return CaptureResult(job_id, bool(job.get("resumed")), results, sync)
     except ServerError as e:
         raise CaptureError(str(e)) from None
     except blockdev.BlockDevError as e:
@@ -257,12 +263,17 @@ def open_job(client: Client, settings: Settings, inv: dict) -> dict:
 
 
 def capture_disk(client: Client, job: str, did: str, plan: ReadPlan, chunk_size: int,
-                 settings: Settings, progress: Progress) -> DiskResult:
+                 settings: Settings, progress: Progress, sync: bool = False) -> DiskResult:
+    """Sends one disk and seals it. `sync`: a final sync into a pre-copy job, whose chunks were
+    read whole on the running system: a chunk whose plan read differs from the held one is
+    also read whole, and kept when that matches (the difference lies in free blocks only)."""
     result = DiskResult(did, plan.device, plan.size, chunk_size, planned=plan.read_bytes,
                         warnings=list(plan.warnings))
     held = client.held_chunks(job, did)
-    progress.start(did, plan.read_bytes, "capture")
-    sender = _Sender(client, job, did, held, settings, progress, result)
+    progress.start(did, plan.read_bytes, "capture",
+                   f"final sync: reading {human(plan.read_bytes)}, sending what changed" if sync
+                   else "")
+    sender = _Sender(client, job, did, held, settings, progress, result, whole_match=sync)
     digests, zero, bad = sender.run(plan, plan.chunks(chunk_size))
 
     # What the server holds now must be exactly what was sent; anything else is sent again.
@@ -289,6 +300,9 @@ def capture_disk(client: Client, job: str, did: str, plan: ReadPlan, chunk_size:
                     result.bad_ranges)
     message = (f"sealed: {human(result.sent)} sent for {human(plan.read_bytes)} used of "
                f"{human(plan.size)}")
+    if sync:
+        message = (f"final sync sealed: {human(result.changed)} changed since the last pass "
+                   f"({human(result.sent)} sent), {human(plan.read_bytes)} read")
     if result.bad_ranges:
         message += (f"; {len(result.bad_ranges)} unreadable ranges "
                     f"({human(sum(n for _, n in result.bad_ranges))}) were zero-filled: "
@@ -305,8 +319,10 @@ class _Sender:
     chunk per stream, and the disk always has N reads in flight."""
 
     def __init__(self, client: Client, job: str, did: str, held: dict[int, str],
-                 settings: Settings, progress: Progress, result: DiskResult):
+                 settings: Settings, progress: Progress, result: DiskResult,
+                 whole_match: bool = False):
         self.client, self.job, self.did, self.held = client, job, did, held
+        self.whole_match = whole_match
         self.streams = max(1, settings.streams)
         self.compression = Compression(settings.compress, self.streams)
         self.limit = RateLimit(settings.bwlimit)
@@ -337,6 +353,7 @@ class _Sender:
 
     def _stream(self, plan: ReadPlan, todo, count_progress: bool, zero_as_data: bool) -> None:
         buffer = chunk_buffer(self.result.chunk_size)
+        whole = chunk_buffer(self.result.chunk_size) if self.whole_match else None
         try:
             with SourceDisk(plan.device) as src:
                 try:
@@ -358,6 +375,10 @@ class _Sender:
                                     self.digests[index] = held
                             self.progress.advance(self.did, done=done)
                             continue
+                        if held is not None and whole is not None and self._same_whole(
+                                src, chunk, offset, length, parts, held, whole):
+                            self.progress.advance(self.did, done=done)
+                            continue
                         self._send(chunk, done)
                 finally:
                     with self.lock:
@@ -365,6 +386,22 @@ class _Sender:
         except BaseException as e:  # noqa: BLE001 - handed to run(), in the calling thread
             with self.lock:
                 self.failure = self.failure or e
+
+    def _same_whole(self, src: SourceDisk, chunk, offset: int, length: int, parts, held: str,
+                    whole) -> bool:
+        """Whether a chunk the plan read only in part is held as it reads whole: a pre-copy pass
+        on the running system sent whole chunks, free blocks and all. Then the held chunk is
+        kept (its used blocks are the source's; its free ones may hold anything) and nothing is
+        sent. Records it as held when so."""
+        if total(parts) == length or protocol.chunk_digest(chunk.data) == held:
+            return False
+        raw = src.read_chunk(chunk.index, offset, length, [(offset, offset + length)], whole)
+        if protocol.chunk_digest(raw.data) != held:
+            return False
+        with self.lock:
+            self.digests[chunk.index] = held
+            self.result.skipped_chunks += 1
+        return True
 
     def _send(self, chunk, done: int) -> None:
         digest = protocol.chunk_digest(chunk.data)
@@ -382,6 +419,7 @@ class _Sender:
         with self.lock:
             self.digests[chunk.index] = digest
             self.result.sent += wire
+            self.result.changed += chunk.read if wire else 0
         self.progress.advance(self.did, done=done, sent=wire)
 
 

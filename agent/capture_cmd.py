@@ -42,6 +42,11 @@ def main(args: argparse.Namespace) -> int:
         print(f"Capture failed: {e}", file=sys.stderr)
         return 1
     for d in result.disks:
+        if result.sync:
+            print(f"{d.id}: final sync sealed version {result.sync} of job {result.job}: "
+                  f"{human(d.changed)} changed since the last pass, {human(d.sent)} sent, "
+                  f"{human(d.planned)} read of {human(d.size)}")
+            continue
         print(f"{d.id}: sealed in job {result.job}: {human(d.sent)} sent for {human(d.planned)} "
               f"read of {human(d.size)}; {d.data_chunks} data, {d.zero_chunks} zero chunks"
               + (f"; {len(d.bad_ranges)} unreadable ranges zero-filled" if d.bad_ranges else ""))

@@ -14,7 +14,7 @@ from agent import settings as settings_mod
 
 # Modules that provide subcommands, in the order `--help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
-    "agent.probe.command", "agent.capture_cmd", "agent.restore_cmd", "agent.repair.command",
+    "agent.probe.command", "agent.capture_cmd", "agent.precopy_cmd", "agent.restore_cmd", "agent.repair.command",
     "agent.repair.restore_and_repair",
 )
 

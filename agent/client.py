@@ -272,9 +272,11 @@ class Client:
     def job(self, job: str) -> dict:
         return self.request("GET", protocol.job_path(job), what=f"read job {job}").json()
 
-    def held_chunks(self, job: str, disk: str) -> dict[int, str]:
-        """Chunk index -> digest of what the server already holds of `disk`."""
-        body = self.request("GET", protocol.chunks_path(job, disk),
+    def held_chunks(self, job: str, disk: str, sealed: bool = False) -> dict[int, str]:
+        """Chunk index -> digest of what the server already holds of `disk`; `sealed`: of its
+        newest sealed version (what a restore reads while a later pass is received)."""
+        path = protocol.chunks_path(job, disk) + ("?version=sealed" if sealed else "")
+        body = self.request("GET", path,
                             what=f"ask which chunks of {disk} the server holds").json()
         return {int(i): d for i, d in body.get("chunks", {}).items()}
 

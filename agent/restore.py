@@ -276,7 +276,7 @@ def run(settings: Settings, target: str, disk: str | None = None,
                                   retry_for=retry_for)
         did = choose_disk(client, settings.job, disk)
         image = client.image_map(settings.job, did)
-        digests = client.held_chunks(settings.job, did)
+        digests = client.held_chunks(settings.job, did, sealed=True)
         size, chunk_size = int(image["size"]), int(image["chunk_size"])
         extents = [protocol.Extent.from_json(e) for e in image["extents"]]
         data = [e for e in extents if e.kind is protocol.ChunkKind.DATA]

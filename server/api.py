@@ -15,6 +15,7 @@ import logging
 import re
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable
 
 import aiohttp
@@ -517,6 +518,15 @@ async def machine(request: web.Request) -> web.Response:
     return web.json_response(job)
 
 
+PRECOPY_SENDER = Path(__file__).resolve().parent.parent / "agent" / "precopy.py"
+
+
+async def precopy_sender(request: web.Request) -> web.Response:
+    """The pre-copy sender (agent/precopy.py, Python 3.6's library only), for the source's own
+    running system: curl -H 'Authorization: Bearer T' https://server/api/v1/precopy.py."""
+    return web.Response(body=PRECOPY_SENDER.read_bytes(), content_type="text/x-python")
+
+
 async def repair_report(request: web.Request) -> web.Response:
     (job,) = ids(request, "job")
     report = await read_json(request, what="repair report")
@@ -568,5 +578,6 @@ def make_app(store: Store, token: str, on_job_sealed: Callable[[str], None] | No
         web.post(API + "/jobs/{job}/events", post_events),
         web.get(API + "/machines/{uuid}", machine),
         web.post(API + "/jobs/{job}/repair", repair_report),
+        web.get(API + "/precopy.py", precopy_sender),
     ])
     return app
