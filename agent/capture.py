@@ -414,7 +414,7 @@ class _Sender:
             self.limit.take(len(body))
             start = time.monotonic()
             self.client.put_chunk(self.job, self.did, chunk.index, body, digest, compressed)
-            self.compression.sent(len(body), time.monotonic() - start)
+            self.compression.sent(len(body), time.monotonic() - start, len(chunk.data))
             wire = len(body)
         with self.lock:
             self.digests[chunk.index] = digest

@@ -4,6 +4,8 @@
   /usr (binaries, libraries, text) and about 2 GiB of random data written, synced and deleted, so
   it still sits in the free space as on a disk that has lived; the rest was never written.
 - ``disk1t.img`` (optional): 1 TiB sparse, GPT, ext4, about 1% (10 GiB) of it used by files.
+- ``small0.img`` .. ``small7.img``: 1 GiB each, 320 MiB of files and 64 MiB deleted, each with
+  its own UUIDs: the disks of the many-agents row.
 
 A disk is made under a temporary name and renamed when complete, so an interrupted run leaves
 nothing that a later run would mistake for a finished fixture.
@@ -32,6 +34,11 @@ class Spec:
 
 SPEC_8G = Spec("disk8g", 8 * GiB, int(2.5 * GiB), 2 * GiB)
 SPEC_1T = Spec("disk1t", 1024 * GiB, 10 * GiB, 0)
+
+
+def small_spec(n: int) -> Spec:
+    """The n-th small disk of the many-agents row: 1 GiB, 320 MiB of files, 64 MiB deleted."""
+    return Spec(f"small{n}", GiB, 320 << 20, 64 << 20)
 
 
 def sh(*args: str, **kw) -> str:

@@ -66,12 +66,17 @@ class P2VServer:
     ``stop()`` SIGTERM, ``start()`` starts it again on the same port and data directory.
     """
 
-    def __init__(self, data_dir: Path, plain: bool = False, args: tuple[str, ...] = ()):
+    def __init__(self, data_dir: Path, plain: bool = False, args: tuple[str, ...] = (),
+                 host: str = "127.0.0.1", prefix: tuple[str, ...] = ()):
+        """``host``: the address to listen on; ``prefix``: what the command runs under (the
+        benchmark's `ip netns exec NS`)."""
         self.data_dir = Path(data_dir)
         self.plain = plain
         self.args = tuple(args)
+        self.host = host
+        self.prefix = tuple(prefix)
         self.port = free_port()
-        self.url = f"{'http' if plain else 'https'}://127.0.0.1:{self.port}"
+        self.url = f"{'http' if plain else 'https'}://{host}:{self.port}"
         self.log = self.data_dir.parent / f"{self.data_dir.name}-server.log"
         self.token: str | None = None
         self.fingerprint: str | None = None
@@ -81,8 +86,8 @@ class P2VServer:
         if self.proc and self.proc.poll() is None:
             raise AssertionError("The test server is already running.")
         start_at = self.log.stat().st_size if self.log.exists() else 0
-        cmd = [sys.executable, "-m", "server.cli", "serve", "--data-dir", str(self.data_dir),
-               "--listen", f"127.0.0.1:{self.port}", *(["--plain-http"] if self.plain else []),
+        cmd = [*self.prefix, sys.executable, "-m", "server.cli", "serve", "--data-dir",
+               str(self.data_dir), "--listen", f"{self.host}:{self.port}", *(["--plain-http"] if self.plain else []),
                *self.args]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,

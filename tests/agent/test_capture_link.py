@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from agent.link import WARMUP_CHUNKS, Compression, RateLimit
+from agent.link import RETRY_SECONDS, Compression, RateLimit
 from agent.progress import PlainLines, Progress
 
 MiB = 1024 * 1024
@@ -28,30 +28,62 @@ def test_rate_limit_holds_the_rate_over_all_streams():
     assert time.monotonic() - start < 0.1
 
 
-def feed(compression: Compression, link_rate: float, chunks: int) -> list[bool]:
-    """Encode `chunks` chunks over a link of `link_rate` bytes/s; which ones were compressed."""
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def feed(compression: Compression, chunks: int, raw: float = 0.0, zstd: float = 0.0,
+         clock: Clock | None = None, put: float = 0.03) -> list[bool]:
+    """Encode `chunks` chunks through a pipeline that moves one chunk every `raw` seconds sent
+    as it is, every `zstd` seconds compressed (on `clock`); each PUT is answered after `put`
+    seconds whatever it carried, as when the server's fdatasync, not the link, sets its time.
+    Which chunks were compressed."""
     out = []
     for _ in range(chunks):
         body, compressed = compression.encode(bytearray(TEXT), len(TEXT))
-        compression.sent(len(body), len(body) / link_rate)
+        if clock:
+            clock.now += zstd if compressed else raw
+        compression.sent(len(body), put, len(TEXT))
         out.append(compressed)
     return out
 
 
-def test_auto_compresses_on_a_slow_link_and_not_on_a_fast_one():
-    slow = feed(Compression("auto", 4), 10 * MiB, 40)
-    assert all(slow[WARMUP_CHUNKS:])
-    fast = feed(Compression("auto", 4), 1e12, 40)
-    assert not any(fast[WARMUP_CHUNKS:])
+def test_auto_keeps_the_way_that_moves_more_disk_bytes_per_second():
+    # A 1 Gbit/s-like link: 4 MiB raw take 35 ms of link, compressed 5 ms of CPU.
+    clock = Clock()
+    slow = feed(Compression("auto", 4, clock), 500, raw=0.035, zstd=0.005, clock=clock)
+    assert all(slow[-250:])
+    # A fast link where compressing is what holds the capture back (CPU-bound: 20 ms a chunk
+    # against 4 ms), though each PUT takes as long either way: the old rule timed the PUTs,
+    # saw a slow link, and compressed.
+    clock = Clock()
+    fast = feed(Compression("auto", 4, clock), 600, raw=0.004, zstd=0.02, clock=clock)
+    assert not any(fast[-300:])
+    assert sum(fast) < 120          # the trial of zstd, not the whole capture
+
+
+def test_auto_tries_the_other_way_again_when_things_change():
+    clock = Clock()
+    comp = Compression("auto", 4, clock)
+    assert not any(feed(comp, 400, raw=0.004, zstd=0.02, clock=clock)[-200:])
+    # The link slows down (another capture shares it): within RETRY_SECONDS plus two trial
+    # windows, auto compresses.
+    after = feed(comp, int((RETRY_SECONDS + 4) / 0.004), raw=0.2, zstd=0.02, clock=clock)
+    assert all(after[-20:])
 
 
 def test_fixed_modes_and_zero_filled_chunks():
-    assert all(feed(Compression("zstd", 1), 1e12, 5))
-    assert not any(feed(Compression("off", 1), 1, 5))
+    assert all(feed(Compression("zstd", 1), 5))
+    assert not any(feed(Compression("off", 1), 5))
     sparse = bytearray(4 * MiB)
     sparse[:4096] = os.urandom(4096)
-    fast = Compression("auto", 4)
-    feed(fast, 1e12, 20)
+    clock = Clock()
+    fast = Compression("auto", 4, clock)
+    assert not any(feed(fast, 400, raw=0.004, zstd=0.02, clock=clock)[-100:])
     body, compressed = fast.encode(sparse, 4096)    # mostly zero-filled: always worth it
     assert compressed and len(body) < 16 * 1024
     random_chunk = bytearray(os.urandom(4 * MiB))   # never sent larger than it is
