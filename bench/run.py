@@ -167,6 +167,7 @@ class Bench:
             self.listening(port)
             self.counter.start(port)
             start = time.monotonic()
+            flow = FlowSampler(self.counter) if self.link else None
             proc = subprocess.Popen(["bash", "-o", "pipefail", "-c",
                                      sender.format(host=self.recv_host, port=port)], stderr=subprocess.PIPE, text=True)
             rss.watch("send", proc.pid)
@@ -174,10 +175,11 @@ class Bench:
             receiver.wait(timeout=600)
             os.fsync(sink.fileno())
             wall = time.monotonic() - start
+            flow_rate = flow.stop() if flow else None
         if proc.returncode or receiver.returncode:
             raise RuntimeError(f"{sender} failed: {err.strip()}")
         return Run(wall, self.counter.bytes(), allocated(str(out)), rss.peak["send"],
-                   rss.peak["recv"], cpu[0])
+                   rss.peak["recv"], cpu[0], flow_rate=flow_rate)
 
     def dd_nc(self) -> Run:
         out = self.fresh("dd.img")
@@ -206,19 +208,21 @@ class Bench:
                 wait_listening(port)
                 self.counter.start(port)
                 start = time.monotonic()
+                flow = FlowSampler(self.counter) if self.link else None
                 copy = subprocess.Popen(self.receiving(["nbdcopy", f"nbd://{self.send_host}:{port}",
                                                         str(out)]))
                 rss.watch("recv", copy.pid)
                 copy.wait(timeout=3600)
                 drop_cache(str(out))
                 wall = time.monotonic() - start
+                flow_rate = flow.stop() if flow else None
             finally:
                 server.terminate()
                 server.wait(timeout=30)
         if copy.returncode:
             raise RuntimeError(f"nbdcopy failed ({copy.returncode})")
         run = Run(wall, self.counter.bytes(), allocated(str(out)), rss.peak["send"], rss.peak["recv"],
-                  cpu[0])
+                  cpu[0], flow_rate=flow_rate)
         out.unlink()
         return run
 
