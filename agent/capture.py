@@ -206,7 +206,7 @@ def run(settings: Settings, progress: Progress | None = None, *, client: Client 
         plans = []
         for dev in devices:
             progress.start(disk_id(dev), 0, "plan", "mapping the used blocks of its filesystems")
-            plan = plan_disk(dev, devices)
+            plan = plan_disk(dev, devices, settings.keep_pagefile)
             for note in plan.notes:
                 if note in plan.warnings:
                     log.warning("plan: %s", note)

@@ -25,6 +25,9 @@ def register(subparsers) -> None:
     p.add_argument("--bwlimit", metavar="RATE", help="bandwidth limit, e.g. 50M (bytes/s)")
     p.add_argument("--job", metavar="ID", help="resume this unfinished job (refused unless its "
                    "disks are these: ids, sizes, serials, partition tables, filesystems)")
+    p.add_argument("--keep-pagefile", action="store_true", default=None,
+                   help="send Windows' pagefile.sys, swapfile.sys and hiberfil.sys too (by default "
+                   "their extents are free: the VM does not need their content)")
     settings_mod.add_source_arguments(p)
     p.set_defaults(func=main)
 

@@ -45,6 +45,22 @@ class CannotTell(Exception):
     pass
 
 
+# What makes Windows leave its volumes clean. With Fast Startup on (the default since Windows 8),
+# Shut down hibernates the kernel session and its mounted volumes; only a full shutdown or
+# hibernation turned off unmounts them.
+WINDOWS_SHUTDOWN = ("boot Windows and shut it down fully: hold Shift while clicking Shut down "
+                    "(a plain Shut down with Fast Startup on hibernates, leaving its volumes "
+                    "mounted), or run 'powercfg /h off' as administrator (hibernation and Fast "
+                    "Startup off) and then shut down")
+
+
+def remedy(fstype: str | None) -> str:
+    """What to do so the `fstype` filesystem is clean next time, as a sentence."""
+    if fstype == "ntfs":
+        return f"To send only used blocks, {WINDOWS_SHUTDOWN}; then capture again."
+    return "To send only used blocks, boot the source's own system once and shut it down cleanly."
+
+
 def unclean(node: str, fstype: str | None) -> str | None:
     """None when the map of the `fstype` filesystem on `node` can be trusted; otherwise why not,
     as words that follow the filesystem's name: "was not cleanly unmounted (its journal needs
@@ -180,14 +196,14 @@ def _ntfs(node: str) -> str | None:
         raise CannotTell("ntfsinfo shows no volume flags")
     if int(flags.split()[0], 16) & VOLUME_IS_DIRTY:  # "0x0001 DIRTY"
         return "is marked dirty (Windows would run chkdsk on it)"
-    if _hibernated(_head(node, "/hiberfil.sys", 4)):
+    if _hibernated(head(node, "/hiberfil.sys", 4)):
         return "holds a hibernated Windows (hibernation or Fast Startup left it mounted)"
-    if not logfile_clean(_head(node, "$LogFile", 2 * 65536)):
+    if not logfile_clean(head(node, "$LogFile", 2 * 65536)):
         return "was not cleanly unmounted (its $LogFile needs replaying)"
     return None
 
 
-def _head(node: str, path: str, size: int) -> bytes:
+def head(node: str, path: str, size: int) -> bytes:
     """The first `size` bytes of file `path` on the NTFS `node`; b"" when there is no such file."""
     try:
         proc = subprocess.Popen(["ntfscat", node, path], stdout=subprocess.PIPE,

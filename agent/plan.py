@@ -156,13 +156,15 @@ def _chunk_parts(ranges: list[Range], chunk_size: int, size: int) -> Iterator[tu
 @dataclass(frozen=True)
 class Selection:
     """The disks captured together, by kernel name: a filesystem, LV or array with a part on any
-    other disk arrives incomplete on the VM, and the plan warns."""
+    other disk arrives incomplete on the VM, and the plan warns. `keep_pagefile`: Windows' page,
+    swap and hibernation files are read too (p2v.keep_pagefile), not treated as free."""
 
     disks: frozenset[str]
+    keep_pagefile: bool = False
 
     @classmethod
-    def of(cls, devices: Iterable[str]) -> "Selection":
-        return cls(frozenset().union(*(blockdev.disks_under(d) for d in devices)))
+    def of(cls, devices: Iterable[str], keep_pagefile: bool = False) -> "Selection":
+        return cls(frozenset().union(*(blockdev.disks_under(d) for d in devices)), keep_pagefile)
 
     def holds(self, device: str) -> bool:
         return blockdev.disks_under(device) <= self.disks
@@ -188,10 +190,11 @@ def _not_captured(what: str, label: str, outside: list[str], missing: str = "") 
             f" too (--disks){'; attach the missing ones first' if missing else ''}.")
 
 
-def plan_disk(device: str, selected: Iterable[str] = ()) -> ReadPlan:
+def plan_disk(device: str, selected: Iterable[str] = (), keep_pagefile: bool = False) -> ReadPlan:
     """Probe `device` and decide what to read. `selected`: the other disks captured with it
-    (device paths); what lies partly on a disk outside them is a warning."""
-    selection = Selection.of([device, *selected])
+    (device paths); what lies partly on a disk outside them is a warning. `keep_pagefile`: read
+    Windows' pagefile.sys, swapfile.sys and hiberfil.sys too."""
+    selection = Selection.of([device, *selected], keep_pagefile)
     size = blockdev.disk_size(device)
     notes = Notes()
     table = blockdev.partition_table(device)
@@ -264,12 +267,33 @@ def content_used(node: str, fstype: str | None, length: int, label: str,
     # Past the map's end the filesystem says nothing (e.g. NTFS's backup boot sector): read it.
     used = normalize(clip(used, 0, length) + [(min(end, length), length)])
     zero: list[Range] = []
+    if fstype == "ntfs" and not selection.keep_pagefile:
+        used = _without_windows_scratch(node, used, label, notes)
     if fstype in ("ext2", "ext3", "ext4"):
         zero, free = extfs.unused_inode_tables(node)
         zero = clip(zero, 0, length)
         used = subtract(used, zero + free)
     notes.append(f"{label}: {fstype}: used blocks only ({_human(total(used))} of {_human(length)})")
     return Found(used, zero)
+
+
+def _without_windows_scratch(node: str, used: list[Range], label: str, notes: Notes) -> list[Range]:
+    """`used` of the clean NTFS on `node` without the extents of Windows' page, swap and
+    hibernation files (windisk.scratch_files), with a note of what that saves."""
+    try:
+        files = windisk.scratch_files(node)
+    except windisk.NtfsLookError as e:
+        notes.append(f"{label}: ntfs: where Windows' page and hibernation files lie is unknown "
+                     f"({e}): they are sent too")
+        return used
+    if not files:
+        return used
+    kept = subtract(used, [r for f in files for r in f.extents])
+    saved = total(used) - total(kept)
+    notes.append(f"{label}: ntfs: {', '.join(f.name for f in files)} not sent, {_human(saved)} "
+                 "saved: Windows does not need their content on the VM (--keep-pagefile or "
+                 "p2v.keep_pagefile sends them)")
+    return kept
 
 
 def _xfs_log_elsewhere(node: str, label: str, notes: Notes, selection: Selection) -> None:
@@ -293,8 +317,7 @@ def _unclean_whole(node: str, fstype: str, length: int, label: str, why: str,
         cost = f"{_human(length)} instead of {_human(mapped)}"
     except partclone.PartcloneError:
         cost = _human(length)
-    notes.warn(f"{fstype} on {label} {why}: read whole, {cost}. To send only used blocks, "
-               f"boot the source's own system once and shut it down cleanly.")
+    notes.warn(f"{fstype} on {label} {why}: read whole, {cost}. {fsstate.remedy(fstype)}")
     return Found.whole(length)
 
 

@@ -68,6 +68,8 @@ class Settings:
     ip: list[str] = field(default_factory=list)  # standard ip= values, as given
     luks: str | None = field(default=None, repr=False)  # p2v.luks: file of LUKS passphrases
     guest_tools: str | None = None       # p2v.guest_tools: the pool's tools ISO or a directory
+    windows_drivers: str | None = None   # p2v.windows_drivers: the vendor's Windows PV drivers
+    keep_pagefile: bool = False          # p2v.keep_pagefile: send Windows' page/hibernation files
 
     @property
     def runs_unattended(self) -> bool:
@@ -220,6 +222,15 @@ def _guest_tools(text: str) -> str:
     return str(path)
 
 
+def _windows_drivers(text: str) -> str:
+    path = Path(text) if text.startswith("/") else BOOT_MEDIUM / text
+    if not path.is_dir():
+        raise ValueError("names no directory; give the full path of the folder that holds the "
+                         "vendor's Windows PV drivers (its .inf folders or .msi files), or its path "
+                         "on the boot medium")
+    return str(path)
+
+
 _IP_METHODS = ("dhcp", "on", "any", "off", "none", "bootp", "rarp", "both", "dhcp6")
 
 
@@ -298,6 +309,8 @@ KEYS: dict[str, Key] = {
     "p2v.debug": Key("debug", _flag, "", flag=True),
     "p2v.luks": Key("luks", _luks, "/run/live/medium/luks.txt"),
     "p2v.guest_tools": Key("guest_tools", _guest_tools, "/run/live/medium/guest-tools.iso"),
+    "p2v.windows_drivers": Key("windows_drivers", _windows_drivers, "/run/live/medium/xen-drivers"),
+    "p2v.keep_pagefile": Key("keep_pagefile", _flag, "", flag=True),
     "ip": Key("ip", _ip, "dhcp"),
 }
 BY_FIELD = {key.field: name for name, key in KEYS.items()}

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from agent import fsstate
 from agent.repair.hive import REG_DWORD, REG_EXPAND_SZ, REG_MULTI_SZ, REG_SZ, Hive, HiveError
 
 SYSTEM_HIVE = "Windows/System32/config/SYSTEM"
@@ -307,8 +308,8 @@ def plan_root(root: Path, firmware: str) -> tuple[Path, WindowsPlan]:
     if hive_dirty(system):
         raise WindowsRepairError(
             "The SYSTEM hive has changes still in its transaction logs (Windows was not shut down "
-            "cleanly): boot the source Windows, shut it down fully (not Fast Startup), capture "
-            "again and repair. Nothing was changed.")
+            f"cleanly): on the source, {fsstate.WINDOWS_SHUTDOWN}; capture again and repair. "
+            "Nothing was changed.")
     try:
         with Hive(system) as hive:
             return system, plan(hive, firmware, driver_files(root))
