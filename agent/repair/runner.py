@@ -111,6 +111,10 @@ def repair(request: Request, say: Callable[[str], None] = print, tools: Tools | 
             raise RepairError("This machine is not a VM: repair writes only to a VM's disks. To "
                               "repair a disk attached here, name it with --disk.")
         disks = vm_disks()
+        if not disks:
+            raise RepairError("This VM shows no disk to repair apart from the boot medium: "
+                              "attach the disk that holds the copied system, or name the disk "
+                              "to repair (--disk).")
     for disk in disks:
         if not Path(disk).exists():
             raise RepairError(f"{disk} does not exist; name the VM's disk (e.g. /dev/xvda).")

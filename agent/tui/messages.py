@@ -29,6 +29,7 @@ class ServerChecked(Message):
     ok: bool
     fingerprint: str | None     # what the server presents, for the person to compare
     text: str
+    token_checked: bool = True  # False: only the certificate was fetched, nothing was sent
 
 
 @dataclass(eq=False)

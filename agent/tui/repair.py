@@ -8,10 +8,12 @@ from rich.syntax import Syntax
 from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
-from textual.widgets import Button, RichLog, Static
+from textual.widgets import Button, OptionList, RichLog, Static
+from textual.widgets.option_list import Option
 
 from xenp2v import protocol
 from agent.client import ServerError
+from agent.probe.report import human_size
 from agent.repair.guest import RepairError
 from agent.repair.luks import Passphrases
 from agent.tui.common import ConfirmScreen, PassphraseScreen, Step, buttons
@@ -44,6 +46,7 @@ class RepairScreen(Step):
 
     def body(self) -> ComposeResult:
         yield Static("Looking for the copied system and planning the repair...", id="found")
+        yield OptionList(id="pick-disk")
         with VerticalScroll(id="diffs"):
             yield Static("", id="plan")
         yield RichLog(id="log", wrap=True, max_lines=2000, min_width=20)
@@ -51,6 +54,8 @@ class RepairScreen(Step):
         yield buttons(("apply", "Apply the changes", "warning"), ("reboot", "Reboot", "primary"))
 
     def on_mount(self) -> None:
+        self.disk = self.app.edges.repair_disk     # None: the runner looks at this VM's disks
+        self.query_one("#pick-disk").display = False
         self.query_one("#log").display = False
         self.query_one("#apply").display = False
         self.query_one("#reboot").display = False
@@ -74,7 +79,7 @@ class RepairScreen(Step):
         said: list[str] = []
         inventory = protocol.job_inventory(self.job()) if self.job() else None
         try:
-            report = self.app.edges.plan_repair(self.app.edges.repair_disk, inventory, said.append,
+            report = self.app.edges.plan_repair(self.disk, inventory, said.append,
                                                 self.passphrases)
         except RepairError as e:
             self.post_message(RepairPlanned(None, "", str(e)))
@@ -83,9 +88,22 @@ class RepairScreen(Step):
 
     def on_repair_planned(self, message: RepairPlanned) -> None:
         if message.problem:
-            self.query_one("#found", Static).update("No repair is possible here.")
-            self.say(message.problem, True)
+            where = f" on {self.disk}" if self.disk else ""
+            self.query_one("#found", Static).update(f"No system to repair was found{where}.")
+            disks = self.disks()
+            if disks:
+                picker = self.query_one("#pick-disk", OptionList)
+                picker.clear_options()
+                picker.add_options([Option(text, id=path) for path, text in disks])
+                picker.display = True
+                picker.highlighted = 0
+                picker.focus()
+                self.say(message.problem + " Choose the disk that holds the copied system "
+                         "(arrows, Enter), or attach it and press F9 then exit to look again.", True)
+            else:
+                self.say(message.problem, True)
             return
+        self.query_one("#pick-disk").display = False
         self.report, self.plan_text = message.report, message.text
         self.query_one("#found", Static).update(plan_overview(message.report))
         self.query_one("#plan", Static).update(
@@ -98,6 +116,31 @@ class RepairScreen(Step):
             self.query_one("#reboot").display = True
             self.query_one("#reboot").focus()
             self.say("Nothing to change. Reboot the VM from its disk.")
+
+    def disks(self) -> list[tuple[str, str]]:
+        """(path, line) for each disk the probe saw here, to choose the one to repair."""
+        machine = self.app.session.machine
+        if not machine:
+            return []
+        out = []
+        for disk in machine.disks:
+            oses = sorted({fs.os.name for where, fs in machine.os_roots()
+                           if where.startswith(disk.path)})
+            out.append((disk.path, f"{disk.path} {human_size(disk.size)} {disk.model or ''}"
+                        f"{' - ' + ', '.join(oses) if oses else ''}"))
+        return out
+
+    @on(OptionList.OptionSelected, "#pick-disk")
+    def picked(self, event: OptionList.OptionSelected) -> None:
+        self.disk = event.option.id
+        self.query_one("#pick-disk").display = False
+        self.query_one("#found", Static).update(f"Looking for the copied system on {self.disk}...")
+        self.say("")
+        self.plan()
+
+    def look_again(self) -> None:
+        """Back from the shell: a disk attached there may be the one."""
+        self.plan()
 
     @on(Button.Pressed, "#apply")
     def apply(self) -> None:

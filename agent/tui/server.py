@@ -33,17 +33,20 @@ def reachable(url: str) -> str:
     return f"The server at {url} answers (version {version})."
 
 
-def check(url: str, token: str, fingerprint: str | None) -> tuple[str | None, str]:
-    """(fingerprint seen, sentence); raises ServerError when the server cannot be used."""
-    seen = presented(url)
-    client = Client(url, token, fingerprint or seen, retry_for=5, timeout=15)
+def same(a: str | None, b: str | None) -> bool:
+    """Whether two fingerprints are the same, however they were written (case, colons)."""
+    def digits(f: str) -> str:
+        return f.lower().removeprefix("sha256:").replace(":", "")
+    return bool(a and b) and digits(a) == digits(b)
+
+
+def token_accepted(url: str, token: str, fingerprint: str | None) -> str:
+    """A sentence once the server (pinned to `fingerprint` over HTTPS) accepted the token;
+    raises ServerError when the server cannot be used."""
+    client = Client(url, token, fingerprint, retry_for=5, timeout=15)
     version = client.health().get("version", "?")
     client.request("GET", protocol.jobs_path(), what="check the token", retry_for=5)
-    text = f"The server answers (version {version}) and accepts the token."
-    if seen and not fingerprint:
-        text += (" Compare the fingerprint it presents (above) with the one p2v-server printed; "
-                 "if they are the same, press Trust it.")
-    return seen, text
+    return f"The server answers (version {version}) and accepts the token."
 
 
 class ServerScreen(Step):
@@ -77,6 +80,7 @@ class ServerScreen(Step):
     def on_mount(self) -> None:
         self.seen: str | None = None
         self.tested: tuple | None = None
+        self.trusting = False          # the check running is the one Trust it started
         self.query_one("#trust", Button).display = False
         self.query_one("#url" if not self.app.session.settings.server else "#test").focus()
 
@@ -100,45 +104,76 @@ class ServerScreen(Step):
         if not url or not token:
             self.say("Type the server's URL and its token, as p2v-server printed them.", True)
             return
+        self.query_one("#trust", Button).display = False
         self.say(f"Testing {url}...")
         self.check(url, token, fingerprint or None)
 
     @work(thread=True, exclusive=True)
     def check(self, url: str, token: str, fingerprint: str | None) -> None:
+        """First the certificate alone (a TLS handshake, nothing sent); the token goes only to
+        the certificate the person trusts."""
         try:
-            seen, text = check(url, token, fingerprint)
+            seen = presented(url)
+            if seen and not same(seen, fingerprint):
+                text = ("Compare the fingerprint the server presents (above) with the one "
+                        "p2v-server printed; if they are the same, press Trust it. The token is "
+                        "sent only then." if not fingerprint else
+                        "The server presents a different fingerprint from the one typed: another "
+                        "machine may answer. Do not go on; check the address, or compare the "
+                        "fingerprint again.")
+                self.post_message(ServerChecked(not fingerprint, seen, text, token_checked=False))
+                return
+            text = token_accepted(url, token, seen)
         except ServerError as e:
             self.post_message(ServerChecked(False, None, str(e)))
             return
         self.post_message(ServerChecked(True, seen, text))
 
     def on_server_checked(self, message: ServerChecked) -> None:
-        self.say(message.text, not message.ok)
+        trusted = self.trusting and message.ok and message.token_checked
+        self.trusting = False
+        self.say(("Fingerprint trusted: the agent talks only to this server. " if trusted else "")
+                 + message.text, not message.ok)
         self.seen = message.fingerprint
-        url, token, fingerprint = self.values()
         if message.fingerprint:
             self.query_one("#seen", Static).update(
                 f"The server presents:\n{message.fingerprint[:39]}\n"
                 f"{' ' * 7}{message.fingerprint[39:]}")
-        trust = bool(message.ok and message.fingerprint and not fingerprint)
+        trust = message.ok and not message.token_checked
         self.query_one("#trust", Button).display = trust
-        if message.ok and not trust:
-            self.tested = (url, token, fingerprint)
+        if message.ok and message.token_checked:
+            self.tested = self.values()
+            self.keep()
         self.query_one("#trust" if trust else "#next" if message.ok else "#test", Button).focus()
 
     @on(Button.Pressed, "#trust")
     def trust(self) -> None:
         self.query_one("#fingerprint", Input).value = self.seen or ""
         self.query_one("#trust", Button).display = False
-        self.tested = self.values()
-        self.say("Fingerprint trusted: the agent talks only to this server.")
-        self.query_one("#next", Button).focus()
+        url, token, fingerprint = self.values()
+        self.say("Sending the token to the server whose certificate you trusted...")
+        self.trusting = True
+        self.check(url, token, fingerprint)
+
+    def keep(self) -> None:
+        """What is typed, into the settings when it is valid: going back loses nothing."""
+        url, token, fingerprint = self.values()
+        try:
+            self.app.session.settings = update(self.app.session.settings, {
+                "server": url or None, "token": token or None, "fingerprint": fingerprint or None})
+        except SettingsError:
+            pass
+
+    def action_back(self) -> None:
+        self.keep()
+        super().action_back()
 
     @on(Button.Pressed, "#next")
     def next(self) -> None:
         url, token, fingerprint = self.values()
         if self.tested != (url, token, fingerprint):
-            self.say("Press Test first: the agent goes on only with a server it has reached.", True)
+            self.say("Press Test: the agent goes on only with a server that accepted the token "
+                     "(the values changed since the last test, or it did not pass).", True)
             return
         session = self.app.session
         try:

@@ -65,7 +65,8 @@ async def to_summary(pilot, server, name: str | None = None):
     await pilot.press("tab", *server.token, "enter")  # Enter in a field runs the test
     await wait_for(pilot, lambda: app.screen.query_one("#trust").display, 60, "the server test")
     assert server.fingerprint in screen_text(app).replace("\n" + " " * 7, "")
-    await pilot.press("enter")                       # Trust it
+    await pilot.press("enter")                       # Trust it: only now the token goes
+    await wait_for(pilot, lambda: "accepts the token" in screen_text(app), 60, "the token check")
     await pilot.press("enter")                       # Next
     await wait_screen(pilot, "DisksScreen")
     await pilot.press("tab", "enter")                # the loop disk is ticked; Next

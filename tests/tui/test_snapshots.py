@@ -116,9 +116,9 @@ def test_server_after_test(snap_compare):
         pilot.app.screen.query_one("#url").value = PRESET["server"]
         pilot.app.screen.query_one("#token").value = PRESET["token"]
         pilot.app.screen.post_message(ServerChecked(
-            True, FINGERPRINT, "The server answers (version 0.1.0) and accepts the token. Compare "
-            "the fingerprint it presents (above) with the one p2v-server printed; if they are the "
-            "same, press Trust it."))
+            True, FINGERPRINT, "Compare the fingerprint the server presents (above) with the one "
+            "p2v-server printed; if they are the same, press Trust it. The token is sent only "
+            "then.", token_checked=False))
         await pilot.pause(0.3)
     assert snap_compare(app_for(), run_before=run_before)
 

@@ -192,3 +192,124 @@ def test_a_static_address_is_checked_in_the_forms_words_applied_before_next_and_
         assert "Network      eno1 10.0.0.9/24 via 10.0.0.1" in screen_text(app)
 
     walk(app, steps)
+
+
+# --- 8. the token goes only to a trusted certificate ---------------------------------------------
+
+class Listener:
+    """A TLS port that records every byte a client sends after the handshake, answers nothing."""
+
+    def __init__(self, tmp_path):
+        import socket
+        import ssl
+        import subprocess
+        import threading
+        cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj",
+                        "/CN=middle", "-days", "1", "-keyout", str(key), "-out", str(cert)],
+                       check=True, capture_output=True)
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert, key)
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"https://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.received = b""
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        import ssl
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                with self.context.wrap_socket(conn, server_side=True) as tls:
+                    tls.settimeout(2)
+                    while chunk := tls.recv(65536):
+                        self.received += chunk
+            except (OSError, ssl.SSLError):
+                pass
+
+    def close(self):
+        self.sock.close()
+
+
+def test_test_shows_the_fingerprint_and_sends_no_token_until_it_is_trusted(tmp_path):
+    listener = Listener(tmp_path)
+    app = make_app(Settings(), edges())
+
+    async def steps(pilot):
+        from agent.tui.server import ServerScreen
+        await open_screen(pilot, ServerScreen())
+        app.screen.query_one("#url").value = listener.url
+        app.screen.query_one("#token").value = "the-secret-token"
+        app.screen.query_one("#test").press()
+        await wait_for(pilot, lambda: "The server presents" in screen_text(app), 60, "the fingerprint")
+        await pilot.pause(3)                      # anything else the agent would send, it has
+        assert app.screen.query_one("#trust").display
+        assert b"the-secret-token" not in listener.received and listener.received == b""
+        assert "The token is sent only then" in screen_text(app)
+
+    try:
+        walk(app, steps)
+    finally:
+        listener.close()
+
+
+def test_test_then_trust_then_next_goes_on_and_back_keeps_what_was_typed(p2v_server):
+    app = make_app(Settings(), edges())
+
+    async def steps(pilot):
+        from agent.tui.server import ServerScreen
+        await open_screen(pilot, ServerScreen())
+        app.screen.query_one("#url").value = p2v_server.url
+        app.screen.query_one("#token").value = p2v_server.token
+        app.screen.query_one("#test").press()
+        await wait_for(pilot, lambda: app.screen.query_one("#trust").display, 60, "the fingerprint")
+        await pilot.press("enter")                # Trust it: now the token goes
+        await wait_for(pilot, lambda: "accepts the token" in screen_text(app), 60, "the token check")
+        await pilot.press("escape")               # back to Start, then forward again
+        await pilot.app.push_screen(ServerScreen())
+        await pilot.pause(0.3)
+        values = [app.screen.query_one(f"#{n}").value for n in ("url", "token", "fingerprint")]
+        assert values == [p2v_server.url, p2v_server.token, p2v_server.fingerprint]
+        app.screen.query_one("#test").press()
+        await wait_for(pilot, lambda: "accepts the token" in screen_text(app), 60, "the test")
+        await pilot.press("enter")                # Next has the focus: no "Press Test first"
+        await wait_screen(pilot, "DisksScreen")
+
+    walk(app, steps)
+
+
+# --- 9. repair on a machine whose disks are not where it looks -----------------------------------
+
+def test_repair_with_no_disk_found_names_the_disks_and_lets_one_be_chosen(monkeypatch):
+    from agent.repair import runner
+    from agent.repair.guest import RepairError
+    from tests.tui.test_snapshots import fixed_plan
+    monkeypatch.setattr(runner, "is_vm", lambda: True)
+    monkeypatch.setattr(runner, "vm_disks", lambda: [])      # a controller the VM shows otherwise
+    asked = []
+
+    def plan(disk, inventory, say, passphrases=None):
+        asked.append(disk)
+        if disk is None:
+            return runner.repair(runner.Request(dry_run=True), say)   # what the real one says
+        return fixed_plan(disk, inventory, say, passphrases)
+
+    app = make_app(Settings(), edges("windows", plan_repair=plan))
+
+    async def steps(pilot):
+        from agent.tui.repair import RepairScreen
+        await open_screen(pilot, RepairScreen())
+        await wait_for(pilot, lambda: app.screen.query_one("#pick-disk").display, 30, "the choice")
+        text = screen_text(app)
+        assert "attach the disk that holds the copied system" in text and "| . " not in text
+        picker = app.screen.query_one("#pick-disk")
+        first = picker.get_option_at_index(0).id
+        assert first.startswith("/dev/") and first in str(picker.get_option_at_index(0).prompt)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: app.screen.query_one("#apply").display, 30, "the plan")
+        assert asked == [None, first] and app.screen.disk == first
+
+    walk(app, steps)
