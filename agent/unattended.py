@@ -134,17 +134,18 @@ def plan_repair(disk: str | None, inventory: dict | None, say: Say,
 def apply_repair(disk: str | None, inventory: dict | None, say: Say,
                  client: Client | None = None, job: str | None = None,
                  disks: list[str] | None = None, passphrases: Passphrases | None = None,
-                 guest_tools: str | None = None) -> dict:
+                 guest_tools: str | None = None, windows_drivers: str | None = None) -> dict:
     """Repair for real; the report goes to the server when there is a job. Raises RepairError.
 
     `disks`: where to look when no single disk is named (restore targets); none: this VM's.
     `passphrases`: for LUKS volumes (the p2v.luks file, a console prompt); none: no unlocking.
     `guest_tools`: the pool's tools ISO or a directory (p2v.guest_tools): its agent is installed.
+    `windows_drivers`: a folder of the vendor's Windows PV drivers (p2v.windows_drivers).
     """
     try:
         report = repair(Request(disk=disk, disks=disks or [], inventory=inventory,
                                 passphrases=passphrases or Passphrases(),
-                                guest_tools=guest_tools), say)
+                                guest_tools=guest_tools, windows_drivers=windows_drivers), say)
     except RepairError as e:
         if client and job:
             send_repair_report(client, job, {"status": "failed", "error": str(e)}, say)
@@ -249,7 +250,8 @@ def _run(settings: Settings, say: Say, stream: TextIO, machine: Machine | None) 
         disk = settings.disks[0] if settings.disks else None
         report = apply_repair(disk, inventory, say, client, job and job["id"],
                               passphrases=Passphrases(settings.luks, console_ask(), say),
-                              guest_tools=settings.guest_tools)
+                              guest_tools=settings.guest_tools,
+                              windows_drivers=settings.windows_drivers)
         return Outcome(True, [f"Repair {report['status']}: {report.get('os', 'the system')}."])
     except (CaptureError, RestoreError, RepairError, ServerError, ProbeError) as e:
         return Outcome(False, [f"Stopped: {e}"])

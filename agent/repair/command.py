@@ -29,6 +29,9 @@ def register(subparsers) -> None:
                    help="passphrases of the guest's LUKS volumes, one a line (else: asked on this terminal)")
     p.add_argument("--guest-tools", metavar="ISO|DIR",
                    help="the pool's tools ISO or a folder with its Linux/ files: install the guest agent")
+    p.add_argument("--windows-drivers", metavar="DIR",
+                   help="a folder with the vendor's Windows PV drivers (.inf folders, .msi): a Windows "
+                        "guest installs them at first boot, before logon")
     p.set_defaults(func=main)
 
 
@@ -46,6 +49,7 @@ def main(args: argparse.Namespace) -> int:
     client = None
     try:
         request = Request(disk=args.disk, dry_run=args.dry_run, nics=_nics(args.nic), guest_tools=args.guest_tools,
+                          windows_drivers=args.windows_drivers,
                           passphrases=luks.Passphrases(args.luks, luks.console_ask()))
         if args.job or args.server:
             if not (args.job and args.server and args.token):

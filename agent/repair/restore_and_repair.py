@@ -38,6 +38,8 @@ def register(subparsers) -> None:
                    "line (or p2v.luks=; else: asked on this terminal)")
     p.add_argument("--guest-tools", metavar="ISO|DIR", help="the pool's tools ISO or a folder with its "
                    "Linux/ files: install the guest agent (or p2v.guest_tools=)")
+    p.add_argument("--windows-drivers", metavar="DIR", help="a folder with the vendor's Windows PV "
+                   "drivers: a Windows guest installs them at first boot (or p2v.windows_drivers=)")
     settings_mod.add_source_arguments(p)
     p.set_defaults(func=main)
 
@@ -61,7 +63,8 @@ def main(args: argparse.Namespace) -> int:
         inventory = protocol.job_inventory(client.job(settings.job))
         report = unattended.apply_repair(None, inventory, say, client, settings.job, disks=targets,
                                          passphrases=Passphrases(settings.luks, console_ask(), say),
-                                         guest_tools=settings.guest_tools)
+                                         guest_tools=settings.guest_tools,
+                                         windows_drivers=settings.windows_drivers)
     except RestoreError as e:
         print(f"Restore failed: {e}", file=sys.stderr)
         return 1

@@ -35,6 +35,7 @@ class Request:
     inventory: dict | None = None      # the job's capture inventory
     passphrases: luks.Passphrases = field(default_factory=luks.Passphrases)  # for LUKS volumes
     guest_tools: str | None = None     # the pool's tools ISO or a directory: install its agent
+    windows_drivers: str | None = None  # a folder with the vendor's Windows PV drivers
 
 
 @dataclass
@@ -180,11 +181,45 @@ def _repair_windows(request: Request, disk: str, layout: guest.DiskLayout, work:
         firmware = vm_firmware(request, layout)
         say(f"Found Windows on {fs.device}; the VM boots with {firmware.upper()}.")
         try:
-            report = windows.repair_mounted(root, firmware, request.dry_run, say)
+            report = windows.repair_mounted(root, firmware, request.dry_run, say,
+                                            windows_drivers(request, work, say), vm_macs(request))
         except windows.WindowsRepairError as e:
             raise RepairError(str(e)) from None
         report.update(disk=disk, root=fs.device, os="Windows")
         return report
+    return None
+
+
+def windows_drivers(request: Request, work: Path, say: Callable[[str], None]) -> Path | None:
+    """The folder of the vendor's Windows PV drivers: --windows-drivers, else the tools ISO or
+    folder of --guest-tools when it holds .inf or .msi files (its Linux/ folder aside)."""
+    if request.windows_drivers:
+        return Path(request.windows_drivers)
+    if not request.guest_tools:
+        return None
+    source = Path(request.guest_tools)
+    if source.is_file():
+        into = work / "windows-tools"
+        into.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run(["xorriso", "-osirrox", "on", "-indev", str(source), "-extract", "/",
+                               str(into)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            say(f"The tools ISO {source} could not be read for Windows drivers: "
+                f"{(proc.stderr.strip().splitlines() or ['no message'])[-1]}")
+            return None
+        source = into
+    found = any(p.suffix.lower() in (".inf", ".msi") for p in source.rglob("*")
+                if p.is_file() and p.relative_to(source).parts[0].lower() != "linux")
+    return source if found else None
+
+
+def vm_macs(request: Request) -> list[str] | None:
+    """The VM's NICs' MACs, in order: this machine's when the repair runs in the VM, else the
+    source's (the VM keeps them unless the server was told otherwise); None when unknown."""
+    if is_vm() and not (request.disk or request.disks):
+        return [nic.mac for nic in local_nics()]
+    if request.inventory:
+        return [nic.mac for nic in source_nics(request.inventory)]
     return None
 
 

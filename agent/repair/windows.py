@@ -15,10 +15,14 @@ controller. In every ControlSet of the SYSTEM hive this repair:
 - disables the services of other hypervisors' tools (VMware, VirtualBox, Parallels: Start=4),
   except a driver some device class loads as a filter (disabling it would stop that class).
 
+When given the vendor's PV driver package, or when the old NICs had static addresses, a
+first-boot job (firstboot.py) installs the drivers and sets the addresses on the VM's NIC before
+anyone logs on: its files go under C:\\Windows\\xenp2v, its start is two values of SYSTEM\\Setup.
+
 Planning reads the hive and changes nothing; the plan shows every value as
-`key\\value: old -> new` and as a .reg diff. Applying backs the hive up beside the guest's log,
-writes through hivex, and a second run finds nothing to do. The vendor's PV drivers are not
-staged: the plan says so.
+`key\\value: old -> new` and as a .reg diff, and every file it would write. Applying backs the
+hive (and any file it replaces) up beside the guest's log, writes the files, then the hive
+through hivex, and a second run finds nothing to do.
 """
 
 from __future__ import annotations
@@ -33,9 +37,12 @@ from pathlib import Path
 from typing import Callable
 
 from agent import fsstate
+from agent.repair import firstboot
+from agent.repair.firstboot import FirstBoot
 from agent.repair.hive import REG_DWORD, REG_EXPAND_SZ, REG_MULTI_SZ, REG_SZ, Hive, HiveError
 
 SYSTEM_HIVE = "Windows/System32/config/SYSTEM"
+SOFTWARE_HIVE = "Windows/System32/config/SOFTWARE"
 DRIVERS = "Windows/System32/drivers"
 LOG = "Windows/xenp2v/repair.log"
 BACKUPS = "Windows/xenp2v/backups"
@@ -98,6 +105,9 @@ class WindowsPlan:
     changes: list[ValueChange] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)      # what the plan saw or did not do
     warnings: list[str] = field(default_factory=list)   # what a technician must act on
+    # Files to write, relative to the Windows volume's root: (path, new bytes, or a file here).
+    files: list[tuple[str, bytes | Path]] = field(default_factory=list)
+    first_boot: FirstBoot | None = None    # the first-boot job, when it is staged
 
     def warn(self, line: str) -> None:
         if line not in self.warnings:
@@ -106,12 +116,18 @@ class WindowsPlan:
     def render(self) -> str:
         """Every change as `key\\value: old -> new`, then the same as a diff of .reg text."""
         out = [f"== Windows registry (SYSTEM hive): "
-               + (f"{len(self.changes)} value(s)" if self.changes else "nothing to do")]
+               + (f"{len(self.changes)} value(s)" if self.changes else
+                  f"{len(self.files)} file(s)" if self.files else "nothing to do")]
         out += [f"   {note}" for note in self.notes]
         out += [f"   WARNING: {w}" for w in self.warnings]
         out += [f"   {c.line()}    # {c.why}" for c in self.changes]
+        out += [f"   write C:\\{path.replace('/', chr(92))}" for path, _ in self.files]
         if self.changes:
             out.append(reg_diff(self.changes))
+        script = next((data for path, data in self.files if path == firstboot.SCRIPT), None)
+        if isinstance(script, bytes):
+            out.append(f"--- C:\\{firstboot.SCRIPT.replace('/', chr(92))}\n"
+                       + script.decode("ascii").replace("\r\n", "\n"))
         return "\n".join(out) + "\n"
 
 
@@ -139,9 +155,10 @@ def control_sets(hive: Hive) -> list[str]:
     return sorted(k for k in hive.subkeys("") if re.fullmatch(r"(?i)ControlSet\d{3}", k))
 
 
-def plan(hive: Hive, firmware: str, drivers: set[str]) -> WindowsPlan:
+def plan(hive: Hive, firmware: str, drivers: set[str], job: FirstBoot | None = None) -> WindowsPlan:
     """What the SYSTEM `hive` needs for a XenServer VM of `firmware` ("bios" or "uefi");
-    `drivers` are the lower-case file names in the guest's System32\\drivers."""
+    `drivers` are the lower-case file names in the guest's System32\\drivers; `job` what the
+    first boot does (its files are added by plan_root)."""
     result = WindowsPlan()
     sets = control_sets(hive)
     if not sets:
@@ -156,9 +173,45 @@ def plan(hive: Hive, firmware: str, drivers: set[str]) -> WindowsPlan:
         else:
             _nvme(hive, cs, drivers, result)
         _other_hypervisors(hive, cs, result)
-    result.notes.append("XenServer PV drivers are not staged: install the vendor's Windows PV "
-                        "drivers (XenServer VM Tools) in the VM once it runs.")
+    job = job or FirstBoot()
+    if job.drivers is None:
+        result.notes.append("XenServer PV drivers are not staged: give the vendor's Windows driver "
+                            "package with --windows-drivers DIR (p2v.windows_drivers=), or install "
+                            "them (XenServer VM Tools) in the VM once it runs.")
+    if not job.empty:
+        _first_boot(hive, job, result)
     return result
+
+
+def _first_boot(hive: Hive, job: FirstBoot, result: WindowsPlan) -> None:
+    """Winlogon's Setup hook runs the first-boot script (firstboot.py says why this hook)."""
+    setup_type = hive.value(firstboot.SETUP, "SetupType")
+    current = hive.value(firstboot.SETUP, "CmdLine")
+    ours = _sz(firstboot.cmdline(job.system_root))
+    busy = setup_type not in (None, (REG_DWORD, _dword(0)), (REG_DWORD, _dword(2)))
+    if busy or (setup_type == (REG_DWORD, _dword(2)) and current and current[1] != ours):
+        result.warn(f"Windows' setup hook is in use (HKLM\\SYSTEM\\Setup SetupType "
+                    f"{_short(*setup_type) if setup_type else '(absent)'}, CmdLine "
+                    f"{_short(*current) if current else '(absent)'}): Windows has not finished "
+                    "installing. The PV drivers and static addresses are not staged; finish "
+                    "Windows' setup on the source, or set them by hand in the VM.")
+        return
+    result.first_boot = job
+    why = "first boot: winlogon runs C:\\Windows\\xenp2v\\firstboot.cmd before logon"
+    _set(hive, result, firstboot.SETUP, "CmdLine", REG_SZ, ours, why)
+    _set(hive, result, firstboot.SETUP, "SetupType", REG_DWORD,
+         _dword(firstboot.RUN_CMDLINE_THEN_LOGON), why)
+    if job.drivers:
+        d = job.drivers
+        result.notes.append("First boot installs the PV drivers from "
+                            f"{d.root}: " + ", ".join(d.infs + d.msis) + "; then restarts once.")
+        if d.infs and not job.pnputil:
+            result.warn("Windows XP and Server 2003 have no pnputil: the .inf drivers are copied "
+                        "to C:\\Windows\\xenp2v\\drivers but not installed; install them with "
+                        "Device Manager (or the vendor's installer) in the VM.")
+    for adapter, mac in job.nics:
+        on = f"the VM's NIC {mac}" if mac else "the VM's first NIC"
+        result.notes.append(f"First boot sets the old adapter {adapter.describe()} on {on}.")
 
 
 def _dword(value: int) -> bytes:
@@ -291,6 +344,16 @@ def find(root: Path, relative: str) -> Path | None:
     return current
 
 
+def place(root: Path, relative: str) -> Path:
+    """Where `relative` goes under `root`: each existing part as the volume spells it (NTFS
+    through ntfs-3g is case-sensitive, Windows is not), the rest as given."""
+    current = root
+    for part in relative.split("/"):
+        found = find(current, part) if current.is_dir() else None
+        current = found if found is not None else current / part
+    return current
+
+
 def is_windows(root: Path) -> bool:
     return find(root, SYSTEM_HIVE) is not None
 
@@ -300,8 +363,11 @@ def driver_files(root: Path) -> set[str]:
     return {p.name.lower() for p in where.iterdir()} if where and where.is_dir() else set()
 
 
-def plan_root(root: Path, firmware: str) -> tuple[Path, WindowsPlan]:
-    """The SYSTEM hive of the Windows mounted at `root`, and its plan."""
+def plan_root(root: Path, firmware: str, drivers_from: Path | None = None,
+              vm_macs: list[str] | None = None) -> tuple[Path, WindowsPlan]:
+    """The SYSTEM hive of the Windows mounted at `root`, and its plan. `drivers_from`: a folder
+    with the vendor's PV driver package; `vm_macs`: the VM's NICs' MACs, in order (None when
+    not known: a lone static adapter then goes to whichever NIC the VM has)."""
     system = find(root, SYSTEM_HIVE)
     if system is None:
         raise WindowsRepairError(f"No {SYSTEM_HIVE} under {root}; nothing was changed.")
@@ -312,9 +378,74 @@ def plan_root(root: Path, firmware: str) -> tuple[Path, WindowsPlan]:
             "Nothing was changed.")
     try:
         with Hive(system) as hive:
-            return system, plan(hive, firmware, driver_files(root))
+            job, warnings = first_boot_job(root, hive, drivers_from, vm_macs)
+            result = plan(hive, firmware, driver_files(root), job)
     except HiveError as e:
         raise WindowsRepairError(f"{e} Nothing was changed.") from None
+    for w in warnings:
+        result.warn(w)
+    if result.first_boot:
+        result.files = _changed_files(root, result.first_boot)
+    return system, result
+
+
+def first_boot_job(root: Path, hive: Hive, drivers_from: Path | None,
+                   vm_macs: list[str] | None) -> tuple[FirstBoot, list[str]]:
+    """What the first boot of the Windows at `root` does, and warnings about what it cannot."""
+    warnings: list[str] = []
+    cs = firstboot.booted_control_set(hive) or (control_sets(hive) or [""])[0]
+    version, system_root = "", "C:\\Windows"
+    software = find(root, SOFTWARE_HIVE)
+    if software is not None:
+        with Hive(software) as sw:
+            key = r"Microsoft\Windows NT\CurrentVersion"
+            found = sw.value(key, "CurrentVersion")
+            version = found[1].decode("utf-16-le", "replace").rstrip("\0") if found else ""
+            found = sw.value(key, "SystemRoot")
+            if found:
+                system_root = found[1].decode("utf-16-le", "replace").rstrip("\0")
+    job = FirstBoot(pnputil=not version.startswith("5."), system_root=system_root)
+    if drivers_from is not None:
+        env = hive.value(f"{cs}\\Control\\Session Manager\\Environment", "PROCESSOR_ARCHITECTURE")
+        machine = env[1].decode("utf-16-le", "replace").rstrip("\0").upper() if env else "AMD64"
+        arch = {"AMD64": "x64", "X86": "x86"}.get(machine)
+        job.drivers = firstboot.driver_package(drivers_from, arch) if arch else None
+        if job.drivers is None:
+            warnings.append(f"{drivers_from} holds no .inf driver or .msi installer for this "
+                            f"Windows ({machine}): no PV drivers are staged. Give the folder of "
+                            "the vendor's Windows PV drivers for this architecture.")
+    adapters = firstboot.static_adapters(hive, cs)
+    if vm_macs is None:
+        job.nics = [(a, None) for a in adapters[:1]]
+        if len(adapters) > 1:
+            warnings.append(f"{len(adapters)} adapters had static addresses and the VM's NICs "
+                            "are not known here (repair --disk without --job): only "
+                            f"{adapters[0].name}'s are set, on the VM's first NIC; set the others "
+                            "by hand in the VM.")
+    else:
+        job.nics = list(zip(adapters, vm_macs))
+        for adapter in adapters[len(vm_macs):]:
+            warnings.append(f"The VM has no NIC for the old adapter {adapter.describe()}: its "
+                            "addresses are not set. Add a NIC to the VM and run repair again.")
+        if len(job.nics) > 1:
+            warnings.append("Several old adapters had static addresses: they go to the VM's NICs "
+                            "in order (" + "; ".join(f"{a.name} -> {m}" for a, m in job.nics)
+                            + "); check each in the VM.")
+    return job, warnings
+
+
+def _changed_files(root: Path, job: FirstBoot) -> list[tuple[str, bytes | Path]]:
+    """The first-boot files whose content on the volume differs from the job's."""
+    wanted: list[tuple[str, bytes | Path]] = [(firstboot.SCRIPT, firstboot.script(job).encode("ascii"))]
+    if job.drivers:
+        wanted += [(f"{firstboot.DRIVERS}/{rel}", job.drivers.root / rel) for rel in job.drivers.files]
+    out = []
+    for path, data in wanted:
+        new = data if isinstance(data, bytes) else data.read_bytes()
+        there = find(root, path)
+        if there is None or there.read_bytes() != new:
+            out.append((path, data))
+    return out
 
 
 def apply(root: Path, system: Path, result: WindowsPlan, say: Callable[[str], None]) -> Path:
@@ -326,38 +457,77 @@ def apply(root: Path, system: Path, result: WindowsPlan, say: Callable[[str], No
     backup = backups / system.name
     shutil.copy2(system, backup)
     say(f"Backed up {system.name} to \\{str(backup.relative_to(root)).replace('/', chr(92))}")
+    written: list[str] = []
     try:
+        _write_files(root, result.files, backups, written, say)
         with Hive(system, write=True) as hive:
             for change in result.changes:
                 hive.set_value(change.key, change.name, change.kind, change.new)
                 say(f"  {change.line()}")
-            hive.commit()
-    except HiveError as e:
+            if result.changes:
+                hive.commit()
+    except (HiveError, OSError) as e:
         shutil.copy2(backup, system)
+        _put_back(root, written, backups)
         raise WindowsRepairError(f"{e} The SYSTEM hive was put back from its backup {backup}; "
                                  "nothing was changed.") from None
-    log = root / LOG
+    log = place(root, LOG)
     with open(log, "a", encoding="utf-8") as f:
         f.write(f"--- xenp2v repair, {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}\n")
         f.write("".join(f"{c.line()}\n" for c in result.changes))
+        f.write("".join(f"wrote {path}\n" for path, _ in result.files))
         f.write(f"backup: {backup.relative_to(root)}\n")
     return backup
 
 
+def _write_files(root: Path, files: list[tuple[str, bytes | Path]], backups: Path,
+                 written: list[str], say: Callable[[str], None]) -> None:
+    """Write `files` under `root`, a replaced one kept under `backups` first; `written` gets
+    each path once it is touched."""
+    for path, data in files:
+        target = place(root, path)
+        there = find(root, path)
+        if there is not None:
+            keep = backups / "files" / path
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(there, keep)
+            target = there
+        target.parent.mkdir(parents=True, exist_ok=True)
+        written.append(path)
+        if isinstance(data, bytes):
+            target.write_bytes(data)
+        else:
+            shutil.copyfile(data, target)
+        say(f"  wrote C:\\{path.replace('/', chr(92))}")
+
+
+def _put_back(root: Path, written: list[str], backups: Path) -> None:
+    """Undo _write_files: the kept copies back, the new files removed."""
+    for path in written:
+        keep = backups / "files" / path
+        if keep.exists():
+            shutil.copy2(keep, place(root, path))
+        else:
+            place(root, path).unlink(missing_ok=True)
+
+
 def repair_mounted(root: Path, firmware: str, dry_run: bool,
-                   say: Callable[[str], None] = print) -> dict:
+                   say: Callable[[str], None] = print, drivers_from: Path | None = None,
+                   vm_macs: list[str] | None = None) -> dict:
     """Plan (and unless `dry_run`, apply) the repair of the Windows mounted at `root`; the
     report's `steps` holds one entry, `changes` its lines. Raises WindowsRepairError."""
-    system, result = plan_root(root, firmware)
+    system, result = plan_root(root, firmware, drivers_from, vm_macs)
     say(result.render())
-    report = {"family": "windows", "dry_run": dry_run, "changed": bool(result.changes),
+    changed = bool(result.changes or result.files)
+    report = {"family": "windows", "dry_run": dry_run, "changed": changed,
               "steps": [{"step": "Windows registry", "changes": [c.line() for c in result.changes],
+                         "files": [path for path, _ in result.files],
                          "notes": result.notes, "warnings": result.warnings}],
               "warnings": result.warnings}
     if dry_run:
         report["status"] = "planned"
         return report
-    if not result.changes:
+    if not changed:
         say("Nothing to change: this Windows is already repaired.")
         report["status"] = "ok"
         return report
