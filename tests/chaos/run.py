@@ -59,7 +59,7 @@ SOURCE_SIZE = 64 * MiB
 class Budget:
     """Time (s) and floors of each part; the full run is about 15 minutes."""
 
-    cut_capture_s: float = 360
+    cut_capture_s: float = 420
     kill_s: float = 180
     fuzz_requests: int = 10_000
     slow_clients: int = 16
@@ -181,7 +181,7 @@ class Chaos:
 
     def cuts(self, src: str) -> None:
         server = self.server()
-        capture_proxy = CutProxy(server.port, after=(16 * 1024, 10 * MiB), cuts=1 << 30,
+        capture_proxy = CutProxy(server.port, after=(16 * 1024, 4 * MiB), cuts=1 << 30,
                                  modes=("reset", "fin", "stall"), stall=self.budget.stall, seed=1,
                                  direction="both", probability=0.7)
         restore_proxy = CutProxy(server.port, after=(16 * 1024, 5 * MiB), cuts=1 << 30,
