@@ -430,10 +430,29 @@ def read_fields(changes: dict[str, Any], source: str) -> tuple[dict[str, Any], l
         try:
             parsed = [_parse_one(name, _cli_text(t), where)[1] for t in texts]
         except ValueError as e:
-            problems.append(str(e))
+            problems.append(_form_words(fieldname, texts) if source == "TUI" else str(e))
             continue
         values[fieldname] = parsed if fieldname == "ip" else parsed[0]
     return values, problems
+
+
+# What the TUI's forms call the fields, for problems said to someone filling them in.
+FORM_LABELS = {"server": "Server URL", "token": "Token", "fingerprint": "Fingerprint",
+               "vcpus": "vCPUs", "memory": "Memory", "name": "Name", "disks": "Disks",
+               "ip": "Network address"}
+
+
+def _form_words(fieldname: str, texts: list) -> str:
+    """A field's problem in a form's words ("vCPUs: 'x' is not a whole number."), not as a
+    flag or a boot-line key: the person fills in a form."""
+    label = FORM_LABELS.get(fieldname, fieldname)
+    for text in texts:
+        try:
+            KEYS[BY_FIELD[fieldname]].parse(_cli_text(text))
+        except ValueError as e:
+            shown = "" if fieldname in SECRETS else f"'{_cli_text(text)}' "
+            return f"{label}: {shown}{e}."
+    return f"{label}: not accepted."
 
 
 def check(settings: Settings) -> list[str]:

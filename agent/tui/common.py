@@ -6,7 +6,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, Footer, Input, Static
+from textual.widgets import Button, Checkbox, Footer, Input, RadioButton, Static
 
 STEPS = ("Start", "Network", "Server", "Disks", "VM", "Summary", "Transfer", "Done")
 
@@ -18,7 +18,8 @@ class Step(Screen):
     HELP = ""
     BINDINGS = [
         Binding("f1", "help", "Help"),
-        Binding("f9", "app.shell", "Shell"),
+        # Ctrl+T too: a VT100 or a serial console's keyboard has no F9.
+        Binding("f9,ctrl+t", "app.shell", "Shell"),
         Binding("escape", "back", "Back"),
         Binding("ctrl+q", "app.quit", "Quit", priority=True),
     ]
@@ -53,6 +54,23 @@ def buttons(*items: tuple[str, str, str]) -> Horizontal:
                       classes="buttons")
 
 
+class Tick(Checkbox):
+    """A checkbox whose glyph says on or off without colour: X ticked, blank not (the VGA
+    console's 16 colours draw Textual's on and off alike)."""
+
+    @property
+    def BUTTON_INNER(self) -> str:  # noqa: N802 - Textual's name
+        return "X" if self.value else " "
+
+
+class Choice(RadioButton):
+    """A radio button whose glyph says chosen or not without colour: * chosen, blank not."""
+
+    @property
+    def BUTTON_INNER(self) -> str:  # noqa: N802 - Textual's name
+        return "*" if self.value else " "
+
+
 class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,f1,q", "close", "Close")]
 
@@ -75,8 +93,8 @@ class HelpScreen(ModalScreen[None]):
 
 
 KEYS_HELP = ("Keys: Tab and Shift+Tab move between fields, Enter presses a button, arrows move in "
-             "lists and tables, Space ticks a box. F1 help, F9 a shell (type exit to come back), "
-             "Esc goes back a step, Ctrl+Q quits.")
+             "lists and tables, Space ticks a box. F1 help, F9 or Ctrl+T a shell (type exit to "
+             "come back), Esc goes back a step, Ctrl+Q quits.")
 
 
 class ConfirmScreen(ModalScreen[bool]):

@@ -11,6 +11,7 @@ from textual.widgets import Button, Static
 from agent.probe.report import human_size
 from agent.settings import update
 from agent.tui.common import ConfirmScreen, Step, buttons
+from agent.tui.vm import vcpus_text
 from agent.unattended import post_action
 
 
@@ -23,7 +24,7 @@ def next_steps(session) -> str:
         "What happens next:\n"
         "- With XenServer details, p2v-server now creates the VM, imports the disks, boots it "
         "from this ISO, repairs the system and starts it. Follow it with p2v-server jobs.\n"
-        f"- Otherwise create the VM by hand: {s.vcpus} vCPUs, {human_size(s.memory)} memory, "
+        f"- Otherwise create the VM by hand: {vcpus_text(s.vcpus)}, {human_size(s.memory)} memory, "
         f"{machine.firmware.upper()} firmware, disks of "
         + ", ".join(human_size(d.size) for d in disks)
         + ". Boot it from this ISO with the boot line\n"

@@ -11,7 +11,7 @@ from textual.widgets import Button, DataTable, Input, Label, RadioButton, RadioS
 
 from agent.client import ServerError
 from agent.settings import SettingsError, parse_ip, update
-from agent.tui.common import Step, buttons
+from agent.tui.common import Choice, Step, buttons
 from agent.tui.messages import NetworkDone
 
 
@@ -75,8 +75,8 @@ class NetworkScreen(Step):
         yield DataTable(id="nics", cursor_type="row")
         with Horizontal(classes="row"):
             with RadioSet(id="method"):
-                yield RadioButton("DHCP", value=True, id="dhcp")
-                yield RadioButton("Static", id="static")
+                yield Choice("DHCP", value=True, id="dhcp")
+                yield Choice("Static", id="static")
             with Grid(id="static-fields"):
                 yield Label("Address")
                 yield Input(placeholder="10.0.0.9/24", id="address")

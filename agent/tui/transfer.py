@@ -86,6 +86,9 @@ class TransferScreen(Step):
         self.cancelled = False
         self.job: str | None = None      # known from the log as soon as the server gives it
         self.fractions: dict[str, float] = {}
+        self.done: dict[str, int] = {}        # bytes each disk had sent at its last report
+        self.cut: dict[str, int] | None = None   # the same, when the server went away
+        self.back = ""                           # said once the server answers again
         self.query_one("#cancel", Button).focus()
         self.run_capture()
 
@@ -129,7 +132,18 @@ class TransferScreen(Step):
                                           before=self.query_one("#overall-row"))
         self.query_one(f"#bar-{event.disk}", ProgressBar).update(total=max(event.total, 1),
                                                                  progress=event.done)
-        self.query_one(f"#line-{event.disk}", Static).update(disk_line(event))
+        copying = event.phase in ("capture", "restore")
+        if self.cut is not None and copying and event.done > self.cut.get(event.disk, -1):
+            self.cut = None
+            self.query_one("#log", RichLog).write("info: connected again; the transfer goes on "
+                                                   "where it stopped")
+            self.back = "Connected again: the transfer goes on where it stopped. "
+        self.done[event.disk] = event.done
+        line = disk_line(event)
+        if self.cut is not None and copying:
+            # The rate and time left of before the cut would be a lie: say what is happening.
+            line = f"{human(event.done)}/{human(event.total)} waiting for the server"
+        self.query_one(f"#line-{event.disk}", Static).update(line)
         self.fractions[event.disk] = 1.0 if event.phase == "done" else (
             event.done / event.total if event.total else 0.0)
         disks = max(len(self.disk_ids()), len(self.fractions), 1)
@@ -137,8 +151,8 @@ class TransferScreen(Step):
         self.query_one("#overall", ProgressBar).update(progress=overall)
         self.query_one("#overall-line", Static).update(
             f"{sum(1 for f in self.fractions.values() if f >= 1.0)} of {disks} disks done")
-        if event.phase in ("capture", "restore"):
-            self.say(f"Copying {event.disk}...")
+        if copying and self.cut is None:
+            self.say(f"{self.back}Copying {event.disk}...")
 
     def on_transfer_log(self, message: TransferLog) -> None:
         line = message.line
@@ -147,6 +161,8 @@ class TransferScreen(Step):
             self.job = job[1]
         if "retrying" in line:
             line += " (the transfer resumes where it stopped)"
+            if self.cut is None:
+                self.cut = dict(self.done)
             self.say("The server cannot be reached right now: retrying, then resuming.")
         elif "(resumed)" in line:
             self.say("Resuming: what the server already holds is not sent again.")

@@ -10,7 +10,7 @@ from textual.widgets import Button, Checkbox, Input, Label, Static
 from agent.probe import Machine
 from agent.probe.report import human_size
 from agent.settings import Settings, SettingsError, parse_size, update
-from agent.tui.common import Step, buttons
+from agent.tui.common import Step, Tick, buttons
 from agent.tui.disks import left_out
 
 VHD_LIMIT = 2040 << 30      # VHD-based storage holds at most about 2 TiB per disk
@@ -29,11 +29,23 @@ def memory_text(size: int) -> str:
     return f"{gib:.0f}G" if gib >= 1 and gib == int(gib) else f"{size >> 20}M"
 
 
+def default_memory(machine: Machine) -> int:
+    """The machine's memory as a person would size a VM: the kernel's total (24105M, short of
+    what is installed by what firmware keeps) rounded to whole GiB, or to 256M below 2G."""
+    size = machine.memory or 2 << 30
+    step = 1 << 30 if size >= 2 << 30 else 256 << 20
+    return max(step, (size + step // 2) // step * step)
+
+
+def vcpus_text(count: int) -> str:
+    return f"{count} vCPU" + ("" if count == 1 else "s")
+
+
 def warnings(machine: Machine, settings: Settings, vcpus: int | None, memory: int | None) -> list[str]:
     out = left_out(machine, settings.disks or [])
     chosen = [d for d in machine.disks if d.path in (settings.disks or [])]
     if vcpus and vcpus > XEN_VCPUS:
-        out.append(f"{vcpus} vCPUs: XenServer supports at most {XEN_VCPUS} for most guests.")
+        out.append(f"{vcpus_text(vcpus)}: XenServer supports at most {XEN_VCPUS} for most guests.")
     if memory and machine.memory and memory > machine.memory:
         out.append(f"{human_size(memory)} is more memory than this machine has; check that the "
                    "pool's host has that much free.")
@@ -65,16 +77,16 @@ class VmScreen(Step):
     def body(self) -> ComposeResult:
         session = self.app.session
         machine, settings = session.machine, session.settings
-        vcpus = settings.vcpus or (machine.cpu.threads if machine.cpu else 2)
-        memory = settings.memory or machine.memory or 2 << 30
+        vcpus = settings.vcpus or self.default_vcpus()
+        memory = settings.memory or default_memory(machine)
         with Grid(id="vm-form"):
             yield Label("Name")
             yield Input(settings.name or default_name(machine), id="name")
             yield Label("vCPUs")
-            yield Input(str(vcpus), id="vcpus", type="integer")
+            yield Input(str(vcpus), id="vcpus")
             yield Label("Memory")
             yield Input(memory_text(memory), id="memory")
-        yield Checkbox("Keep the NICs' MAC addresses " + ", ".join(n.mac for n in machine.nics),
+        yield Tick("Keep the NICs' MAC addresses " + ", ".join(n.mac for n in machine.nics),
                        session.keep_macs, id="macs")
         yield Static(mac_note(session.keep_macs), id="macs-note")
         chosen = [d for d in machine.disks if d.path in (settings.disks or [])]
@@ -83,6 +95,10 @@ class VmScreen(Step):
         yield Static("", id="warnings")
         yield Static("", id="status")
         yield buttons(("next", "Next", "primary"))
+
+    def default_vcpus(self) -> int:
+        machine = self.app.session.machine
+        return machine.cpu.threads if machine.cpu else 2
 
     def on_mount(self) -> None:
         self.query_one("#name", Input).focus()
@@ -109,7 +125,10 @@ class VmScreen(Step):
     @on(Button.Pressed, "#next")
     def next(self) -> None:
         session = self.app.session
-        values = {name: self.query_one(f"#{name}", Input).value.strip() or None
+        # An empty field means the default shown at first, never "None".
+        defaults = {"name": default_name(session.machine), "vcpus": str(self.default_vcpus()),
+                    "memory": memory_text(default_memory(session.machine))}
+        values = {name: self.query_one(f"#{name}", Input).value.strip() or defaults[name]
                   for name in ("name", "vcpus", "memory")}
         try:
             session.settings = update(session.settings, values)

@@ -256,7 +256,7 @@ def test_tui_updates_go_through_the_same_checks():
     with pytest.raises(SettingsError) as err:
         update(changed, {"memory": "12", "unattended": True})
     assert err.value.problems == [
-        "TUI memory: p2v.memory=12 is less than 128M; write it with a unit, like 4G or 4096M.",
+        "Memory: '12' is less than 128M; write it with a unit, like 4G or 4096M.",
         "p2v.unattended with p2v.mode=capture needs p2v.token too; "
         "add them to the boot line or to p2v.cfg.",
     ]

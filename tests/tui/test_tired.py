@@ -313,3 +313,104 @@ def test_repair_with_no_disk_found_names_the_disks_and_lets_one_be_chosen(monkey
         assert asked == [None, first] and app.screen.disk == first
 
     walk(app, steps)
+
+
+# --- 10. the smaller things ----------------------------------------------------------------------
+
+def test_an_outage_shows_as_waiting_then_connected_again_not_a_frozen_rate():
+    import logging
+    import threading
+    import time
+    from agent.progress import ProgressEvent
+    GiB = 1 << 30
+    back = threading.Event()
+
+    def capture(settings, progress, machine=None, keep_macs=None):
+        def report(done, rate, eta):
+            for subscriber in progress.subscribers:
+                subscriber(ProgressEvent("sda", "capture", done, 8 * GiB, done, rate, eta))
+        report(2 * GiB, 100 << 20, 60.0)
+        logging.getLogger("agent.client").warning("cannot reach https://s:1 (refused); retrying in 4.0 s")
+        while not back.is_set():
+            report(2 * GiB, 100 << 20, 60.0)          # the last rate, as a stalled capture reports
+            back.wait(0.2)
+        while True:
+            report(3 * GiB, 90 << 20, 55.0)
+            time.sleep(0.2)
+
+    app = make_app(Settings(**PRESET, disks=["/dev/sda"]), edges(capture=capture))
+
+    async def steps(pilot):
+        from agent.tui.transfer import TransferScreen
+        await open_screen(pilot, TransferScreen())
+        line = lambda: str(app.screen.query_one("#line-sda").render())   # noqa: E731
+        await wait_for(pilot, lambda: "waiting for the server" in line(), 30, "the outage")
+        assert "ETA" not in line()
+        back.set()
+        await wait_for(pilot, lambda: "ETA" in line(), 30, "the way back")
+        assert "Connected again" in screen_text(app)
+
+    walk(app, steps)
+
+
+def test_vm_fields_say_what_is_wrong_in_the_forms_words_and_an_empty_one_is_the_default():
+    app = make_app(Settings(**PRESET, disks=["/dev/sda"]), edges())
+
+    async def steps(pilot):
+        from agent.tui.vm import VmScreen
+        await open_screen(pilot, VmScreen())
+        screen = app.screen
+        assert screen.query_one("#memory").value == "16G"
+        screen.query_one("#vcpus").focus()
+        await pilot.press("end", "x")                  # a letter is kept, then refused in words
+        assert screen.query_one("#vcpus").value == "4x"
+        screen.query_one("#next").press()
+        await pilot.pause(0.2)
+        status = str(screen.query_one("#status").render())
+        assert status == "vCPUs: '4x' is not a whole number.", status
+        screen.query_one("#vcpus").value = ""
+        screen.query_one("#memory").value = "12"
+        screen.query_one("#next").press()
+        await pilot.pause(0.2)
+        status = str(screen.query_one("#status").render())
+        assert "TUI" not in status and "p2v." not in status and status.startswith("Memory: '12'")
+        screen.query_one("#memory").value = ""
+        screen.query_one("#next").press()
+        await wait_screen(pilot, "SummaryScreen")
+        assert "vCPUs        4 " in screen_text(app) and "None" not in screen_text(app)
+
+    walk(app, steps)
+
+
+def test_the_memory_default_is_a_round_size_and_one_vcpu_is_singular():
+    from agent.tui.done import next_steps
+    from agent.tui.vm import default_memory, vcpus_text
+    machine = probe_machine(recorded=MACHINES / "two-disks-usb.json")
+    machine.memory = 24105 << 20
+    assert default_memory(machine) == 24 << 30
+    machine.memory = 1000 << 20
+    assert default_memory(machine) == 1024 << 20
+    assert vcpus_text(1) == "1 vCPU" and vcpus_text(4) == "4 vCPUs"
+
+    class Session:
+        settings = Settings(**PRESET, vcpus=1, memory=1 << 30, disks=["/dev/sda"])
+        job, machine = "j1", probe_machine(recorded=MACHINES / "two-disks-usb.json")
+    assert "by hand: 1 vCPU, " in next_steps(Session)
+
+
+def test_toggles_draw_on_and_off_differently_and_ctrl_t_opens_the_shell():
+    shells = []
+    app = make_app(Settings(**PRESET, disks=["/dev/sda"]), edges(shell=lambda: shells.append(1)))
+
+    async def steps(pilot):
+        from agent.tui.vm import VmScreen
+        await open_screen(pilot, VmScreen())
+        box = app.screen.query_one("#macs")
+        ticked = str(box.render())
+        box.value = False
+        await pilot.pause(0.1)
+        assert str(box.render()) != ticked
+        await pilot.press("ctrl+t")
+        await wait_for(pilot, lambda: shells, 10, "the shell")
+
+    walk(app, steps)
