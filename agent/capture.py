@@ -120,11 +120,11 @@ def filesystem_record(node: str) -> dict:
 
 
 def disk_inventory(plan: ReadPlan, serial: str | None, table: blockdev.PartitionTable | None,
-                   links: list[str] = ()) -> dict:
+                   links: list[str] = (), chunk_size: int | None = None) -> dict:
     """One disk of the inventory (see xenp2v.protocol): what the server reserves for it, what
     tells it apart from another machine's disk when a job is resumed (down to the filesystems
     it holds), and what the repair maps the source's device names by."""
-    chunk_size = protocol.chunk_size_for(plan.size)
+    chosen, chunk_size = chunk_size, chunk_size or protocol.chunk_size_for(plan.size)
     whole = filesystem_record(plan.device) if table is None else None
     return {
         "id": disk_id(plan.device), "size": plan.size, "used": min(plan.read_bytes, plan.size),
@@ -136,6 +136,7 @@ def disk_inventory(plan: ReadPlan, serial: str | None, table: blockdev.Partition
         "filesystem": whole if whole and whole["fstype"] else None,
         "links": list(links),
         "device": plan.device, "plan": plan.notes, "warnings": plan.warnings,
+        **({"chunk_size": chosen} if chosen else {}),
     }
 
 
@@ -184,11 +185,13 @@ def refuse_disks_in_use(devices: list[str]) -> None:
 
 def run(settings: Settings, progress: Progress | None = None, *, client: Client | None = None,
         probed: Machine | None = None, identity: dict | None = None,
-        retry_for: float = 600.0) -> CaptureResult:
+        retry_for: float = 600.0, chunk_size: int | None = None) -> CaptureResult:
     """Capture the settings' disks into a (new or resumed) job; raises CaptureError.
 
     `probed` is the probe the TUI already made (else the disks are probed here); `identity`
-    replaces the machine's identity fields (tests capture many "machines" from one box).
+    replaces the machine's identity fields (tests capture many "machines" from one box);
+    `chunk_size` (bytes, a power of two the protocol allows) replaces every disk's chosen one
+    (tests: make chaos cuts 64 KiB chunks).
     """
     progress = progress or Progress()
     buffer = LogBuffer()
@@ -216,7 +219,7 @@ def run(settings: Settings, progress: Progress | None = None, *, client: Client 
         machine = {**machine_inventory(probed), **(identity or {})}
         serials = {d.path: d.serial for d in probed.disks}
         disks = [disk_inventory(p, serials.get(p.device), blockdev.partition_table(p.device),
-                                disk_links(p.device)) for p in plans]
+                                disk_links(p.device), chunk_size) for p in plans]
         job = open_job(client, settings, inventory(settings, disks, machine))
         job_id = job["id"]
         log.info("job %s (%s)", job_id, "resumed" if job.get("resumed") else "new")

@@ -74,7 +74,10 @@ def server_fingerprint(url: str) -> str:
 
 class Client:
     def __init__(self, url: str, token: str, fingerprint: str | None = None,
-                 retry_for: float = 600.0, timeout: tuple[float, float] = (15.0, 60.0)):
+                 retry_for: float = 600.0, timeout: tuple[float, float] = (15.0, 60.0),
+                 backoff: tuple[float, float] = (BACKOFF_FIRST, BACKOFF_MAX)):
+        """`backoff` (s): the first wait between attempts and the longest, doubling between;
+        tests shorten it (make chaos). `retry_for` (s) is how long one call keeps trying."""
         if not url or urlsplit(url).scheme not in ("http", "https"):
             raise ServerError(f"The server address {url!r} is not a URL: give it as "
                               "https://HOST:PORT, as p2v-server printed it.")
@@ -90,6 +93,7 @@ class Client:
         self.fingerprint = _fingerprint_hex(fingerprint) if fingerprint else None
         self.retry_for = retry_for
         self.timeout = timeout
+        self.backoff = backoff
         self._local = threading.local()
 
     # --- plumbing ---------------------------------------------------------------------------
@@ -136,7 +140,7 @@ class Client:
         """attempt() until it returns, raises ServerError, or keeps raising _Retry too long."""
         retry_for = self.retry_for if retry_for is None else retry_for
         deadline = time.monotonic() + retry_for
-        delay = BACKOFF_FIRST
+        delay, longest = self.backoff
         while True:
             try:
                 return attempt()
@@ -150,7 +154,7 @@ class Client:
             wait = min(delay * random.uniform(0.8, 1.2), left)
             log.warning("%s; retrying in %.1f s", problem, wait)
             time.sleep(wait)
-            delay = min(delay * 2, BACKOFF_MAX)
+            delay = min(delay * 2, longest)
 
     def _refusal(self, status: int, body: bytes, what: str) -> ServerError:
         try:

@@ -105,7 +105,7 @@ class _Link:
                     return
                 with self.lock:
                     cut_here = (counted and self.after is not None and not self.broken
-                                and self.passed + len(data) >= self.after)
+                                and self.passed + len(data) > self.after)  # a byte held back
                     if cut_here:
                         self.broken = True
                     elif counted:

@@ -51,28 +51,36 @@ from test_server_hostile import fuzz, raw  # noqa: E402
 from wire import Wire  # noqa: E402
 from xenp2v import protocol as p  # noqa: E402
 
-MiB = 1 << 20
-SOURCE_SIZE = 64 * MiB
+KiB, MiB = 1 << 10, 1 << 20
+SOURCE_SIZE = 32 * MiB
 
 
 @dataclass
 class Budget:
     """Time (s) and floors of each part; the full run is about 15 minutes."""
 
-    cut_capture_s: float = 420
-    kill_s: float = 180
+    cut_capture_s: float = 240               # at least, and until the cut floors are reached
+    kill_s: float = 120                      # at least, and until the kill floor is reached
     fuzz_requests: int = 10_000
     slow_clients: int = 16
     slow_s: float = 40
-    stall: float = 4.0                       # a stalled connection, before it is closed
-    timeout: tuple = (5.0, 3.0)              # the agent's connect and read timeouts
+    stall: float = 3.0                       # a stalled connection, before it is closed
+    timeout: tuple = (3.0, 2.5)              # the agent's connect and read timeouts
+    # Test knobs, explicit: jobs of 64 KiB chunks (the protocol's smallest) so that a cut
+    # every few hundred KiB still lets every chunk through, and retries that wait 0.05 s
+    # doubling to 1 s instead of 0.5 s to 15 s. The agent still retries each call for
+    # `retry_for` seconds; only the waits between its attempts are shorter.
+    chunk_size: int = 64 * KiB
+    backoff: tuple = (0.05, 1.0)
+    cut_after: tuple = (8 * KiB, 1 * MiB)    # bytes through a doomed connection before its cut
+    max_s: float = 840                       # the cut and kill parts stop here whatever counts
     floors: dict = field(default_factory=lambda: {"kills": 50, "cuts during capture": 200,
                                                   "cuts during restore": 100,
                                                   "fuzzed requests": 10_000})
 
 
 SHORT = Budget(cut_capture_s=0, kill_s=0, fuzz_requests=300, slow_clients=0, slow_s=0,
-               stall=3.0, timeout=(3.0, 2.5),
+               stall=2.5, timeout=(3.0, 2.0), max_s=50,
                floors={"kills": 2, "cuts during capture": 3, "cuts during restore": 2,
                        "fuzzed requests": 300})
 
@@ -108,16 +116,16 @@ class Chaos:
         return dev
 
     def source(self) -> str:
-        """64 MiB, MBR: a 40 MiB ext4 with 15 MiB of random files, then 16 MiB of zeros in use."""
+        """32 MiB, MBR: a 24 MiB ext4 with 8 MiB of random files, then 6 MiB of zeros in use."""
         dev = self.loop(SOURCE_SIZE, "source")
-        run("sfdisk", "-q", dev, input="label: dos\nstart=2048, size=40M, type=83\nsize=16M, type=da\n")
+        run("sfdisk", "-q", dev, input="label: dos\nstart=2048, size=24M, type=83\nsize=6M, type=da\n")
         part = rescan(dev)[0]
         run("mkfs.ext4", "-q", "-b", "4096", part)
         mnt = Path(tempfile.mkdtemp(prefix="chaos-mnt-", dir=self.work))
         run("mount", part, str(mnt))
         try:
-            for i in range(5):
-                (mnt / f"f{i}").write_bytes(random.Random(i).randbytes(3 * MiB))
+            for i in range(4):
+                (mnt / f"f{i}").write_bytes(random.Random(i).randbytes(2 * MiB))
         finally:
             run("umount", str(mnt))
         os.sync()
@@ -143,14 +151,18 @@ class Chaos:
         return Settings(server=url or server.url, token=server.token,
                         fingerprint=server.fingerprint, compress="off", **kw)
 
+    def client(self, url: str, server: P2VServer) -> Client:
+        return Client(url, server.token, server.fingerprint, retry_for=300,
+                      timeout=self.budget.timeout, backoff=self.budget.backoff)
+
     def migrate(self, server: P2VServer, src: str, what: str, capture_url: str | None = None,
                 restore_url: str | None = None) -> str | None:
         """Capture `src`, restore it into a new file, compare: the job id, or None on failure."""
-        client = Client(capture_url or server.url, server.token, server.fingerprint,
-                        retry_for=300, timeout=self.budget.timeout)
+        client = self.client(capture_url or server.url, server)
         try:
             job = capture.run(self.settings(server, capture_url, disks=[src], streams=4),
-                              client=client, identity={"system_uuid": str(uuid.uuid4())}).job
+                              client=client, identity={"system_uuid": str(uuid.uuid4())},
+                              chunk_size=self.budget.chunk_size).job
         except CaptureError as err:
             self.tally.fail(f"{what}: capture failed: {err}")
             return None
@@ -159,8 +171,7 @@ class Chaos:
 
     def check_restore(self, server, job, src, what, restore_url=None) -> None:
         target = self.work / f"target-{job}.img"
-        client = Client(restore_url or server.url, server.token, server.fingerprint,
-                        retry_for=300, timeout=self.budget.timeout)
+        client = self.client(restore_url or server.url, server)
         try:
             restore.run(self.settings(server, restore_url, job=job, streams=4), str(target),
                         client=client)
@@ -181,17 +192,24 @@ class Chaos:
 
     def cuts(self, src: str) -> None:
         server = self.server()
-        capture_proxy = CutProxy(server.port, after=(16 * 1024, 4 * MiB), cuts=1 << 30,
+        capture_proxy = CutProxy(server.port, after=self.budget.cut_after, cuts=1 << 30,
                                  modes=("reset", "fin", "stall"), stall=self.budget.stall, seed=1,
-                                 direction="both", probability=0.7)
-        restore_proxy = CutProxy(server.port, after=(16 * 1024, 5 * MiB), cuts=1 << 30,
+                                 direction="both")
+        restore_proxy = CutProxy(server.port, after=self.budget.cut_after, cuts=1 << 30,
                                  modes=("reset", "fin", "stall"), stall=self.budget.stall, seed=2,
-                                 direction="both", probability=0.7)
+                                 direction="both")
+        floors = self.budget.floors
         end = time.monotonic() + self.budget.cut_capture_s
         try:
             while True:
+                began = time.monotonic()
                 self.migrate(server, src, "cuts", capture_proxy.url(), restore_proxy.url())
-                if time.monotonic() > end:
+                print(f"cuts: a run in {time.monotonic() - began:.0f} s; so far "
+                      f"{sum(capture_proxy.cut.values())} during capture, "
+                      f"{sum(restore_proxy.cut.values())} during restore", flush=True)
+                reached = (sum(capture_proxy.cut.values()) >= floors["cuts during capture"]
+                           and sum(restore_proxy.cut.values()) >= floors["cuts during restore"])
+                if (time.monotonic() > end and reached) or self.out_of_time():
                     break
         finally:
             capture_proxy.close()
@@ -208,18 +226,19 @@ class Chaos:
 
         def killer():
             while not stop.is_set():
-                if stop.wait(self.rng.uniform(0.3, 2.5)):
+                if stop.wait(self.rng.uniform(0.3, 2.0)):
                     return
                 server.kill()
                 self.tally.counts["kills"] += 1
-                time.sleep(self.rng.uniform(0.1, 1.0))
+                time.sleep(self.rng.uniform(0.1, 0.5))
                 server.start()
 
         end = time.monotonic() + self.budget.kill_s
         thread = threading.Thread(target=killer, daemon=True)
         thread.start()
         try:
-            while time.monotonic() < end or self.tally.counts["kills"] < 2:
+            while ((time.monotonic() < end or self.tally.counts["kills"] < self.budget.floors["kills"])
+                   and not self.out_of_time()) or not self.tally.counts["kills"]:
                 self.migrate(server, src, "kills")
         finally:
             stop.set()
@@ -373,6 +392,9 @@ class Chaos:
             self.tally.fail(f"slow clients: a capture and restore beside them took {took:.0f} s")
         self.server_log_clean(server, "slow clients")
 
+    def out_of_time(self) -> bool:
+        return time.monotonic() - self.started > self.budget.max_s
+
     def server_log_clean(self, server: P2VServer, what: str, token: bool = False) -> None:
         """A 5xx or a failure the server logged, and the token in its log (past the banner)."""
         text = server.log.read_text(errors="replace")
@@ -388,7 +410,7 @@ class Chaos:
     # --- the whole ---------------------------------------------------------------------------
 
     def run(self) -> bool:
-        started = time.monotonic()
+        self.started = started = time.monotonic()
         try:
             src = self.source()
             for part in (self.hostile, lambda: self.full_disk(src), lambda: self.cuts(src),
