@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-for extra in (REPO, REPO / "tests", REPO / "tests" / "server"):
+for extra in (REPO, REPO / "tests", REPO / "tests" / "server", REPO / "tests" / "chaos"):
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
@@ -46,6 +46,7 @@ from agent.capture import CaptureError  # noqa: E402
 from agent.client import Client  # noqa: E402
 from agent.settings import Settings  # noqa: E402
 from cutproxy import CutProxy  # noqa: E402
+from stepkill import STEPS  # noqa: E402
 from support import P2VServer, rescan, run  # noqa: E402
 from test_server_hostile import fuzz, raw  # noqa: E402
 from wire import Wire  # noqa: E402
@@ -73,6 +74,7 @@ class Budget:
     chunk_size: int = 64 * KiB
     backoff: tuple = (0.05, 1.0)
     cut_after: tuple = (8 * KiB, 1 * MiB)    # bytes through a doomed connection before its cut
+    step_rounds: int = 3                     # kills at every step of STEPS, this many times each
     max_s: float = 840                       # the cut and kill parts stop here whatever counts
     floors: dict = field(default_factory=lambda: {"kills": 50, "cuts during capture": 200,
                                                   "cuts during restore": 100,
@@ -80,7 +82,7 @@ class Budget:
 
 
 SHORT = Budget(cut_capture_s=0, kill_s=0, fuzz_requests=300, slow_clients=0, slow_s=0,
-               stall=2.5, timeout=(3.0, 2.0), max_s=50,
+               stall=2.5, timeout=(3.0, 2.0), max_s=50, step_rounds=1,
                floors={"kills": 2, "cuts during capture": 3, "cuts during restore": 2,
                        "fuzzed requests": 300})
 
@@ -219,6 +221,49 @@ class Chaos:
         for mode in ("reset", "fin", "stall"):
             self.tally.counts[f"  of which {mode}s"] += capture_proxy.cut[mode] + restore_proxy.cut[mode]
         self.server_log_clean(server, "cuts")
+
+    def step_kills(self, src: str) -> None:
+        """kill -9 at each step of a chunk write, a seal and a restore read (tests/chaos/stepkill.py),
+        in that order, `step_rounds` times: the server is started again armed for the next step
+        each time it died, while migrations go on."""
+        server = self.server()
+        steps = list(STEPS) * self.budget.step_rounds
+        at = 0
+        stop = threading.Event()
+
+        def armed(step: str) -> tuple[str, ...]:
+            nth = 1 if step.startswith("seal") else self.rng.randint(1, 40)
+            return (sys.executable, str(Path(__file__).with_name("stepkill.py")), step, str(nth))
+
+        server.stop()
+        server.prefix = armed(steps[0])
+        server.start()
+
+        def restarter():
+            nonlocal at
+            while not stop.wait(0.05):
+                if server.proc.poll() is None:
+                    continue
+                self.tally.counts["kills"] += 1
+                self.tally.counts[f"  at step {steps[at]}"] += 1
+                at += 1
+                server.prefix = armed(steps[at]) if at < len(steps) else ()
+                time.sleep(self.rng.uniform(0.05, 0.3))
+                server.start()
+
+        thread = threading.Thread(target=restarter, daemon=True)
+        thread.start()
+        try:
+            while at < len(steps) and not self.out_of_time():
+                self.migrate(server, src, "step kills")
+        finally:
+            stop.set()
+            thread.join()
+            server.stop()
+        for step in STEPS:
+            if not self.tally.counts[f"  at step {step}"]:
+                self.tally.fail(f"step kills: the server was never killed at step '{step}'")
+        self.server_log_clean(server, "step kills")
 
     def kills(self, src: str) -> None:
         server = self.server()
@@ -414,7 +459,7 @@ class Chaos:
         try:
             src = self.source()
             for part in (self.hostile, lambda: self.full_disk(src), lambda: self.cuts(src),
-                         lambda: self.kills(src), lambda: self.slow(src)):
+                         lambda: self.step_kills(src), lambda: self.kills(src), lambda: self.slow(src)):
                 part()
         finally:
             self.cleanup()
