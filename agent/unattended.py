@@ -19,7 +19,7 @@ from typing import Callable, TextIO
 
 from agent.capture import CaptureError, CaptureResult
 from agent.capture import run as capture_run
-from agent import xenstore
+from agent import winwarn, xenstore
 from agent.client import Client, ServerError
 from agent.probe import Machine, ProbeError, probe_machine
 from agent.progress import PlainLines, Progress, human
@@ -232,6 +232,9 @@ def _run(settings: Settings, say: Say, stream: TextIO, machine: Machine | None) 
                 say(f"Job {job['id']} was not imported onto this VM by the server: its image is "
                     "restored onto this VM's disks first, then repaired.")
                 mode = "restore"
+        if mode == "capture":
+            for warning in winwarn.lines(winwarn.check(machine, settings.disks)):
+                say(f"Warning: {warning}")
         if client is not None:
             say(f"Server {settings.server}: a server that does not answer is retried for "
                 "10 minutes, each attempt shown here.")

@@ -20,6 +20,7 @@ class Session:
     settings: Settings
     machine: Machine | None = None
     situation: Situation | None = None
+    windows: dict[str, list[str]] = field(default_factory=dict)  # disk path: Windows warnings
     keep_macs: bool = True
     job: str | None = None                               # the job the transfer filled
     outcome: list[str] = field(default_factory=list)   # what the transfer or repair did

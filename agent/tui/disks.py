@@ -150,6 +150,7 @@ class DisksScreen(Step):
         session = self.app.session
         machine = session.machine = message.machine
         session.situation = message.situation or session.situation
+        session.windows = message.windows
         fresh = {d.path for d in machine.disks} - self.seen
         self.seen |= fresh
         here = {d.path for d in machine.disks}

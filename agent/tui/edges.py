@@ -14,7 +14,7 @@ from typing import Callable
 from agent.probe import Machine, Nic, probe_machine
 from agent.probe import system
 from agent.settings import IpConfig
-from agent import unattended
+from agent import unattended, winwarn
 
 
 def configure_network(nic: str, ip: IpConfig) -> str:
@@ -49,6 +49,8 @@ def shell() -> None:
 class Edges:
     probe: Callable[[list[str] | None], Machine] = lambda devices: probe_machine(devices=devices)
     nics: Callable[[], list[Nic]] = system.nics
+    # The Windows warnings before the transfer, {disk path: sentences}, looked at in the worker.
+    windows_warnings: Callable[[Machine], dict[str, list[str]]] = winwarn.check
     configure_network: Callable[[str, IpConfig], str] = configure_network
     shell: Callable[[], None] = shell
     power: Callable[[list[str]], object] = subprocess.run

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from textual.message import Message
 
@@ -16,6 +16,7 @@ class Probed(Message):
     machine: Machine | None
     situation: Situation | None
     problem: str | None
+    windows: dict[str, list[str]] = field(default_factory=dict)  # disk path: warnings (winwarn)
 
 
 @dataclass(eq=False)

@@ -11,9 +11,11 @@ from textual.widgets.option_list import Option
 
 from agent.blockdev import BlockDevError
 from agent.client import ServerError
+from agent import winwarn
 from agent.probe import Machine, ProbeError
 from agent.probe.report import human_size
 from agent.tui.common import Step
+from agent.tui.disks import wanted_here
 from agent.tui.messages import Probed
 from agent.unattended import client_for, situation
 
@@ -56,7 +58,12 @@ def look(app) -> Probed:
         found = situation(machine, settings, client)
     except ServerError:
         found = situation(machine, settings, None)
-    return Probed(machine, found, None)
+    return Probed(machine, found, None, app.edges.windows_warnings(machine))
+
+
+def windows_text(found: dict[str, list[str]], disks: set[str] | None) -> str:
+    """The Windows warnings (winwarn) for the `disks` (paths; None: all), one "Warning:" line each."""
+    return "\n".join(f"Warning: {w}" for w in winwarn.lines(found, disks))
 
 
 def glance(machine: Machine) -> str:
@@ -96,6 +103,7 @@ class StartScreen(Step):
 
     def body(self) -> ComposeResult:
         yield Static("Looking at this machine's hardware and disks...", id="glance")
+        yield Static("", id="windows", classes="warnings")
         yield Static("", id="status")
         yield OptionList(id="choices")
 
@@ -118,10 +126,15 @@ class StartScreen(Step):
             return
         session = self.app.session
         session.machine, session.situation = message.machine, message.situation
+        session.windows = message.windows
         text = glance(message.machine)
         for problem in message.machine.problems[:3]:
             text += f"\nProblem  {problem}"
         self.query_one("#glance", Static).update(text)
+        found = windows_text(message.windows, wanted_here(message.machine, session.settings.disks))
+        windows = self.query_one("#windows", Static)
+        windows.update(found)
+        windows.display = bool(found)
         self.say(message.situation.reason)
         preset = session.settings.mode
         first = preset if preset in CHOICES else message.situation.mode

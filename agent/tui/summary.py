@@ -7,6 +7,7 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Button, Static
 
+from agent import winwarn
 from agent.probe.report import human_size
 from agent.tui.common import Step, buttons
 from agent.tui.network import network_line
@@ -27,7 +28,7 @@ def summary(session) -> str:
         f"Transfer     {s.streams} streams, compression {s.compress}, "
         f"limit {human_size(s.bwlimit) + '/s' if s.bwlimit else 'none'}",
     ]
-    found = warnings(machine, s, s.vcpus, s.memory)
+    found = winwarn.lines(session.windows, s.disks or []) + warnings(machine, s, s.vcpus, s.memory)
     lines += [f"Warning: {w}" for w in found]
     lines.append("")
     lines.append("The disks are only read. The transfer can be stopped and started again: it "

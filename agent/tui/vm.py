@@ -54,8 +54,10 @@ def warnings(machine: Machine, settings: Settings, vcpus: int | None, memory: in
             out.append(f"{disk.name} is {human_size(disk.size)}: over 2 TiB, it cannot go into a "
                        "VHD or a VHD-based storage repository; use raw or qcow2 storage.")
     if any(fs.os.family == "windows" for _, fs in machine.os_roots()):
-        out.append("A Windows system was found: it is copied, but the repair fixes Linux only; "
-                   "install the VM's drivers in Windows afterwards.")
+        out.append("A Windows system was found: after the transfer, the repair makes it start "
+                   "on the VM's disk controller (IDE or NVMe) and disables other hypervisors' "
+                   "tools; XenServer's PV drivers are installed at first boot only when their "
+                   "package is given (--windows-drivers, p2v.windows_drivers).")
     return out
 
 

@@ -7,6 +7,7 @@ import logging
 import time
 
 
+from agent import winwarn
 from agent.capture import CaptureError
 from agent.progress import ProgressEvent
 from agent.settings import Settings
@@ -68,8 +69,15 @@ def fixed_plan(disk, inventory, say, passphrases=None):
                  "commands": ["update-initramfs -u -k all"]}]}
 
 
-def app_for(machine: str = "two-disks-usb", **settings):
+# What agent.winwarn says of a Windows 10 disk shut down with Fast Startup on: fixed, since a
+# recorded machine's disks are not here to look at (tests/tui/test_windows_warnings.py looks).
+HIBERNATED = {"/dev/sda": [winwarn.unclean_warning(
+    "/dev/sda2", "holds a hibernated Windows (hibernation or Fast Startup left it mounted)")]}
+
+
+def app_for(machine: str = "two-disks-usb", windows: dict | None = None, **settings):
     edges = Edges(probe=recorded(machine), nics=lambda: [], power=lambda argv: None,
+                  windows_warnings=lambda found: windows or {},
                   shell=lambda: None, capture=fixed_capture, plan_repair=fixed_plan,
                   apply_repair=lambda *a, **k: (_ for _ in ()).throw(CaptureError("not here")))
     return make_app(Settings(**settings), edges)
@@ -106,6 +114,10 @@ def test_start_in_a_vm(snap_compare):
     assert snap_compare(app_for("windows"), run_before=probed)
 
 
+def test_start_windows_hibernated(snap_compare):
+    assert snap_compare(app_for("windows", HIBERNATED), run_before=probed)
+
+
 def test_network(snap_compare):
     assert snap_compare(app_for(), run_before=goto("Network"))
 
@@ -138,6 +150,15 @@ def test_vm_with_warnings(snap_compare):
 
 def test_summary(snap_compare):
     assert snap_compare(app_for(**PRESET), run_before=goto("Summary", prepare=chosen))
+
+
+def test_summary_windows_hibernated(snap_compare):
+    def chosen_windows(app):
+        from agent.settings import update
+        app.session.settings = update(app.session.settings, {
+            "disks": ["/dev/sda"], "name": "filesrv01", "vcpus": "2", "memory": "4G"})
+    assert snap_compare(app_for("windows", HIBERNATED, **PRESET),
+                        run_before=goto("Summary", prepare=chosen_windows))
 
 
 def test_transfer(snap_compare):
