@@ -30,7 +30,7 @@ from xenp2v import __version__
 from xenp2v.protocol import (
     API, AUTH_HEADER, DIGEST_HEADER, ENCODING_HEADER, MAX_CHUNK_SIZE, MAX_JSON_BODY, MAX_LOG_BODY,
     FINISHED_JOB_STATES, PRECOPY_DIGEST, VERSION, ZSTD, ErrorCode, JobState, ProtocolError,
-    check_id, chunk_digest, health_path, parse_digest,
+    EVENT_FIELDS, REPAIR_FIELDS, check_id, check_shape, chunk_digest, health_path, parse_digest,
 )
 
 log = logging.getLogger("xenp2v.server")
@@ -506,6 +506,8 @@ async def post_events(request: web.Request) -> web.Response:
     if not events or not all(isinstance(e, dict) for e in events):
         raise ProtocolError(ErrorCode.BAD_REQUEST,
                             "Events must be a JSON object (with 'phase') or a non-empty list of them.")
+    for i, event in enumerate(events):
+        check_shape(event, EVENT_FIELDS, f"event {i}" if len(events) > 1 else "event")
     await in_pool(request, request.app[STORE].add_events, job, events)
     return web.Response(status=204)
 
@@ -532,6 +534,7 @@ async def repair_report(request: web.Request) -> web.Response:
     report = await read_json(request, what="repair report")
     if not isinstance(report, dict):
         raise ProtocolError(ErrorCode.BAD_REQUEST, "The repair report must be a JSON object.")
+    check_shape(report, REPAIR_FIELDS, "repair report")
     await in_pool(request, request.app[STORE].set_repair, job, report)
     fire(request, "on_repair_report", job, report)
     return web.Response(status=204)

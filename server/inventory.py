@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from xenp2v.protocol import (
-    MAX_DISK_SIZE, MAX_DISKS, ErrorCode, ProtocolError, check_chunk_size, check_id, chunk_count,
-    chunk_size_for, disk_identity, partition_span, placeholder,
+    INVENTORY_FIELDS, MAX_DISK_SIZE, MAX_DISKS, ErrorCode, ProtocolError, check_chunk_size,
+    check_id, check_shape, chunk_count, chunk_size_for, disk_identity, partition_span, placeholder,
 )
 
 MAX_CHUNKS = 1 << 24
@@ -143,6 +143,7 @@ def parse_inventory(body: object) -> Inventory:
     if not isinstance(disks, list) or not 1 <= len(disks) <= MAX_DISKS:
         raise bad(f"'disks' must be a list of 1 to {MAX_DISKS} disks, each with 'id' and 'size'.")
     plans = tuple(_disk(d, i) for i, d in enumerate(disks))
+    check_shape(body, INVENTORY_FIELDS, "inventory")   # what the dashboard shows of it
     ids = [d.id for d in plans]
     if len(set(ids)) != len(ids):
         raise bad(f"The disk ids {ids} are not all different.")

@@ -27,6 +27,7 @@ digests the chunk with BLAKE3 itself and keeps both), compares them with the ``s
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -99,6 +100,7 @@ class ErrorCode(StrEnum):
     OUT_OF_RANGE = "out_of_range"            # 416 chunk index beyond the disk
     BAD_DIGEST = "bad_digest"                # 422 chunk or image digest does not match
     BAD_LENGTH = "bad_length"                # 422 chunk length is not the chunk's length
+    BAD_FIELD = "bad_field"                  # 422 a field of an event, inventory or report has the wrong type
     INSUFFICIENT_STORAGE = "insufficient_storage"  # 507 images cannot fit the free space
     INTERNAL = "internal"                    # 500 a bug; the detail says where to look
 
@@ -114,6 +116,7 @@ ERROR_STATUS: dict[ErrorCode, int] = {
     ErrorCode.OUT_OF_RANGE: 416,
     ErrorCode.BAD_DIGEST: 422,
     ErrorCode.BAD_LENGTH: 422,
+    ErrorCode.BAD_FIELD: 422,
     ErrorCode.INSUFFICIENT_STORAGE: 507,
     ErrorCode.INTERNAL: 500,
 }
@@ -497,3 +500,107 @@ def image_digest(size: int, chunk_size: int, data: dict[int, str], zero: Iterabl
         line = f"{index} {data[index]}\n" if index in data else f"{index} zero\n"
         h.update(line.encode())
     return "blake3:" + h.hexdigest()
+
+
+# --- shapes of what agents report --------------------------------------------------------------
+#
+# The fields of events, inventories and repair reports that the server reads or shows, with their
+# kinds: a field may be absent or null, else it is of its kind. Other fields pass as they are
+# (a newer agent may send more). Kinds: str, NUMBER (int or float, not bool, finite), bool, [kind]
+# (a list of them), {field: kind} (an object with those fields).
+
+NUMBER = "number"
+STRINGS = [str]
+
+EVENT_FIELDS: dict = {"disk": str, "phase": str, "message": str, "done": NUMBER, "total": NUMBER,
+                      "sent": NUMBER, "rate": NUMBER, "eta": NUMBER}
+NIC_FIELDS: dict = {"name": str, "mac": str, "driver": str, "speed": NUMBER, "link": bool,
+                    "addresses": STRINGS, "altnames": STRINGS}
+MACHINE_FIELDS: dict = {"system_uuid": str, "vendor": str, "product": str, "serial": str,
+                        "firmware": str, "cpus": NUMBER, "memory": NUMBER, "nics": [NIC_FIELDS]}
+INVENTORY_DISK_FIELDS: dict = {"device": str, "plan": STRINGS, "warnings": STRINGS}
+INVENTORY_FIELDS: dict = {"vcpus": NUMBER, "memory": NUMBER, "machine": MACHINE_FIELDS,
+                          "disks": [INVENTORY_DISK_FIELDS]}
+STEP_FIELDS: dict = {"step": str, "status": str, "diff": str, "files": STRINGS,
+                     "commands": STRINGS, "notes": STRINGS, "warnings": STRINGS,
+                     "changes": STRINGS}
+REPAIR_FIELDS: dict = {"status": str, "ok": bool, "os": str, "family": str, "root": str,
+                       "disk": str, "error": str, "detail": str, "warnings": STRINGS,
+                       "steps": [STEP_FIELDS]}
+
+
+def _kind_name(kind) -> str:
+    if kind is NUMBER:
+        return "a number"
+    if kind is str:
+        return "a string"
+    if kind is bool:
+        return "true or false"
+    if isinstance(kind, list):
+        return "a list of " + ("objects" if isinstance(kind[0], dict) else _kind_name(kind[0])[2:] + "s")
+    return "an object"
+
+
+def fits(value: object, kind) -> bool:
+    """Whether ``value`` (not null) is of ``kind``; an object's fields are not looked into."""
+    if kind is NUMBER:
+        return (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value))
+    if kind is str or kind is bool:
+        return isinstance(value, kind)
+    if isinstance(kind, list):
+        return isinstance(value, list)
+    return isinstance(value, dict)
+
+
+def shape_problems(obj: object, fields: dict, where: str) -> list[str]:
+    """Sentences naming each field of ``obj`` (a JSON object) that is not of its kind; []
+    when all fit. ``where`` names the object in them ("event 0", "disk sda")."""
+    if not isinstance(obj, dict):
+        return [f"The {where} must be a JSON object."]
+    out = []
+    for name, kind in fields.items():
+        value = obj.get(name)
+        if value is None:
+            continue
+        if not fits(value, kind):
+            out.append(f"'{name}' of the {where} must be {_kind_name(kind)}, not {value!r:.40}.")
+        elif isinstance(kind, list):
+            for i, item in enumerate(value):
+                if isinstance(kind[0], dict):
+                    out += shape_problems(item, kind[0], f"{where}'s {name} {i}")
+                elif item is None or not fits(item, kind[0]):
+                    out.append(f"'{name}' of the {where} must be {_kind_name(kind)}; item {i} "
+                               f"is {item!r:.40}.")
+        elif isinstance(kind, dict):
+            out += shape_problems(value, kind, f"{where}'s {name}")
+    return out
+
+
+def check_shape(obj: object, fields: dict, where: str) -> None:
+    """ProtocolError 422 (bad_field) naming the first field of ``obj`` not of its kind."""
+    problems = shape_problems(obj, fields, where)
+    if problems:
+        more = f" ({len(problems) - 1} more field(s) are wrong too.)" if len(problems) > 1 else ""
+        raise ProtocolError(ErrorCode.BAD_FIELD, problems[0] + more)
+
+
+def conform(obj: object, fields: dict) -> dict:
+    """A copy of ``obj`` for showing: each field not of its kind replaced by "?" (a list's by
+    ["?"], an object's by {}), items and nested objects likewise; not an object -> {}."""
+    if not isinstance(obj, dict):
+        return {}
+    out = dict(obj)
+    for name, kind in fields.items():
+        value = obj.get(name)
+        if value is None:
+            continue
+        if not fits(value, kind):
+            out[name] = ["?"] if isinstance(kind, list) else {} if isinstance(kind, dict) else "?"
+        elif isinstance(kind, list) and isinstance(kind[0], dict):
+            out[name] = [conform(item, kind[0]) for item in value]
+        elif isinstance(kind, list):
+            out[name] = [item if item is not None and fits(item, kind[0]) else "?" for item in value]
+        elif isinstance(kind, dict):
+            out[name] = conform(value, kind)
+    return out

@@ -3,14 +3,28 @@ the rows and bars the templates draw out. No I/O here."""
 
 from __future__ import annotations
 
-from xenp2v.protocol import DiskState, JobState
+import logging
+
+from xenp2v.protocol import (
+    EVENT_FIELDS, INVENTORY_FIELDS, NUMBER, REPAIR_FIELDS, DiskState, JobState, conform, fits,
+)
+
+log = logging.getLogger("xenp2v.server")
 
 LIVE_PHASES = ("capture", "restore")
+UNKNOWN = "?"   # what a value of the wrong kind (an older or broken agent's) shows as
 
 
-def human(n: float | None) -> str:
+def number(value: object) -> float | None:
+    """``value`` when it is a finite number (not a bool), else None."""
+    return value if value is not None and fits(value, NUMBER) else None
+
+
+def human(n: object) -> str:
     if n is None:
         return "—"
+    if number(n) is None:
+        return UNKNOWN
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -18,8 +32,12 @@ def human(n: float | None) -> str:
     return f"{n:.1f} TiB"
 
 
-def duration(seconds: float | None) -> str:
-    if seconds is None or seconds < 0:
+def duration(seconds: object) -> str:
+    if seconds is None:
+        return "—"
+    if number(seconds) is None:
+        return UNKNOWN
+    if seconds < 0:
         return "—"
     seconds = int(seconds)
     h, rest = divmod(seconds, 3600)
@@ -38,8 +56,8 @@ def disk_view(disk: dict, event: dict | None, planned: dict | None, receiving: b
     """One disk's line: a progress bar from what the server holds (it moves with every chunk);
     while the capture runs, the rate the server stores at (``stored_rate``, bytes/s, when it has
     watched long enough), else the agent's latest event's, and the ETA from it."""
-    event = event or {}
-    planned = planned or {}
+    event = conform(event, EVENT_FIELDS)
+    planned = conform(planned, INVENTORY_FIELDS["disks"][0])
     sealed = disk["state"] == DiskState.SEALED
     expected = disk["expected_bytes"] or disk["size"]
     if sealed:
@@ -51,14 +69,14 @@ def disk_view(disk: dict, event: dict | None, planned: dict | None, receiving: b
     if live and stored_rate:
         rate, eta = stored_rate, max(0, expected - disk["held_bytes"]) / stored_rate
     elif live and event.get("rate"):   # an agent's first event says 0 B/s: not a rate yet
-        rate, eta = event["rate"], event.get("eta")
+        rate, eta = event["rate"], event.get("eta")   # UNKNOWN when of the wrong kind
     return {
         "id": disk["id"], "size": disk["size"], "state": disk["state"], "pct": pct,
         "held": disk["held_bytes"], "expected": expected,
         "sent": event.get("sent"), "phase": event.get("phase") or ("sealed" if sealed else "waiting"),
         "rate": rate, "eta": eta,
         "message": event.get("message") or "",
-        "warnings": [w for w in planned.get("warnings") or [] if isinstance(w, str)],
+        "warnings": list(planned.get("warnings") or []),   # strings, UNKNOWN for a bad one
         "bad_ranges": disk.get("bad_ranges") or [],
         "digest": disk.get("digest"),
     }
@@ -68,12 +86,13 @@ def job_view(job: dict, latest: dict[str, dict], rates: dict[str, float] | None 
     """A job's line in the list (and the head of its page); ``latest``: the last event per disk,
     ``rates``: bytes/s the server stores each disk at now."""
     rates = rates or {}
-    inventory = job.get("inventory") or {}
-    planned = {d.get("id"): d for d in inventory.get("disks") or [] if isinstance(d, dict)}
+    inventory = inventory_view(job.get("inventory"))
+    planned = {d["id"]: d for d in inventory.get("disks") or []
+               if isinstance(d, dict) and isinstance(d.get("id"), str)}
     receiving = job["state"] == JobState.RECEIVING
     disks = [disk_view(d, latest.get(d["id"]), planned.get(d["id"]), receiving, rates.get(d["id"]))
              for d in job["disks"]]
-    last = job.get("last_event") or {}
+    last = conform(job.get("last_event"), EVENT_FIELDS)
     phase = job["state"] if not receiving else (last.get("phase") or "waiting for chunks")
     warnings = [f"{d['id']}: {w}" for d in disks for w in d["warnings"]]
     if job["records"].get("not_resumed"):
@@ -83,11 +102,43 @@ def job_view(job: dict, latest: dict[str, dict], rates: dict[str, float] | None 
         "state": job["state"], "detail": job["detail"], "phase": phase,
         "phase_message": (last.get("message") or "") if receiving else "", "updated": job["updated"],
         "created": job["created"], "disks": disks,
-        "sent": sum(d["sent"] or 0 for d in disks), "stored": sum(d["held"] for d in disks),
+        "sent": sum(number(d["sent"]) or 0 for d in disks), "stored": sum(d["held"] for d in disks),
         "sealed": all(d["state"] == DiskState.SEALED for d in disks) and bool(disks),
         "warnings": warnings,
         "bad_ranges": sum(len(d["bad_ranges"]) for d in disks),
     }
+
+
+def job_view_or_stub(job: dict, latest: dict[str, dict], rates: dict[str, float] | None = None) -> dict:
+    """``job_view``, or when the job's records are beyond showing, its line with what is sure
+    (id, name, state) and "?" for the rest: one broken job never takes the list down."""
+    try:
+        return job_view(job, latest, rates)
+    except Exception:
+        log.exception("The dashboard could not show job %s in full", job.get("id"))
+        return {
+            "id": job.get("id"), "name": job.get("name") or UNKNOWN, "machine": "",
+            "state": job.get("state") or UNKNOWN, "detail": job.get("detail") or "",
+            "phase": UNKNOWN, "phase_message": "", "updated": job.get("updated"),
+            "created": job.get("created"), "disks": [], "sent": None, "stored": None,
+            "sealed": False, "warnings": ["Some of this job's records cannot be shown: the "
+                                          "server's log has the details."],
+            "bad_ranges": 0,
+        }
+
+
+def inventory_view(inventory: object) -> dict:
+    """The inventory as the job's page shows it: fields of the wrong kind are "?"."""
+    return conform(inventory, INVENTORY_FIELDS)
+
+
+def repair_view(report: object) -> dict | None:
+    """The repair report as the job's page shows it (fields of the wrong kind "?"), or None."""
+    return conform(report, REPAIR_FIELDS) if report else None
+
+
+def event_view(event: object) -> dict:
+    return conform(event, EVENT_FIELDS)
 
 
 class Rates:

@@ -151,7 +151,7 @@ class Dashboard:
     def job_view(self, job: dict) -> dict:
         with self.rates_lock:
             rates = self.rates.look(job, time.monotonic())
-        return model.job_view(job, self.store.latest_events(job["id"]), rates)
+        return model.job_view_or_stub(job, self.store.latest_events(job["id"]), rates)
 
     async def job_page(self, request: web.Request) -> web.Response:
         session = self.signed_in(request)
@@ -174,12 +174,12 @@ class Dashboard:
     def job_values(self, job_id: str) -> dict:
         job = self.store.get_job(check_id(job_id, "job id"))
         events = self.store.events(job["id"])
-        repair = job.get("repair") or None
+        repair = model.repair_view(job.get("repair"))
         records = dict(job.get("records") or {})
         return {
             "job": job, "view": self.job_view(job),
-            "inventory": job.get("inventory") or {},
-            "events": events[-TIMELINE:], "events_total": len(events),
+            "inventory": model.inventory_view(job.get("inventory")),
+            "events": [model.event_view(e) for e in events[-TIMELINE:]], "events_total": len(events),
             "repair": repair, "diff_lines": model.diff_lines,
             "xenserver": records.pop("xenserver", None),
             "verify": records.pop("verify", None),
