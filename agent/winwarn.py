@@ -5,7 +5,8 @@ come earlier, from the same checks on the disks the probe found:
 
 - a partition of a dynamic disk (LDM) or a Storage Spaces pool: from the partition type the probe
   read (windisk.partition_kind), no look at the disk;
-- a BitLocker volume: blkid's TYPE from the probe, or the boot sector's 11 bytes (windisk.bitlocker);
+- a BitLocker volume: blkid's TYPE from the probe, or its boot sector's OEM id
+  (windisk.bitlocker);
 - an NTFS volume left hibernated (hibernation or Fast Startup), marked dirty or with a $LogFile to
   replay: fsstate.unclean, which runs ntfsinfo and reads the heads of hiberfil.sys and $LogFile
   (ntfscat) - a second or so per volume, read-only.

@@ -62,7 +62,7 @@ def look(app) -> Probed:
 
 
 def windows_text(found: dict[str, list[str]], disks: set[str] | None) -> str:
-    """The Windows warnings (winwarn) for the `disks` (paths; None: all), one "Warning:" line each."""
+    """The Windows warnings (winwarn) for the `disks` (paths; None: all), a "Warning:" line each."""
     return "\n".join(f"Warning: {w}" for w in winwarn.lines(found, disks))
 
 
@@ -96,10 +96,12 @@ def glance(machine: Machine) -> str:
 class StartScreen(Step):
     TITLE = "Start"
     HELP = ("The agent looks at this machine first: its hardware, disks and the systems on "
-            "them. Nothing is written to the disks.\n\nOn a physical machine, choose to migrate "
-            "it: the next screens set the network, the server, the disks and the VM. In a VM "
-            "that the server created for a job, choose repair: the copied system is made to boot "
-            "on the VM's hardware.")
+            "them. Nothing is written to the disks. A Windows volume that cannot be copied by "
+            "its used blocks alone (hibernated or Fast Startup, BitLocker, dynamic disks, "
+            "Storage Spaces) is said here, with what to do: it would be read whole.\n\nOn a "
+            "physical machine, choose to migrate it: the next screens set the network, the "
+            "server, the disks and the VM. In a VM that the server created for a job, choose "
+            "repair: the copied system is made to boot on the VM's hardware.")
 
     def body(self) -> ComposeResult:
         yield Static("Looking at this machine's hardware and disks...", id="glance")

@@ -54,7 +54,8 @@ def test_start_and_summary_show_a_hibernated_windows_before_the_transfer(hiberna
 
     async def walk():
         async with app.run_test(size=(80, 24)) as pilot:
-            await wait_for(pilot, lambda: app.screen.query_one("#choices").display, 120, "the probe")
+            await wait_for(pilot, lambda: app.screen.query_one("#choices").display, 120,
+                           "the probe")
             start = flat(app)
             assert f"Warning: NTFS on {system} {HIBERNATED}" in start, start
             assert "powercfg /h off" in start
@@ -84,7 +85,8 @@ def test_start_names_only_the_disks_p2v_disks_gives(hibernated, linux_disk):
 
     async def walk():
         async with app.run_test(size=(80, 24)) as pilot:
-            await wait_for(pilot, lambda: app.screen.query_one("#choices").display, 120, "the probe")
+            await wait_for(pilot, lambda: app.screen.query_one("#choices").display, 120,
+                           "the probe")
             assert HIBERNATED not in flat(app)
             assert app.session.windows[dev]             # found, kept for the Summary
 
