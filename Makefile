@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 
 # Debian packages the tests and tools call (disks, filesystems, boots). Keep sorted.
 APT_PACKAGES := btrfs-progs chromium cryptsetup-bin dmsetup dosfstools e2fsprogs exfatprogs \
-	f2fs-tools fdisk gdisk libhivex-bin lvm2 mdadm libfuse2 mtools ntfs-3g openssl parted partclone \
+	f2fs-tools fdisk gdisk iproute2 libhivex-bin lvm2 mdadm libfuse2 mtools ntfs-3g openssl parted partclone \
 	qemu-utils rpm tmux util-linux xfsprogs xorriso zstd
 # What `make e2e` adds: debootstrap for the source machines, QEMU and OVMF to boot them. Keep sorted.
 E2E_APT_PACKAGES := debootstrap fusefat mtools ovmf qemu-system-x86

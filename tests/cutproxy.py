@@ -19,12 +19,13 @@ MODES = ("reset", "fin", "stall")
 
 
 class CutProxy:
-    """127.0.0.1:``port`` -> 127.0.0.1:``target_port``; ``cut`` counts the connections broken."""
+    """127.0.0.1:``port`` -> ``target_host``:``target_port``; ``cut`` counts the connections broken."""
 
     def __init__(self, target_port: int, after: int | tuple[int, int] = 1 << 20, cuts: int = 0,
                  modes: tuple[str, ...] = ("reset",), stall: float = 75.0, seed: int = 0,
-                 direction: str = "down", probability: float = 1.0):
+                 direction: str = "down", probability: float = 1.0, target_host: str = "127.0.0.1"):
         self.target_port = target_port
+        self.target_host = target_host  # e.g. a server in a network namespace, behind a veth
         self.after = after
         self.cuts = cuts
         self.modes = modes
@@ -82,7 +83,7 @@ class _Link:
 
     def run(self) -> None:
         try:
-            self.server = socket.create_connection(("127.0.0.1", self.proxy.target_port), timeout=10)
+            self.server = socket.create_connection((self.proxy.target_host, self.proxy.target_port), timeout=10)
         except OSError:
             self.client.close()
             return

@@ -1,11 +1,14 @@
-"""`make chaos`: the standing fault suite. Real agent, real p2v-server, loopback, bounded in time.
+"""`make chaos`: the standing fault suite. Real agent, real p2v-server, loopback and a network
+namespace behind a veth pair, bounded in time.
 
 What it does to them, each part until its share of the time is used or its count reached:
 
 - captures and restores through a cutting proxy (tests/cutproxy.py): resets, FINs and stalls at
   random points of either direction, on every connection;
-- the server killed with SIGKILL at random moments of captures (chunk writes, seals) and
-  restores, and started again;
+- the same across a veth pair into a network namespace the suite makes (`ip netns`), the link
+  taken down now and then;
+- the server killed with SIGKILL at each step of a chunk write, a seal and a restore read
+  (tests/chaos/stepkill.py), and at random moments of captures and restores, and started again;
 - hostile requests: corrupted, truncated, oversize and zstd-bomb chunk bodies, malformed HTTP
   (bad request lines, headers that are not UTF-8 or carry the token), and a fuzzer over every
   route, method and header;
@@ -61,7 +64,7 @@ class Budget:
     """Time (s) and floors of each part; the full run is about 15 minutes."""
 
     cut_capture_s: float = 240               # at least, and until the cut floors are reached
-    kill_s: float = 120                      # at least, and until the kill floor is reached
+    kill_s: float = 60                       # at least, and until the kill floor is reached
     fuzz_requests: int = 10_000
     slow_clients: int = 16
     slow_s: float = 40
@@ -74,6 +77,7 @@ class Budget:
     chunk_size: int = 64 * KiB
     backoff: tuple = (0.05, 1.0)
     cut_after: tuple = (8 * KiB, 1 * MiB)    # bytes through a doomed connection before its cut
+    netns_s: float = 60                      # migrations to a server in a namespace, link flapping
     step_rounds: int = 3                     # kills at every step of STEPS, this many times each
     max_s: float = 840                       # the cut and kill parts stop here whatever counts
     floors: dict = field(default_factory=lambda: {"kills": 50, "cuts during capture": 200,
@@ -82,9 +86,34 @@ class Budget:
 
 
 SHORT = Budget(cut_capture_s=0, kill_s=0, fuzz_requests=300, slow_clients=0, slow_s=0,
-               stall=2.5, timeout=(3.0, 2.0), max_s=50, step_rounds=1,
+               stall=2.5, timeout=(3.0, 2.0), max_s=50, step_rounds=1, netns_s=0,
                floors={"kills": 2, "cuts during capture": 3, "cuts during restore": 2,
                        "fuzzed requests": 300})
+
+
+class Namespace:
+    """A network namespace the suite makes, ``name``, joined to the host by a veth pair: the
+    host's end ``outer_if`` at ``outer``, the namespace's at ``inner``. Removed on exit."""
+
+    name, outer_if, inner_if = "xenp2v-chaos", "xp2v-chaos-o", "xp2v-chaos-i"
+    outer, inner = "10.213.78.1", "10.213.78.2"
+
+    def __enter__(self) -> "Namespace":
+        self.__exit__()
+        ns = ("ip", "netns", "exec", self.name)
+        run("ip", "netns", "add", self.name)
+        run("ip", "link", "add", self.outer_if, "type", "veth", "peer", "name", self.inner_if,
+            "netns", self.name)
+        run("ip", "addr", "add", f"{self.outer}/30", "dev", self.outer_if)
+        run("ip", "link", "set", self.outer_if, "up")
+        run(*ns, "ip", "addr", "add", f"{self.inner}/30", "dev", self.inner_if)
+        run(*ns, "ip", "link", "set", self.inner_if, "up")
+        run(*ns, "ip", "link", "set", "lo", "up")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        subprocess.run(["ip", "link", "del", self.outer_if], capture_output=True)
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
 
 
 @dataclass
@@ -192,35 +221,76 @@ class Chaos:
 
     # --- the parts ---------------------------------------------------------------------------
 
-    def cuts(self, src: str) -> None:
-        server = self.server()
+    def cuts(self, src: str, link: Namespace | None = None) -> None:
+        """Migrations through two cutting proxies (capture, restore) until the cut floors are
+        reached and `cut_capture_s` has passed; with `link`, the server runs in a network
+        namespace behind a veth pair, the proxies cut across it and the link is taken down now
+        and then (`netns_s` seconds of migrations)."""
+        if link:
+            server = P2VServer(self.work / "data-netns", host=link.inner,
+                               prefix=("ip", "netns", "exec", link.name))
+            self.servers.append(server)
+            server.start()
+        else:
+            server = self.server()
+        where = "across the veth" if link else "on loopback"
+        target = link.inner if link else "127.0.0.1"
         capture_proxy = CutProxy(server.port, after=self.budget.cut_after, cuts=1 << 30,
                                  modes=("reset", "fin", "stall"), stall=self.budget.stall, seed=1,
-                                 direction="both")
+                                 direction="both", target_host=target)
         restore_proxy = CutProxy(server.port, after=self.budget.cut_after, cuts=1 << 30,
                                  modes=("reset", "fin", "stall"), stall=self.budget.stall, seed=2,
-                                 direction="both")
+                                 direction="both", target_host=target)
         floors = self.budget.floors
-        end = time.monotonic() + self.budget.cut_capture_s
+        end = time.monotonic() + (self.budget.netns_s if link else self.budget.cut_capture_s)
+        stop = threading.Event()
+        flapper = threading.Thread(target=self.flap, args=(link, stop), daemon=True)
+        if link:
+            flapper.start()
         try:
             while True:
                 began = time.monotonic()
-                self.migrate(server, src, "cuts", capture_proxy.url(), restore_proxy.url())
-                print(f"cuts: a run in {time.monotonic() - began:.0f} s; so far "
+                self.migrate(server, src, f"cuts {where}", capture_proxy.url(), restore_proxy.url())
+                print(f"cuts {where}: a run in {time.monotonic() - began:.0f} s; so far "
                       f"{sum(capture_proxy.cut.values())} during capture, "
                       f"{sum(restore_proxy.cut.values())} during restore", flush=True)
-                reached = (sum(capture_proxy.cut.values()) >= floors["cuts during capture"]
-                           and sum(restore_proxy.cut.values()) >= floors["cuts during restore"])
+                reached = link or (
+                    self.tally.counts["cuts during capture"] + sum(capture_proxy.cut.values())
+                    >= floors["cuts during capture"]
+                    and self.tally.counts["cuts during restore"] + sum(restore_proxy.cut.values())
+                    >= floors["cuts during restore"])
                 if (time.monotonic() > end and reached) or self.out_of_time():
                     break
         finally:
+            stop.set()
+            if link:
+                flapper.join()
             capture_proxy.close()
             restore_proxy.close()
         self.tally.counts["cuts during capture"] += sum(capture_proxy.cut.values())
         self.tally.counts["cuts during restore"] += sum(restore_proxy.cut.values())
+        if link:
+            self.tally.counts["  of which across the veth"] += (sum(capture_proxy.cut.values())
+                                                                + sum(restore_proxy.cut.values()))
         for mode in ("reset", "fin", "stall"):
             self.tally.counts[f"  of which {mode}s"] += capture_proxy.cut[mode] + restore_proxy.cut[mode]
-        self.server_log_clean(server, "cuts")
+        server.stop()
+        self.server_log_clean(server, f"cuts {where}")
+
+    def netns_cuts(self) -> None:
+        if not self.budget.netns_s:
+            return
+        with Namespace() as link:
+            self.cuts(self.src, link)
+
+    def flap(self, link: Namespace, stop: threading.Event) -> None:
+        """The veth taken down for 0.3 to 3 s every 1 to 4 s: packets lost, not refused."""
+        while not stop.wait(self.rng.uniform(1.0, 4.0)):
+            run("ip", "link", "set", link.outer_if, "down")
+            self.tally.counts["veth link downs"] += 1
+            stop.wait(self.rng.uniform(0.3, 3.0))
+            run("ip", "link", "set", link.outer_if, "up")
+            run("ip", "addr", "replace", f"{link.outer}/30", "dev", link.outer_if)
 
     def step_kills(self, src: str) -> None:
         """kill -9 at each step of a chunk write, a seal and a restore read (tests/chaos/stepkill.py),
@@ -457,8 +527,9 @@ class Chaos:
     def run(self) -> bool:
         self.started = started = time.monotonic()
         try:
-            src = self.source()
+            src = self.src = self.source()
             for part in (self.hostile, lambda: self.full_disk(src), lambda: self.cuts(src),
+                         self.netns_cuts,
                          lambda: self.step_kills(src), lambda: self.kills(src), lambda: self.slow(src)):
                 part()
         finally:
