@@ -319,7 +319,13 @@ class Chaos:
                 at += 1
                 server.prefix = armed(steps[at]) if at < len(steps) else ()
                 time.sleep(self.rng.uniform(0.05, 0.3))
-                server.start()
+                while not stop.is_set():
+                    try:
+                        server.start()
+                        break
+                    except Exception as err:  # noqa: BLE001 - said, and tried again
+                        self.tally.fail(f"step kills: the server did not start again: {err}")
+                        server.kill()
 
         thread = threading.Thread(target=restarter, daemon=True)
         thread.start()
@@ -528,10 +534,14 @@ class Chaos:
         self.started = started = time.monotonic()
         try:
             src = self.src = self.source()
-            for part in (self.hostile, lambda: self.full_disk(src), lambda: self.cuts(src),
-                         self.netns_cuts,
-                         lambda: self.step_kills(src), lambda: self.kills(src), lambda: self.slow(src)):
+            parts = {"hostile": self.hostile, "full disk": lambda: self.full_disk(src),
+                     "cuts": lambda: self.cuts(src), "cuts across a veth": self.netns_cuts,
+                     "step kills": lambda: self.step_kills(src), "kills": lambda: self.kills(src),
+                     "slow clients": lambda: self.slow(src)}
+            for name, part in parts.items():
+                began = time.monotonic()
                 part()
+                print(f"part {name}: {time.monotonic() - began:.0f} s", flush=True)
         finally:
             self.cleanup()
         return self.report(time.monotonic() - started)
