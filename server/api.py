@@ -63,6 +63,7 @@ SLOTS = web.AppKey("slots", "Slots")
 BUFFERS = web.AppKey("buffers", chunk.Buffers)
 JOB_TOKENS = web.AppKey("job_tokens", object)
 SCOPE = web.RequestKey("scope", object)  # None for the admin token, else a job token's job id
+BODY_READ = web.RequestKey("body_read", int)  # bytes of a chunk body a handler read (metrics)
 
 _STATUS_CODES = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED,
                  413: ErrorCode.TOO_LARGE, 401: ErrorCode.UNAUTHORIZED}
@@ -238,6 +239,8 @@ async def read_body_into(request: web.Request, buffer, length: int, what: str) -
     except BaseException:
         view.release()
         raise
+    finally:
+        request[BODY_READ] = filled
     data = view[:filled]
     view.release()
     return data

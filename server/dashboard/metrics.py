@@ -4,7 +4,8 @@
 Counters come from a middleware that looks at each answer, so the API's handlers stay as they
 are: a chunk PUT answered 201 was written, 200 was already held (a resend), 422 bad_digest failed
 its digest; a completion answered with an error is a seal failure; a chunk GET's body is restore
-traffic.
+traffic. Only requests that passed the token check count (latencies excepted): a caller without
+a token cannot move a counter. Received bytes are those the handler read, not what a header says.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections import defaultdict
 
 from aiohttp import web
 
+from server.api import BODY_READ, SCOPE
 from xenp2v.protocol import API, JobState
 
 # Request latency buckets, in seconds: a chunk PUT takes tens of milliseconds, an export minutes.
@@ -86,8 +88,10 @@ async def count(request: web.Request, handler):
 
 def _count_answer(counters: Counters, request: web.Request, route: str, status: int,
                   response: web.StreamResponse | None) -> None:
+    if SCOPE not in request:    # refused by the token check (or not an API route)
+        return
     if route == CHUNK_ROUTE and request.method == "PUT":
-        counters.add("received_bytes", request.content_length or 0)
+        counters.add("received_bytes", request.get(BODY_READ, 0))
         if status == 201:
             counters.add("chunks_written")
         elif status == 200:

@@ -13,11 +13,15 @@ import logging
 import os
 import threading
 import time
+import urllib.parse
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 
 import jinja2
 from aiohttp import web
 
+from server.api import read_body
 from server.dashboard import model
 from server.dashboard.downloads import send_export
 from server.dashboard.metrics import COUNTERS
@@ -33,6 +37,13 @@ log = logging.getLogger("xenp2v.server")
 # How long a refused sign-in waits before its answer: guessing a token stays slow.
 REFUSAL_DELAY = 1.0
 LOG_PIECE = 256 * 1024     # the most of the agent log one poll returns
+FORM_LIMIT = 4096          # bytes of a dashboard form (sign-in, sign-out, an action's)
+# Sign-ins are checked (scrypt, when a password is set) in their own threads, never the API's:
+SIGNIN_THREADS = 2
+SIGNIN_WAITING = 8         # sign-ins checked or waiting at once; more are refused (429)
+# An address refused this many times within FAILURE_WINDOW s is refused (429) until it is over.
+MAX_FAILURES = 10
+FAILURE_WINDOW = 60.0
 TIMELINE = 300             # events shown on a job's page, newest last
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; "
@@ -52,6 +63,9 @@ class Dashboard:
         self.hooks = hooks or {}
         self.sessions = Sessions()
         self.rates, self.rates_lock = model.Rates(), threading.Lock()
+        self.signin_pool = ThreadPoolExecutor(SIGNIN_THREADS, thread_name_prefix="p2v-signin")
+        self.signins = 0                                   # checked or waiting now
+        self.failures: dict[str, deque[float]] = {}        # address -> times of refusals
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader("server.dashboard", "templates"),
             autoescape=True, trim_blocks=True, lstrip_blocks=True, undefined=jinja2.ChainableUndefined)   # reports and inventories vary by agent version
@@ -92,10 +106,26 @@ class Dashboard:
     async def signin(self, request: web.Request) -> web.StreamResponse:
         if not same_origin(request):
             return self.refuse_cross_site(request, None)
-        form = await request.post()
-        given = form.get("secret")
-        if not isinstance(given, str) or not await self.call(
-                secret_ok, given, self.token, self.store.data_dir):
+        address = request.remote or ""
+        if self.throttled(address, time.monotonic()):
+            return self.too_many(f"There were {MAX_FAILURES} refused sign-ins from your address "
+                                 f"within {FAILURE_WINDOW:.0f} s: wait a minute, then sign in "
+                                 "with the server's token or the admin password.")
+        if self.signins >= SIGNIN_WAITING:
+            return self.too_many("The server is checking many sign-ins at once: try again in a "
+                                 "few seconds.")
+        self.signins += 1
+        try:
+            form = await read_form(request)
+            given = form.get("secret")
+            ok = isinstance(given, str) and await asyncio.get_running_loop().run_in_executor(
+                self.signin_pool, secret_ok, given, self.token, self.store.data_dir)
+        except ProtocolError as err:
+            return self.error_page(None, err)
+        finally:
+            self.signins -= 1
+        if not ok:
+            self.failures.setdefault(address, deque()).append(time.monotonic())
             request.app[COUNTERS].add("sign_in_failures")
             log.info("Refused a dashboard sign-in from %s: wrong token or password", request.remote)
             await asyncio.sleep(REFUSAL_DELAY)
@@ -106,10 +136,32 @@ class Dashboard:
         set_cookie(response, request, session)
         return response
 
+    def throttled(self, address: str, now: float) -> bool:
+        """Whether ``address`` had MAX_FAILURES refusals within the last FAILURE_WINDOW s."""
+        for key in [k for k, times in self.failures.items() if now - times[-1] > FAILURE_WINDOW]:
+            del self.failures[key]      # forget the addresses that went quiet
+        times = self.failures.get(address)
+        while times and now - times[0] > FAILURE_WINDOW:
+            times.popleft()
+        return bool(times) and len(times) >= MAX_FAILURES
+
+    def too_many(self, detail: str) -> web.Response:
+        html = self.templates.get_template("error.html").render(session=None, detail=detail)
+        return web.Response(text=html, status=429, content_type="text/html",
+                            headers={**SECURITY_HEADERS, "Retry-After": "60"})
+
     async def signout(self, request: web.Request) -> web.StreamResponse:
         session = self.guard(request)
         if isinstance(session, web.Response):
             return session
+        try:
+            form = await read_form(request)
+        except ProtocolError as err:
+            return self.error_page(session, err)
+        if not csrf_ok(session, form.get("csrf")):
+            return self.error_page(session, ProtocolError(
+                ErrorCode.FORBIDDEN, "This sign-out did not come from this server's page: use "
+                                     "the Sign out button."))
         self.sessions.end(session)
         response = see_other("/signin")
         clear_cookie(response, request)
@@ -236,7 +288,10 @@ class Dashboard:
         session = self.guard(request)
         if isinstance(session, web.Response):
             return session
-        form = await request.post()
+        try:
+            form = await read_form(request)
+        except ProtocolError as err:
+            return self.error_page(session, err)
         if not csrf_ok(session, form.get("csrf")):
             log.info("Refused %s %s from %s: no valid CSRF token", request.method, request.path,
                      request.remote)
@@ -290,6 +345,19 @@ class Dashboard:
             why = f"the job is {job['state']}"
         return ProtocolError(ErrorCode.CONFLICT, f"Job {job['id']} cannot be given '{action}' now: "
                                                  f"{why}.")
+
+
+async def read_form(request: web.Request) -> dict[str, str]:
+    """The urlencoded form of a dashboard POST, first value of each field; at most FORM_LIMIT
+    bytes are read (ProtocolError 413 beyond, before anything is kept), 400 when malformed."""
+    body = await read_body(request, FORM_LIMIT, "form")
+    try:
+        fields = urllib.parse.parse_qs(body.decode("ascii"), max_num_fields=16,
+                                       errors="surrogateescape")
+    except (UnicodeDecodeError, ValueError):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "The form is not a web form "
+                            "(application/x-www-form-urlencoded): use the dashboard's own pages.") from None
+    return {k: v[0] for k, v in fields.items()}
 
 
 def see_other(where: str) -> web.Response:
