@@ -162,6 +162,9 @@ class Client:
             code, detail = parsed.get("error"), parsed.get("detail", "")
         except (ValueError, AttributeError):
             code, detail = None, body[:200].decode(errors="replace")
+        if code == protocol.ErrorCode.JOB_CANCELLED:
+            return ServerError(f"The job was cancelled on the server (by the admin): {detail}",
+                               status, code)
         if status == 401:
             return ServerError("The server refused the token: check --token (p2v.token=) against "
                                "what p2v-server printed.", 401, code)

@@ -147,7 +147,11 @@ async def auth(request: web.Request, handler):
     found = await request.app[JOB_TOKENS].lookup(request, given_bytes)
     if found is None:
         raise refused
-    job, state = found
+    job, state, cancelled = found
+    if state in FINISHED_JOB_STATES and cancelled is not None:
+        raise ProtocolError(ErrorCode.JOB_CANCELLED,
+                            f"Job {job}: {cancelled} Start a new "
+                            "capture if the machine is still to be migrated.")
     if state in FINISHED_JOB_STATES:
         raise ProtocolError(ErrorCode.UNAUTHORIZED,
                             f"This token was job {job}'s, which is {state}: it no longer works. "
@@ -166,19 +170,20 @@ async def auth(request: web.Request, handler):
 
 
 class JobTokens:
-    """Job token -> (job, state), asked of the store in the pool and kept a few seconds, so a
+    """Job token -> (job, state, why it was cancelled or None), asked of the store in the pool and kept a few seconds, so a
     stream of chunks costs no query each (a job that ends stops its tokens within STATE_TTL)."""
 
     STATE_TTL = 2.0
 
     def __init__(self):
-        self.known: dict[bytes, tuple[str, JobState, float]] = {}
+        self.known: dict[bytes, tuple[str, JobState, str | None, float]] = {}
 
-    async def lookup(self, request: web.Request, token: bytes) -> tuple[str, JobState] | None:
+    async def lookup(self, request: web.Request,
+                     token: bytes) -> tuple[str, JobState, str | None] | None:
         now = asyncio.get_running_loop().time()
         hit = self.known.get(token)
-        if hit and now - hit[2] < self.STATE_TTL:
-            return hit[0], hit[1]
+        if hit and now - hit[3] < self.STATE_TTL:
+            return hit[:3]
         found = await in_pool(request, request.app[STORE].token_job, token)
         if found is None:
             self.known.pop(token, None)

@@ -163,9 +163,11 @@ def conflict(detail: str) -> ProtocolError:
     return ProtocolError(ErrorCode.CONFLICT, detail)
 
 
-def cancelled(job_id: str) -> ProtocolError:
-    return conflict(f"Job {job_id} was cancelled on the server: it takes no more chunks. Start "
-                    "a new capture if the machine is still to be migrated.")
+def cancelled(job_id: str, detail: str = "") -> ProtocolError:
+    return ProtocolError(ErrorCode.JOB_CANCELLED,
+                         f"Job {job_id} was cancelled on the server{': ' + detail if detail else '.'}"
+                         " It takes no more chunks. Start a new capture if the machine is still "
+                         "to be migrated.")
 
 
 def storage_error(err: BaseException, where: Path) -> ProtocolError:
@@ -444,12 +446,16 @@ class Store:
                        (_token_hash(token), job_id, _now()))
         return token
 
-    def token_job(self, token: bytes) -> tuple[str, JobState] | None:
-        """(job id, its state) of a job token, or None when it is no job's token."""
+    def token_job(self, token: bytes) -> tuple[str, JobState, str | None] | None:
+        """(job id, its state, why it was cancelled when it was) of a job token, or None when
+        it is no job's token."""
         row = self._db().conn.execute(
-            "SELECT t.job, j.state FROM tokens t JOIN jobs j ON j.id=t.job WHERE t.hash=?",
+            "SELECT t.job, j.state, j.records FROM tokens t JOIN jobs j ON j.id=t.job WHERE t.hash=?",
             (hashlib.sha256(token).hexdigest(),)).fetchone()
-        return None if row is None else (row["job"], JobState(row["state"]))
+        if row is None:
+            return None
+        why = json.loads(row["records"] or "{}").get("cancelled")
+        return row["job"], JobState(row["state"]), why if isinstance(why, str) else None
 
     def _resumable(self, inv: Inventory, precopied: bool = False) -> tuple[str | None, str | None]:
         """(the unfinished job of this machine with these very disks, else None; why an alike
@@ -614,6 +620,7 @@ class Store:
                 if job == job_id:
                     disk.cancelled = True
         self.set_state(job_id, JobState.FAILED, detail)
+        self.record(job_id, "cancelled", detail)   # its token now answers job_cancelled
 
     def delete_job(self, job_id: str) -> None:
         """Removes a job, its images, agent log, events and tokens from the server. A job still

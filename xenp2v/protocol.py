@@ -96,6 +96,7 @@ class ErrorCode(StrEnum):
     NOT_FOUND = "not_found"                  # 404 no such job, disk, chunk or route
     METHOD_NOT_ALLOWED = "method_not_allowed"  # 405
     CONFLICT = "conflict"                    # 409 disk sealed, or not sealed yet
+    JOB_CANCELLED = "job_cancelled"          # 409 the job was cancelled on the server (its token too)
     TOO_LARGE = "too_large"                  # 413 body larger than allowed
     OUT_OF_RANGE = "out_of_range"            # 416 chunk index beyond the disk
     BAD_DIGEST = "bad_digest"                # 422 chunk or image digest does not match
@@ -112,6 +113,7 @@ ERROR_STATUS: dict[ErrorCode, int] = {
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
     ErrorCode.CONFLICT: 409,
+    ErrorCode.JOB_CANCELLED: 409,
     ErrorCode.TOO_LARGE: 413,
     ErrorCode.OUT_OF_RANGE: 416,
     ErrorCode.BAD_DIGEST: 422,

@@ -54,3 +54,37 @@ def test_the_agent_uses_the_job_token_after_create(p2v_server):
     data = os.urandom(CHUNK)
     client.put_chunk(job["id"], "sda", 0, data, p.chunk_digest(data), False)
     assert client.held_chunks(job["id"], "sda") == {0: p.chunk_digest(data)}
+
+
+def test_a_cancelled_jobs_token_says_the_job_was_cancelled(p2v_server):
+    import re
+    import time
+
+    import pytest
+    import requests
+
+    from agent.client import ServerError
+
+    client = Client(p2v_server.url, p2v_server.token, p2v_server.fingerprint, retry_for=5.0)
+    job = client.create_job({"name": "pc", "machine": {"system_uuid": "4c4c4544-0042-3510-8052-b4c04f4e4e34"},
+                             "disks": [{"id": "sda", "size": 2 * CHUNK, "chunk_size": CHUNK}]})["id"]
+    data = os.urandom(CHUNK)
+    client.put_chunk(job, "sda", 0, data, p.chunk_digest(data), False)
+    http = requests.Session()
+    http.verify, http.trust_env = False, False
+    origin = {"Origin": p2v_server.url}
+    assert http.post(p2v_server.url + "/signin", data={"secret": p2v_server.token}, headers=origin,
+                     allow_redirects=False).status_code == 303
+    csrf = re.search(r'name="csrf" value="([^"]+)"', http.get(p2v_server.url + "/").text).group(1)
+    assert http.post(f"{p2v_server.url}/jobs/{job}/cancel", data={"csrf": csrf}, headers=origin,
+                     allow_redirects=False).status_code == 303
+    time.sleep(2.5)     # past the server's cache of token states
+    r = Wire(p2v_server, token=client.token).put(job, "sda", 1, data)
+    assert r.status_code == 409 and r.json()["error"] == "job_cancelled", r.text
+    assert "Cancelled from the dashboard" in r.json()["detail"]
+    for call in (lambda: client.put_chunk(job, "sda", 1, data, p.chunk_digest(data), False),
+                 lambda: client.post_events(job, {"disk": "sda", "phase": "capture"})):
+        with pytest.raises(ServerError) as err:
+            call()
+        assert str(err.value).startswith("The job was cancelled on the server (by the admin): ")
+        assert "check --token" not in str(err.value) and err.value.code == "job_cancelled"

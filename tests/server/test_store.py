@@ -294,7 +294,7 @@ def test_a_cancelled_job_takes_no_chunk_and_no_seal_even_after_a_restart(tmp_pat
     for attempt in range(2):
         with pytest.raises(p.ProtocolError, match="cancelled on the server") as err:
             store.put_chunk(job, "sda", 1, data, p.chunk_digest(data))
-        assert err.value.code is p.ErrorCode.CONFLICT
+        assert err.value.code is p.ErrorCode.JOB_CANCELLED and err.value.status == 409
         with pytest.raises(p.ProtocolError, match="cancelled on the server"):
             store.seal(job, "sda", p.image_digest(8 * CHUNK, CHUNK, {0: p.chunk_digest(data)}, []),
                        [], [])
