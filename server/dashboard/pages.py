@@ -37,6 +37,7 @@ log = logging.getLogger("xenp2v.server")
 # How long a refused sign-in waits before its answer: guessing a token stays slow.
 REFUSAL_DELAY = 1.0
 LOG_PIECE = 256 * 1024     # the most of the agent log one poll returns
+LOG_KEPT = 1024 * 1024     # the most of the agent log a page shows (its end); the rest: download
 FORM_LIMIT = 4096          # bytes of a dashboard form (sign-in, sign-out, an action's)
 # Sign-ins are checked (scrypt, when a password is set) in their own threads, never the API's:
 SIGNIN_THREADS = 2
@@ -239,18 +240,36 @@ class Dashboard:
             "actions": model.actions(job, bool(self.hooks.get("on_job_sealed"))),
         }
 
-    async def agent_log(self, request: web.Request) -> web.Response:
-        """The agent log from byte ``from`` on (at most LOG_PIECE); X-Log-Next: where to go on."""
+    async def agent_log(self, request: web.Request) -> web.StreamResponse:
+        """The agent log from byte ``from`` on (at most LOG_PIECE, whole UTF-8 characters);
+        ``?tail=1``: from the start of a line within its last LOG_KEPT bytes instead;
+        ``?download=1``: all of it, as a file. X-Log-Start: where the piece begins, X-Log-Next:
+        where to go on, X-Log-Size: the log's size now. 404 for a job that is not there."""
         if self.sessions.of(request) is None:
             return web.Response(status=401, text="Sign in again.", headers=SECURITY_HEADERS)
         try:
-            path = self.store.log_path(request.match_info["job"])
+            job = check_id(request.match_info["job"], "job id")
             start = max(0, int(request.query.get("from", "0")))
         except (ProtocolError, ValueError):
-            return web.Response(status=400, text="Bad request.", headers=SECURITY_HEADERS)
-        data, size = await self.call(_read_from, path, start, LOG_PIECE)
+            return web.Response(status=400, text="Bad request: ?from= takes a byte offset.",
+                                headers=SECURITY_HEADERS)
+        try:
+            await self.call(self.store.get_job, job)
+        except ProtocolError as err:
+            return web.Response(status=err.status, text=err.detail, headers=SECURITY_HEADERS)
+        path = self.store.log_path(job)
+        if request.query.get("download"):
+            if not path.exists():
+                return web.Response(status=404, text=f"Job {job} has no agent log yet.",
+                                    headers=SECURITY_HEADERS)
+            return web.FileResponse(path, headers={
+                **SECURITY_HEADERS, "Content-Type": "text/plain; charset=utf-8",
+                "Content-Disposition": f'attachment; filename="{job}-agent.log"'})
+        tail = LOG_KEPT if request.query.get("tail") else None
+        start, data, size = await self.call(_read_from, path, start, LOG_PIECE, tail)
         return web.Response(body=data, content_type="text/plain", charset="utf-8",
-                            headers={**SECURITY_HEADERS, "X-Log-Next": str(start + len(data)),
+                            headers={**SECURITY_HEADERS, "X-Log-Start": str(start),
+                                     "X-Log-Next": str(start + len(data)),
                                      "X-Log-Size": str(size)})
 
     async def confirm_page(self, request: web.Request) -> web.Response:
@@ -368,14 +387,46 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _read_from(path, start: int, limit: int) -> tuple[bytes, int]:
+def _read_from(path, start: int, limit: int, tail: int | None = None) -> tuple[int, bytes, int]:
+    """(where the piece begins, at most ``limit`` bytes of whole UTF-8 characters from
+    ``start`` on, the file's size); ``tail``: from the first line start within the last
+    ``tail`` bytes instead (the start when the file is smaller)."""
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
-            f.seek(min(start, size))
-            return f.read(limit), size
+            if tail is not None and size > tail:
+                f.seek(size - tail)
+                head = f.read(min(tail, 64 * 1024))
+                newline = head.find(b"\n")
+                start = size - tail + (newline + 1 if newline >= 0 else 0)
+            start = min(start, size)
+            f.seek(start)
+            data = f.read(limit + 3)
     except FileNotFoundError:
-        return b"", 0
+        return 0, b"", 0
+    skip = 0
+    while skip < 3 and skip < len(data) and _continuation(data[skip]):
+        skip += 1                    # ``start`` fell inside a character: begin at the next
+    start, data = start + skip, data[skip:skip + limit]
+    return start, data[:_whole_characters(data, start + len(data) == size)], size
+
+
+def _continuation(byte: int) -> bool:
+    return byte & 0xC0 == 0x80
+
+
+def _whole_characters(data: bytes, at_end: bool) -> int:
+    """How many bytes of ``data`` hold whole UTF-8 characters: a character cut at its end is
+    left for the next piece (kept when the file ends there: it will not be completed)."""
+    if at_end:
+        return len(data)
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if not _continuation(byte):
+            need = 1 if byte < 0x80 else 2 if byte >> 5 == 6 else 3 if byte >> 4 == 14 else 4 \
+                if byte >> 3 == 30 else 1
+            return len(data) if need <= back else len(data) - back
+    return len(data)
 
 
 STATIC = {"dashboard.css": "text/css", "dashboard.js": "text/javascript"}

@@ -134,3 +134,43 @@ def test_metrics_count_nothing_for_a_caller_without_a_token(p2v_server):
     # The latencies are still kept, by route and status class.
     text = requests.get(p2v_server.url + "/metrics", headers=p2v_server.headers, verify=False).text
     assert 'status="4xx"' in text
+
+
+def test_the_log_comes_in_whole_characters_its_tail_first_and_whole_as_a_download(p2v_server):
+    from server.dashboard.pages import LOG_PIECE
+
+    LOG_KEPT = 1024 * 1024     # what the page shows of a log at most (its end)
+
+    job = requests.post(p2v_server.url + "/api/v1/jobs", headers=p2v_server.headers, verify=False,
+                        json={"name": "pc", "machine": {"system_uuid": "4c4c4544-0042-3510-8052-b4c04f4e4e35"},
+                              "disks": [{"id": "sda", "size": 1 << 20}]}).json()
+    # Lines of two- and three-byte characters; the first LOG_PIECE boundary cuts one in two.
+    lines = "".join(f"{i:06d} " + "é" * 60 + " €\n" for i in range(2 * LOG_KEPT // 120))
+    text = "ab" + lines
+    body = text.encode()
+    assert len(body) > 2 * LOG_KEPT and body[LOG_PIECE] & 0xC0 == 0x80   # a character cut
+    assert requests.post(f"{p2v_server.url}/api/v1/jobs/{job['id']}/log", data=body, verify=False,
+                         headers={"Authorization": f"Bearer {job['token']}"}).status_code == 204
+    s = session(p2v_server)
+    assert s.post(p2v_server.url + "/signin", data={"secret": p2v_server.token},
+                  headers={"Origin": p2v_server.url}, allow_redirects=False).status_code == 303
+    log = f"{p2v_server.url}/jobs/{job['id']}/log"
+    got, at = [], 0
+    while at < len(body):
+        r = s.get(log, params={"from": at})
+        assert r.status_code == 200 and 0 < len(r.content) <= LOG_PIECE
+        got.append(r.content.decode("utf-8"))       # strict: a cut character fails here
+        at = int(r.headers["X-Log-Next"])
+    assert "".join(got) == text
+    # Asked from inside a character: it starts at the next whole one.
+    inside = body.index("é".encode()) + 1
+    r = s.get(log, params={"from": inside})
+    assert int(r.headers["X-Log-Start"]) == inside + 1 and r.content.decode("utf-8").startswith("é")
+    # The page's first look: a line start within the last LOG_KEPT bytes.
+    r = s.get(log, params={"tail": 1})
+    start = int(r.headers["X-Log-Start"])
+    assert len(body) - LOG_KEPT <= start and body[start - 1:start] == b"\n"
+    assert r.content == body[start:start + len(r.content)]
+    r = s.get(log, params={"download": 1})
+    assert r.content == body and "attachment" in r.headers["Content-Disposition"]
+    assert s.get(f"{p2v_server.url}/jobs/nosuchjob/log").status_code == 404

@@ -30,19 +30,48 @@
     }
   }
 
-  // <pre data-log="URL" data-next="N">: appends what the agent log gained since byte N.
+  // <pre data-log="URL" data-next="N">: appends what the agent log gained since byte N. The
+  // first look starts within the log's last MiB (at a line); the page keeps at most KEEP
+  // characters, dropping the oldest lines, and then offers the whole log as a download.
+  const KEEP = 1024 * 1024;
+  const decoders = new WeakMap();   // one streaming decoder per log: a character cut between
+                                    // two pieces is put together, not shown as two "?"
   async function tail(el) {
-    const response = await fetch(`${el.dataset.log}?from=${el.dataset.next}`,
+    const first = el.dataset.started !== "1" && el.dataset.next === "0";
+    const query = first ? "tail=1" : `from=${el.dataset.next}`;
+    const response = await fetch(`${el.dataset.log}?${query}`,
                                  {credentials: "same-origin", cache: "no-store"});
     if (signedOut(response) || !response.ok) return;
-    const text = new TextDecoder().decode(await response.arrayBuffer());
+    if (!decoders.has(el)) decoders.set(el, new TextDecoder("utf-8"));
+    const text = decoders.get(el).decode(await response.arrayBuffer(), {stream: true});
     el.dataset.next = response.headers.get("X-Log-Next") || el.dataset.next;
+    if (first && Number(response.headers.get("X-Log-Start")) > 0) cut(el);
     if (!text) { if (!el.textContent) el.textContent = "Nothing yet: the agent sends its log as it goes and at the end."; return; }
     if (el.dataset.started !== "1") { el.textContent = ""; el.dataset.started = "1"; }
     const atBottom = el.scrollTop + el.clientHeight >= el.scrollHeight - 4;
     el.append(text);
+    if (el.textContent.length > KEEP) {
+      const all = el.textContent;
+      const from = all.indexOf("\n", all.length - KEEP);
+      el.textContent = all.slice(from >= 0 ? from + 1 : all.length - KEEP);
+      cut(el);
+    }
     if (atBottom) el.scrollTop = el.scrollHeight;
     if (Number(response.headers.get("X-Log-Size")) > Number(el.dataset.next)) await tail(el);
+  }
+
+  // The log shown is its end only: say so once, with a link to all of it.
+  function cut(el) {
+    if (el.dataset.cut === "1") return;
+    el.dataset.cut = "1";
+    const note = document.createElement("p");
+    note.className = "log-cut";
+    const link = document.createElement("a");
+    link.href = `${el.dataset.log}?download=1`;
+    link.textContent = "download the whole log";
+    link.setAttribute("download", "");
+    note.append("Only the end of a long log is shown here: ", link, ".");
+    el.before(note);
   }
 
   // One request at a time per element, however slow the answers.
