@@ -5,8 +5,9 @@ from one side: the time a PUT takes includes the server's work (decoding, hashin
 and its fdatasync), so a rule built on "bytes per second of a send" saw a slow link wherever the
 server or the CPU was slow, and compressed on a 10 Gbit/s link where that halved the rate.
 `auto` therefore measures what matters, disk bytes acknowledged per second, both ways: it tries
-zstd for a trial window, then no compression for one, keeps the faster, and tries the other way
-again every RETRY_SECONDS (the data, the link and the machine's load change during a capture).
+zstd for a trial window, then no compression for one (after a first window of warming up, not
+measured), keeps the faster, and tries the other way again every RETRY_SECONDS (the data, the
+link and the machine's load change during a capture).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class Compression:
         self._window_bytes = 0
         self._window_chunks = 0
         self._decided_at: float | None = None   # when auto last chose; None while it tries
+        self._warming = mode == "auto"       # the first window is not measured (see sent)
 
     def _compressor(self) -> zstandard.ZstdCompressor:
         c = getattr(self._local, "c", None)
@@ -115,6 +117,12 @@ class Compression:
             now = self._clock()
             elapsed = now - self._window_start
             if elapsed < TRIAL_SECONDS or self._window_chunks < TRIAL_CHUNKS * self.streams:
+                return
+            if self._warming:
+                # The first window holds the start (connections, the first reads, the
+                # server's first writes): measured, it made zstd look slow on a 1 Gbit/s link.
+                self._warming = False
+                self._switch(way, now)
                 return
             self.rates[way] = self._window_bytes / elapsed
             if self._decided_at is None:            # trying
