@@ -97,6 +97,7 @@ class Namespace:
 
     name, outer_if, inner_if = "xenp2v-chaos", "xp2v-chaos-o", "xp2v-chaos-i"
     outer, inner = "10.213.78.1", "10.213.78.2"
+    downs = 0  # times its link was taken down
 
     def __enter__(self) -> "Namespace":
         self.__exit__()
@@ -269,11 +270,12 @@ class Chaos:
             restore_proxy.close()
         self.tally.counts["cuts during capture"] += sum(capture_proxy.cut.values())
         self.tally.counts["cuts during restore"] += sum(restore_proxy.cut.values())
+        for mode in ("reset", "fin", "stall"):
+            self.tally.counts[f"  of which {mode}s"] += capture_proxy.cut[mode] + restore_proxy.cut[mode]
         if link:
             self.tally.counts["  of which across the veth"] += (sum(capture_proxy.cut.values())
                                                                 + sum(restore_proxy.cut.values()))
-        for mode in ("reset", "fin", "stall"):
-            self.tally.counts[f"  of which {mode}s"] += capture_proxy.cut[mode] + restore_proxy.cut[mode]
+            self.tally.counts["veth link downs"] += link.downs
         server.stop()
         self.server_log_clean(server, f"cuts {where}")
 
@@ -287,7 +289,7 @@ class Chaos:
         """The veth taken down for 0.3 to 3 s every 1 to 4 s: packets lost, not refused."""
         while not stop.wait(self.rng.uniform(1.0, 4.0)):
             run("ip", "link", "set", link.outer_if, "down")
-            self.tally.counts["veth link downs"] += 1
+            link.downs += 1
             stop.wait(self.rng.uniform(0.3, 3.0))
             run("ip", "link", "set", link.outer_if, "up")
             run("ip", "addr", "replace", f"{link.outer}/30", "dev", link.outer_if)
