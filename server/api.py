@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import functools
 import hmac
+import html
 import json
 import logging
 import re
@@ -85,6 +86,9 @@ async def errors(request: web.Request, handler):
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
+        if _for_a_browser(request):
+            return browser_error(exc.status, _BROWSER_SENTENCES.get(
+                exc.status, f"{exc.reason}: {request.method} {request.path}."))
         code = _STATUS_CODES.get(exc.status, ErrorCode.BAD_REQUEST)
         return error_response(code, f"{exc.reason}: {request.method} {request.path}.")
     except asyncio.CancelledError:
@@ -101,8 +105,33 @@ async def errors(request: web.Request, handler):
         if full is not None:
             return error_response(full.code, full.detail)
         log.exception("%s %s failed", request.method, request.path)
+        if _for_a_browser(request):
+            return browser_error(500, "The server failed on this page; its log has the details.")
         return error_response(ErrorCode.INTERNAL,
                               "The server failed on this request; its log has the details.")
+
+
+_BROWSER_SENTENCES = {
+    404: "There is no such page on this server: go back to the jobs list.",
+    405: "This page cannot be used that way: go back to the jobs list and use its buttons.",
+}
+
+
+def _for_a_browser(request: web.Request) -> bool:
+    """A dashboard path (not the API's, not /metrics): its errors are pages, not JSON."""
+    return not request.path.startswith(API + "/") and request.path != "/metrics"
+
+
+def browser_error(status: int, sentence: str) -> web.Response:
+    """A small HTML page saying what went wrong, for a browser on a dashboard path."""
+    text = html.escape(sentence)
+    return web.Response(status=status, content_type="text/html", text=(
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>xenp2v: {status}</title></head><body><main><h1>That did not work</h1>"
+        f'<p role="alert">{text}</p><p><a href="/">Back to the jobs</a></p></main></body></html>'),
+        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-store",
+                 "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'"})
 
 
 def _client_gone(request: web.Request, exc: Exception) -> bool:

@@ -63,6 +63,13 @@ async def send_export(request: web.Request, store, job_id: str, fmt: str, disk_i
     if fmt != "xva" and len(ids) != 1:
         raise ProtocolError(ErrorCode.BAD_REQUEST, f"Job {job_id} has several disks: choose one "
                                                    f"({', '.join(ids)}) for a {fmt} export.")
+    if request.method == "HEAD":   # what the download would be, without making it
+        name = file_name(job_id, disk_id if fmt == "xva" else ids[0], fmt)
+        size = next((d["size"] for d in job["disks"] if d["id"] == ids[0]), None) \
+            if fmt == "raw" else None
+        response = _attachment(name, size)
+        await response.prepare(request)
+        return response
     if fmt == "raw":
         return await _send_raw(request, store, job_id, ids[0], pool)
     return await _send_made(request, store, job_id, fmt, disk_id if fmt == "xva" else ids[0], pool)

@@ -181,7 +181,7 @@ class Dashboard:
     def refuse_cross_site(self, request: web.Request, session: Session | None) -> web.Response:
         log.info("Refused a cross-site %s %s from %s", request.method, request.path, request.remote)
         return self.error_page(session, ProtocolError(
-            ErrorCode.UNAUTHORIZED, "This request came from another site's page, so it was "
+            ErrorCode.FORBIDDEN, "This request came from another site's page, so it was "
                                     "refused: use the buttons on this server's own pages."))
 
     # --- pages ------------------------------------------------------------------------------

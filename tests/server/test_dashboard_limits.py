@@ -10,6 +10,7 @@ import re
 import ssl
 import subprocess
 import sys
+import threading
 import time
 
 import requests
@@ -174,3 +175,48 @@ def test_the_log_comes_in_whole_characters_its_tail_first_and_whole_as_a_downloa
     r = s.get(log, params={"download": 1})
     assert r.content == body and "attachment" in r.headers["Content-Disposition"]
     assert s.get(f"{p2v_server.url}/jobs/nosuchjob/log").status_code == 404
+
+
+def test_browser_errors_are_pages_cross_site_is_403_and_head_makes_no_export(p2v_server):
+    import os
+
+    from wire import CHUNK, Wire
+    from xenp2v import protocol as p
+
+    s = session(p2v_server)
+    origin = {"Origin": p2v_server.url}
+    for path, method, status in (("/no/such/page", "GET", 404), ("/signin", "PUT", 405)):
+        r = s.request(method, p2v_server.url + path)
+        assert r.status_code == status and r.headers["Content-Type"].startswith("text/html")
+        assert '<meta name="viewport"' in r.text and "." in r.text
+    r = s.get(p2v_server.url + "/api/v1/nosuch", headers=p2v_server.headers)
+    assert r.status_code == 404 and r.json()["error"] == "not_found"     # the API stays JSON
+    r = s.post(p2v_server.url + "/signin", data={"secret": "x"}, headers={"Origin": "https://evil.example"})
+    assert r.status_code == 403 and "another site" in r.text
+
+    wire = Wire(p2v_server)
+    job = wire.create([{"id": "sda", "size": 2 * CHUNK, "chunk_size": CHUNK}]).json()["id"]
+    data = os.urandom(CHUNK)
+    assert wire.put(job, "sda", 0, data).status_code == 201
+    digest = p.image_digest(2 * CHUNK, CHUNK, {0: p.chunk_digest(data)}, [1])
+    assert wire.complete(job, "sda", digest, zero=[(1, 1)]).status_code == 200
+    assert s.post(p2v_server.url + "/signin", data={"secret": p2v_server.token}, headers=origin,
+                  allow_redirects=False).status_code == 303
+    # HEAD says what a download would be without making it: no export directory ever appears.
+    seen, stop = [], threading.Event()
+
+    def look():
+        while not stop.is_set():
+            seen.extend(n for n in os.listdir(p2v_server.data_dir) if n.startswith("export-"))
+            time.sleep(0.001)
+
+    watcher = threading.Thread(target=look)
+    watcher.start()
+    try:
+        for fmt in ("qcow2", "vhd", "raw", "xva") * 5:
+            r = s.head(f"{p2v_server.url}/jobs/{job}/export/{fmt}", params={"disk": "sda"})
+            assert r.status_code == 200 and "attachment" in r.headers["Content-Disposition"], fmt
+    finally:
+        stop.set()
+        watcher.join()
+    assert not seen
