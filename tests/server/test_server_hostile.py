@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import random
 import socket
 import subprocess
@@ -111,7 +112,8 @@ def test_fuzzed_requests_never_get_a_5xx(plain):
 
 def fuzz(server, job: str, count: int, rng: random.Random) -> list[int]:
     """`count` random requests (routes, methods, headers, bodies): the statuses answered.
-    Every answer must be JSON {"error", "detail"} unless it is a success."""
+    Every answer must be JSON {"error", "detail"} unless it is a success, or a page on a
+    dashboard path."""
     paths = [p.health_path(), p.jobs_path(), p.job_path(job), p.chunks_path(job, "sda"),
              p.chunk_path(job, "sda", 0), p.chunk_path(job, "sda", 1), p.map_path(job, "sda"),
              p.complete_path(job, "sda"), p.log_path(job), p.events_path(job),
@@ -140,7 +142,11 @@ def fuzz(server, job: str, count: int, rng: random.Random) -> list[int]:
                                  verify=wire.verify)
         statuses.append(r.status_code)
         if r.status_code >= 400 and method != "HEAD":
-            assert set(r.json()) == {"error", "detail"}, (method, path, r.text)
+            if r.headers.get("Content-Type", "").startswith("text/html"):  # a dashboard path's page
+                assert not posixpath.normpath(path).startswith(p.API + "/"), (method, path, r.text)
+                assert '<meta name="viewport"' in r.text, (method, path, r.text)
+            else:
+                assert set(r.json()) == {"error", "detail"}, (method, path, r.text)
     return statuses
 
 
