@@ -11,8 +11,8 @@ APT_PACKAGES := btrfs-progs chromium cryptsetup-bin dmsetup dosfstools e2fsprogs
 # What `make e2e` adds: debootstrap for the source machines, QEMU and OVMF to boot them. Keep sorted.
 E2E_APT_PACKAGES := debootstrap fusefat mtools ovmf qemu-system-x86
 # What `make bench` adds: the peers (dd|nc, Clonezilla's partclone|zstd|nc, virt-p2v's nbdkit and
-# nbdcopy) and nftables for the wire counters. Keep sorted.
-BENCH_APT_PACKAGES := libnbd-bin nbdkit netcat-openbsd nftables partclone zstd
+# nbdcopy), nftables for the wire counters, iproute2 for the shaped links (ip netns, tc). Keep sorted.
+BENCH_APT_PACKAGES := iproute2 libnbd-bin nbdkit netcat-openbsd nftables partclone zstd
 BENCH_ARGS ?=
 # Flags for `make chaos`, e.g. CHAOS_ARGS=--short or CHAOS_ARGS="--seed 7".
 CHAOS_ARGS ?=
