@@ -29,7 +29,8 @@ from server.inventory import parse_inventory
 from server.store import Store, storage_error
 from xenp2v import __version__
 from xenp2v.protocol import (
-    API, AUTH_HEADER, DIGEST_HEADER, ENCODING_HEADER, MAX_CHUNK_SIZE, MAX_JSON_BODY, MAX_LOG_BODY,
+    API, AUTH_HEADER, DIGEST_HEADER, ENCODING_HEADER, MAX_CHUNK_SIZE, MAX_EVENTS_BODY,
+    MAX_JSON_BODY, MAX_LOG_BODY,
     FINISHED_JOB_STATES, PRECOPY_DIGEST, VERSION, ZSTD, ErrorCode, JobState, ProtocolError,
     EVENT_FIELDS, REPAIR_FIELDS, check_id, check_shape, chunk_digest, health_path, parse_digest,
 )
@@ -538,7 +539,7 @@ async def upload_log(request: web.Request) -> web.Response:
 
 async def post_events(request: web.Request) -> web.Response:
     (job,) = ids(request, "job")
-    body = await read_json(request, what="events")
+    body = await read_json(request, MAX_EVENTS_BODY, what="events")
     events = body if isinstance(body, list) else [body]
     if not events or not all(isinstance(e, dict) for e in events):
         raise ProtocolError(ErrorCode.BAD_REQUEST,

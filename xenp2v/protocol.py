@@ -54,6 +54,7 @@ TARGET_CHUNKS = 1 << 20
 # Bounds on JSON bodies (inventories, events, logs, reports).
 MAX_JSON_BODY = 4 * 1024 * 1024
 MAX_LOG_BODY = 8 * 1024 * 1024
+MAX_EVENTS_BODY = 1024 * 1024   # an agent posts one small event at a time
 MAX_DISK_SIZE = 1 << 50  # 1 PiB: larger than any VDI a pool can hold
 MAX_DISKS = 64
 

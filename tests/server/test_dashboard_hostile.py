@@ -129,3 +129,11 @@ def test_the_list_survives_each_bad_event_field(p2v_server, where):
     s = signed_in(p2v_server)
     for path in ("/", "/parts/jobs", f"/jobs/{job}"):
         assert s.get(p2v_server.url + path).status_code == 200, path
+
+
+def test_events_are_refused_beyond_a_mebibyte(p2v_server):
+    job = create(p2v_server).json()
+    r = requests.post(f"{p2v_server.url}/api/v1/jobs/{job['id']}/events", verify=False,
+                      headers={"Authorization": f"Bearer {job['token']}"},
+                      json=[{"disk": "d0", "phase": "capture", "message": "x" * 1000}] * 2000)
+    assert r.status_code == 413 and r.json()["error"] == "too_large", r.text
