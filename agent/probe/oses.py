@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
+from agent import winpath
 from agent.probe.model import OperatingSystem
 
 # Read-only and without replaying journals: the source must stay byte-for-byte as it was.
@@ -91,20 +92,6 @@ def resolve(root: Path, relative: str) -> Path | None:
     return path if path.exists() else None
 
 
-def _ci(root: Path, relative: str) -> Path | None:
-    """A path found case-insensitively, as Windows would (NTFS mounts are case-sensitive)."""
-    current = root
-    for part in relative.split("/"):
-        try:
-            names = {p.name.lower(): p for p in current.iterdir()}
-        except OSError:
-            return None
-        current = names.get(part.lower())
-        if current is None:
-            return None
-    return current
-
-
 def _parse_os_release(text: str) -> dict[str, str]:
     out = {}
     for line in text.splitlines():
@@ -169,12 +156,12 @@ def linux_os(root: Path, subdir: str = "/") -> OperatingSystem | None:
 
 def windows_os(root: Path) -> OperatingSystem | None:
     """Windows from its registry (SOFTWARE and SYSTEM hives); None when this is no Windows."""
-    if _ci(root, "Windows/System32/ntoskrnl.exe") is None:
+    if winpath.find(root, "Windows/System32/ntoskrnl.exe") is None:
         return None
     from agent.probe import registry
 
-    software = _ci(root, "Windows/System32/config/SOFTWARE")
-    system = _ci(root, "Windows/System32/config/SYSTEM")
+    software = winpath.find(root, "Windows/System32/config/SOFTWARE")
+    system = winpath.find(root, "Windows/System32/config/SYSTEM")
     version = registry.windows_version(software) if software else {}
     facts = registry.system_facts(system) if system else {}
     name = version.get("ProductName") or "Windows (version unknown)"

@@ -40,6 +40,7 @@ from agent import fsstate
 from agent.repair import firstboot
 from agent.repair.firstboot import FirstBoot
 from agent.repair.hive import REG_DWORD, REG_EXPAND_SZ, REG_MULTI_SZ, REG_SZ, Hive, HiveError
+from agent.winpath import find
 
 SYSTEM_HIVE = "Windows/System32/config/SYSTEM"
 SOFTWARE_HIVE = "Windows/System32/config/SOFTWARE"
@@ -328,20 +329,6 @@ def hive_dirty(path: Path) -> bool:
         raise WindowsRepairError(f"{path} is not a registry hive; nothing was changed.")
     primary, secondary = struct.unpack_from("<II", head, 4)
     return primary != secondary
-
-
-def find(root: Path, relative: str) -> Path | None:
-    """`relative` under `root`, each part matched case-insensitively as Windows would."""
-    current = root
-    for part in relative.split("/"):
-        try:
-            names = {p.name.lower(): p for p in current.iterdir()}
-        except OSError:
-            return None
-        current = names.get(part.lower())
-        if current is None:
-            return None
-    return current
 
 
 def place(root: Path, relative: str) -> Path:
