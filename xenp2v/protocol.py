@@ -314,7 +314,8 @@ def chunk_span(size: int, chunk_size: int, index: int) -> tuple[int, int]:
 # The answer (201 new, 200 resumed) is {"id", "resumed", "disks": [...], "token"} (and "pass",
 # "version" when it opens a new version of a pre-copy job): "token" is a
 # job token, made for this answer, that can touch only this job (its disks, chunks, map, log,
-# events and repair report) and stops working once the job is done or failed. The agent uses it
+# events and repair report) and stops working once the job is done or failed (401; 409
+# job_cancelled with why when the job was cancelled on the server). The agent uses it
 # for everything after the create; the server's own token (the admin token) is needed to create
 # or list jobs.
 #
