@@ -64,7 +64,8 @@ def test_trickling_uploads_hold_neither_every_slot_nor_theirs_for_long(tmp_path,
 
     other, answers = asyncio.run(scenario())
     store.close()
-    assert other < 3.0, f"the other agent waited {other:.1f} s for slots"
+    # Without the per-client limit it waits for the tricklers' 15 s deadline; the margin is for load.
+    assert other < 8.0, f"the other agent waited {other:.1f} s for slots"
     for answer, took in answers:
         assert b" 400 " in answer.split(b"\r\n", 1)[0] and b"arrived too slowly" in answer, answer
         assert took < 20, took   # 8 in slots dropped after ~6 s, then the 8 that waited
