@@ -40,7 +40,7 @@ import re
 import subprocess
 from dataclasses import dataclass, field
 
-Range = tuple[int, int]
+from agent.ranges import Range, normalize
 
 KiB, MiB, GiB = 1024, 1024 ** 2, 1024 ** 3
 # The superblock and its mirrors (btrfs_sb_offset); a mirror exists when it fits on the device.
@@ -120,7 +120,7 @@ class Chunk:
         if self.profile not in STRIPED:
             return used
         row = self.data_stripes * self.stripe_len
-        rows = _merge([(s // row, (e - 1) // row + 1) for s, e in used])
+        rows = normalize([(s // row, (e - 1) // row + 1) for s, e in used])
         return [(a * self.stripe_len, b * self.stripe_len) for a, b in rows]
 
 
@@ -199,7 +199,7 @@ def parse_extent_tree(text: str, nodesize: int) -> tuple[list[Range], int]:
             start = int(m.group(1))
             length = int(m.group(3)) if m.group(2) == "EXTENT_ITEM" else nodesize
             extents.append((start, start + length))
-    return _merge(extents), sum(e - s for s, e in extents)
+    return normalize(extents), sum(e - s for s, e in extents)
 
 
 def device_map(sb: Superblock, chunks: list[Chunk], length: int,
@@ -240,7 +240,7 @@ def device_map(sb: Superblock, chunks: list[Chunk], length: int,
                          f"superblock says {sb.allocated}")
     if any(e > length for _, e in ranges):
         raise BtrfsError(f"its chunk tree places stripes past the device's end ({length} bytes)")
-    return DeviceMap(sb.devid, _merge(ranges), profiles, sb.num_devices)
+    return DeviceMap(sb.devid, normalize(ranges), profiles, sb.num_devices)
 
 
 def map_device(node: str, length: int) -> DeviceMap:
@@ -303,13 +303,3 @@ def _run(cmd: list[str], what: str) -> tuple[str, str]:
     if proc.returncode != 0:
         raise BtrfsError(f"could not {what}: {last or f'exit status {proc.returncode}'}")
     return proc.stdout, last
-
-
-def _merge(ranges: list[Range]) -> list[Range]:
-    out: list[Range] = []
-    for s, e in sorted(r for r in ranges if r[1] > r[0]):
-        if out and s <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], e))
-        else:
-            out.append((s, e))
-    return out

@@ -21,57 +21,14 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from agent import blockdev, btrfs, extfs, fsstate, partclone, windisk
+from agent.ranges import Range, clip, normalize, shift, subtract, total
 
 log = logging.getLogger(__name__)
-
-Range = tuple[int, int]
 
 # Swap needs only its header page (the largest page size Linux uses is 64 KiB).
 SWAP_HEADER = 64 * 1024
 # MBR extended partition containers: their EBRs are read as gaps.
 EXTENDED_TYPES = frozenset({"5", "f", "85"})
-
-
-# --- range arithmetic -----------------------------------------------------------------------------
-
-def normalize(ranges) -> list[Range]:
-    """Sorted, merged, non-empty ranges."""
-    out: list[Range] = []
-    for s, e in sorted(r for r in ranges if r[1] > r[0]):
-        if out and s <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], e))
-        else:
-            out.append((s, e))
-    return out
-
-
-def subtract(ranges: list[Range], holes: list[Range]) -> list[Range]:
-    """`ranges` minus `holes` (both normalized)."""
-    out: list[Range] = []
-    holes = normalize(holes)
-    for s, e in ranges:
-        pos = s
-        for hs, he in holes:
-            if he <= pos or hs >= e:
-                continue
-            if hs > pos:
-                out.append((pos, hs))
-            pos = max(pos, he)
-        if pos < e:
-            out.append((pos, e))
-    return out
-
-
-def clip(ranges: list[Range], start: int, end: int) -> list[Range]:
-    return [(max(s, start), min(e, end)) for s, e in ranges if e > start and s < end]
-
-
-def shift(ranges: list[Range], by: int) -> list[Range]:
-    return [(s + by, e + by) for s, e in ranges]
-
-
-def total(ranges: list[Range]) -> int:
-    return sum(e - s for s, e in ranges)
 
 
 # --- the plan -------------------------------------------------------------------------------------
