@@ -40,16 +40,20 @@ class WireCounter:
                  "counter")
 
     def bytes(self) -> int:
-        out = _nft("-j", "list", "chain", "inet", TABLE, "out")
-        total = 0
-        for item in json.loads(out)["nftables"]:
-            for expr in item.get("rule", {}).get("expr", []):
-                if "counter" in expr:
-                    total += expr["counter"]["bytes"]
-        return total
+        return counted_bytes(_nft("-j", "list", "chain", "inet", TABLE, "out"))
 
     def close(self) -> None:
         subprocess.run(["nft", "delete", "table", "inet", TABLE], capture_output=True)
+
+
+def counted_bytes(listing: str) -> int:
+    """The bytes all counters in `listing` (the JSON of `nft -j list chain ...`) have counted."""
+    total = 0
+    for item in json.loads(listing)["nftables"]:
+        for expr in item.get("rule", {}).get("expr", []):
+            if "counter" in expr:
+                total += expr["counter"]["bytes"]
+    return total
 
 
 def _nft(*args: str) -> str:

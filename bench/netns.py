@@ -12,9 +12,10 @@ The wire counter counts what crosses the veth (both directions, whole IP packets
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
+
+from bench.measure import counted_bytes
 
 NS = "xenp2v-bench"
 SRC_IF, DST_IF = "xp2v-src", "xp2v-dst"
@@ -110,14 +111,8 @@ class LinkCounter:
                    str(port), "counter")
 
     def bytes(self) -> int:
-        total = 0
-        for chain in ("out", "in"):
-            out = sh("nft", "-j", "list", "chain", "inet", TABLE, chain).stdout
-            for item in json.loads(out)["nftables"]:
-                for expr in item.get("rule", {}).get("expr", []):
-                    if "counter" in expr:
-                        total += expr["counter"]["bytes"]
-        return total
+        return sum(counted_bytes(sh("nft", "-j", "list", "chain", "inet", TABLE, chain).stdout)
+                   for chain in ("out", "in"))
 
     def close(self) -> None:
         sh("nft", "delete", "table", "inet", TABLE, check=False)
