@@ -659,8 +659,15 @@ class Store:
 
     def set_repair(self, job_id: str, report: dict) -> None:
         """Keeps the VM's repair report; its outcome (``ok``, else ``status``) finishes the job.
-        A dry run's report (status "planned") is kept and shown but decides nothing."""
+        A dry run's report (status "planned") is kept and shown but decides nothing.
+        Raises 409 unless every disk of the job is sealed: a VM is repaired only from sealed disks."""
         self._job_row(job_id)
+        unsealed = [r[0] for r in self._db().conn.execute(
+            "SELECT id FROM disks WHERE job=? AND state!=? ORDER BY id", (job_id, DiskState.SEALED))]
+        if unsealed:
+            raise conflict(f"Job {job_id} has disks that are not sealed yet ({', '.join(unsealed)}): "
+                           "a repair report is taken only once every disk is sealed; finish the "
+                           "capture first.")
         with self._db() as db:
             db.execute("UPDATE jobs SET repair=?, updated=? WHERE id=?",
                        (json.dumps(report), _now(), job_id))

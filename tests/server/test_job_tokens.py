@@ -38,6 +38,9 @@ def test_a_job_token_touches_its_job_only_and_ends_with_it(p2v_server):
     assert admin.held(theirs, "sda") == {}
     assert admin.call("GET", p.job_path(theirs)).json()["state"] == "receiving"
     # The job ends: its token with it.
+    r = wire.complete(mine, "sda", p.image_digest(2 * CHUNK, CHUNK, {0: p.chunk_digest(data)}, [1]),
+                      zero=[(1, 1)])
+    assert r.status_code == 200, r.text
     assert wire.call("POST", p.repair_path(mine), json={"ok": True}).status_code == 204
     import time
     time.sleep(2.5)

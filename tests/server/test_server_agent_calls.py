@@ -41,10 +41,22 @@ def test_log_events_machine_lookup_and_repair_report(p2v_server):
     assert wire.call("GET", p.machine_path("../../x")).status_code in (400, 404)
 
     report = {"ok": True, "steps": [{"name": "fstab", "changed": True}]}
+    # A job still receiving takes no repair report: no VM was restored from its disk yet.
+    r = wire.call("POST", p.repair_path(job), json=report)
+    assert r.status_code == 409 and "not sealed" in r.json()["detail"], r.text
+    assert wire.call("GET", p.job_path(job)).json()["state"] == "receiving"
+    seal_all_zero(wire, job, "sda", 4)
     assert wire.call("POST", p.repair_path(job), json=report).status_code == 204
     got = wire.call("GET", p.job_path(job)).json()
     assert got["repair"] == report and got["state"] == "done"
     assert wire.call("POST", p.repair_path("nosuchjob"), json=report).status_code == 404
+
+
+def seal_all_zero(wire: Wire, job: str, disk: str, chunks: int) -> None:
+    """Seals a disk whose every chunk is in use and all zero."""
+    r = wire.complete(job, disk, p.image_digest(chunks * CHUNK, CHUNK, {}, range(chunks)),
+                      zero=[(0, chunks)])
+    assert r.status_code == 200, r.text
 
 
 def test_hooks_run_after_the_answer_without_holding_it(tmp_path):
