@@ -166,13 +166,38 @@ def _loop_backing(name: str) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
 
 
+def check_target_kind(target: str) -> None:
+    """Refuse a target a restore must not write: under /dev (by its name or where it leads) only
+    an existing block device; elsewhere an existing block device or regular file, or a file to
+    be made in an existing directory. A typo under /dev would otherwise become a file in /dev
+    (RAM on the live system) and the restore would say it succeeded. Raises RestoreError."""
+    real = os.path.realpath(target)
+    under_dev = any(p == "/dev" or p.startswith("/dev/") for p in (os.path.abspath(target), real))
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        if under_dev:
+            raise RestoreError(f"The target {target} does not exist. Run 'lsblk' to see the disks of "
+                               "this machine and give one of them, e.g. /dev/xvda (a new image file "
+                               "is made only outside /dev).") from None
+        if not Path(target).parent.is_dir():
+            raise RestoreError(f"The target {target} does not exist, nor its directory; give a disk "
+                               "such as /dev/xvda ('lsblk' lists them) or a file in an existing "
+                               "directory.") from None
+        return
+    if stat.S_ISBLK(st.st_mode):
+        return
+    if under_dev or not stat.S_ISREG(st.st_mode):
+        raise RestoreError(f"The target {target} is not a disk (a block device). Run 'lsblk' to see "
+                           "the disks of this machine and give one of them, e.g. /dev/xvda.")
+
+
 def open_target(target: str, size: int) -> tuple[int, int, bool]:
     """(fd, its size in bytes, reads_zeros) of the target, checked to be large enough and not
     in use. reads_zeros: known to read zeros everywhere (a new or wholly sparse file)."""
+    check_target_kind(target)
     path = Path(target)
     if not path.exists():
-        if not path.parent.is_dir():
-            raise RestoreError(f"The target {target} does not exist; give a disk such as /dev/xvda.")
         fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         os.ftruncate(fd, size)
         return fd, size, True  # a new sparse file reads zeros everywhere
@@ -271,6 +296,7 @@ def run(settings: Settings, target: str, disk: str | None = None,
     progress = progress or Progress()
     if not settings.job:
         raise RestoreError("No job given: pass --job ID (p2v.job=); 'p2v-server jobs' lists them.")
+    check_target_kind(target)   # before asking the server anything
     try:
         client = client or Client(settings.server, settings.token, settings.fingerprint,
                                   retry_for=retry_for)

@@ -21,7 +21,10 @@ def register(subparsers) -> None:
     p.add_argument("--job", metavar="ID", help="the job to restore from")
     p.add_argument("--disk", dest="image_disk", metavar="ID",
                    help="which disk of the job (needed when it has several)")
-    p.add_argument("--target", required=True, metavar="DEVICE", help="the disk to write, e.g. /dev/xvda")
+    p.add_argument("--target", required=True, metavar="DEVICE",
+                   help="the disk to write, e.g. /dev/xvda ('lsblk' lists them); under /dev only "
+                   "an existing disk is taken. A path outside /dev that does not exist is made as a new "
+                   "image file of the disk's size")
     p.add_argument("--target-zeroed", action="store_true",
                    help="every byte of the target already reads as zero (a new thin LUN or VDI, "
                    "a disk zeroed with 'blkdiscard -z'): the areas the image has no data for "

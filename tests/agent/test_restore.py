@@ -147,3 +147,33 @@ def test_command_lines(loopdev, p2v_server):
     assert out.returncode == 2 and "needs --server URL and --token T" in out.stderr
     out = agent_cli("capture", *common, "--compress", "fast")
     assert out.returncode == 2 and "compress" in out.stderr
+
+
+def test_a_target_under_dev_must_be_an_existing_disk(p2v_server, tmp_path):
+    """A typo under /dev is refused (it would become a file in RAM on the live system, and the
+    restore would say it succeeded); a new file elsewhere is still made, as --help says."""
+    from agent.client import Client
+    from xenp2v import protocol as p
+    client = Client(p2v_server.url, p2v_server.token, p2v_server.fingerprint)
+    job = client.create_job({"name": "box", "machine": {"system_uuid": str(uuid.uuid4())},
+                             "disks": [{"id": "sda", "size": 2 * CHUNK, "chunk_size": CHUNK}]})["id"]
+    client.complete(job, "sda", p.image_digest(2 * CHUNK, CHUNK, {}, [0, 1]), [[0, 2]], [])
+    typo = f"/dev/xenp2v-typo-{uuid.uuid4().hex[:8]}"
+    try:
+        with pytest.raises(RestoreError, match=f"The target {typo} does not exist. Run 'lsblk'"):
+            restore.run(settings_for(p2v_server, job=job), typo)
+        assert not os.path.lexists(typo)
+        open(typo, "wb").close()                # a regular file under /dev is no disk either
+        with pytest.raises(RestoreError, match=f"The target {typo} is not a disk .*lsblk"):
+            restore.run(settings_for(p2v_server, job=job), typo)
+        assert os.path.getsize(typo) == 0
+    finally:
+        if os.path.lexists(typo):
+            os.unlink(typo)
+    with pytest.raises(RestoreError, match="is not a disk"):
+        restore.run(settings_for(p2v_server, job=job), "/dev/null")
+    image = tmp_path / "new.img"                # outside /dev: made, as --help says
+    restore.run(settings_for(p2v_server, job=job), str(image))
+    assert image.stat().st_size == 2 * CHUNK
+    out = agent_cli("restore", "--help")
+    assert "outside /dev" in " ".join(out.stdout.split())
