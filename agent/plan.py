@@ -22,6 +22,7 @@ from typing import Iterable, Iterator
 
 from agent import blockdev, btrfs, extfs, fsstate, partclone, windisk
 from agent.ranges import Range, clip, normalize, shift, subtract, total
+from xenp2v.units import human_bytes as _human
 
 log = logging.getLogger(__name__)
 
@@ -568,11 +569,3 @@ def loop_view(node: str, offset: int, size: int) -> Iterator[str]:
         yield dev
     finally:
         subprocess.run(["losetup", "-d", dev], capture_output=True)
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)

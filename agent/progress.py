@@ -14,6 +14,8 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Callable, TextIO
 
+from xenp2v.units import human_bytes as human  # agent.progress.human: the screens' name
+
 RATE_WINDOW = 10.0   # seconds of history the rate is measured over
 
 
@@ -114,14 +116,6 @@ class PlainLines:
 
     def __call__(self, event: ProgressEvent) -> None:
         print(event.line(), file=self.stream, flush=True)
-
-
-def human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def format_eta(seconds: float) -> str:

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from server.datadir import add_data_dir, existing_store
+from xenp2v.units import human_bytes
 
 
 def register(sub) -> None:
@@ -27,22 +28,14 @@ def summary(job: dict) -> dict:
     }
 
 
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def table(jobs: list[dict]) -> str:
     if not jobs:
         return "No jobs yet."
     lines = [f"{'JOB':<40} {'NAME':<20} {'STATE':<12} DISKS"]
     for job in jobs:
-        disks = ", ".join(f"{d['id']} {_size(d['size'])} {d['state']}"
+        disks = ", ".join(f"{d['id']} {human_bytes(d['size'])} {d['state']}"
                           + ("" if d["state"] == "sealed" else
-                             f" ({_size(d['held_bytes'])} of ~{_size(d['expected_bytes'])})")
+                             f" ({human_bytes(d['held_bytes'])} of ~{human_bytes(d['expected_bytes'])})")
                           for d in job["disks"])
         lines.append(f"{job['id']:<40} {job['name'][:20]:<20} {job['state']:<12} {disks}")
     return "\n".join(lines)

@@ -49,6 +49,7 @@ from xenp2v.protocol import (
     PRECOPY_DIGEST, chunk_digest, chunk_span, disk_identity, image_digest, image_map, placeholder,
     precopy_image_digest, runs,
 )
+from xenp2v.units import human_bytes
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -507,16 +508,16 @@ class Store:
         if needed + promised > free:
             others = ""
             if promised:
-                names = ", ".join(f"{job} {_human(n)}" for job, n in
+                names = ", ".join(f"{job} {human_bytes(n)}" for job, n in
                                   sorted(held.items(), key=lambda kv: -kv[1])[:5])
                 more = f" and {len(held) - 5} more" if len(held) > 5 else ""
-                others = (f", of which {_human(promised)} ({promised} bytes) are held for unfinished "
+                others = (f", of which {human_bytes(promised)} ({promised} bytes) are held for unfinished "
                           f"jobs ({names}{more})")
             raise ProtocolError(
                 ErrorCode.INSUFFICIENT_STORAGE,
-                f"The images of this job need {_human(needed)} ({needed} bytes: each chunk that "
+                f"The images of this job need {human_bytes(needed)} ({needed} bytes: each chunk that "
                 "holds used blocks is stored whole, and a disk whose chunks the agent did not "
-                f"count is reserved whole) but {self.jobs_dir} has {_human(free)} ({free} bytes) "
+                f"count is reserved whole) but {self.jobs_dir} has {human_bytes(free)} ({free} bytes) "
                 f"free{others}. Free space there, finish or remove the unfinished jobs, or start "
                 "the server with --data-dir on a larger disk.")
 
@@ -1335,14 +1336,6 @@ def _table_difference(theirs: tuple | None, ours: tuple | None) -> str:
         (n, a, b) for n, (a, b) in enumerate(zip(theirs[2], ours[2]), 1) if a != b)
     return (f"its partition {number} holds {_filesystem_text(theirs_part[2:])}, "
             f"not {_filesystem_text(ours_part[2:])}")
-
-
-def _human(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def _job_json(row: sqlite3.Row, disks: list[dict]) -> dict:

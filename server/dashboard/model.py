@@ -8,6 +8,7 @@ import logging
 from xenp2v.protocol import (
     EVENT_FIELDS, INVENTORY_FIELDS, NUMBER, REPAIR_FIELDS, DiskState, JobState, conform, fits,
 )
+from xenp2v.units import human_bytes
 
 log = logging.getLogger("xenp2v.server")
 
@@ -25,11 +26,7 @@ def human(n: object) -> str:
         return "—"
     if number(n) is None:
         return UNKNOWN
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+    return human_bytes(n)
 
 
 def duration(seconds: object) -> str:
