@@ -164,3 +164,18 @@ def parse_inventory(body: object) -> Inventory:
         raise bad("'live' must be true or false.")
     return Inventory(name.strip(), machine_key(machine), plans, resume, body, request_id, job,
                      kind == "precopy", live)
+
+
+def request_differs(made: Inventory, retry: Inventory) -> str | None:
+    """What differs between the create that made a job and a later create with its request_id
+    (name, machine, disks' ids, sizes and chunk sizes), as a phrase; None when it is a retry of
+    the same create."""
+    if made.name != retry.name:
+        return f"the name {retry.name!r}, not {made.name!r}"
+    if made.machine_key != retry.machine_key:
+        return "another machine"
+    def disks(inv: Inventory) -> list[tuple[str, int, int]]:
+        return [(d.id, d.size, d.chunk_size) for d in inv.disks]
+    if disks(made) != disks(retry):
+        return (f"the disks {disks(retry)} (id, size, chunk size), not {disks(made)}")
+    return None

@@ -43,9 +43,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.inventory import Inventory
+from server.inventory import Inventory, parse_inventory, request_differs
 from xenp2v.protocol import (
-    ChunkKind, DiskState, ErrorCode, Extent, JobState, ProtocolError, check_id, chunk_count,
+    FINISHED_JOB_STATES, ChunkKind, DiskState, ErrorCode, Extent, JobState, ProtocolError, check_id, chunk_count,
     PRECOPY_DIGEST, chunk_digest, chunk_span, disk_identity, image_digest, image_map, placeholder,
     precopy_image_digest, runs,
 )
@@ -317,7 +317,7 @@ class Store:
                 "SELECT id FROM jobs WHERE json_extract(inventory, '$.request_id')=?",
                 (inv.request_id,)).fetchone()
             if row is not None:
-                return self.get_job(row["id"]), False
+                return self._replayed(row["id"], inv), False
         if inv.job:
             job_id = self._named(inv)
             if self._job_row(job_id)["state"] == JobState.SEALED:
@@ -374,6 +374,25 @@ class Store:
         if inv.precopy:
             self.record(job_id, "warm", {"pass": "precopy", "live": inv.live, "version": 1})
         return self.get_job(job_id), False
+
+    def _replayed(self, job_id: str, inv: Inventory) -> dict:
+        """The job a create with this request_id made, when ``inv`` is a retry of that create
+        (its answer was lost). ProtocolError 409 when the request_id came with another
+        inventory, or when that job is finished (a finished job gets no new token)."""
+        row = self._job_row(job_id)
+        differs = request_differs(parse_inventory(json.loads(row["inventory"])), inv)
+        if differs:
+            raise conflict(f"The request_id {inv.request_id} already made job {job_id} with another "
+                           f"inventory; this create has {differs}. A new capture must send a new "
+                           "request_id (the agent makes one per create).")
+        if row["state"] in FINISHED_JOB_STATES:
+            why = json.loads(row["records"] or "{}").get("cancelled")
+            if why is not None:
+                raise cancelled(job_id, why)
+            raise conflict(f"The request_id {inv.request_id} made job {job_id}, which is "
+                           f"{row['state']}: it takes no more chunks. Start a new capture if the "
+                           "machine is still to be migrated.")
+        return self.get_job(job_id)
 
     def _start_pass(self, job_id: str, inv: Inventory) -> None:
         """Opens version N+1 of every disk of a sealed pre-copy job, for another pass: each image

@@ -234,3 +234,31 @@ def test_a_create_retried_after_a_lost_answer_makes_no_orphan_job(p2v_server_fac
     # Two separate captures of such a machine are still two jobs.
     other = Client(server.url, server.token).create_job({"name": "pc", "machine": OEM, "disks": [disk()]})
     assert other["id"] != job["id"]
+
+
+def test_a_request_id_answers_only_a_retry_of_its_own_create(p2v_server):
+    """request_id replays the job only for the same create: another name or other disks under it
+    is refused (409), and a finished job's create, retried, mints no token for it."""
+    wire = Wire(p2v_server)
+    first = wire.create([disk()], name="pc", request_id="req-1")
+    assert first.status_code == 201, first.text
+    job = first.json()["id"]
+    again = wire.create([disk()], name="pc", request_id="req-1")     # the same create, retried
+    assert again.status_code == 201 and again.json()["id"] == job, again.text
+    for name, disks in (("other", [disk()]), ("pc", [disk(size=2 * GiB)]),
+                        ("pc", [disk(disk_id="sdb")]), ("pc", [disk(), disk(disk_id="sdb")])):
+        r = wire.create(disks, name=name, request_id="req-1")
+        assert r.status_code == 409 and r.json()["error"] == "conflict", (name, r.text)
+        assert "request_id req-1 already made job" in r.json()["detail"]
+        assert "token" not in r.json()
+    store = Store(p2v_server.data_dir)
+    try:
+        store.cancel_job(job, "stopped by the test")
+        r = wire.create([disk()], name="pc", request_id="req-1")
+        assert r.status_code == 409 and r.json()["error"] == "job_cancelled", r.text
+        done = wire.create([disk()], name="pc", request_id="req-2").json()["id"]
+        store.set_state(done, p.JobState.DONE, "repaired")
+        r = wire.create([disk()], name="pc", request_id="req-2")
+        assert r.status_code == 409 and "is done" in r.json()["detail"] and "token" not in r.json(), r.text
+    finally:
+        store.close()
