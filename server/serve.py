@@ -21,7 +21,7 @@ from server.guard import Redact, Runner
 from server.api import RUNNER_OPTIONS, make_app
 from server import dashboard
 from server.datadir import add_data_dir, data_dir, load_or_make_token
-from server.store import DEFAULT_KEEP_VERSIONS, Store
+from server.store import DEFAULT_KEEP_VERSIONS, Store, private_dirs
 from server.xenserver.cli import add_xapi_arguments, automatic_path
 
 DEFAULT_LISTEN = "0.0.0.0:8443"
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     directory = data_dir(args)
     try:
-        directory.mkdir(parents=True, exist_ok=True)
+        private_dirs(directory)
         token = args.token or load_or_make_token(directory)
         ssl_context, fingerprint = None, None
         if not args.plain_http:

@@ -156,6 +156,22 @@ def lock_down(data_dir: Path) -> None:
                 os.chmod(path, PRIVATE_FILE)
 
 
+def private_dirs(path: Path) -> None:
+    """Makes ``path`` and every missing parent of it, each 0700 whatever the umask
+    (``mkdir(parents=True, mode=...)`` gives the parents the umask's mode, often 0755)."""
+    missing = []
+    while not path.is_dir():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        try:
+            directory.mkdir(mode=PRIVATE_DIR)
+        except FileExistsError:
+            if not directory.is_dir():
+                raise
+        os.chmod(directory, PRIVATE_DIR)   # mkdir's mode is masked by the umask
+
+
 def not_found(detail: str) -> ProtocolError:
     return ProtocolError(ErrorCode.NOT_FOUND, detail)
 
@@ -202,7 +218,7 @@ class Store:
         self.keep_versions = keep_versions
         self.data_dir = Path(data_dir)
         self.jobs_dir = self.data_dir / "jobs"
-        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        private_dirs(self.jobs_dir)
         self.db_path = self.data_dir / "xenp2v.db"
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
@@ -337,7 +353,8 @@ class Store:
         self._check_space(inv)
         job_id = _new_job_id(inv.name)
         now = _now()
-        (self.jobs_dir / job_id / "disks").mkdir(parents=True, mode=PRIVATE_DIR)
+        (self.jobs_dir / job_id).mkdir(mode=PRIVATE_DIR)   # new: never another job's
+        private_dirs(self.jobs_dir / job_id / "disks")
         try:
             for disk in inv.disks:
                 fd = os.open(self.image_path(job_id, disk.id),

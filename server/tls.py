@@ -15,6 +15,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from server.store import private_dirs
+
 VALID_DAYS = 3650
 
 
@@ -23,7 +25,7 @@ def ensure_certificate(tls_dir: Path) -> tuple[Path, Path]:
     cert_path, key_path = tls_dir / "cert.pem", tls_dir / "key.pem"
     if cert_path.exists() and key_path.exists():
         return cert_path, key_path
-    tls_dir.mkdir(parents=True, exist_ok=True)
+    private_dirs(tls_dir)
     key = ec.generate_private_key(ec.SECP256R1())
     host = socket.gethostname() or "xenp2v"
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"xenp2v server {host}")])

@@ -8,10 +8,10 @@ import hmac
 
 from aiohttp import web
 
-from server.api import POOL, STORE
+from server.api import POOL, STORE, error_response
 from server.dashboard import metrics
 from server.dashboard.pages import Dashboard, static
-from xenp2v.protocol import AUTH_HEADER
+from xenp2v.protocol import AUTH_HEADER, ErrorCode
 
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -32,9 +32,11 @@ def install(app: web.Application, token: str, metrics_token: str | None = None,
         # Every token is compared, so the time taken does not say which one came close.
         matches = [hmac.compare_digest(given_bytes, t) for t in scrape_tokens]
         if scheme.lower() != "bearer" or not any(matches):
-            return web.Response(status=401, text="A valid 'Authorization: Bearer <token>' header "
-                                "is needed: the server's token or its metrics token.\n",
-                                headers={"WWW-Authenticate": "Bearer"})
+            refused = error_response(ErrorCode.UNAUTHORIZED,
+                                     "A valid 'Authorization: Bearer <token>' header is needed: "
+                                     "the server's token or its metrics token.")
+            refused.headers["WWW-Authenticate"] = "Bearer"
+            return refused
         text = await board.call(metrics.exposition, app[metrics.COUNTERS], app[STORE])
         return web.Response(text=text, headers={"Content-Type": METRICS_TYPE})
 

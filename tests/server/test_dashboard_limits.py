@@ -132,6 +132,11 @@ def test_metrics_count_nothing_for_a_caller_without_a_token(p2v_server):
     # The latencies are still kept, by route and status class.
     text = requests.get(p2v_server.url + "/metrics", headers=p2v_server.headers, verify=False).text
     assert 'status="4xx"' in text
+    # Refused as every other error is: JSON {error, detail}, with the scheme it wants.
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        r = requests.get(p2v_server.url + "/metrics", headers=headers, verify=False)
+        assert r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer", r.text
+        assert r.json()["error"] == "unauthorized" and "metrics token" in r.json()["detail"]
 
 
 def test_the_log_comes_in_whole_characters_its_tail_first_and_whole_as_a_download(p2v_server):

@@ -285,6 +285,20 @@ def test_data_directory_and_images_are_private_and_old_ones_fixed(tmp_path):
     store.close()
 
 
+def test_every_directory_the_store_makes_is_private_whatever_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        data = tmp_path / "new" / "place" / "data"       # none of it there yet
+        store = Store(data)
+        job = new_job(store)
+        store.close()
+    finally:
+        os.umask(old)
+    made = [tmp_path / "new", tmp_path / "new" / "place", data, data / "jobs", data / "jobs" / job,
+            data / "jobs" / job / "disks"]
+    assert {str(d): oct(os.stat(d).st_mode & 0o777) for d in made} == {str(d): "0o700" for d in made}
+
+
 def test_a_cancelled_job_takes_no_chunk_and_no_seal_even_after_a_restart(tmp_path):
     store = Store(tmp_path)
     job = new_job(store)
