@@ -9,8 +9,10 @@ fault but never the bytes. ``Redact`` keeps any token that still reaches a log r
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+import time
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -35,7 +37,80 @@ def fault_kind(exc: BaseException | None) -> str:
     return head or type(exc).__name__
 
 
+HEADER_DEADLINE = 15.0   # seconds from a request's first byte to the end of its headers
+IDLE_TIMEOUT = 60.0      # seconds a connection may stay open with no request in progress
+                         # (the default of p2v-server serve --idle-timeout; aiohttp's is 3630)
+MAX_PER_ADDRESS = 64     # connections open at once from one address (the agent uses 8 or so)
+ACCEPT_LOG_EVERY = 5.0   # seconds between two log lines about refused accepts
+
+
 class _JsonErrors(RequestHandler):
+    """A connection: the parser's refusals as JSON, a deadline for each request's line and
+    headers, and a cap on the connections of one address (counted in ``_Server.open``)."""
+
+    _header_timer = None
+    _peer = None
+
+    def connection_made(self, transport) -> None:
+        peer = transport.get_extra_info("peername")
+        address = peer[0] if isinstance(peer, tuple) and peer else None
+        server = self._manager
+        open_ = getattr(server, "open", None)
+        if address is not None and open_ is not None:
+            if open_.get(address, 0) >= MAX_PER_ADDRESS:
+                server.refused_over_cap(address)
+                transport.abort()
+                return
+            open_[address] = open_.get(address, 0) + 1
+            self._peer = address
+        super().connection_made(transport)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._stop_header_timer()
+        open_ = getattr(self._manager, "open", None)
+        if self._peer is not None and open_ is not None:
+            left = open_.get(self._peer, 1) - 1
+            if left > 0:
+                open_[self._peer] = left
+            else:
+                open_.pop(self._peer, None)
+            self._peer = None
+        if self.transport is not None or self._task_handler is not None:
+            super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        waiting = self._waiter is not None and not self._waiter.done() and not self._messages
+        if waiting and self._header_timer is None and data:
+            self._header_timer = self._loop.call_later(HEADER_DEADLINE, self._headers_too_slow)
+        super().data_received(data)
+        if self._messages or self._payload_parser is not None or self._force_close:
+            self._stop_header_timer()
+
+    def _process_keepalive(self) -> None:
+        if self._header_timer is None:   # a request under way has its own deadline
+            super()._process_keepalive()
+
+    def _stop_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        if self.transport is None or self._messages or self._force_close:
+            return
+        log.info("Closed a connection from %s: its request line and headers took longer than "
+                 "%g s", self._peer or "an unknown address", HEADER_DEADLINE)
+        body = json.dumps(error_body(ErrorCode.REQUEST_TIMEOUT,
+                                     f"The request line and headers did not arrive within "
+                                     f"{HEADER_DEADLINE:g} s; send each request whole.")).encode()
+        transport = self.transport
+        transport.write(b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json"
+                             b"\r\nConnection: close\r\nContent-Length: %d\r\n\r\n" % len(body)
+                             + body)
+        self.force_close()
+        transport.close()   # after what was written: the 408 goes out first
+
     def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
         kind = fault_kind(exc)
@@ -56,8 +131,19 @@ class _JsonErrors(RequestHandler):
 
 
 class _Server(web.Server):
+    open: dict[str, int]
+    _cap_logged: float
+
     def __call__(self) -> RequestHandler:
         return _JsonErrors(self, loop=self._loop, **self._kwargs)
+
+    def refused_over_cap(self, address: str) -> None:
+        """Logs, at most once per ACCEPT_LOG_EVERY, that an address is over its cap."""
+        now = time.monotonic()
+        if now - self._cap_logged >= ACCEPT_LOG_EVERY:
+            self._cap_logged = now
+            log.warning("Refused a connection from %s: it already has %d open (the most one "
+                        "address may have)", address, MAX_PER_ADDRESS)
 
 
 class Runner(web.AppRunner):
@@ -66,7 +152,36 @@ class Runner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.__class__ = _Server
+        server.open, server._cap_logged = {}, float("-inf")
+        server._kwargs.setdefault("keepalive_timeout", IDLE_TIMEOUT)
         return server
+
+
+class AcceptErrors:
+    """The event loop's exception handler: a refused accept (no descriptor or memory left) is
+    one log line per ``every`` seconds with how many there were, not a traceback each (asyncio
+    retries each listening socket every second, and logged hundreds of thousands a minute).
+    Everything else goes to the loop's default handler. Install with
+    ``loop.set_exception_handler(AcceptErrors())``."""
+
+    def __init__(self, every: float = ACCEPT_LOG_EVERY):
+        self.every = every
+        self.last = float("-inf")
+        self.unlogged = 0
+
+    def __call__(self, loop, context: dict) -> None:
+        if not str(context.get("message", "")).startswith("socket.accept() out of system resource"):
+            loop.default_exception_handler(context)
+            return
+        self.unlogged += 1
+        now = time.monotonic()
+        if now - self.last < self.every:
+            return
+        exc = context.get("exception")
+        log.warning("Cannot accept connections: %s (%d times since the last such line); "
+                    "raise the open-file limit (LimitNOFILE) or look at who holds connections",
+                    getattr(exc, "strerror", None) or exc, self.unlogged)
+        self.last, self.unlogged = now, 0
 
 
 class Redact(logging.Filter):

@@ -17,7 +17,7 @@ from pathlib import Path
 from aiohttp import web
 
 from server import tls
-from server.guard import Redact, Runner
+from server.guard import IDLE_TIMEOUT, AcceptErrors, Redact, Runner
 from server.api import RUNNER_OPTIONS, make_app
 from server import dashboard
 from server.datadir import add_data_dir, data_dir, load_or_make_token
@@ -46,6 +46,9 @@ def register(sub) -> None:
     p.add_argument("--keep-versions", type=int, default=DEFAULT_KEEP_VERSIONS, metavar="N",
                    help="sealed versions of each image kept for warm migration (each pre-copy "
                         f"pass and the final sync writes one; default: {DEFAULT_KEEP_VERSIONS})")
+    p.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT, metavar="SECONDS",
+                   help="close a connection with no request in progress after this long, also "
+                        f"one that never sends a request (default: {IDLE_TIMEOUT:g})")
     p.set_defaults(func=run)
 
 
@@ -147,16 +150,17 @@ def run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_serve(store, token, host, port, ssl_context,
                                   banner(urls(host, port, scheme), token, fingerprint, directory),
-                                  hooks, args.metrics_token))
+                                  hooks, args.metrics_token, args.idle_timeout))
     finally:
         store.close()
 
 
 async def _serve(store: Store, token: str, host: str, port: int, ssl_context, text: str,
-                 hooks: dict, metrics_token: str | None = None) -> int:
+                 hooks: dict, metrics_token: str | None = None,
+                 idle_timeout: float = IDLE_TIMEOUT) -> int:
     app = make_app(store, token, **hooks)
     dashboard.install(app, token, metrics_token, hooks)
-    runner = Runner(app, handle_signals=False, **RUNNER_OPTIONS)
+    runner = Runner(app, handle_signals=False, keepalive_timeout=idle_timeout, **RUNNER_OPTIONS)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host or None, port, ssl_context=ssl_context, backlog=512)
@@ -169,6 +173,7 @@ async def _serve(store: Store, token: str, host: str, port: int, ssl_context, te
         print(text, flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(AcceptErrors())
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()

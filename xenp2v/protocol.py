@@ -96,6 +96,7 @@ class ErrorCode(StrEnum):
     FORBIDDEN = "forbidden"                  # 403 a job token used on another job, or to list/create
     NOT_FOUND = "not_found"                  # 404 no such job, disk, chunk or route
     METHOD_NOT_ALLOWED = "method_not_allowed"  # 405
+    REQUEST_TIMEOUT = "request_timeout"      # 408 the request line and headers came too slowly
     CONFLICT = "conflict"                    # 409 disk sealed, or not sealed yet
     JOB_CANCELLED = "job_cancelled"          # 409 the job was cancelled on the server (its token too)
     TOO_LARGE = "too_large"                  # 413 body larger than allowed
@@ -113,6 +114,7 @@ ERROR_STATUS: dict[ErrorCode, int] = {
     ErrorCode.FORBIDDEN: 403,
     ErrorCode.NOT_FOUND: 404,
     ErrorCode.METHOD_NOT_ALLOWED: 405,
+    ErrorCode.REQUEST_TIMEOUT: 408,
     ErrorCode.CONFLICT: 409,
     ErrorCode.JOB_CANCELLED: 409,
     ErrorCode.TOO_LARGE: 413,
