@@ -160,7 +160,7 @@ class Runner(web.AppRunner):
 class AcceptErrors:
     """The event loop's exception handler: a refused accept (no descriptor or memory left) is
     one log line per ``every`` seconds with how many there were, not a traceback each (asyncio
-    retries each listening socket every second, and logged hundreds of thousands a minute).
+    tries up to its backlog of accepts each time, and logged 17,381 tracebacks, 9.5 MB, in 7 s).
     Everything else goes to the loop's default handler. Install with
     ``loop.set_exception_handler(AcceptErrors())``."""
 
@@ -178,7 +178,7 @@ class AcceptErrors:
         if now - self.last < self.every:
             return
         exc = context.get("exception")
-        log.warning("Cannot accept connections: %s (%d times since the last such line); "
+        log.warning("Cannot accept connections: %s (%d refused accepts since the last such line); "
                     "raise the open-file limit (LimitNOFILE) or look at who holds connections",
                     getattr(exc, "strerror", None) or exc, self.unlogged)
         self.last, self.unlogged = now, 0
