@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -92,10 +93,13 @@ class Scenario:
         say(f"  {self.name} {key}: {'PASS' if ok else 'FAIL'} — {what}")
         return ok
 
-    def check(self, key: str, images: list[Path], controller: str, nic: str, want_up: bool) -> bool:
+    def check(self, key: str, images: list[Path], controller: str, nic: str, want_up: bool,
+              vm_name: str = VM_NIC) -> bool:
+        """Boot and compare with what is wanted: up or not, and up with the source's address on
+        the NIC (`vm_name`: the name the repair gave the VM's NIC, on the VM)."""
         result = boot(images, controller, nic, self.firmware, self.work / f"{self.name}-{key}.serial",
                       timeout=BOOT_TIMEOUT)
-        want_net = f"{SOURCE_NIC if nic == 'source' else VM_NIC}:{ADDRESS}"
+        want_net = f"{SOURCE_NIC if nic == 'source' else vm_name}:{ADDRESS}"
         good = result.ok == want_up and (not want_up or result.net == want_net)
         return self.record(key, good, result.seconds, str(result))
 
@@ -142,11 +146,21 @@ class Scenario:
             try:
                 phase = live.restore_and_repair(iso, vm, controller, self.firmware, server, job,
                                                 self.work / f"{self.name}-repair-{controller}.serial")
+                log = self.work / f"{self.name}-repair-{controller}.serial"
                 if self.record(f"repair-{controller}", phase.ok, phase.seconds, str(phase)):
-                    self.check(f"after-{controller}", vm, controller, "vm", True)
+                    self.check(f"after-{controller}", vm, controller, "vm", True, planned_name(log))
             finally:
                 for disk in vm:
                     disk.unlink(missing_ok=True)
+
+
+def planned_name(serial_log: Path) -> str:
+    """The name the repair's plan says the guest will use for the source's NIC on the VM (the VM
+    keeps the source's MAC, so the repair may pin the old name rather than take the slot name)."""
+    text = serial_log.read_text(errors="replace") if serial_log.exists() else ""
+    found = re.search(rf"^\s*{re.escape(SOURCE_NIC)}\b.*?-> VM .*?, named (\S+) by the guest", text,
+                      re.MULTILINE)
+    return found.group(1) if found else VM_NIC
 
 
 def table(rows: list[dict], path: str) -> str:
