@@ -33,16 +33,21 @@ def _ahci(drives: list[str]) -> list[str]:
     return args
 
 
-# Disk controllers: the source's own (AHCI), XenServer's emulated IDE, virtio.
+# Disk controllers: the source's own (AHCI), XenServer's emulated IDE (BIOS profile) and NVMe
+# (XCP-ng's UEFI profile), virtio.
 CONTROLLERS = {
     "ahci": _ahci,
     "ide": lambda drives: [a for i, d in enumerate(drives) for a in ("-drive", f"{d},if=ide,index={i}")],
+    "nvme": lambda drives: [a for i, d in enumerate(drives) for a in
+                            ("-drive", f"{d},if=none,id=n{i}", "-device", f"nvme,drive=n{i},serial=VM{i + 1:04d}")],
     "virtio": lambda drives: [a for d in drives for a in ("-drive", f"{d},if=virtio")],
 }
-# NICs: the source's e1000 in slot 3 (ens3); the VM's emulated rtl8139 in slot 4 (ens4).
+# NICs: the source's e1000 in slot 3 (ens3); the VM's emulated rtl8139 in slot 4 (ens4), or the
+# e1000 of XCP-ng's UEFI profile in the same slot.
 NICS = {
     "source": ["-device", f"e1000,netdev=n0,mac={MAC},addr=03"],
     "vm": ["-device", f"rtl8139,netdev=n0,mac={MAC},addr=04"],
+    "vm-e1000": ["-device", f"e1000,netdev=n0,mac={MAC},addr=04"],
 }
 
 

@@ -57,14 +57,15 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-def host_repair(images: list[Path], log: Path) -> tuple[bool, str]:
-    """Attach the images as loop devices, repair twice; the second run must change nothing."""
+def host_repair(images: list[Path], log: Path, vm_nic: str = VM_NIC) -> tuple[bool, str]:
+    """Attach the images as loop devices, repair twice (the source's NIC to be `vm_nic`); the
+    second run must change nothing."""
     loops = [subprocess.run(["losetup", "--show", "-f", "-P", str(image)], capture_output=True,
                             text=True, check=True).stdout.strip() for image in images]
     try:
         outputs = []
         for attempt in (1, 2):
-            proc = subprocess.run([str(AGENT), "repair", "--disk", loops[0], "--nic", f"{SOURCE_NIC}={VM_NIC}"],
+            proc = subprocess.run([str(AGENT), "repair", "--disk", loops[0], "--nic", f"{SOURCE_NIC}={vm_nic}"],
                                   capture_output=True, text=True, timeout=1800)
             outputs.append(f"--- run {attempt} (exit {proc.returncode})\n{proc.stdout}{proc.stderr}")
             if proc.returncode != 0:

@@ -1,0 +1,279 @@
+"""A Xen host for the boot tests: Debian bookworm's Xen 4.17 with a debootstrapped dom0, under QEMU.
+
+The dom0 is built once and cached (`/var/cache/xenp2v/e2e/xen-dom0-<digest>/`: its root filesystem
+image, the dom0 kernel and initrd, and Xen's uncompressed ELF, which QEMU's multiboot loader wants).
+`XenHost` boots it under QEMU TCG with AMD's SVM (no NPT: with it Xen uses HAP and HVM guests
+triple-fault under TCG), Xen and the dom0 kernel loaded with -kernel/-initrd, and drives dom0's
+console (hvc0, through Xen's com1) as a root shell: `run()` sends one command and returns its output
+and exit status. The disks to boot are handed in as virtio disks after dom0's own (/dev/vdb, vdc, ...),
+copy-on-write (snapshot=on): the images on this host are never written.
+
+Guests write their consoles to /var/log/xen/console/ in dom0 (xenconsoled for PV guests, qemu-xen's
+serial for HVM guests); `XenHost.guest()` starts one with `xl create`, watches its console for the
+marker or a known failure, destroys it and returns its console text.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import re
+import select
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sources import CACHE, MIRROR, SUITE, sh
+
+ACCEL = os.environ.get("XENP2V_ACCEL", "tcg")
+XEN_VERSION = "4.17"
+DOM0_PACKAGES = ("systemd-sysv,udev,kmod,iproute2,procps,linux-image-amd64,initramfs-tools,e2fsprogs,"
+                 f"xen-hypervisor-{XEN_VERSION}-amd64,xen-utils-{XEN_VERSION},qemu-system-xen,ovmf")
+DOM0_SIZE = 3 * 1024**3
+DOM0_MEM_MB = 1024
+HOST_MEM_MB = 3072
+# Xen on the first serial port; dom0's console is Xen's (hvc0), so one line carries both.
+XEN_ARGS = (f"console=com1 com1=115200,8n1 dom0_mem={DOM0_MEM_MB}M,max:{DOM0_MEM_MB}M dom0_max_vcpus=2 "
+            "noreboot loglvl=warning guest_loglvl=warning")
+DOM0_ARGS = "root=/dev/vda rw console=hvc0 quiet systemd.show_status=0 net.ifnames=0"
+PROMPT = "XENP2V-DOM0# "
+CONSOLE_DIR = "/var/log/xen/console"
+DOM0_RECIPE = "3"
+
+# Dom0's configuration, written into the tree before the image is made.
+AUTOLOGIN = """[Service]
+ExecStart=
+ExecStart=-/sbin/agetty --autologin root --noclear --keep-baud 115200 %I linux
+"""
+PROFILE = f"""# The test driver's shell: no echo, a prompt it can find, no pager, wide lines.
+if [ "$(tty)" = /dev/hvc0 ]; then
+    stty -echo cols 500
+    export PS1='{PROMPT}' PAGER=cat SYSTEMD_PAGER=cat TERM=dumb
+fi
+"""
+# xenconsoled writes each PV guest's console to CONSOLE_DIR/guest-<name>.log, stamped.
+XEN_DEFAULT = f'XENCONSOLED_ARGS="--log=guest --log-dir={CONSOLE_DIR} --timestamp=guest"\n'
+
+
+def dom0_dir() -> Path:
+    digest = hashlib.sha256((DOM0_PACKAGES + DOM0_RECIPE + AUTOLOGIN + PROFILE + XEN_DEFAULT).encode()).hexdigest()[:12]
+    return CACHE / f"xen-dom0-{digest}"
+
+
+@dataclass(frozen=True)
+class Dom0:
+    """The cached files one boot of the Xen host needs."""
+
+    xen: Path        # Xen's ELF (uncompressed)
+    kernel: Path     # dom0's vmlinuz
+    initrd: Path     # dom0's initrd
+    image: Path      # dom0's root filesystem (ext4, no partition table)
+
+
+def dom0(say=print) -> Dom0:
+    """The cached dom0, built when missing (debootstrap, about 10 minutes on a busy machine)."""
+    where = dom0_dir()
+    files = Dom0(where / "xen", where / "vmlinuz", where / "initrd.img", where / "root.img")
+    if all(getattr(files, f).exists() for f in ("xen", "kernel", "initrd", "image")):
+        return files
+    started = time.monotonic()
+    tmp = where.with_suffix(".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tree = tmp / "tree"
+    tmp.mkdir(parents=True)
+    sh("debootstrap", "--variant=minbase", f"--include={DOM0_PACKAGES}", SUITE, str(tree), MIRROR, timeout=5400)
+    for deb in (tree / "var/cache/apt/archives").glob("*.deb"):
+        deb.unlink()
+    _configure(tree)
+    boot = tree / "boot"
+    kernel = max(boot.glob("vmlinuz-*"))
+    initrd = boot / kernel.name.replace("vmlinuz", "initrd.img")
+    xen = max(boot.glob(f"xen-{XEN_VERSION}*-amd64.gz"))
+    shutil.copy(kernel, tmp / "vmlinuz")
+    shutil.copy(initrd, tmp / "initrd.img")
+    (tmp / "xen").write_bytes(subprocess.run(["zcat", str(xen)], capture_output=True, check=True).stdout)
+    with open(tmp / "root.img", "wb") as f:
+        f.truncate(DOM0_SIZE)
+    sh("mkfs.ext4", "-q", "-L", "dom0", "-d", str(tree), str(tmp / "root.img"))
+    shutil.rmtree(tree)
+    shutil.rmtree(where, ignore_errors=True)
+    tmp.rename(where)
+    say(f"built the Xen dom0 in {time.monotonic() - started:.0f} s: {where}")
+    return files
+
+
+def _configure(tree: Path) -> None:
+    (tree / "etc/fstab").write_text("/dev/vda / ext4 errors=remount-ro 0 1\n")
+    (tree / "etc/hostname").write_text("dom0\n")
+    sh("chroot", str(tree), "passwd", "-d", "root")
+    dropin = tree / "etc/systemd/system/serial-getty@hvc0.service.d"
+    dropin.mkdir(parents=True, exist_ok=True)
+    (dropin / "autologin.conf").write_text(AUTOLOGIN)
+    (tree / "root/.profile").write_text(PROFILE)
+    default = tree / "etc/default/xen"
+    text = default.read_text() if default.exists() else ""
+    default.write_text(text + XEN_DEFAULT)
+    (tree / CONSOLE_DIR.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    # Nothing to wait for at boot: no network configuration, no timers.
+    for unit in ("apt-daily.timer", "apt-daily-upgrade.timer", "e2scrub_all.timer", "fstrim.timer"):
+        (tree / "etc/systemd/system" / unit).unlink(missing_ok=True)
+        (tree / "etc/systemd/system" / unit).symlink_to("/dev/null")
+
+
+@dataclass
+class GuestRun:
+    ok: bool             # the marker was seen
+    root: str | None
+    net: str | None
+    seconds: float       # from `xl create` to the marker or the failure
+    why: str
+    console: str         # the guest's console, as dom0 logged it
+
+    def __str__(self) -> str:
+        return (f"up root={self.root} net={self.net}" if self.ok else f"failed: {self.why}") + \
+            f" ({self.seconds:.0f} s)"
+
+
+MARKER = re.compile(r"XENP2V-BOOT-OK root=(\S+) net=(\S+)")
+# What a guest that cannot find its root prints (initramfs-tools), a kernel that gives up, a guest
+# firmware or boot loader that finds nothing to boot, and xl's own refusals.
+FAILURES = ("Gave up waiting for root", "ALERT!", "Kernel panic", "emergency mode",
+            "No bootable device", "Boot failed", "error: no such device", "No bootable option")
+
+
+class XenHost:
+    """Xen and dom0 running under QEMU, with `disks` as dom0's /dev/vdb, /dev/vdc, ... (read-only
+    to this host: QEMU keeps the guests' writes in a temporary overlay)."""
+
+    def __init__(self, files: Dom0, disks: list[Path], log: Path, memory_mb: int = HOST_MEM_MB):
+        self.files, self.disks, self.log = files, disks, log
+        self.memory_mb = memory_mb
+        self.proc: subprocess.Popen | None = None
+        self.buffer = b""
+        self.boot_seconds = 0.0
+        self._log = None
+
+    def device(self, index: int) -> str:
+        """dom0's name of disks[index]."""
+        return f"/dev/vd{chr(ord('b') + index)}"
+
+    def argv(self) -> list[str]:
+        f = self.files
+        drives = [a for d in (f.image, *self.disks) for a in
+                  ("-drive", f"file={d},format=raw,if=virtio,snapshot=on,cache=unsafe")]
+        return ["qemu-system-x86_64", "-machine", f"pc,accel={ACCEL}", "-cpu", "qemu64,+svm",
+                "-smp", "2", "-m", str(self.memory_mb), "-nodefaults", "-display", "none",
+                "-monitor", "none", "-no-reboot", "-serial", "stdio", *drives,
+                "-kernel", str(f.xen), "-append", XEN_ARGS,
+                # Multiboot modules: a comma in a module's arguments would have to be doubled.
+                "-initrd", f"{f.kernel} {DOM0_ARGS},{f.initrd}"]
+
+    def start(self, timeout: float = 900) -> float:
+        """Boot Xen and dom0 to the root shell; returns the seconds it took."""
+        self._log = open(self.log, "wb")
+        started = time.monotonic()
+        self.proc = subprocess.Popen(self.argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, bufsize=0)
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        self._expect(PROMPT, timeout)
+        self.boot_seconds = time.monotonic() - started
+        return self.boot_seconds
+
+    def _read(self, wait: float) -> bytes:
+        ready, _, _ = select.select([self.proc.stdout], [], [], wait)
+        if not ready:
+            return b""
+        data = self.proc.stdout.read(65536) or b""
+        if data:
+            self._log.write(data)
+            self._log.flush()
+        elif self.proc.poll() is not None:
+            raise RuntimeError(f"QEMU exited ({self.proc.returncode}) while Xen ran; see {self.log}")
+        return data
+
+    def _expect(self, text: str, timeout: float) -> str:
+        """Read until `text`; returns what came before it, leaving the rest in the buffer."""
+        needle, deadline = text.encode(), time.monotonic() + timeout
+        while needle not in self.buffer:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no {text!r} from the Xen host within {timeout:.0f} s; see {self.log}")
+            self.buffer += self._read(min(5.0, max(0.1, deadline - time.monotonic())))
+        before, _, self.buffer = self.buffer.partition(needle)
+        return before.decode(errors="replace")
+
+    def run(self, command: str, timeout: float = 300) -> tuple[int, str]:
+        """Run `command` in dom0's shell; returns (exit status, output)."""
+        self.buffer = b""
+        # The end mark is split in the command so that only its output matches.
+        self._type(f"{command}; echo \"@@XENP2V\"\"-END $?@@\"\n".encode())
+        out = self._expect("@@XENP2V-END ", timeout)
+        status = int(self._expect("@@", 10))
+        # The previous command's prompt arrives after its end mark: it leads this output.
+        return status, out.replace("\r", "").replace(PROMPT, "")
+
+    def _type(self, data: bytes) -> None:
+        # Xen's serial input ring holds a few dozen bytes: a long line sent at once loses some.
+        for i in range(0, len(data), 16):
+            self.proc.stdin.write(data[i:i + 16])
+            time.sleep(0.03)
+
+    def check(self, command: str, timeout: float = 300) -> str:
+        status, out = self.run(command, timeout)
+        if status != 0:
+            raise RuntimeError(f"dom0: {command!r} failed ({status}): {out.strip()[-1000:]}")
+        return out
+
+    def put(self, path: str, text: str) -> None:
+        """Write `text` to `path` in dom0 (one line on the console: base64)."""
+        self.check(f"echo {base64.b64encode(text.encode()).decode()} | base64 -d > {path}", timeout=60)
+        got = self.check(f"md5sum < {path}", timeout=60).split()
+        if not got or got[0] != hashlib.md5(text.encode()).hexdigest():
+            raise RuntimeError(f"dom0: {path} did not arrive whole over the console; see {self.log}")
+
+    def guest(self, name: str, config: str, timeout: float = 1200) -> GuestRun:
+        """`xl create` a guest from `config` (xl's syntax), wait for the marker or a failure on its
+        console, destroy it; the guest's console comes back in the result."""
+        # PV consoles: xenconsoled's guest-<name>.log; HVM: the serial file named in the config.
+        logs = f"{CONSOLE_DIR}/guest-{name}.log {CONSOLE_DIR}/{name}.serial"
+        self.put(f"/root/{name}.cfg", config + "\n")
+        self.check(f"rm -f {logs}")
+        started = time.monotonic()
+        status, out = self.run(f"xl create /root/{name}.cfg", timeout=300)
+        if status != 0:
+            return GuestRun(False, None, None, time.monotonic() - started, f"xl create failed: {out.strip()[-300:]}", out)
+        pattern = "|".join(re.escape(f) for f in FAILURES)
+        watch = (f"t=0; while [ $t -lt {timeout} ]; do "
+                 f"if grep -aqE 'XENP2V-BOOT-OK' {logs} 2>/dev/null; then echo GUEST-UP; break; fi; "
+                 f"if grep -aqE '{pattern}' {logs} 2>/dev/null; then echo GUEST-FAILED; break; fi; "
+                 f"if ! xl domid {name} >/dev/null 2>&1; then echo GUEST-GONE; break; fi; "
+                 # Every minute, the console's last line, for whoever follows the host's serial log.
+                 f"[ $((t % 60)) -eq 0 ] && echo \"[$t s] $(cat {logs} 2>/dev/null | tr -d '\\000\\r' | "
+                 "grep -a . | tail -n 1 | cut -c 1-150)\"; "
+                 "sleep 3; t=$((t+3)); done")
+        _, verdict = self.run(watch, timeout=timeout + 120)
+        seconds = time.monotonic() - started
+        self.run(f"xl destroy {name}", timeout=120)
+        _, console = self.run(f"cat {logs} 2>/dev/null | tr -d '\\000\\r'", timeout=300)
+        m = MARKER.search(console)
+        if m:
+            return GuestRun(True, m[1], m[2], seconds, "marker seen", console)
+        failure = next((f for f in FAILURES if f in console), None)
+        why = failure or ("the guest stopped" if "GUEST-GONE" in verdict else f"no marker within {timeout} s")
+        return GuestRun(False, None, None, seconds, why, console)
+
+    def stop(self) -> None:
+        # Nothing in dom0 needs keeping (its disks are QEMU snapshots): the emulator just stops.
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self._log:
+            self._log.close()
+
+    def __enter__(self) -> "XenHost":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
