@@ -15,13 +15,14 @@ marker or a known failure, destroys it and returns its console text.
 
 from __future__ import annotations
 
-import base64
 import hashlib
+import io
 import os
 import re
 import select
 import shutil
 import subprocess
+import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +132,7 @@ class GuestRun:
     seconds: float       # from `xl create` to the marker or the failure
     why: str
     console: str         # the guest's console, as dom0 logged it
+    vbd_state: str = "?"  # xenstore state of its first PV disk's frontend (4: connected)
 
     def __str__(self) -> str:
         return (f"up root={self.root} net={self.net}" if self.ok else f"failed: {self.why}") + \
@@ -139,47 +141,98 @@ class GuestRun:
 
 MARKER = re.compile(r"XENP2V-BOOT-OK root=(\S+) net=(\S+)")
 # What a guest that cannot find its root prints (initramfs-tools), a kernel that gives up, a guest
-# firmware or boot loader that finds nothing to boot, and xl's own refusals.
+# firmware or boot loader that finds nothing to boot.
 FAILURES = ("Gave up waiting for root", "ALERT!", "Kernel panic", "emergency mode",
             "No bootable device", "Boot failed", "error: no such device", "No bootable option")
+# Where the payload disk's files land in dom0.
+PAYLOAD = "/root/x"
+# watch.sh NAME SECONDS [QUIET]: waits for guest NAME's marker or a known failure on its console
+# (PV: xenconsoled's guest-NAME.log; HVM: the serial file its configuration names), for the guest to
+# go, or for its console to stay QUIET seconds unchanged; says which, and every minute the console's
+# last line, for whoever follows the host's log.
+WATCH = f"""#!/bin/sh
+name=$1 limit=$2 quiet=${{3:-0}}
+logs="{CONSOLE_DIR}/guest-$name.log {CONSOLE_DIR}/$name.serial"
+start=$(date +%s) next=0 size=0 still=$(date +%s)
+while :; do
+    t=$(( $(date +%s) - start ))
+    now=$(cat $logs 2>/dev/null | wc -c)
+    [ "$now" != "$size" ] && size=$now still=$(date +%s)
+    if [ $quiet -gt 0 ] && [ $(( $(date +%s) - still )) -ge $quiet ]; then echo GUEST-QUIET; break; fi
+    if cat $logs 2>/dev/null | grep -aq XENP2V-BOOT-OK; then echo GUEST-UP; break; fi
+    if cat $logs 2>/dev/null | grep -aqE '{"|".join(FAILURES)}'; then echo GUEST-FAILED; break; fi
+    if ! xl domid "$name" >/dev/null 2>&1; then echo GUEST-GONE; break; fi
+    if [ $t -ge $limit ]; then echo GUEST-TIMEOUT; break; fi
+    if [ $t -ge $next ]; then
+        echo "[$t s] $(cat $logs 2>/dev/null | tr -d '\\000\\r' | grep -a . | tail -n 1 | cut -c 1-150)"
+        next=$((next + 60))
+    fi
+    sleep 3
+done
+"""
+# vbd.sh NAME: the xenstore state of guest NAME's first PV disk's frontend.
+VBD = """#!/bin/sh
+d=/local/domain/$(xl domid "$1")/device/vbd
+xenstore-read "$d/$(xenstore-list "$d" | head -n 1)/state"
+"""
+CONSOLE = f"""#!/bin/sh
+cat {CONSOLE_DIR}/guest-$1.log {CONSOLE_DIR}/$1.serial 2>/dev/null | tr -d '\\000\\r'
+"""
 
 
 class XenHost:
     """Xen and dom0 running under QEMU, with `disks` as dom0's /dev/vdb, /dev/vdc, ... (read-only
-    to this host: QEMU keeps the guests' writes in a temporary overlay)."""
+    to this host: QEMU keeps the guests' writes in a temporary overlay).
 
-    def __init__(self, files: Dom0, disks: list[Path], log: Path, memory_mb: int = HOST_MEM_MB):
+    Dom0's console takes typed input slowly and loses bytes when dom0 is slow to read them (Xen's
+    input ring is small): files go in on one more disk instead, a tar of `payload` (name -> text)
+    that dom0 unpacks into PAYLOAD, and every command typed stays short.
+    """
+
+    def __init__(self, files: Dom0, disks: list[Path], log: Path, payload: dict[str, str],
+                 memory_mb: int = HOST_MEM_MB):
         self.files, self.disks, self.log = files, disks, log
+        self.payload = {"watch.sh": WATCH, "console.sh": CONSOLE, "vbd.sh": VBD, **payload}
         self.memory_mb = memory_mb
         self.proc: subprocess.Popen | None = None
         self.buffer = b""
         self.boot_seconds = 0.0
         self._log = None
 
-    def device(self, index: int) -> str:
+    @staticmethod
+    def device(index: int) -> str:
         """dom0's name of disks[index]."""
         return f"/dev/vd{chr(ord('b') + index)}"
 
-    def argv(self) -> list[str]:
+    def argv(self, tar: Path) -> list[str]:
         f = self.files
         drives = [a for d in (f.image, *self.disks) for a in
                   ("-drive", f"file={d},format=raw,if=virtio,snapshot=on,cache=unsafe")]
         return ["qemu-system-x86_64", "-machine", f"pc,accel={ACCEL}", "-cpu", "qemu64,+svm",
                 "-smp", "2", "-m", str(self.memory_mb), "-nodefaults", "-display", "none",
                 "-monitor", "none", "-no-reboot", "-serial", "stdio", *drives,
+                "-drive", f"file={tar},format=raw,if=virtio,readonly=on",
                 "-kernel", str(f.xen), "-append", XEN_ARGS,
                 # Multiboot modules: a comma in a module's arguments would have to be doubled.
                 "-initrd", f"{f.kernel} {DOM0_ARGS},{f.initrd}"]
 
-    def start(self, timeout: float = 900) -> float:
-        """Boot Xen and dom0 to the root shell; returns the seconds it took."""
+    def start(self, timeout: float = 1200) -> float:
+        """Boot Xen and dom0 to the root shell, unpack the payload; returns the seconds it took."""
+        tar = self.log.with_suffix(".payload.tar")
+        with tarfile.open(tar, "w") as archive:
+            for name, text in self.payload.items():
+                info = tarfile.TarInfo(name)
+                data = text.encode()
+                info.size, info.mode = len(data), 0o755
+                archive.addfile(info, io.BytesIO(data))
         self._log = open(self.log, "wb")
         started = time.monotonic()
-        self.proc = subprocess.Popen(self.argv(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen(self.argv(tar), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, bufsize=0)
         os.set_blocking(self.proc.stdout.fileno(), False)
         self._expect(PROMPT, timeout)
         self.boot_seconds = time.monotonic() - started
+        self.check(f"mkdir -p {PAYLOAD} && tar -xf {self.device(len(self.disks))} -C {PAYLOAD}")
         return self.boot_seconds
 
     def _read(self, wait: float) -> bytes:
@@ -205,20 +258,19 @@ class XenHost:
         return before.decode(errors="replace")
 
     def run(self, command: str, timeout: float = 300) -> tuple[int, str]:
-        """Run `command` in dom0's shell; returns (exit status, output)."""
+        """Run `command` (short: see the class) in dom0's shell; returns (exit status, output)."""
         self.buffer = b""
         # The end mark is split in the command so that only its output matches.
-        self._type(f"{command}; echo \"@@XENP2V\"\"-END $?@@\"\n".encode())
-        out = self._expect("@@XENP2V-END ", timeout)
+        self._type(f"{command};echo \"@@X\"\"E $?@@\"\n".encode())
+        out = self._expect("@@XE ", timeout)
         status = int(self._expect("@@", 10))
         # The previous command's prompt arrives after its end mark: it leads this output.
         return status, out.replace("\r", "").replace(PROMPT, "")
 
     def _type(self, data: bytes) -> None:
-        # Xen's serial input ring holds a few dozen bytes: a long line sent at once loses some.
         for i in range(0, len(data), 16):
             self.proc.stdin.write(data[i:i + 16])
-            time.sleep(0.03)
+            time.sleep(0.05)
 
     def check(self, command: str, timeout: float = 300) -> str:
         status, out = self.run(command, timeout)
@@ -226,43 +278,32 @@ class XenHost:
             raise RuntimeError(f"dom0: {command!r} failed ({status}): {out.strip()[-1000:]}")
         return out
 
-    def put(self, path: str, text: str) -> None:
-        """Write `text` to `path` in dom0 (one line on the console: base64)."""
-        self.check(f"echo {base64.b64encode(text.encode()).decode()} | base64 -d > {path}", timeout=60)
-        got = self.check(f"md5sum < {path}", timeout=60).split()
-        if not got or got[0] != hashlib.md5(text.encode()).hexdigest():
-            raise RuntimeError(f"dom0: {path} did not arrive whole over the console; see {self.log}")
-
-    def guest(self, name: str, config: str, timeout: float = 1200) -> GuestRun:
-        """`xl create` a guest from `config` (xl's syntax), wait for the marker or a failure on its
-        console, destroy it; the guest's console comes back in the result."""
-        # PV consoles: xenconsoled's guest-<name>.log; HVM: the serial file named in the config.
-        logs = f"{CONSOLE_DIR}/guest-{name}.log {CONSOLE_DIR}/{name}.serial"
-        self.put(f"/root/{name}.cfg", config + "\n")
-        self.check(f"rm -f {logs}")
+    def guest(self, name: str, timeout: float = 3600, quiet: int = 0) -> GuestRun:
+        """`xl create` guest `name` from the payload's NAME.cfg, wait for the marker, a failure on
+        its console, or `quiet` seconds of silence there (0: no limit), destroy it; the guest's
+        console and its first PV disk's frontend state come back in the result."""
         started = time.monotonic()
-        status, out = self.run(f"xl create /root/{name}.cfg", timeout=300)
+        for _ in range(3):
+            # On a slow dom0, libxl may give up on its hotplug scripts (block, vif-bridge): again.
+            status, out = self.run(f"xl create {PAYLOAD}/{name}.cfg", timeout=600)
+            if status == 0 or "because of timeout" not in out:
+                break
         if status != 0:
             return GuestRun(False, None, None, time.monotonic() - started, f"xl create failed: {out.strip()[-300:]}", out)
-        pattern = "|".join(re.escape(f) for f in FAILURES)
-        watch = (f"t=0; while [ $t -lt {timeout} ]; do "
-                 f"if grep -aqE 'XENP2V-BOOT-OK' {logs} 2>/dev/null; then echo GUEST-UP; break; fi; "
-                 f"if grep -aqE '{pattern}' {logs} 2>/dev/null; then echo GUEST-FAILED; break; fi; "
-                 f"if ! xl domid {name} >/dev/null 2>&1; then echo GUEST-GONE; break; fi; "
-                 # Every minute, the console's last line, for whoever follows the host's serial log.
-                 f"[ $((t % 60)) -eq 0 ] && echo \"[$t s] $(cat {logs} 2>/dev/null | tr -d '\\000\\r' | "
-                 "grep -a . | tail -n 1 | cut -c 1-150)\"; "
-                 "sleep 3; t=$((t+3)); done")
-        _, verdict = self.run(watch, timeout=timeout + 120)
+        _, verdict = self.run(f"{PAYLOAD}/watch.sh {name} {int(timeout)} {quiet}", timeout=timeout + 600)
         seconds = time.monotonic() - started
-        self.run(f"xl destroy {name}", timeout=120)
-        _, console = self.run(f"cat {logs} 2>/dev/null | tr -d '\\000\\r'", timeout=300)
+        # 4 (Connected) once the guest's xen-blkfront took the disk; 1 (Initialising) if nothing did.
+        _, state = self.run(f"{PAYLOAD}/vbd.sh {name}", timeout=300)
+        self.run(f"xl destroy {name}", timeout=300)
+        _, console = self.run(f"{PAYLOAD}/console.sh {name}", timeout=600)
+        vbd = state.strip().splitlines()[-1] if state.strip() else "?"
         m = MARKER.search(console)
         if m:
-            return GuestRun(True, m[1], m[2], seconds, "marker seen", console)
+            return GuestRun(True, m[1], m[2], seconds, "marker seen", console, vbd)
         failure = next((f for f in FAILURES if f in console), None)
-        why = failure or ("the guest stopped" if "GUEST-GONE" in verdict else f"no marker within {timeout} s")
-        return GuestRun(False, None, None, seconds, why, console)
+        why = failure or {"GUEST-GONE": "the guest stopped", "GUEST-QUIET": f"its console silent for {quiet} s"}.get(
+            next((v for v in ("GUEST-GONE", "GUEST-QUIET") if v in verdict), ""), f"no marker within {timeout} s")
+        return GuestRun(False, None, None, seconds, why, console, vbd)
 
     def stop(self) -> None:
         # Nothing in dom0 needs keeping (its disks are QEMU snapshots): the emulator just stops.
