@@ -16,6 +16,7 @@ from agent.tui.common import PassphraseScreen
 from agent.tui.edges import Edges
 from luksdisk import encrypted_debian_disk
 from server.store import Store
+from xenp2v import protocol
 from support import run
 from tests.tui.helpers import recorded, screen_text, wait_for, wait_screen
 
@@ -36,8 +37,14 @@ def fstab(part: str, tmp_path) -> str:
 def test_repair_flow_in_a_vm_the_server_knows(copied_disk, p2v_server, tmp_path):
     dev, part = copied_disk
     client = Client(p2v_server.url, p2v_server.token, p2v_server.fingerprint, retry_for=30)
-    job = client.create_job({"name": "web01", "machine": {"system_uuid": "src-1"},
-                             "disks": [{"id": "sda", "size": 64 * MiB}]})["id"]
+    created = client.create_job({"name": "web01", "machine": {"system_uuid": "src-1"},
+                                 "disks": [{"id": "sda", "size": 64 * MiB}]})
+    job, chunk = created["id"], created["disks"][0]["chunk_size"]
+    # The server takes a repair report only for a sealed job: seal it as all zeros (the repair
+    # works on the copied disk here, not on a restore).
+    chunks = 64 * MiB // chunk
+    client.complete(job, "sda", protocol.image_digest(64 * MiB, chunk, {}, range(chunks)),
+                    [[0, chunks]], [])
     store = Store(p2v_server.data_dir)
     store.set_target_uuid(job, VM_UUID)
     store.close()
