@@ -310,7 +310,10 @@ def kernel_knows(fstype: str) -> bool:
 
     if listed():
         return True
-    subprocess.run(["modprobe", "-q", fstype], capture_output=True)
+    try:
+        subprocess.run(["modprobe", "-q", fstype], capture_output=True)
+    except FileNotFoundError:  # no kmod here: what the kernel lists is all it has
+        return False
     return listed()
 
 
