@@ -4,16 +4,21 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-# Debian packages the tests and tools call (disks, filesystems, boots). Keep sorted.
-APT_PACKAGES := btrfs-progs chromium cryptsetup-bin dmsetup dosfstools e2fsprogs exfatprogs \
+# Debian packages the tests and tools call (disks, filesystems, boots; debootstrap for the repair
+# tests' bookworm guest tree, cached in /var/cache/xenp2v/e2e). Keep sorted.
+APT_PACKAGES := btrfs-progs chromium cryptsetup-bin debootstrap dmsetup dosfstools e2fsprogs exfatprogs \
 	f2fs-tools fdisk gdisk iproute2 libhivex-bin lvm2 mdadm libfuse2 mtools ntfs-3g openssl parted partclone \
-	qemu-utils rpm tmux util-linux xfsprogs xorriso zstd
+	qemu-utils rpm systemd tmux util-linux xfsprogs xorriso zstd
+# What `make venv` needs first: Debian's python3 makes no venv without it (no ensurepip).
+VENV_APT_PACKAGES := python3-venv
 # What `make e2e` adds: debootstrap for the source machines, QEMU and OVMF to boot them. Keep sorted.
 E2E_APT_PACKAGES := debootstrap fusefat kmod mtools ovmf qemu-system-x86
 # What `make bench` adds: the peers (dd|nc, Clonezilla's partclone|zstd|nc, virt-p2v's nbdkit and
 # nbdcopy), nftables for the wire counters, iproute2 for the shaped links (ip netns, tc). Keep sorted.
 BENCH_APT_PACKAGES := iproute2 libnbd-bin nbdkit netcat-openbsd nftables partclone zstd
 BENCH_ARGS ?=
+# The bench's rows to run alone (bench/run.py --only), e.g. `make bench BENCH=warm`.
+BENCH ?=
 # Flags for `make chaos`, e.g. CHAOS_ARGS=--short or CHAOS_ARGS="--seed 7".
 CHAOS_ARGS ?=
 # Scenarios `make e2e` runs (empty: all of them), e.g. `make e2e SCENARIOS=bios-mbr`.
@@ -29,6 +34,7 @@ all: test
 venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
+	@$(MAKE) --no-print-directory system-deps APT_PACKAGES="$(VENV_APT_PACKAGES)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[agent,server,test]'
@@ -87,22 +93,25 @@ e2e-ci: e2e-deps
 # The same sources on a real Xen (4.17, Debian's, with a debootstrapped dom0 cached in
 # /var/cache/xenp2v/e2e, all under QEMU TCG): before and after the repair (host path), as HVM in
 # XenServer's BIOS profile and as PV through pygrub; uefi-esp in XCP-ng's UEFI profile (NVMe,
-# e1000) under plain QEMU, standing in. Not in CI: it takes an hour or more here (see README).
+# e1000) under plain QEMU, standing in. Not in CI: about an hour here (see docs/architecture.md).
+# XEN_PROFILES picks among hvm, pv and uefi-qemu, e.g. `make e2e-xen SCENARIOS=gpt-lvm XEN_PROFILES=hvm`.
 XEN_SCENARIOS ?= bios-mbr gpt-lvm uefi-esp
+XEN_PROFILES ?= hvm,pv,uefi-qemu
 e2e-xen: E2E_PATH = host
 e2e-xen: e2e-deps
-	$(BIN)/python tests/e2e/xenrun.py $(if $(SCENARIOS),$(SCENARIOS),$(XEN_SCENARIOS))
+	$(BIN)/python tests/e2e/xenrun.py --profiles $(XEN_PROFILES) $(if $(SCENARIOS),$(SCENARIOS),$(XEN_SCENARIOS))
 
 e2e-deps: venv system-deps
 	$(MAKE) --no-print-directory system-deps APT_PACKAGES="$(E2E_APT_PACKAGES)"
 	@if [ "$(E2E_PATH)" = iso ] && [ ! -s out/xenp2v.iso ]; then $(MAKE) --no-print-directory iso; fi
 
 # Benchmarks against the peers on an 8 GiB fixture disk (cached in /var/cache/xenp2v/bench), not
-# part of `make test`; prints the table and the issue's targets. Flags: `make bench BENCH_ARGS=--tera`.
+# part of `make test`; prints the table and the issue's targets. Flags: `make bench BENCH_ARGS=--tera`;
+# one row alone (and the full capture it is compared with): `make bench BENCH=warm`.
 bench: venv system-deps
 	$(MAKE) --no-print-directory system-deps APT_PACKAGES="$(BENCH_APT_PACKAGES)"
 	$(BIN)/pip install -q -e '.[bench]'
-	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	$(BIN)/python bench/run.py $(if $(BENCH),--only "$(BENCH)") $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

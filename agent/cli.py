@@ -8,31 +8,56 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
+import tempfile
+from pathlib import Path
 
 from agent import settings as settings_mod
 
-# Modules that provide subcommands, in the order `--help` lists them.
-COMMAND_MODULES: tuple[str, ...] = (
-    "agent.probe.command", "agent.capture_cmd", "agent.precopy_cmd", "agent.restore_cmd", "agent.repair.command",
-    "agent.repair.restore_and_repair",
-)
+# The agent's log, on the live ISO in /tmp: warnings and errors, and with p2v.debug everything.
+LOG = Path(tempfile.gettempdir()) / "xenp2v-agent.log"
+
+# The subcommands and the modules that provide them, in the order `--help` lists them.
+COMMANDS: dict[str, str] = {
+    "probe": "agent.probe.command", "capture": "agent.transfer.capture_cmd",
+    "precopy": "agent.warm.precopy_cmd", "restore": "agent.transfer.restore_cmd",
+    "repair": "agent.repair.command",
+    "restore-and-repair": "agent.repair.restore_and_repair",
+}
+# Options of the main parser that take a value (the word after them is no subcommand).
+_VALUED = ("--cmdline", "--config")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with `command`, only that subcommand's module is imported (a
+    final sync's start-up is downtime: the repair's modules would cost it a fifth of a second)."""
     parser = argparse.ArgumentParser(
         prog="p2v-agent",
         description="Migrate this machine into a XenServer / XCP-ng VM, or repair a migrated VM.",
     )
     settings_mod.add_source_arguments(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for name, module in COMMANDS.items():
+        if command in (None, name):
+            importlib.import_module(module).register(sub)
     return parser
 
 
+def subcommand(argv: list[str]) -> str | None:
+    """The subcommand `argv` names, or None (none, --help, or a word that is none: then the
+    whole parser says what there is)."""
+    words = iter(argv)
+    for word in words:
+        if word in _VALUED:
+            next(words, None)
+        elif not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(subcommand(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     if getattr(args, "func", None):
         return args.func(args)
@@ -49,11 +74,30 @@ def start(args: argparse.Namespace) -> int:
     except settings_mod.SettingsError as e:
         print("The settings cannot be used:\n" + str(e), file=sys.stderr)
         return 2
+    start_logging(settings.debug)
     if settings.runs_unattended or not (sys.stdin.isatty() and sys.stdout.isatty()):
         from agent import unattended
-        return unattended.run(settings)
+        return unattended.run(settings, log=LOG)
     from agent import tui
     return tui.run(settings)
+
+
+def start_logging(debug: bool) -> None:
+    """Every record of the agent (and, with p2v.debug, of the libraries it calls) into LOG, never
+    onto the terminal the TUI draws on. p2v.debug lowers the level to DEBUG, so the log holds
+    each request to the server and its answer, each retry, and the traceback behind each error
+    shown as a sentence."""
+    root = logging.getLogger()
+    try:
+        handler = logging.FileHandler(LOG)
+    except OSError as e:
+        print(f"The agent's log cannot be written to {LOG} ({e.strerror}); it goes on without.",
+              file=sys.stderr)
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+    if debug:
+        root.setLevel(logging.DEBUG)
 
 
 if __name__ == "__main__":

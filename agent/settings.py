@@ -70,6 +70,9 @@ class Settings:
     guest_tools: str | None = None       # p2v.guest_tools: the pool's tools ISO or a directory
     windows_drivers: str | None = None   # p2v.windows_drivers: the vendor's Windows PV drivers
     keep_pagefile: bool = False          # p2v.keep_pagefile: send Windows' page/hibernation files
+    allow_hibernated: bool = False       # p2v.allow_hibernated: copy a hibernated Windows anyway
+    ascii: bool | None = None            # p2v.ascii: the TUI draws with ASCII only (0: never);
+                                         # None: decided from TERM and the locale (agent.tui.ascii)
 
     @property
     def runs_unattended(self) -> bool:
@@ -311,6 +314,8 @@ KEYS: dict[str, Key] = {
     "p2v.guest_tools": Key("guest_tools", _guest_tools, "/run/live/medium/guest-tools.iso"),
     "p2v.windows_drivers": Key("windows_drivers", _windows_drivers, "/run/live/medium/xen-drivers"),
     "p2v.keep_pagefile": Key("keep_pagefile", _flag, "", flag=True),
+    "p2v.allow_hibernated": Key("allow_hibernated", _flag, "", flag=True),
+    "p2v.ascii": Key("ascii", _flag, "", flag=True),
     "ip": Key("ip", _ip, "dhcp"),
 }
 BY_FIELD = {key.field: name for name, key in KEYS.items()}
@@ -508,6 +513,19 @@ def update(settings: Settings, changes: dict[str, Any], source: str = "TUI") -> 
     if problems:
         raise SettingsError(problems)
     return updated
+
+
+def boot_line(settings: Settings, fields: tuple[str, ...]) -> str:
+    """The kernel arguments that give these `fields` of `settings`, as read_cmdline reads them
+    back ("p2v.server=https://10.0.0.5:8443 p2v.job=j1"); fields not set are left out."""
+    words = []
+    for name in fields:
+        value = getattr(settings, name)
+        if value is None or value == []:
+            continue
+        for one in (value if name == "ip" else [value]):
+            words.append(f"{BY_FIELD[name]}={_cli_text(one)}")
+    return " ".join(words)
 
 
 def cli_values(args: Any) -> dict[str, Any]:

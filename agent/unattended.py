@@ -15,23 +15,26 @@ import logging
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, TextIO
 
-from agent.capture import CaptureError, CaptureResult
-from agent.capture import run as capture_run
-from agent import winwarn, xenstore
-from agent.client import Client, ServerError
+from agent.transfer.capture import CaptureError, CaptureResult
+from agent.transfer.capture import run as capture_run
+from agent import vmspec, xenstore
+from agent.windows import winwarn
+from agent.transfer.client import Client, ServerError
 from agent.probe import Machine, ProbeError, probe_machine
-from agent.progress import PlainLines, Progress, human
+from agent.transfer.progress import PlainLines, Progress, Watchdog, human
 from agent.repair.guest import RepairError
 from agent.repair.luks import Passphrases, console_ask
 from agent.repair.runner import Request, repair, vm_disks
-from agent.restore import RestoreError, RestoreResult
-from agent.restore import run as restore_run
-from agent.settings import Settings
+from agent.transfer.restore import RestoreError, RestoreResult
+from agent.transfer.restore import run as restore_run
+from agent.settings import Settings, boot_line
 from xenp2v import protocol
 
 Say = Callable[[str], None]
+LOG = logging.getLogger(__name__)
 
 
 @dataclass
@@ -105,11 +108,26 @@ def capture(settings: Settings, progress: Progress, machine: Machine | None = No
 def capture_summary(result: CaptureResult) -> list[str]:
     lines = [f"Job {result.job}" + (" (resumed)" if result.resumed else "") + ":"]
     for d in result.disks:
+        if result.sync:
+            lines.append(f"{d.id}: final sync sealed version {result.sync}: {human(d.changed)} "
+                         f"changed since the last pass, {human(d.sent)} sent, "
+                         f"{human(d.planned)} read of {human(d.size)}")
+            lines += [f"  warning: {w}" for w in d.warnings]
+            continue
         lines.append(f"{d.id}: sealed, {human(d.sent)} sent for {human(d.planned)} read of "
                      f"{human(d.size)}" + (f"; {len(d.bad_ranges)} unreadable ranges were "
                                            "zero-filled" if d.bad_ranges else ""))
         lines += [f"  warning: {w}" for w in d.warnings]
     return lines
+
+
+def manual_boot_line(settings: Settings, job: str, token: str | None) -> str:
+    """The manual path's kernel arguments, complete: a blank VM booted from the ISO with them
+    restores `job` onto its disks and repairs it with no other input. `token` is the job's own
+    (CaptureResult.token), "..." when the server gave none; the fingerprint goes too, or the
+    VM's restore stops at a certificate with no screen to trust it on."""
+    return boot_line(dataclasses.replace(settings, token=token or "...", job=job, mode="restore"),
+                     ("server", "token", "fingerprint", "job", "mode"))
 
 
 def restore(settings: Settings, progress: Progress, client: Client,
@@ -165,38 +183,64 @@ def send_repair_report(client: Client, job: str, report: dict, say: Say) -> None
 
 def post_action(post: str, command: Callable[[list[str]], object] = subprocess.run) -> str:
     """Power off or reboot (p2v.post); shell and wait hand the console back. Returns a sentence."""
-    if post == "poweroff":
-        command(["systemctl", "poweroff"])
-        return "Powering off."
-    if post == "reboot":
-        command(["systemctl", "reboot"])
-        return "Rebooting."
+    if post in ("poweroff", "reboot"):
+        done = "Powering off." if post == "poweroff" else "Rebooting."
+        if power(post, command):
+            return done
+        return f"'systemctl {post}' failed, so it was forced. {done}"
     if post == "shell":
         return "The console becomes a root shell."
     return "The agent is done; the console waits for someone."
 
 
+def power(verb: str, command: Callable[[list[str]], object]) -> bool:
+    """`systemctl poweroff` (or reboot); True when that worked. When it fails (a starved guest's
+    D-Bus call timed out: "Call to PowerOff failed: Connection timed out"), --force has systemd
+    end every process and unmount without stopping units, and if even that fails, after a sync,
+    --force twice has the kernel do it at once. A command that gives no returncode worked."""
+    if _worked(command(["systemctl", verb])):
+        return True
+    if not _worked(command(["systemctl", verb, "--force"])):
+        command(["sync"])
+        command(["systemctl", verb, "--force", "--force"])
+    return False
+
+
+def _worked(result: object) -> bool:
+    return getattr(result, "returncode", 0) == 0
+
+
 # --- the unattended run ----------------------------------------------------------------------------
 
 def run(settings: Settings, stream: TextIO | None = None, machine: Machine | None = None,
-        command: Callable[[list[str]], object] = subprocess.run) -> int:
-    """One run with no prompt; returns the exit status (0 only on full success)."""
+        command: Callable[[list[str]], object] = subprocess.run, log: Path | None = None) -> int:
+    """One run with no prompt; returns the exit status (0 only on full success). `log`: the
+    file agent.cli logs to, said on the console with p2v.debug."""
     stream = stream or sys.stderr
 
     def say(line: str) -> None:
         print(line, file=stream, flush=True)
 
     # The client's retries ("cannot reach …; retrying in 4.0 s") on the console as they happen:
-    # a server that does not answer must not look like a hung agent for ten minutes.
+    # a server that does not answer must not look like a hung agent for ten minutes. With
+    # p2v.debug, every record of the agent, and the traceback behind a "Stopped:" sentence.
     retries = logging.StreamHandler(stream)
-    retries.setLevel(logging.WARNING)
-    retries.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     agent_log = logging.getLogger("agent")
+    level = agent_log.level
+    if settings.debug:
+        retries.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        agent_log.setLevel(logging.DEBUG)
+        say("p2v.debug: everything the agent does is shown here" +
+            (f" and logged to {log}." if log else "."))
+    else:
+        retries.setLevel(logging.WARNING)
+        retries.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     agent_log.addHandler(retries)
     try:
         outcome = _run(settings, say, stream, machine)
     finally:
         agent_log.removeHandler(retries)
+        agent_log.setLevel(level)
     for line in outcome.lines:
         say(line)
     # A failed run follows p2v.fail (default wait): its reason stays on screen for someone to read.
@@ -233,7 +277,9 @@ def _run(settings: Settings, say: Say, stream: TextIO, machine: Machine | None) 
                     "restored onto this VM's disks first, then repaired.")
                 mode = "restore"
         if mode == "capture":
-            for warning in winwarn.lines(winwarn.check(machine, settings.disks)):
+            # What the TUI's Summary would warn about, from the same checks.
+            for warning in winwarn.lines(winwarn.check(machine, settings.disks)) + \
+                    vmspec.warnings(machine, settings, settings.vcpus, settings.memory):
                 say(f"Warning: {warning}")
         if client is not None:
             say(f"Server {settings.server}: a server that does not answer is retried for "
@@ -243,18 +289,28 @@ def _run(settings: Settings, say: Say, stream: TextIO, machine: Machine | None) 
                                    "to the boot line or to p2v.cfg."])
         progress = Progress([PlainLines(stream)], interval=5.0)
         if mode == "capture":
-            return Outcome(True, capture_summary(capture(settings, progress, machine)))
+            with Watchdog(progress, say):
+                result = capture(settings, progress, machine)
+            return Outcome(True, capture_summary(result) + [
+                "Without XenServer details on the server, create the VM by hand and boot it from "
+                "this ISO with this boot line: it restores the disks and repairs by itself:",
+                manual_boot_line(settings, result.job, result.token)])
+        restored = None
         if mode == "restore":
             if not settings.job:
                 return Outcome(False, ["p2v.mode=restore needs p2v.job=ID: the job to restore."])
-            restore(settings, progress, client)
+            with Watchdog(progress, say):
+                restored = [r.target for r in restore(settings, progress, client)]
             job = client.job(settings.job)
         inventory = protocol.job_inventory(job) if job else None
         disk = settings.disks[0] if settings.disks else None
-        report = apply_repair(disk, inventory, say, client, job and job["id"],
+        # After a restore, the repair looks at the disks just written, not at whatever this
+        # machine has.
+        report = apply_repair(disk, inventory, say, client, job and job["id"], disks=restored,
                               passphrases=Passphrases(settings.luks, console_ask(), say),
                               guest_tools=settings.guest_tools,
                               windows_drivers=settings.windows_drivers)
         return Outcome(True, [f"Repair {report['status']}: {report.get('os', 'the system')}."])
     except (CaptureError, RestoreError, RepairError, ServerError, ProbeError) as e:
+        LOG.debug("Where it stopped:", exc_info=True)
         return Outcome(False, [f"Stopped: {e}"])

@@ -21,7 +21,8 @@ import time
 import psutil
 
 _BLKFLSBUF = 0x1261  # _IO(0x12, 97)
-TABLE = "xenp2v_bench"
+# One table per bench process: two benches at once (a shared machine) must not delete each other's.
+TABLE = f"xenp2v_bench_{os.getpid()}"
 
 
 class WireCounter:

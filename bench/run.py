@@ -9,6 +9,8 @@ receiving end that writes an image file (or, for restore, a device):
 - nbdkit+nbdcopy     virt-p2v's engine: nbdkit file plugin on the disk, nbdcopy to a file
 - xenp2v ...         p2v-agent capture to p2v-server, plain HTTP and TLS, compression off/zstd;
                      p2v-agent restore from p2v-server onto a second loop device
+- xenp2v warm        a copy of the fixture pre-copied while mounted, 100 MiB of its files
+                     changed, then the final sync timed: the downtime (bench/warm.py)
 
 Rounds go through all contenders in turn (so noise spreads over all of them); the table shows
 the median wall time. The wall time runs from the sender's start until the receiver has finished
@@ -18,6 +20,7 @@ and its output is fsynced. Source and outputs are dropped from the page cache be
 from __future__ import annotations
 
 import argparse
+import fcntl
 import os
 import resource
 import re
@@ -36,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))  # support.py: the test suite's P2VServer
 
-from bench import fixture, fleet, netns  # noqa: E402
+from bench import fixture, fleet, netns, warm  # noqa: E402
 import psutil  # noqa: E402
 from bench.measure import PeakRSS, WireCounter, allocated, drop_cache, wait_listening  # noqa: E402
 from support import P2VServer, free_port  # noqa: E402
@@ -60,6 +63,8 @@ class Run:
     server_cpu: float | None = None
     flow_rate: float | None = None   # wire bytes per second while data flowed (shaped links)
     data: int = 0                    # bytes of disk data moved (ours; else `out` stands for it)
+    changed: int | None = None       # warm row: bytes of the source's chunks changed since the pass
+    files: int = 0                   # warm row: bytes of file data changed since the pass
 
 
 @dataclass
@@ -126,7 +131,8 @@ class Bench:
     def __init__(self, cache: Path, source: fixture.Loop, size: int, profile: Path | None,
                  streams: int | None = None, link: netns.Link | None = None):
         self.cache = cache
-        self.out = cache / "out"
+        self.src_image = source.image
+        self.out = outputs(cache)
         self.src = source
         self.size = size
         # Loopback, or a shaped link: receivers in the namespace at DST, senders here at SRC.
@@ -328,6 +334,7 @@ class Bench:
 
 DEFAULT = "xenp2v tls, default flags"    # what a technician runs: TLS, --compress auto
 RESTORE = "xenp2v restore (tls, default)"
+WARM = "xenp2v warm, final sync (tls, default)"
 CONTENDERS = {
     "dd | nc": Bench.dd_nc,
     "clonezilla (partclone|zstd|nc)": Bench.clonezilla,
@@ -339,13 +346,15 @@ CONTENDERS = {
     "xenp2v tls, compress off": lambda b: b.capture(True, "off"),
     "xenp2v tls, zstd": lambda b: b.capture(True, "zstd"),
     RESTORE: Bench.restore,
+    WARM: warm.final_sync,
 }
 # On shaped links: the peers, the defaults both ways, and what auto chooses between.
 LINK_CONTENDERS = ("dd | nc", "clonezilla (partclone|zstd|nc)", "nbdkit + nbdcopy", DEFAULT,
                    "xenp2v http, default flags", "xenp2v tls, compress off", "xenp2v tls, zstd",
-                   RESTORE)
+                   RESTORE, WARM)
 # name, Mbit/s, one-way delay asked of netem (ms)
 LINKS = {"1g": ("1 Gbit/s link", 1000, 0.5), "10g": ("10 Gbit/s link", 10000, 0.1)}
+FLEET = "agents at once"
 PEERS = ("dd | nc", "clonezilla (partclone|zstd|nc)", "nbdkit + nbdcopy")
 PEER_SHORT = {"dd | nc": "dd", "clonezilla (partclone|zstd|nc)": "cz", "nbdkit + nbdcopy": "nbd"}
 
@@ -462,6 +471,18 @@ def targets(loop: dict[str, Result], links: dict[str, dict[str, Result]],
         if rest and cap:
             check(rest.wall <= cap.wall,
                   f"{where}: restore {rest.wall:.1f} s <= capture {cap.wall:.1f} s (default flags)")
+    for where, res in (("loopback", loop), *((LINKS[k][0], r) for k, r in links.items())):
+        sync, cap = res.get(WARM), res.get(DEFAULT)
+        if sync:
+            changed, files = sync.median("changed"), sync.median("files")
+            check(sync.median("wire") <= 1.1 * changed,
+                  f"{where}, warm, final sync: wire {mb(sync.median('wire'))} MB <= 1.1 x the "
+                  f"changed bytes plus metadata ({mb(int(1.1 * changed))} MB: {mb(changed)} MB of "
+                  f"chunks changed for {mb(files)} MB of files)")
+        if sync and cap:
+            check(sync.wall <= cap.wall / 4,
+                  f"{where}, warm, final sync (the downtime): {sync.wall:.1f} s <= a quarter of "
+                  f"a full capture's ({cap.wall / 4:.1f} s; default flags)")
     return out
 
 
@@ -473,6 +494,8 @@ def rounds(bench: Bench, names: list[str], runs: int, where: str) -> dict[str, R
             run = CONTENDERS[name](bench)
             results[name].runs.append(run)
             flow = f", {run.flow_rate * 8 / 1e6:,.0f} Mbit/s flowing" if run.flow_rate else ""
+            if run.changed is not None:
+                flow += f", {mb(run.changed)} MB of chunks changed for {mb(run.files)} MB of files"
             print(f"{where} round {round_ + 1}/{runs}  {name}: {run.wall:.1f} s, "
                   f"wire {mb(run.wire)} MB{flow}, image {mb(run.out)} MB, "
                   f"RSS {mb(run.send_rss)}/{mb(run.recv_rss)} MB, CPU {run.cpu:.1f} s"
@@ -480,14 +503,24 @@ def rounds(bench: Bench, names: list[str], runs: int, where: str) -> dict[str, R
     if bench.restore_data:
         shutil.rmtree(bench.restore_data, ignore_errors=True)
         bench.restore_data = None
+    warm.remove_source(bench)
     return results
 
 
 def selected(names, only: list[str] | None) -> list[str]:
+    """The contenders to run: those named (all without `only`), and the full capture that the
+    restore and warm rows are compared with, run first."""
     names = [n for n in names if not only or any(o in n for o in only)]
-    if RESTORE in names and DEFAULT not in names:
-        names.insert(names.index(RESTORE), DEFAULT)
+    for compared in (RESTORE, WARM):
+        if compared in names and DEFAULT not in names:
+            names.insert(names.index(compared), DEFAULT)
     return names
+
+
+def outputs(cache: Path) -> Path:
+    """Where this bench writes its images and data directories: its own folder, so that two
+    benches at once on a shared machine never remove each other's (removed at the end)."""
+    return cache / "out" / str(os.getpid())
 
 
 def load() -> str:
@@ -501,7 +534,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="where the fixture disks and outputs live (default: %(default)s)")
     ap.add_argument("--runs", type=int, default=3, help="runs per contender (default 3)")
     ap.add_argument("--only", action="append", metavar="NAME",
-                    help="run only contenders whose name contains NAME (may repeat)")
+                    help="run only the rows whose name contains NAME (may repeat; the "
+                         f"many-agents row is {FLEET!r}): e.g. --only warm")
     ap.add_argument("--links", default="1g,10g", metavar="LIST",
                     help="shaped links to run the contenders over too: 1g, 10g, comma-separated, "
                          "or none (default: %(default)s)")
@@ -523,14 +557,31 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     link_keys = [k for k in args.links.split(",") if k and k != "none"]
     unknown = [k for k in link_keys if k not in LINKS]
+    if not selected(LINK_CONTENDERS, args.only):
+        link_keys = []
     if unknown:
         print(f"--links: unknown {', '.join(unknown)}; choose from {', '.join(LINKS)} or none.",
               file=sys.stderr)
         return 2
+    # Machine-wide, whatever --cache: the namespace, the nftables counters and the loopback
+    # are shared by every bench run here.
+    lock = open(os.environ.get("XENP2V_BENCH_LOCK", "/run/lock/xenp2v-bench.lock"), "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        print(f"Another benchmark is running on this machine ({lock.read().strip() or 'pid unknown'}): "
+              "two at once share the network namespace, the traffic counters and the CPUs, and "
+              "spoil each other's figures (and work). Wait for it to end.", file=sys.stderr)
+        return 2
+    lock.truncate(0)
+    lock.write(f"pid {os.getpid()}, started {time.strftime('%H:%M:%S')}\n")
+    lock.flush()
     image = fixture.ensure(args.cache, fixture.SPEC_8G)
     tera_image = fixture.ensure(args.cache, fixture.SPEC_1T) if args.tera else None
-    smalls = fleet.small_disks(args.cache, args.agents) if args.agents else []
-    (args.cache / "out").mkdir(parents=True, exist_ok=True)
+    fleet_row = args.agents and (not args.only or any(o in FLEET for o in args.only))
+    smalls = fleet.small_disks(args.cache, args.agents) if fleet_row else []
+    outputs(args.cache).mkdir(parents=True, exist_ok=True)
     load_before = load()
     loop_results: dict[str, Result] = {}
     link_results: dict[str, dict[str, Result]] = {}
@@ -538,37 +589,40 @@ def main(argv: list[str] | None = None) -> int:
     fleets: list[fleet.FleetRun] = []
     tera = None
     size = image.stat().st_size
-    with fixture.Loop(image, read_only=True) as src:
-        if not args.no_loopback:
-            bench = Bench(args.cache, src, size, args.profile, args.streams)
-            try:
-                loop_results = rounds(bench, selected(CONTENDERS, args.only), args.runs, "lo")
-            finally:
-                bench.counter.close()
-        for key in link_keys:
-            label, rate, delay = LINKS[key]
-            with netns.Link(label, rate, delay) as link:
-                bench = Bench(args.cache, src, size, args.profile, args.streams, link)
+    try:
+        with fixture.Loop(image, read_only=True) as src:
+            if not args.no_loopback:
+                bench = Bench(args.cache, src, size, args.profile, args.streams)
                 try:
-                    link_results[key] = rounds(bench, selected(LINK_CONTENDERS, args.only),
-                                               args.link_runs or args.runs, key)
+                    loop_results = rounds(bench, selected(CONTENDERS, args.only), args.runs, "lo")
                 finally:
                     bench.counter.close()
-                link_text[key] = link.describe()
-        if tera_image:
-            with fixture.Loop(tera_image, read_only=True) as big:
-                tb = Bench(args.cache, big, tera_image.stat().st_size, args.profile, args.streams)
-                tera = Result("xenp2v http, off, 1 TiB 1% used")
-                tera.runs.append(tb.capture(False, "off"))
-                tb.counter.close()
-        if smalls:
-            bench = Bench(args.cache, src, size, args.profile, args.streams)
-            try:
-                for count in (1, args.agents):
-                    fleets.append(fleet.run(bench, smalls, count))
-                    print(f"lo {fleet.line(fleets[-1])}  (load {load()})", flush=True)
-            finally:
-                bench.counter.close()
+            for key in link_keys:
+                label, rate, delay = LINKS[key]
+                with netns.Link(label, rate, delay) as link:
+                    bench = Bench(args.cache, src, size, args.profile, args.streams, link)
+                    try:
+                        link_results[key] = rounds(bench, selected(LINK_CONTENDERS, args.only),
+                                                   args.link_runs or args.runs, key)
+                    finally:
+                        bench.counter.close()
+                    link_text[key] = link.describe()
+            if tera_image:
+                with fixture.Loop(tera_image, read_only=True) as big:
+                    tb = Bench(args.cache, big, tera_image.stat().st_size, args.profile, args.streams)
+                    tera = Result("xenp2v http, off, 1 TiB 1% used")
+                    tera.runs.append(tb.capture(False, "off"))
+                    tb.counter.close()
+            if smalls:
+                bench = Bench(args.cache, src, size, args.profile, args.streams)
+                try:
+                    for count in (1, args.agents):
+                        fleets.append(fleet.run(bench, smalls, count))
+                        print(f"lo {fleet.line(fleets[-1])}  (load {load()})", flush=True)
+                finally:
+                    bench.counter.close()
+    finally:
+        shutil.rmtree(outputs(args.cache), ignore_errors=True)
     header = (f"xenp2v bench {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: 8 GiB ext4 "
               f"fixture (2.5 GiB files, 2 GiB deleted random), {os.cpu_count()} cores, load "
               f"{load_before} before, {load()} after; cold cache each run; median of {args.runs}"

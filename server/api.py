@@ -519,6 +519,18 @@ async def complete(request: web.Request) -> web.Response:
     return web.json_response({"job": job, "disk": sealed, "job_state": job_json["state"]})
 
 
+async def zero_chunks(request: web.Request) -> web.Response:
+    """A final sync's chunks that its source no longer uses, declared before it reads the rest:
+    forgotten and punched now (see Store.zero_chunks)."""
+    job, disk = ids(request, "job", "disk")
+    body = await read_json(request, what="zero chunks")
+    if not isinstance(body, dict):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "The zero chunks must be a JSON object with 'zero'.")
+    await in_pool(request, request.app[STORE].zero_chunks, job, disk,
+                  _pairs(body.get("zero", []), "zero"))
+    return web.Response(status=204)
+
+
 def _pairs(value: object, what: str) -> list[tuple[int, int]]:
     def whole(x):
         return isinstance(x, int) and not isinstance(x, bool)
@@ -558,11 +570,11 @@ async def machine(request: web.Request) -> web.Response:
     return web.json_response(job)
 
 
-PRECOPY_SENDER = Path(__file__).resolve().parent.parent / "agent" / "precopy.py"
+PRECOPY_SENDER = Path(__file__).resolve().parent.parent / "agent" / "warm" / "precopy.py"
 
 
 async def precopy_sender(request: web.Request) -> web.Response:
-    """The pre-copy sender (agent/precopy.py, Python 3.6's library only), for the source's own
+    """The pre-copy sender (agent/warm/precopy.py, Python 3.6's library only), for the source's own
     running system: curl -H 'Authorization: Bearer T' https://server/api/v1/precopy.py."""
     return web.Response(body=PRECOPY_SENDER.read_bytes(), content_type="text/x-python")
 
@@ -615,6 +627,7 @@ def make_app(store: Store, token: str, on_job_sealed: Callable[[str], None] | No
         web.get(disk + "/chunks/{index}", get_chunk),
         web.get(disk + "/map", disk_map),
         web.post(disk + "/complete", complete),
+        web.post(disk + "/zero", zero_chunks),
         web.post(API + "/jobs/{job}/log", upload_log),
         web.post(API + "/jobs/{job}/events", post_events),
         web.get(API + "/machines/{uuid}", machine),

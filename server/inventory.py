@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 from xenp2v.protocol import (
     INVENTORY_FIELDS, MAX_DISK_SIZE, MAX_DISKS, ErrorCode, ProtocolError, check_chunk_size,
-    check_id, check_shape, chunk_count, chunk_size_for, disk_identity, partition_span, placeholder,
+    check_id, check_shape, chunk_count, chunk_size_for, disk_identity, machine_key,
+    partition_span,
 )
 
 MAX_CHUNKS = 1 << 24
@@ -48,17 +49,6 @@ def _int(value: object, what: str, low: int, high: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
         raise bad(f"The {what} {value!r} is not a whole number between {low} and {high}.")
     return value
-
-
-def machine_key(machine: dict) -> str | None:
-    """The machine's SMBIOS identity, or None when what it reports is a placeholder."""
-    uuid = machine.get("system_uuid")
-    if not placeholder(uuid):
-        return "uuid:" + uuid.strip().lower()
-    parts = [machine.get(k) for k in ("vendor", "product", "serial")]
-    if not any(placeholder(p) for p in parts):
-        return "dmi:" + "/".join(p.strip() for p in parts)
-    return None
 
 
 def reservation(size: int, chunk_size: int, used: int | None, used_chunks: int | None) -> int:

@@ -161,6 +161,12 @@ async def _serve(store: Store, token: str, host: str, port: int, ssl_context, te
     app = make_app(store, token, **hooks)
     dashboard.install(app, token, metrics_token, hooks)
     runner = Runner(app, handle_signals=False, keepalive_timeout=idle_timeout, **RUNNER_OPTIONS)
+    # Handlers first: whoever reads the banner (systemd, a script, a test) may stop the server
+    # at once, and a SIGTERM before them killed it with status -15 instead of a clean stop.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host or None, port, ssl_context=ssl_context, backlog=512)
@@ -170,12 +176,8 @@ async def _serve(store: Store, token: str, host: str, port: int, ssl_context, te
             print(f"Cannot listen on {host}:{port}: {err.strerror}. Choose another with --listen.",
                   file=sys.stderr)
             return 1
-        print(text, flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
         loop.set_exception_handler(AcceptErrors())
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        print(text, flush=True)
         await stop.wait()
         logging.getLogger("xenp2v.server").info("Stopping")
         return 0

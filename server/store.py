@@ -9,6 +9,9 @@ Data directory layout::
     jobs/<job>/disks/<disk>.vN.img version N of it: each pass into a sealed pre-copy job (warm
                                    migration) writes a new version, cloned from the last sealed
                                    one (a reflink where the filesystem has them, else a copy)
+    jobs/<job>/disks/<disk>.vN.next that clone, made as soon as version N-1 of a pre-copy job is
+                                   sealed, while the source still runs: the next pass (the final
+                                   sync: downtime) renames it instead of copying the image then
     jobs/<job>/agent.log           what the agent uploaded of its log
 
 A chunk counts as held only once it is in the journal (the ``chunks`` table), and it enters the
@@ -32,6 +35,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import queue
 import secrets
@@ -84,6 +88,8 @@ COLUMNS = [
     ("disks", "version", "INTEGER NOT NULL DEFAULT 1"),  # the version being received or sealed
     ("chunks", "sha256", "TEXT"),  # a pre-copy sender's digest of the chunk (PRECOPY_DIGEST)
 ]
+log = logging.getLogger(__name__)
+
 DEFAULT_KEEP_VERSIONS = 2
 _FICLONE = 0x40049409  # ioctl: the destination shares the source's extents (btrfs, XFS reflink=1)
 
@@ -228,6 +234,7 @@ class Store:
         self._chunk_locks: dict[tuple[str, str, int], list] = {}
         self._versions: dict[tuple[str, str, int], _Version] = {}
         self._creating = threading.Lock()  # a create's checks and its INSERT are one step
+        self._next: dict[tuple[str, str], threading.Thread] = {}  # clones made ahead (next_path)
         self._journal: Journal | None = None
         self._db().conn.executescript(SCHEMA)
         self._upgrade()
@@ -264,6 +271,10 @@ class Store:
         return _Txn(conn)
 
     def close(self) -> None:
+        with self._lock:
+            making = list(self._next.values())
+        for thread in making:  # clones made ahead: finished, not cut off half-way
+            thread.join()
         if self._journal:
             self._journal.stop()
             self._journal = None
@@ -279,6 +290,45 @@ class Store:
         """The file of a version of a disk's image: version 1 is <disk>.img, as it always was."""
         name = check_id(disk_id, "disk id") + ("" if version == 1 else f".v{version}")
         return self.jobs_dir / check_id(job_id, "job id") / "disks" / f"{name}.img"
+
+    def next_path(self, job_id: str, disk_id: str, version: int) -> Path:
+        """Version `version` of a disk's image made ahead, while the source still runs."""
+        return self.image_path(job_id, disk_id, version).with_suffix(".next")
+
+    def _make_next(self, job_id: str, disk_id: str, version: int) -> None:
+        """Clones sealed version `version` of a pre-copy job's disk into next_path(version + 1),
+        in a thread: the copy (where the filesystem has no reflinks) costs the source no
+        downtime then. Written under another name and renamed once complete and synced."""
+        def clone() -> None:
+            done = self.next_path(job_id, disk_id, version + 1)
+            partial = done.with_suffix(".partial")
+            try:
+                clone_image(self.image_path(job_id, disk_id, version), partial)
+                partial.rename(done)
+            except OSError as err:  # the pass then copies, as without this
+                partial.unlink(missing_ok=True)
+                log.warning("The copy of job %s disk %s made ahead for its next pass failed (%s); "
+                            "the next pass copies the image when it starts.", job_id, disk_id, err)
+
+        thread = threading.Thread(target=clone, name=f"p2v-next-{job_id}-{disk_id}", daemon=True)
+        with self._lock:
+            self._next[(job_id, disk_id)] = thread
+        thread.start()
+
+    def _take_next(self, job_id: str, disk_id: str, version: int, dst: Path) -> bool:
+        """Whether the clone made ahead became `dst` (version `version`), waiting for one still
+        being made; False when there is none."""
+        with self._lock:
+            thread = self._next.pop((job_id, disk_id), None)
+        if thread is not None:
+            thread.join()
+        ready = self.next_path(job_id, disk_id, version)
+        try:
+            ready.rename(dst)
+        except FileNotFoundError:  # a clone cut off by a server killed half-way is only garbage
+            ready.with_suffix(".partial").unlink(missing_ok=True)
+            return False
+        return True
 
     def working_path(self, job_id: str, disk_id: str) -> Path:
         """The file of the version being received, or of the last one sealed."""
@@ -423,7 +473,10 @@ class Store:
         try:
             for d in disks:
                 dst = self.image_path(job_id, d["id"], d["version"] + 1)
-                how.add(clone_image(self.image_path(job_id, d["id"], d["version"]), dst))
+                if self._take_next(job_id, d["id"], d["version"] + 1, dst):
+                    how.add("a clone made when it was sealed")
+                else:
+                    how.add(clone_image(self.image_path(job_id, d["id"], d["version"]), dst))
                 made.append(dst)
         except OSError as err:
             for path in made:
@@ -929,6 +982,40 @@ class Store:
 
     # --- sealing --------------------------------------------------------------------------
 
+    def zero_chunks(self, job_id: str, disk_id: str, zero: list[tuple[int, int]]) -> None:
+        """Forgets and punches the held chunks in ``zero`` (chunk runs) of a disk being received,
+        as the seal would: a final sync (warm migration) declares the chunks its source no
+        longer uses before it reads the rest, so that punching them (seconds, for a pass that
+        sent a lived-in disk's free space) is done while it reads, not in its downtime. The
+        seal's zero runs stay the authority; punching a hole again costs nothing."""
+        disk = self._disk(job_id, disk_id)
+        self._check_zero(disk, zero)
+        indices = [i for start, n in _merged(zero) for i in range(start, start + n)]
+        self._enter_writer(disk)
+        locked = []
+        try:
+            for i in indices:  # in order, one chunk at a time: as a PUT takes them, no deadlock
+                self._lock_chunk((disk.job, disk.id, i))
+                locked.append(i)
+            held = self.held_chunks(job_id, disk_id)
+            self._forget(disk, [i for i in indices if i in held])
+            self._zero_fill(disk, indices)
+        finally:
+            for i in locked:
+                self._unlock_chunk((disk.job, disk.id, i))
+            with self._gate:
+                disk.writers -= 1
+                self._gate.notify_all()
+
+    @staticmethod
+    def _check_zero(disk: "_Disk", zero: list[tuple[int, int]]) -> None:
+        count = chunk_count(disk.size, disk.chunk_size)
+        for start, n in zero:
+            if start < 0 or n < 1 or start + n > count:
+                raise ProtocolError(ErrorCode.OUT_OF_RANGE,
+                                    f"The zero range [{start}, {n}] is outside disk {disk.id}'s "
+                                    f"chunks 0 to {count - 1}.")
+
     def seal(self, job_id: str, disk_id: str, digest: str, zero: list[tuple[int, int]],
              bad_ranges: list[tuple[int, int]]) -> tuple[dict, bool]:
         """Seals a disk if ``digest`` is the image digest of what is held: (job, job now sealed).
@@ -936,12 +1023,7 @@ class Store:
         ``zero`` (chunk runs) wins over held chunks: a held chunk in it is forgotten and punched,
         so the chunk list, the map and the image all say zero there."""
         disk = self._disk(job_id, disk_id)
-        count = chunk_count(disk.size, disk.chunk_size)
-        for start, n in zero:
-            if start < 0 or n < 1 or start + n > count:
-                raise ProtocolError(ErrorCode.OUT_OF_RANGE,
-                                    f"The zero range [{start}, {n}] is outside disk {disk_id}'s "
-                                    f"chunks 0 to {count - 1}.")
+        self._check_zero(disk, zero)
         for off, n in bad_ranges:
             if off < 0 or n < 1 or off + n > disk.size:
                 raise ProtocolError(ErrorCode.OUT_OF_RANGE,
@@ -1066,6 +1148,8 @@ class Store:
             disk.close()
         for old in pruned:  # rows first: a file no row names is only garbage
             self.image_path(disk.job, disk.id, old).unlink(missing_ok=True)
+        if warm.get("pass") == "precopy":
+            self._make_next(disk.job, disk.id, version)
         return not left
 
     @staticmethod

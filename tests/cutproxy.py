@@ -4,7 +4,9 @@ Tests and the chaos suite (`make chaos`) put it between the agent and the server
 connection is forwarded byte for byte; while ``cuts`` is above zero, a connection is broken once
 ``after`` bytes have passed (each connection with ``probability``; coming back from the server, or either way with
 ``direction="both"``): reset (RST), closed (FIN) or stalled (nothing more passes for ``stall``
-seconds, then it is closed). Imported as `cutproxy` (tests/ is on sys.path).
+seconds, then it is closed). With ``rate`` (bytes per second) the server's answers pass no
+faster than that, all connections together: a slow link. Imported as `cutproxy` (tests/ is on
+sys.path).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import struct
 import threading
 import time
 
+from agent.transfer.link import RateLimit
+
 MODES = ("reset", "fin", "stall")
 
 
@@ -23,7 +27,8 @@ class CutProxy:
 
     def __init__(self, target_port: int, after: int | tuple[int, int] = 1 << 20, cuts: int = 0,
                  modes: tuple[str, ...] = ("reset",), stall: float = 75.0, seed: int = 0,
-                 direction: str = "down", probability: float = 1.0, target_host: str = "127.0.0.1"):
+                 direction: str = "down", probability: float = 1.0, target_host: str = "127.0.0.1",
+                 rate: int | None = None):
         self.target_port = target_port
         self.target_host = target_host  # e.g. a server in a network namespace, behind a veth
         self.after = after
@@ -33,6 +38,7 @@ class CutProxy:
         self.direction = direction
         self.probability = probability  # of a connection being doomed while cuts are left
         self.random = random.Random(seed)
+        self.limit = RateLimit(rate)
         self.cut = {m: 0 for m in MODES}
         self.connections = 0
         self._lock = threading.Lock()
@@ -115,6 +121,8 @@ class _Link:
                     dst.sendall(data[:self.after - self.passed])
                     self._break()
                     return
+                if down:
+                    self.proxy.limit.take(len(data))
                 dst.sendall(data)
         except OSError:
             if not self.broken:

@@ -181,6 +181,10 @@ def complete_path(job: str, disk: str) -> str:
     return f"{disk_path(job, disk)}/complete"
 
 
+def zero_path(job: str, disk: str) -> str:
+    return f"{disk_path(job, disk)}/zero"
+
+
 def log_path(job: str) -> str:
     return f"{API}/jobs/{job}/log"
 
@@ -339,6 +343,17 @@ PLACEHOLDER_STRINGS = frozenset({
 })
 
 
+def machine_key(machine: dict) -> str | None:
+    """The machine's SMBIOS identity, or None when what it reports is a placeholder."""
+    uuid = machine.get("system_uuid")
+    if not placeholder(uuid):
+        return "uuid:" + uuid.strip().lower()
+    parts = [machine.get(k) for k in ("vendor", "product", "serial")]
+    if not any(placeholder(p) for p in parts):
+        return "dmi:" + "/".join(p.strip() for p in parts)
+    return None
+
+
 def placeholder(value: object) -> bool:
     """Whether an SMBIOS or disk identity field says nothing: absent, empty, a vendor's filler,
     or a UUID of one repeated digit."""
@@ -371,10 +386,11 @@ def vm_secure_boot(inventory: dict) -> bool:
 
 def job_inventory(job: dict) -> dict:
     """What the repair reads of a job: its inventory, with the VM the server made for it (firmware,
-    Secure Boot, from the provisioning record) under "vm" when the automatic path made one."""
+    Secure Boot, and its NICs as [{"device": VIF number, "mac", "source": the source NIC's name}],
+    from the provisioning record) under "vm" when the automatic path made one."""
     inventory = dict(job.get("inventory") or {})
     made = ((job.get("records") or {}).get("xenserver") or {}).get("vm") or {}
-    vm = {k: made[k] for k in ("firmware", "secure_boot") if k in made}
+    vm = {k: made[k] for k in ("firmware", "secure_boot", "nics") if k in made}
     if vm:
         inventory["vm"] = vm
     return inventory

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from agent import blockdev
+from agent.disk import blockdev
 from agent.probe import ProbeError, Prober
 from agent.probe.report import render
 

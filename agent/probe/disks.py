@@ -15,7 +15,7 @@ from pathlib import Path
 import psutil
 import pyudev
 
-from agent import blockdev
+from agent.disk import blockdev
 from agent.probe.model import Disk, Filesystem, Multipath
 
 # Block devices that are never a machine's disks unless asked for by name.

@@ -77,7 +77,7 @@ class Disk:
     table_id: str | None = None
     partitions: list[Partition] = field(default_factory=list)
     fs: Filesystem | None = None     # a filesystem, PV or RAID member on the whole disk
-    in_use: list[str] = field(default_factory=list)  # what used it when probed (agent.inuse)
+    in_use: list[str] = field(default_factory=list)  # what used it when probed (agent.disk.inuse)
 
 
 @dataclass

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Iterator
 
-from agent import winpath
+from agent.windows import winpath
 from agent.probe.model import OperatingSystem
 
 # Read-only and without replaying journals: the source must stay byte-for-byte as it was.

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from agent import blockdev, inuse
+from agent.disk import blockdev, inuse
 from agent.probe import disks as edge
 from agent.probe import oses, system
 from agent.probe.model import (

@@ -7,6 +7,7 @@ created are removed, and so are the directories and backups it made for them.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import time
@@ -42,6 +43,16 @@ class Journal:
     written: list[tuple[Path, Path | None, os.stat_result | None]] = field(default_factory=list)
     made_dirs: list[Path] = field(default_factory=list)      # created by apply, outermost first
 
+    def stat_of(self, path: Path) -> os.stat_result | None:
+        """The file's stat before apply touched it (it may be gone since), or None."""
+        for target, _, st in self.written:
+            if target == path:
+                return st
+        try:
+            return os.stat(path)
+        except OSError:
+            return None
+
     def mkdirs(self, directory: Path) -> None:
         missing = []
         while not directory.exists():
@@ -60,13 +71,27 @@ class Journal:
                     if os.path.lexists(target):
                         target.unlink()
                     continue
-                tmp = target.with_name(target.name + ".xenp2v-undo")
-                shutil.copy2(saved, tmp)
-                os.chown(tmp, st.st_uid, st.st_gid)
-                os.chmod(tmp, st.st_mode & 0o7777)
-                os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
-                os.replace(tmp, target)
-                saved.unlink()
+                # The backup itself goes back in place (a rename: no room needed on a full
+                # filesystem); a copy only when it sits on another filesystem of the guest.
+                os.chown(saved, st.st_uid, st.st_gid)
+                os.chmod(saved, st.st_mode & 0o7777)
+                os.utime(saved, ns=(st.st_atime_ns, st.st_mtime_ns))
+                try:
+                    os.replace(saved, target)
+                except OSError as e:
+                    if e.errno != errno.EXDEV:
+                        raise
+                    tmp = target.with_name(target.name + ".xenp2v-undo")
+                    try:
+                        _write_new(tmp, saved.read_bytes())
+                        os.chown(tmp, st.st_uid, st.st_gid)
+                        os.chmod(tmp, st.st_mode & 0o7777)
+                        os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+                        os.replace(tmp, target)
+                    except OSError:
+                        tmp.unlink(missing_ok=True)
+                        raise
+                    saved.unlink()
             except OSError as e:
                 failed.append(f"{target} ({e.strerror}; its backup is {saved})")
         for d in reversed(self.made_dirs):
@@ -80,23 +105,50 @@ class Journal:
 def write_change(root: Path, change: FileChange, backup_dir: str, journal: Journal | None = None) -> None:
     journal = journal if journal is not None else Journal()
     target = host_path(root, change.path)
+    again = any(t == target for t, _, _ in journal.written)   # a second change to one file
     st = os.stat(target) if target.exists() else None
     saved = None
-    if st is not None:
+    if st is not None and not again:
         saved = host_path(root, backup_dir + change.path)
         journal.mkdirs(saved.parent)
-        shutil.copy2(target, saved)
-    journal.written.append((target, saved, st))
+        try:
+            shutil.copy2(target, saved)
+        except OSError:
+            saved.unlink(missing_ok=True)     # a partial backup (a full filesystem) goes
+            raise
     if change.new is None:
+        if not again:
+            journal.written.append((target, saved, st))
         target.unlink(missing_ok=True)
         return
-    journal.mkdirs(target.parent)
     tmp = target.with_name(target.name + ".xenp2v-new")
-    tmp.write_text(change.new, encoding="utf-8", errors="surrogateescape")
-    os.chmod(tmp, st.st_mode & 0o7777 if st else 0o644)
-    if st:
-        os.chown(tmp, st.st_uid, st.st_gid)
+    # A renamed file (`like`) keeps what it was: its mode and owner (0600 root:root stays so).
+    was = st or (journal.stat_of(host_path(root, change.like)) if change.like else None)
+    try:
+        journal.mkdirs(target.parent)
+        _write_new(tmp, change.new.encode("utf-8", errors="surrogateescape"))
+        os.chmod(tmp, was.st_mode & 0o7777 if was else 0o644)
+        if was:
+            os.chown(tmp, was.st_uid, was.st_gid)
+    except OSError:
+        # The file itself is untouched: only the half-written new one and its backup go.
+        tmp.unlink(missing_ok=True)
+        if saved is not None:
+            saved.unlink(missing_ok=True)
+        raise
+    if not again:       # the first change's backup holds the file as it was: that one goes back
+        journal.written.append((target, saved, st))
     os.replace(tmp, target)
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    """Write a fresh file at `path`, never through what is there: a guest's own link at that name
+    (`fstab.xenp2v-new -> /etc/shadow`) would lead the write onto this machine."""
+    if os.path.lexists(path):
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def apply_plan(root: Path, steps: list[StepPlan], run_command: Callable[[Command], tuple[int, str]],
@@ -160,8 +212,15 @@ def _failed(step: str, why: str, not_put_back: list[str], ran: list[str]) -> str
     return f"Step '{step}' failed: {why}. {undone}{tools} Fix the cause and run repair again."
 
 
-def append_log(root: Path, lines: list[str]) -> None:
-    log = host_path(root, LOG)
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a", encoding="utf-8") as f:
-        f.write("".join(line + "\n" for line in lines))
+def append_log(root: Path, lines: list[str]) -> str | None:
+    """Append to the guest's repair log. Returns None, or a sentence when it could not be written
+    (a guest filesystem the repair filled): the repair itself is done by then and stays."""
+    try:
+        log = host_path(root, LOG)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a", encoding="utf-8") as f:
+            f.write("".join(line + "\n" for line in lines))
+    except (OSError, RepairError) as e:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        return f"The repair is done, but its log could not be written to the guest's {LOG} ({why})."
+    return None

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from xenp2v import protocol
-from agent.client import Client, ServerError
+from agent.transfer.client import Client, ServerError
 from agent.repair import luks
 from agent.repair.guest import RepairError
 from agent.repair.runner import Request, repair
@@ -18,7 +18,10 @@ def register(subparsers) -> None:
         description="Find the copied Linux system, fix device names, network names, initramfs and "
                     "bootloader for the VM's hardware. Without --disk: this VM's own disks.")
     p.add_argument("--dry-run", action="store_true", help="print every step and a diff of every file; change nothing")
-    p.add_argument("--disk", metavar="DEVICE", help="repair only this disk (e.g. a disk attached to this machine)")
+    p.add_argument("--disk", metavar="DEVICE", action="append", default=[],
+                   help="repair only this disk (e.g. a disk attached to this machine); repeat it for each "
+                        "of the VM's disks, the one it boots from first: names of the source's other "
+                        "disks are looked for on them")
     p.add_argument("--server", metavar="URL", help="receiving server, to read the job and send the report")
     p.add_argument("--token", metavar="T")
     p.add_argument("--fingerprint", metavar="sha256:HEX")
@@ -48,7 +51,10 @@ def _nics(values: list[str]) -> dict[str, str]:
 def main(args: argparse.Namespace) -> int:
     client = None
     try:
-        request = Request(disk=args.disk, dry_run=args.dry_run, nics=_nics(args.nic), guest_tools=args.guest_tools,
+        # One disk: that disk, its names of other disks looked for on this machine's free disks;
+        # several: the VM's disks in order, as a restore lays them out.
+        request = Request(disk=args.disk[0] if args.disk else None, disks=args.disk if len(args.disk) > 1 else [],
+                          dry_run=args.dry_run, nics=_nics(args.nic), guest_tools=args.guest_tools,
                           windows_drivers=args.windows_drivers,
                           passphrases=luks.Passphrases(args.luks, luks.console_ask()))
         if args.job or args.server:

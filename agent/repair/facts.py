@@ -125,7 +125,10 @@ def names_from_disk(refs: list[Reference], filesystems: list[Filesystem]) -> tup
     The partition number survives the copy, so `/dev/sda2` is partition 2 of this disk, as long
     as the filesystem types agree. The disk that held `/` (or `/boot`) is this disk. Another
     kernel name (`sdb` beside `sda`) is another disk: reported, not guessed. A by-id or by-path
-    name may well be this disk under its other name, so it maps when the types agree.
+    name may well be this disk under its other name, so it maps when the types agree, unless
+    the partition it would be is mounted elsewhere by a name that surely is this disk's (its
+    kernel name, or its UUID): then it is another disk's (`…SRC0002-part1` for /home is not
+    partition 1 when `/dev/sda1` is /). One btrfs may be mounted at several places (subvolumes).
     """
     parts = {fs.partition: fs for fs in filesystems if fs.partition is not None}
     tied = [(r, partition_ref(r.name)) for r in refs if is_hardware_name(r.name)]
@@ -144,9 +147,16 @@ def names_from_disk(refs: list[Reference], filesystems: list[Filesystem]) -> tup
     anchor = anchors[0] if anchors else lone
     names: dict[str, Filesystem] = {}
     notes = []
+    # Where this disk's partitions are mounted by names that surely are this disk's.
+    sure = dict(mounted_as)
+    sure.update({parts[number].uuid: r.mountpoint for r, (disk, number) in tied
+                 if disk == anchor and number in parts and (r.mountpoint or "").startswith("/")})
     for r, (disk, number) in tied:
         fs = parts.get(number)
         other_disk = anchor is None or (disk != anchor and _kernel_name(disk) and _kernel_name(anchor))
+        if not other_disk and disk != anchor and fs is not None and fs.fstype != "btrfs" and \
+                (r.mountpoint or "").startswith("/") and sure.get(fs.uuid, r.mountpoint) != r.mountpoint:
+            other_disk = True
         if other_disk:
             notes.append(f"{r.name} is on another disk of the source machine; left as it is.")
         elif fs is None or not _same_type(r.fstype, fs.fstype):

@@ -4,8 +4,9 @@ static addresses put on the VM's NIC, before anyone logs on.
 What runs: one batch file, C:\\Windows\\xenp2v\\firstboot.cmd, with the driver package copied
 beside it (C:\\Windows\\xenp2v\\drivers). It installs each .inf with pnputil and each .msi with
 msiexec, waits for the VM's NIC (found by its MAC with getmac) and sets its addresses with netsh,
-logs to C:\\Windows\\xenp2v\\firstboot.log, turns itself off and, when it installed drivers,
-restarts Windows once so they take over.
+logs to C:\\Windows\\xenp2v\\firstboot.log and, when it installed drivers, restarts Windows once
+so they take over. It turns itself off before anything else: winlogon runs it before every logon
+until then, so a step that hung (a driver's dialog nobody sees) would otherwise bar every logon.
 
 How it is started: winlogon's Setup hook, HKLM\\SYSTEM\\Setup: CmdLine (the program) with
 SetupType=2 (run CmdLine, then show the logon screen). Winlogon runs it as SYSTEM and waits for it
@@ -69,6 +70,7 @@ class DriverPackage:
     infs: tuple[str, ...]                    # paths relative to root, "/"-separated
     msis: tuple[str, ...]
     others: tuple[str, ...]                  # every other file the .infs' folders hold
+    left_out: tuple[str, ...] = ()           # .inf/.msi paths the script cannot name safely
 
     @property
     def files(self) -> tuple[str, ...]:
@@ -87,6 +89,13 @@ class FirstBoot:
     @property
     def empty(self) -> bool:
         return self.drivers is None and not self.nics
+
+    @property
+    def installs(self) -> tuple[str, ...]:
+        """The driver package's files the script installs (.infs need pnputil; .msis)."""
+        if self.drivers is None:
+            return ()
+        return (self.drivers.infs if self.pnputil else ()) + self.drivers.msis
 
 
 # --- reading the registry -------------------------------------------------------------------------
@@ -150,23 +159,31 @@ def driver_package(source: Path, arch: str) -> DriverPackage | None:
     The .infs' folders go whole (their .sys, .cat files). None when none is there."""
     other = ARCH_WORDS["x86" if arch == "x64" else "x64"]
     mine = ARCH_WORDS[arch]
-    infs, msis = [], []
+    infs: list[str] = []
+    msis: list[str] = []
+    left_out: list[str] = []
     for path in sorted(p for p in source.rglob("*") if p.is_file()):
         rel = path.relative_to(source)
         folders = [w for part in rel.parts[:-1] for w in re.split(r"[^a-z0-9]+", part.lower())]
         named = re.findall(r"x64|x86|amd64|i386|win64|win32", rel.name.lower())
         if any(w in other for w in folders + named) and not any(w in mine for w in named):
             continue
-        if path.suffix.lower() == ".inf":
-            infs.append(rel.as_posix())
-        elif path.suffix.lower() == ".msi":
-            msis.append(rel.as_posix())
-    if not infs and not msis:
+        kind = {".inf": infs, ".msi": msis}.get(path.suffix.lower())
+        if kind is None:
+            continue
+        (kind if nameable(rel.as_posix()) else left_out).append(rel.as_posix())
+    if not infs and not msis and not left_out:
         return None
     folders = {str(Path(i).parent) for i in infs}
     others = [p.relative_to(source).as_posix() for p in source.rglob("*")
               if p.is_file() and str(p.relative_to(source).parent) in folders]
-    return DriverPackage(source, tuple(infs), tuple(msis), tuple(sorted(others)))
+    return DriverPackage(source, tuple(infs), tuple(msis), tuple(sorted(others)), tuple(left_out))
+
+
+def nameable(path: str) -> bool:
+    """Can the script name `path` inside double quotes? cmd.exe reads it in the OEM code page
+    (only ASCII is the same in all) and expands % even there; a quote would end the quoting."""
+    return all(32 <= ord(c) < 127 for c in path) and not any(c in path for c in '%"')
 
 
 # --- the script -----------------------------------------------------------------------------------
@@ -178,39 +195,40 @@ def script(job: FirstBoot) -> str:
     lines = [
         "@echo off",
         "rem xenp2v: first boot on the VM, run once by winlogon before the logon screen",
-        "rem (HKLM\\SYSTEM\\Setup CmdLine, SetupType 2); it turns itself off at the end.",
+        "rem (HKLM\\SYSTEM\\Setup CmdLine, SetupType 2). It turns itself off first: winlogon",
+        "rem runs it before every logon until then, and a step that hangs must not bar them all.",
         f'set LOG="{stage}\\firstboot.log"',
         "echo --- xenp2v first boot %DATE% %TIME% >> %LOG%",
+        "reg add HKLM\\SYSTEM\\Setup /v SetupType /t REG_DWORD /d 0 /f >> %LOG% 2>&1",
+        'reg add HKLM\\SYSTEM\\Setup /v CmdLine /t REG_SZ /d "" /f >> %LOG% 2>&1',
     ]
     if job.drivers:
         for inf in job.drivers.infs if job.pnputil else ():
             path = f"{stage}\\drivers\\{inf.replace('/', chr(92))}"
-            lines += [f'echo installing {path} >> %LOG%',
+            lines += [f'echo installing {_said(path)} >> %LOG%',
                       f'pnputil -i -a "{path}" >> %LOG% 2>&1']
         for msi in job.drivers.msis:
             path = f"{stage}\\drivers\\{msi.replace('/', chr(92))}"
-            lines += [f'echo installing {path} >> %LOG%',
+            lines += [f'echo installing {_said(path)} >> %LOG%',
                       f'msiexec /i "{path}" /qn /norestart /l*v "{path}.log"',
                       "echo msiexec: %ERRORLEVEL% >> %LOG%"]
     for n, (adapter, mac) in enumerate(job.nics):
         lines += _nic_lines(n, adapter, mac)
-    lines += ["reg add HKLM\\SYSTEM\\Setup /v SetupType /t REG_DWORD /d 0 /f >> %LOG% 2>&1",
-              'reg add HKLM\\SYSTEM\\Setup /v CmdLine /t REG_SZ /d "" /f >> %LOG% 2>&1',
-              "echo done >> %LOG%"]
-    if job.drivers:
+    lines.append("echo done >> %LOG%")
+    if job.installs:
         lines.append('shutdown -r -t 30 -c "xenp2v: restarting once for the new drivers"')
     return "\r\n".join(lines) + "\r\n"
 
 
 def _said(text: str) -> str:
     """`text` safe in a batch file's echo and rem lines: ASCII, none of cmd's special characters."""
-    return re.sub(r"[^A-Za-z0-9 ._,:/{}\-]", "_", text)
+    return re.sub(r"[^A-Za-z0-9 ._,:/{}\\\-]", "_", text)
 
 
 def _nic_lines(n: int, adapter: StaticAdapter, mac: str | None) -> list[str]:
     """Wait for the VM's NIC with `mac` (any NIC when None), then set `adapter`'s addresses on it."""
     want = mac.upper().replace(":", "-") if mac else None
-    match = f'if /i "%%~b"=="{want}" ' if want else 'if not "%%~b"=="N/A" '
+    match = f'if /i "%%~b"=="{want}" ' if want else 'if not "%%~b"=="" if not "%%~b"=="N/A" '
     label = f"nic{n}"
     (first, first_mask), *more = adapter.addresses
     gw = f" {adapter.gateways[0]} 1" if adapter.gateways else ""

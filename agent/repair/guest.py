@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import os
 import stat
+import shutil
 import subprocess
 import tempfile
 import time
@@ -17,7 +18,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent import blockdev
+from agent.disk import blockdev, inuse
 from agent.repair import raid
 from agent.repair.facts import Filesystem, RaidArray
 from agent.repair.steps import RELEASE_FILES
@@ -528,9 +529,21 @@ def workdir(stack: ExitStack) -> Path:
 
 
 def _rmdirs(path: Path) -> None:
-    # Only the mount points made here; never anything below them (a guest may still hang there).
-    for sub in (path / "probe", path / "root", path):
-        try:
-            sub.rmdir()
-        except OSError:
-            pass
+    """Removes the work directory: what the repair staged there (the Windows tools copied off a
+    CD, ...) and its empty mount points. A tree with anything mounted at or below it is left
+    whole (a guest may still hang there: deleting through it would delete the guest's files)."""
+    mounted = [Path(target) for target in inuse.mount_points()]
+    for sub in sorted(path.iterdir()) if path.is_dir() else []:
+        if any(m == sub or sub in m.parents for m in mounted):
+            try:
+                sub.rmdir()
+            except OSError:
+                pass
+        elif sub.is_dir() and not sub.is_symlink():
+            shutil.rmtree(sub, ignore_errors=True)
+        else:
+            sub.unlink(missing_ok=True)
+    try:
+        path.rmdir()
+    except OSError:
+        pass

@@ -101,8 +101,11 @@ class Hive:
         ctypes.set_errno(0)
         self._h = self._lib.hivex_open(os.fsencode(self.path), _OPEN_WRITE if write else 0)
         if not self._h:
-            raise HiveError(f"Cannot open the registry hive {self.path}: "
-                            f"{os.strerror(ctypes.get_errno() or errno.EINVAL)}.")
+            code = ctypes.get_errno() or errno.EINVAL
+            if code in (errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOMEM, errno.EIO):
+                raise HiveError(f"Cannot open the registry hive {self.path}: {os.strerror(code)}.")
+            raise HiveError(f"The registry hive {self.path} is damaged: hivex cannot read it "
+                            f"({os.strerror(code)}).")
 
     def __enter__(self) -> "Hive":
         return self

@@ -22,17 +22,29 @@ macaddress) are the administrator's choice and stay.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from dataclasses import dataclass, field
 
 from agent.repair.plan import FileChange, StepPlan
 from agent.repair.tree import GuestTree
 
+CLOUD_CONFIG = "/etc/cloud/cloud.cfg.d/*.cfg"
 NETWORK_FILES = ("/etc/network/interfaces", "/etc/network/interfaces.d/*", "/etc/netplan/*.yaml",
                  "/etc/NetworkManager/system-connections/*", "/etc/sysconfig/network-scripts/ifcfg-*",
                  "/etc/sysconfig/network-scripts/route-*", "/etc/sysconfig/network/ifcfg-*",
                  "/etc/sysconfig/network/ifroute-*", "/etc/systemd/network/*.network",
-                 "/etc/systemd/network/*.netdev", "/etc/systemd/network/*.link")
+                 "/etc/systemd/network/*.netdev", "/etc/systemd/network/*.link",
+                 # RHEL's GATEWAYDEV= (a file there; a directory on SUSE), SUSE's routes (a column
+                 # names the NIC), teamd's own configurations (ports by name), cloud-init's
+                 # network config, which it renders again on a new instance's first boot.
+                 "/etc/sysconfig/network", "/etc/sysconfig/network/routes", "/etc/teamd/*.conf",
+                 CLOUD_CONFIG,
+                 # Firewalls that let traffic in by interface name (iptables' and ufw's -i, nftables'
+                 # iifname, firewalld's zone bindings): under a DROP policy the old name shuts the VM off.
+                 "/etc/iptables/rules.v4", "/etc/iptables/rules.v6", "/etc/sysconfig/iptables",
+                 "/etc/sysconfig/ip6tables", "/etc/nftables.conf", "/etc/nftables.d/*", "/etc/nftables/*.nft",
+                 "/etc/firewalld/zones/*.xml", "/etc/ufw/user.rules", "/etc/ufw/user6.rules")
 PERSISTENT_NET = "/etc/udev/rules.d/70-persistent-net.rules"
 PIN_MARK = "# Added by xenp2v repair: the VM's NIC under the name the guest's configuration uses."
 # First systemd whose net_id names a Xen vif (enX<N>): naming scheme v250.
@@ -102,10 +114,15 @@ def _systemd_version(tree: GuestTree) -> int | None:
 
 def kernel_arguments(tree: GuestTree) -> list[str]:
     """Every argument the guest's boot configuration gives its kernel (all entries together)."""
-    words = []
-    grub = tree.read("/etc/default/grub") or ""
-    for m in re.finditer(r"(?m)^\s*GRUB_CMDLINE_LINUX(?:_DEFAULT)?\s*=\s*([\"']?)(.*?)\1\s*$", grub):
-        words += m[2].split()
+    # grub-mkconfig (which the boot step runs) sources /etc/default/grub, then grub.d/*.cfg in
+    # order: a later assignment replaces an earlier one, and may extend it ("$GRUB_CMDLINE_LINUX …").
+    grub = {"GRUB_CMDLINE_LINUX": "", "GRUB_CMDLINE_LINUX_DEFAULT": ""}
+    for path in ("/etc/default/grub", *tree.glob("/etc/default/grub.d/*.cfg")):
+        for m in re.finditer(r"(?m)^\s*(GRUB_CMDLINE_LINUX(?:_DEFAULT)?)\s*=\s*([\"']?)(.*?)\2\s*$",
+                             tree.read(path) or ""):
+            grub[m[1]] = m[3] if m[2] == "'" else \
+                re.sub(r"\$\{?(GRUB_CMDLINE_LINUX(?:_DEFAULT)?)\b\}?", lambda v: grub[v[1]], m[3])
+    words = grub["GRUB_CMDLINE_LINUX"].split() + grub["GRUB_CMDLINE_LINUX_DEFAULT"].split()
     for path in ("/etc/kernel/cmdline", *tree.glob("/boot/loader/entries/*.conf")):
         for line in (tree.read(path) or "").splitlines():
             words += line.split()[1:] if line.startswith("options") else \
@@ -176,7 +193,8 @@ def guest_naming(tree: GuestTree, family: str | None) -> Naming:
             pins.setdefault(mac.lower().replace("-", ":"), name)
         elif name or any(k == "NamePolicy" for s, k, v in entries):
             others.append(f"{path} names NICs other than by MAC")
-    for path in tree.glob("/etc/netplan/*.yaml"):
+    # cloud-init's version 2 network config is netplan's, and pins the same way.
+    for path in (*tree.glob("/etc/netplan/*.yaml"), *tree.glob(CLOUD_CONFIG)):
         for mac, name in _netplan_pins(tree.read(path) or "").items():
             pins.setdefault(mac, name)
     return Naming(systemd=version, udev=udevd or version is not None, systemd_udevd=systemd_udevd,
@@ -294,27 +312,59 @@ def _swap_macs(line: str, macs: dict[str, str]) -> str:
                   if m[0].lower().replace("-", ":") in macs else m[0], line)
 
 
+def _list_item_types(text: str) -> list[str]:
+    """For each line of a YAML text: the `type:` of the list item whose own key it is ("" if none),
+    e.g. "physical" for the lines of `- type: physical` / `  mac_address: …`, in any key order."""
+    lines = text.splitlines()
+    item_of: list[int | None] = []          # the line where each line's item starts
+    open_items: list[tuple[int, int]] = []  # (dash's indent, start line), innermost last
+    for n, line in enumerate(lines):
+        indent = len(line) - len(line.lstrip())
+        body = line.strip()
+        if body.startswith("- "):
+            while open_items and open_items[-1][0] >= indent:
+                open_items.pop()
+            open_items.append((indent, n))
+            item_of.append(n)
+            continue
+        while body and open_items and open_items[-1][0] >= indent:
+            open_items.pop()
+        # A key of the item itself sits two columns right of its dash.
+        item_of.append(open_items[-1][1] if open_items and body and indent == open_items[-1][0] + 2 else None)
+    types: dict[int, str] = {}
+    for n, start in enumerate(item_of):
+        m = re.match(r"\s*(?:-\s+)?type:\s*[\"']?([\w-]+)", lines[n])
+        if start is not None and m:
+            types[start] = m[1]
+    return [types.get(start, "") if start is not None else "" for start in item_of] + [""]
+
+
 def rebind_macs(path: str, text: str, macs: dict[str, str]) -> str:
     """The MACs that *select* a NIC, old → new; MACs that set one are left as they are."""
     if not macs:
         return text
     out, section, match_indent = [], "", None
-    for line in text.splitlines(keepends=True):
+    v1_types = _list_item_types(text)
+    for n, line in enumerate(text.splitlines(keepends=True)):
         s = line.strip()
         if s.startswith("[") and s.endswith("]"):
             section = s[1:-1]
-        key = re.split(r"[=:\s]", s, maxsplit=1)[0] if s else ""
-        if path.endswith(".yaml"):
+        key = re.split(r"[=:\s]", s.lstrip("- "), maxsplit=1)[0] if s else ""
+        if path.endswith((".yaml", ".cfg")):
             indent = len(line) - len(line.lstrip())
             if match_indent is not None and s and indent <= match_indent:
                 match_indent = None
             if key == "match":
                 match_indent = indent
-            select = key == "macaddress" and match_indent is not None
+            # cloud-init's version 1 selects a physical NIC by its mac_address (a bond's sets one).
+            select = key == "macaddress" and match_indent is not None or \
+                key == "mac_address" and v1_types[n] == "physical"
         elif path.endswith((".network", ".link", ".netdev")):
             select = section == "Match" and key in ("MACAddress", "PermanentMACAddress")
         elif "/NetworkManager/" in path:
-            select = section in ("ethernet", "802-3-ethernet") and key == "mac-address"
+            # A profile's deny list (mac-address-blacklist, -denylist since 1.48) keeps it off a NIC.
+            select = section in ("ethernet", "802-3-ethernet") and \
+                key in ("mac-address", "mac-address-blacklist", "mac-address-denylist")
         elif "/ifcfg-" in path:
             select = key == "HWADDR"
         elif path.endswith(".rules"):
@@ -362,10 +412,10 @@ def _addresses_in(path: str, text: str, name: str, mac: str) -> tuple[list[str],
     if "/ifcfg-" in path:
         fields = dict(re.findall(r"(?m)^\s*(\w+)\s*=\s*[\"']?([^\"'\n]*)", text))
         if path.rsplit("ifcfg-", 1)[1] != name and fields.get("DEVICE") != name and \
-                fields.get("HWADDR", "").lower() != mac:
+                not (mac and fields.get("HWADDR", "").lower() == mac):
             return [], []
-        if fields.get("MASTER") or fields.get("BRIDGE"):
-            over.append(fields.get("MASTER") or fields["BRIDGE"])
+        if fields.get("MASTER") or fields.get("BRIDGE") or fields.get("TEAM_MASTER"):
+            over.append(fields.get("MASTER") or fields.get("BRIDGE") or fields["TEAM_MASTER"])
         if fields.get("BOOTPROTO", "").lower() in ("dhcp", "dhcp4", "dhcp6", "bootp"):
             found.append("DHCP")
         found += [v + (f"/{fields[k.replace('IPADDR', 'PREFIX')]}" if k.replace("IPADDR", "PREFIX") in fields else "")
@@ -374,7 +424,7 @@ def _addresses_in(path: str, text: str, name: str, mac: str) -> tuple[list[str],
         entries = _ini_sections(text)
         get = {(s, k): v for s, k, v in entries}
         if get.get(("connection", "interface-name")) != name and \
-                get.get(("ethernet", "mac-address"), "").lower() != mac:
+                not (mac and get.get(("ethernet", "mac-address"), "").lower() == mac):
             return [], []
         master = get.get(("connection", "master")) or get.get(("connection", "controller"))
         if master:
@@ -386,14 +436,14 @@ def _addresses_in(path: str, text: str, name: str, mac: str) -> tuple[list[str],
         entries = _ini_sections(text)
         names = " ".join(v for s, k, v in entries if s == "Match" and k == "Name").split()
         macs = " ".join(v for s, k, v in entries if s == "Match" and k == "MACAddress").lower().split()
-        if name not in names and mac not in macs:
+        if name not in names and not (mac and mac in macs):
             return [], []
         over += [v for s, k, v in entries if s == "Network" and k in ("Bond", "Bridge")]
         over += [v for s, k, v in entries if s == "Network" and k == "VLAN"]
         if any(s == "Network" and k == "DHCP" and v in ("yes", "true", "ipv4", "ipv6") for s, k, v in entries):
             found.append("DHCP")
         found += [v for s, k, v in entries if s in ("Network", "Address") and k == "Address"]
-    elif path.endswith(".yaml"):
+    elif path.endswith(".yaml") or path.endswith(".cfg") and re.search(r"(?m)^\s*version:\s*2\b", text):
         blocks = re.split(r"(?m)^(?=\s{4}[\w.-]+:\s*$)", text)
         for block in blocks:
             head = re.match(r"\s{4}([\w.-]+):", block)
@@ -401,7 +451,7 @@ def _addresses_in(path: str, text: str, name: str, mac: str) -> tuple[list[str],
                 continue
             set_name = re.search(r"(?m)^\s+set-name:\s*[\"']?([\w.-]+)", block)
             ident = set_name[1] if set_name else head[1]
-            if ident == name or mac in block.lower():
+            if ident == name or mac and mac in block.lower():
                 if re.search(r"(?m)^\s+dhcp4:\s*(true|yes)", block):
                     found.append("DHCP")
                 m = re.search(r"(?ms)^\s+addresses:\s*(\[[^\]]*\]|(?:\n\s+-\s*\S+)+)", block)
@@ -423,7 +473,8 @@ def _addresses_in(path: str, text: str, name: str, mac: str) -> tuple[list[str],
 
 
 def addresses(tree: GuestTree, changes: list[FileChange], name: str, mac: str, depth: int = 0) -> list[str]:
-    """What comes up on `name` (or on the bond, bridge or VLAN it joins): addresses, "DHCP"."""
+    """What comes up on `name` (or on the bond, bridge or VLAN it joins): addresses, "DHCP".
+    `mac` "" (a bond, bridge or VLAN) selects nothing by MAC."""
     new = {c.path: c.new for c in changes}
     files = {p: new.get(p, tree.read(p)) for pattern in NETWORK_FILES for p in tree.glob(pattern)}
     files.update({c.path: c.new for c in changes if c.new is not None})
@@ -449,13 +500,19 @@ def addresses(tree: GuestTree, changes: list[FileChange], name: str, mac: str, d
 def network(tree: GuestTree, source: list[SourceNic], vms: list[VmNic], by_hand: dict[str, str],
             family: str | None) -> StepPlan:
     """Old NICs → the VM's, by name and by MAC, in ifupdown, netplan, NetworkManager, ifcfg
-    (RHEL's and SUSE's wicked), systemd-networkd and .link files, and udev's persistent-net rules.
+    (RHEL's and SUSE's wicked, their GATEWAYDEV= and routes), teamd, cloud-init's network config,
+    systemd-networkd and .link files, udev's persistent-net rules and the administrator's own
+    rules by MAC, and the firewalls that name interfaces (iptables, nftables, firewalld zones).
 
     `by_hand` (old name → new, from --nic) wins over the names worked out here.
     """
     step = StepPlan("network interfaces")
     naming = guest_naming(tree, family)
-    pairings = decide(source, vms, naming)
+    # A NIC named by hand is that name under every name it had (its alternative names too), and
+    # nothing is pinned over the technician's word.
+    pairings = [Pairing(p.source, p.vm, by_hand[p.source.name], "given by hand (--nic)")
+                if p.vm is not None and p.source.name in by_hand else p
+                for p in decide(source, vms, naming)]
     names: dict[str, str] = {}
     macs: dict[str, str] = {}
     pins: dict[str, str] = {}
@@ -484,20 +541,66 @@ def network(tree: GuestTree, source: list[SourceNic], vms: list[VmNic], by_hand:
                                                for m in macs.values()):
                     # The name is the file's identity in ifcfg; a MAC pin nobody moved would stop it matching.
                     new = "".join(line for line in new.splitlines(keepends=True) if not line.startswith("HWADDR="))
-                step.changes += [FileChange(path, old, None), FileChange(f"{dirname}/{renamed}", None, new)]
+                step.changes += [FileChange(path, old, None), FileChange(f"{dirname}/{renamed}", None, new, like=path)]
             elif new != old:
                 step.changes.append(FileChange(path, old, new))
+    # The administrator's own rules that name a NIC by its MAC: the MAC moves, the name stays
+    # (guest_naming counts such a rule as the guest's pin on the VM NIC).
+    for path in tree.glob("/etc/udev/rules.d/*.rules"):
+        if path == PERSISTENT_NET:
+            continue
+        old = tree.read(path) or ""
+        new = rebind_macs(path, old, macs)
+        if new != old:
+            step.changes.append(FileChange(path, old, new))
     rules_old = tree.read(PERSISTENT_NET)
     # Without the source's NICs, the old rules' MACs may be anyone's: gone, the guest writes new ones.
     rules_new = persistent_net(rules_old, macs, dropped, pins) if pairings else None
     if rules_new != rules_old:
         step.changes.append(FileChange(PERSISTENT_NET, rules_old, rules_new))
-    step.notes += _notes(tree, step.changes, pairings, naming, by_hand)
+    step.notes += _notes(tree, step.changes, pairings, naming, by_hand, vms)
+    step.warnings += _unfit_patterns(tree, step.changes, pairings, by_hand)
     return step
 
 
+def name_patterns(path: str, text: str) -> list[list[str]]:
+    """The lists of shell patterns by which a file's sections match NICs by name, where one has
+    a wildcard: netplan's (and cloud-init's) `match: name:`, networkd's `[Match] Name=`."""
+    if path.endswith((".network", ".link")):
+        lists = [v.split() for s, k, v in _ini_sections(text) if s == "Match" and k == "Name"]
+    elif path.endswith((".yaml", ".cfg")):
+        lists = [[m[1]] for block in re.finditer(r"(?m)^([ \t]+)match:[ \t]*\n((?:\1[ \t]+\S.*\n?)*)", text)
+                 for m in re.finditer(r"(?m)^\s+name:\s*[\"']?([^\"'\s]+)", block[2])]
+    else:
+        return []
+    return [pats for pats in lists if any(c in "".join(pats) for c in "*?[")]
+
+
+def _unfit_patterns(tree: GuestTree, changes: list[FileChange], pairings: list[Pairing],
+                    by_hand: dict[str, str]) -> list[str]:
+    """A warning per setting whose name pattern fitted an old NIC but not the name the guest gives
+    the VM's NIC (`en*` and a Xen vif that stays eth0): renaming cannot fix a pattern."""
+    new = {c.path: c.new for c in changes}
+    out = []
+    for p in pairings:
+        name = by_hand.get(p.source.name, p.name)
+        if p.vm is None or name is None:
+            continue
+        for pattern in NETWORK_FILES:
+            for path in tree.glob(pattern):
+                text = new.get(path, tree.read(path)) or ""
+                for pats in name_patterns(path, text):
+                    fits = [n for n in (p.source.name, *p.source.names)
+                            if any(fnmatch.fnmatchcase(n, q) for q in pats)]
+                    if fits and not any(fnmatch.fnmatchcase(name, q) for q in pats):
+                        out.append(f"{p.source.name}: {path} matches NICs by the pattern {' '.join(pats)}, which "
+                                   f"fitted {fits[0]} but not {name}, the name the guest gives the VM's NIC: that "
+                                   "setting will not apply; widen the pattern or name the NIC.")
+    return list(dict.fromkeys(out))
+
+
 def _notes(tree: GuestTree, changes: list[FileChange], pairings: list[Pairing], naming: Naming,
-           by_hand: dict[str, str]) -> list[str]:
+           by_hand: dict[str, str], vms: list[VmNic]) -> list[str]:
     out = []
     if not pairings and not by_hand:
         out.append("No NICs of the source are known (no job inventory): network settings are left as they are; "
@@ -517,4 +620,10 @@ def _notes(tree: GuestTree, changes: list[FileChange], pairings: list[Pairing], 
         up = addresses(tree, changes, name, p.vm.mac)
         comes_up = ", ".join(up) if up else "no address found in its settings: UNSURE, check it on the console"
         out.append(f"{s.name}{alt} -> VM {place}, {mac}, named {name} by the guest: {p.why}; comes up with {comes_up}")
+    paired = {p.vm.mac for p in pairings if p.vm is not None}
+    for vm in sorted(vms, key=lambda v: (v.vif is None, v.vif or 0, v.mac)):
+        if pairings and vm.mac not in paired:
+            place = f"vif {vm.vif}" if vm.vif is not None else "emulated NIC"
+            out.append(f"VM {place} [{vm.mac}]: no NIC of the source in its place; no settings name it, so it comes "
+                       "up only where the guest configures new NICs by itself (DHCP on any NIC).")
     return out

@@ -16,6 +16,7 @@ class FileChange:
     path: str                 # absolute inside the guest, e.g. /etc/fstab
     old: str | None
     new: str | None
+    like: str | None = None   # a created file takes this guest file's mode and owner (a rename)
 
     def diff(self) -> str:
         a = [] if self.old is None else self.old.splitlines(keepends=True)

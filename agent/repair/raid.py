@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from agent import blockdev
+from agent.disk import blockdev
 from agent.repair.facts import RaidArray
 
 Runner = Callable[[list[str]], subprocess.CompletedProcess]

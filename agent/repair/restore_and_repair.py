@@ -14,11 +14,11 @@ import sys
 from xenp2v import protocol
 from agent import settings as settings_mod
 from agent import unattended
-from agent.client import ServerError
-from agent.progress import PlainLines, Progress
+from agent.transfer.client import ServerError
+from agent.transfer.progress import PlainLines, Progress
 from agent.repair.guest import RepairError
 from agent.repair.luks import Passphrases, console_ask
-from agent.restore import RestoreError
+from agent.transfer.restore import RestoreError
 
 
 def register(subparsers) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import subprocess
@@ -11,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from agent import inuse
+from agent.disk import fsstate, inuse
+from agent.windows import windisk
 from xenp2v.protocol import vm_firmware as protocol_vm_firmware
 from agent.repair import guest, guest_tools, luks, raid, windows
 from agent.repair.apply import LOG, append_log, apply_plan
@@ -28,8 +30,10 @@ from agent.repair.tree import GuestTree
 
 @dataclass
 class Request:
-    disk: str | None = None            # None: `disks`, or else this VM's own disks
-    disks: list[str] = field(default_factory=list)       # look at these, in order (restore targets)
+    # Named by hand (the repair may run outside the VM); None: `disks`, or else this VM's own disks.
+    disk: str | None = None
+    # Look at these, in order (restore targets; with `disk`, the VM's disks named by hand, it first).
+    disks: list[str] = field(default_factory=list)
     dry_run: bool = False
     nics: dict[str, str] = field(default_factory=dict)   # old name → new, given by hand
     inventory: dict | None = None      # the job's capture inventory
@@ -44,6 +48,8 @@ class Tools:
 
     cryptsetup: luks.Cryptsetup = field(default_factory=luks.Cryptsetup)
     mdadm: raid.Mdadm = field(default_factory=raid.Mdadm)
+    # The CD drive holding the pool's tools ISO (the server puts it in a second drive), or None.
+    tools_cd: Callable[[], str | None] = guest_tools.tools_cd
 
 
 def guest_references(tree: GuestTree) -> list[Reference]:
@@ -64,7 +70,8 @@ def guest_references(tree: GuestTree) -> list[Reference]:
 
 
 def local_nics(sysfs: Path = Path("/sys")) -> list[VmNic]:
-    """This machine's NICs backed by a device: MAC, Xen vif number (its device is vif-N), name."""
+    """This machine's NICs backed by a device: MAC, Xen vif number (its device is vif-N), name.
+    An emulated NIC with a vif's MAC is that vif's twin before the unplug, not a NIC of its own."""
     out = []
     for entry in sorted((sysfs / "class/net").iterdir()):
         device = entry / "device"
@@ -72,7 +79,8 @@ def local_nics(sysfs: Path = Path("/sys")) -> list[VmNic]:
             continue
         m = re.fullmatch(r"vif-(\d+)", device.resolve().name)
         out.append(VmNic((entry / "address").read_text().strip().lower(), int(m[1]) if m else None, entry.name))
-    return out
+    vifs = {nic.mac for nic in out if nic.vif is not None}
+    return [nic for nic in out if nic.vif is not None or nic.mac not in vifs]
 
 
 def is_vm() -> bool:
@@ -80,12 +88,14 @@ def is_vm() -> bool:
     return proc.returncode == 0
 
 
-def vm_disks() -> list[str]:
-    """This VM's disks, without the boot medium (a disk holding a mounted filesystem)."""
+def vm_disks(sysfs: Path = Path("/sys")) -> list[str]:
+    """This VM's disks, without the boot medium (a disk holding a mounted filesystem) and its CD
+    drives (the ISO's, the tools ISO's: emulated srN, or a PV guest's removable xvd)."""
     mounted = {line.split()[0] for line in Path("/proc/mounts").read_text().splitlines()}
+    cds = {Path(d).name for d in guest_tools.cd_drives(sysfs)}
     out = []
-    for entry in sorted(Path("/sys/block").iterdir()):
-        if not (entry / "device").exists() or entry.name.startswith(("sr", "fd")):
+    for entry in sorted((sysfs / "block").iterdir()):
+        if not (entry / "device").exists() or entry.name.startswith("fd") or entry.name in cds:
             continue
         parts = [f"/dev/{p.name}" for p in entry.iterdir() if p.name.startswith(entry.name)]
         if not ({f"/dev/{entry.name}", *parts} & mounted):
@@ -105,8 +115,18 @@ def check_disk_free(disk: str) -> None:
 def repair(request: Request, say: Callable[[str], None] = print, tools: Tools | None = None) -> dict:
     """Run the repair; returns the report. Raises RepairError with what to do next."""
     tools = tools or Tools()
+    if request.guest_tools is None and not request.disk:
+        # This VM's own disks: the pool's tools ISO may be in one of its CD drives.
+        try:
+            found = tools.tools_cd()
+        except guest_tools.ToolsError as e:
+            found = None
+            say(str(e))
+        if found:
+            say(f"The pool's tools ISO is in the CD drive {found}: the guest agent comes from there.")
+            request = dataclasses.replace(request, guest_tools=found)
     if request.disk or request.disks:
-        disks = [request.disk] if request.disk else list(request.disks)
+        disks = list(request.disks) if request.disks else [request.disk]
     else:
         if not is_vm():
             raise RepairError("This machine is not a VM: repair writes only to a VM's disks. To "
@@ -120,7 +140,9 @@ def repair(request: Request, say: Callable[[str], None] = print, tools: Tools | 
         if not Path(disk).exists():
             raise RepairError(f"{disk} does not exist; name the VM's disk (e.g. /dev/xvda).")
         check_disk_free(disk)
-    errors = []
+    errors: list[str] = []
+    encrypted: list[str] = []   # BitLocker volumes where the system would be
+    unreadable: list[str] = []  # NTFS volumes that could not be mounted to look for Windows
     for disk in disks:
         stack = guest.Mounts()
         with stack:
@@ -137,7 +159,10 @@ def repair(request: Request, say: Callable[[str], None] = print, tools: Tools | 
                 report = _repair_root(request, disk, layout, roots, work, stack, say, tools.cryptsetup,
                                       opened, disks)
             else:
-                report = _repair_windows(request, disk, layout, work, stack, say)
+                report = _repair_windows(request, disk, layout, work, stack, say, unreadable)
+            if report is None and (why := bitlocked(layout)):
+                encrypted.append(why)
+                continue
             if report is None:
                 errors.append(f"{disk} holds no system that repair can fix (no Linux root "
                               "filesystem with /etc/fstab and an os-release, and no Windows)" +
@@ -150,6 +175,8 @@ def repair(request: Request, say: Callable[[str], None] = print, tools: Tools | 
             for problem in stack.not_unmounted:
                 say(problem)
         return report
+    if encrypted or unreadable:
+        raise RepairError(". ".join(encrypted + unreadable + errors) + ".")
     raise RepairError("; ".join(errors) + ". Check that the image was restored onto this disk.")
 
 
@@ -162,22 +189,55 @@ def vm_firmware(request: Request, layout: guest.DiskLayout) -> str:
     return "uefi" if layout.uefi and not layout.bios else "bios"
 
 
+NTFS_MOUNT_TRIES = 5   # ntfs-3g opens its device exclusively: another program may hold it a while
+
+
+def _mount_ntfs(device: str, target: Path, stack: ExitStack, options: str | None) -> None:
+    """Mount the NTFS on `device` with ntfs-3g; while the device is busy, tried again up to
+    NTFS_MOUNT_TRIES times, 1, 2, 3, 4 s apart. Raises the last RepairError."""
+    for attempt in range(NTFS_MOUNT_TRIES):
+        try:
+            guest.mount(device, target, stack, "ntfs-3g", options)
+            return
+        except RepairError as e:
+            if attempt + 1 == NTFS_MOUNT_TRIES or "busy" not in str(e).lower():
+                raise
+            time.sleep(attempt + 1.0)
+
+
 def _repair_windows(request: Request, disk: str, layout: guest.DiskLayout, work: Path,
-                    stack: ExitStack, say: Callable[[str], None]) -> dict | None:
-    """The Windows on `disk`, repaired (windows.py); None when there is none."""
+                    stack: ExitStack, say: Callable[[str], None],
+                    unreadable: list[str] | None = None) -> dict | None:
+    """The Windows on `disk`, repaired (windows.py); None when there is none. `unreadable`
+    gets a sentence for each NTFS that could not be mounted to look in."""
     for fs in layout.filesystems:
         if fs.fstype != "ntfs":
             continue
         with guest.Mounts() as look:
             try:
-                guest.mount(fs.device, work / "probe", look, "ntfs-3g", "ro")
-            except RepairError:
+                _mount_ntfs(fs.device, work / "probe", look, "ro")
+            except RepairError as e:
+                if unreadable is not None:
+                    unreadable.append(f"{fs.device} (NTFS) could not be looked at for a Windows: "
+                                      f"{e}; free it (or install what is missing) and run repair "
+                                      "again")
                 continue
             found = windows.is_windows(work / "probe")
+            if not found and unreadable is not None and windows.has_system32(work / "probe"):
+                unreadable.append(f"{fs.device} holds a Windows folder but no registry hive "
+                                  "Windows\\System32\\config\\SYSTEM, which repair changes: "
+                                  "check that it is there on the source (Windows does not start "
+                                  "without it), then capture again")
         if not found:
             continue
+        if why := windows.unwritable(fs.device):
+            raise RepairError(windows.refusal(fs.device, why))
         root = work / "windows"
-        guest.mount(fs.device, root, stack, "ntfs-3g", "ro" if request.dry_run else None)
+        _mount_ntfs(fs.device, root, stack, "ro" if request.dry_run else None)
+        if not request.dry_run and os.statvfs(root).f_flag & os.ST_RDONLY:
+            raise RepairError(f"ntfs-3g mounted the NTFS on {fs.device} read-only (Windows left "
+                              f"it in use): on the source, {fsstate.WINDOWS_SHUTDOWN}; capture "
+                              "again and repair. Nothing was changed.")
         firmware = vm_firmware(request, layout)
         say(f"Found Windows on {fs.device}; the VM boots with {firmware.upper()}.")
         try:
@@ -190,6 +250,20 @@ def _repair_windows(request: Request, disk: str, layout: guest.DiskLayout, work:
     return None
 
 
+def bitlocked(layout: guest.DiskLayout) -> str | None:
+    """Why repair cannot reach the Windows of a disk whose NTFS is encrypted with BitLocker, as a
+    sentence; None when no volume of `layout` is."""
+    for fs in layout.filesystems:
+        if fs.fstype == "BitLocker" or (fs.fstype in ("ntfs", "") and windisk.bitlocker(fs.device)):
+            return (f"{fs.device} is encrypted with BitLocker: repair cannot read or change the "
+                    "Windows on it, so the VM's disk controller is not set up for it to start. "
+                    "On the source, turn BitLocker off ('manage-bde -off C:'), wait until "
+                    "'manage-bde -status' says it is fully decrypted, then capture again and "
+                    "repair. (Left encrypted, it also asks for its 48-digit recovery key at the "
+                    "VM's first boot: the TPM does not move.) Nothing was changed")
+    return None
+
+
 def windows_drivers(request: Request, work: Path, say: Callable[[str], None]) -> Path | None:
     """The folder of the vendor's Windows PV drivers: --windows-drivers, else the tools ISO or
     folder of --guest-tools when it holds .inf or .msi files (its Linux/ folder aside)."""
@@ -198,11 +272,11 @@ def windows_drivers(request: Request, work: Path, say: Callable[[str], None]) ->
     if not request.guest_tools:
         return None
     source = Path(request.guest_tools)
-    if source.is_file():
+    if source.is_file() or source.is_block_device():
         into = work / "windows-tools"
         into.mkdir(parents=True, exist_ok=True)
-        proc = subprocess.run(["xorriso", "-osirrox", "on", "-indev", str(source), "-extract", "/",
-                               str(into)], capture_output=True, text=True)
+        proc = subprocess.run([*guest_tools.xorriso_in(source), "-extract", "/", str(into)],
+                              capture_output=True, text=True)
         if proc.returncode != 0:
             say(f"The tools ISO {source} could not be read for Windows drivers: "
                 f"{(proc.stderr.strip().splitlines() or ['no message'])[-1]}")
@@ -215,12 +289,22 @@ def windows_drivers(request: Request, work: Path, say: Callable[[str], None]) ->
 
 def vm_macs(request: Request) -> list[str] | None:
     """The VM's NICs' MACs, in order: this machine's when the repair runs in the VM, else the
-    source's (the VM keeps them unless the server was told otherwise); None when unknown."""
+    ones vm_nics gives; None when unknown."""
     if is_vm() and not (request.disk or request.disks):
         return [nic.mac for nic in local_nics()]
     if request.inventory:
-        return [nic.mac for nic in source_nics(request.inventory)]
+        return [nic.mac for nic in vm_nics(request.inventory)]
     return None
+
+
+def vm_nics(inventory: dict) -> list[VmNic]:
+    """The VM's NICs, for a repair run from outside the VM: as the server made them (the job's
+    "vm" → "nics", with the pool's MACs under --new-macs), else the source's MACs, one vif each,
+    as provisioning makes them by default."""
+    made = [VmNic(str(nic["mac"]).lower(), int(nic["device"])) for nic in
+            (inventory.get("vm") or {}).get("nics") or []
+            if isinstance(nic, dict) and nic.get("mac") and str(nic.get("device", "")).isdigit()]
+    return made or [VmNic(s.mac, i) for i, s in enumerate(source_nics(inventory))]
 
 
 def _unlock(layout: guest.DiskLayout, request: Request, crypt: luks.Cryptsetup, stack: ExitStack,
@@ -314,9 +398,8 @@ def _repair_root(request: Request, disk: str, layout: guest.DiskLayout, roots: l
     if request.inventory:
         sources = source_nics(request.inventory)
         # This machine's NICs are the VM's only when the repair runs in the VM; from another
-        # machine, the VM is taken to have the source's MACs, one vif each, as provisioning makes it.
-        vms = local_nics() if is_vm() and not request.disk else \
-            [VmNic(s.mac, i) for i, s in enumerate(sources)]
+        # machine, the VM's are the ones the server made (vm_nics).
+        vms = local_nics() if is_vm() and not request.disk else vm_nics(request.inventory)
     root, mount_notes = guest.mount_guest(root_fs, subvolume, layout.filesystems,
                                           {**layout.aliases, **names}, work, stack,
                                           readonly=request.dry_run)
@@ -380,12 +463,23 @@ def _repair_root(request: Request, disk: str, layout: guest.DiskLayout, roots: l
 
     # A failed apply has put every file back: the guest keeps no log of it either (the error and
     # the output went to `say`).
-    if installs_tools:
-        guest_tools.stage(root, package)
-    report["steps"] = apply_plan(root, steps, run_command, log)
+    try:
+        unstage = guest_tools.stage(root, package) if installs_tools else None
+    except guest_tools.ToolsError as e:
+        raise RepairError(str(e)) from None
+    try:
+        report["steps"] = apply_plan(root, steps, run_command, log)
+    except RepairError:
+        if unstage:
+            unstage()       # the package files go too: the guest is as it was
+        raise
     report["status"] = "ok"
-    append_log(root, lines)
-    say(f"Repair done; the log is in the guest's {LOG}.")
+    unlogged = append_log(root, lines)
+    if unlogged:
+        report["warnings"] = [*report.get("warnings", []), unlogged]
+        say(f"WARNING: {unlogged}")
+    else:
+        say(f"Repair done; the log is in the guest's {LOG}.")
     return report
 
 

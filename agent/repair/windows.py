@@ -27,7 +27,6 @@ through hivex, and a second run finds nothing to do.
 
 from __future__ import annotations
 
-import difflib
 import re
 import shutil
 import struct
@@ -36,11 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from agent import fsstate
+from agent.disk import fsstate
 from agent.repair import firstboot
 from agent.repair.firstboot import FirstBoot
 from agent.repair.hive import REG_DWORD, REG_EXPAND_SZ, REG_MULTI_SZ, REG_SZ, Hive, HiveError
-from agent.winpath import find
+from agent.windows.winpath import find
 
 SYSTEM_HIVE = "Windows/System32/config/SYSTEM"
 SOFTWARE_HIVE = "Windows/System32/config/SOFTWARE"
@@ -133,19 +132,22 @@ class WindowsPlan:
 
 
 def reg_diff(changes: list[ValueChange]) -> str:
-    """A unified diff between the touched values before and after, in regedit's .reg syntax."""
-    before, after = [], []
+    """A unified diff between the touched values before and after, in regedit's .reg syntax: one
+    hunk per key, its header as context, its old values removed and its new ones added (a diff
+    of the whole text would pair equal lines of different keys)."""
+    out = ["--- a/SYSTEM.reg\n", "+++ b/SYSTEM.reg\n"]
+    at_old = at_new = 1
     for key in dict.fromkeys(c.key for c in changes):
-        header = f"[{HKLM}\\{key}]\n"
-        before.append(header)
-        after.append(header)
-        for c in (c for c in changes if c.key == key):
-            if c.old is not None:
-                before.append(_reg_line(c.name, *c.old))
-            after.append(_reg_line(c.name, c.kind, c.new))
-        before.append("\n")
-        after.append("\n")
-    return "".join(difflib.unified_diff(before, after, "a/SYSTEM.reg", "b/SYSTEM.reg"))
+        mine = [c for c in changes if c.key == key]
+        gone = [_reg_line(c.name, *c.old) for c in mine if c.old is not None]
+        added = [_reg_line(c.name, c.kind, c.new) for c in mine]
+        old_len, new_len = len(gone) + 2, len(added) + 2    # with the header and the blank line
+        out.append(f"@@ -{at_old},{old_len} +{at_new},{new_len} @@\n")
+        out.append(f" [{HKLM}\\{key}]\n")
+        out += [f"-{line}" for line in gone] + [f"+{line}" for line in added] + [" \n"]
+        at_old += old_len
+        at_new += new_len
+    return "".join(out)
 
 
 # --- planning -------------------------------------------------------------------------------------
@@ -204,8 +206,9 @@ def _first_boot(hive: Hive, job: FirstBoot, result: WindowsPlan) -> None:
          _dword(firstboot.RUN_CMDLINE_THEN_LOGON), why)
     if job.drivers:
         d = job.drivers
-        result.notes.append("First boot installs the PV drivers from "
-                            f"{d.root}: " + ", ".join(d.infs + d.msis) + "; then restarts once.")
+        if job.installs:
+            result.notes.append("First boot installs the PV drivers from "
+                                f"{d.root}: " + ", ".join(job.installs) + "; then restarts once.")
         if d.infs and not job.pnputil:
             result.warn("Windows XP and Server 2003 have no pnputil: the .inf drivers are copied "
                         "to C:\\Windows\\xenp2v\\drivers but not installed; install them with "
@@ -331,6 +334,28 @@ def hive_dirty(path: Path) -> bool:
     return primary != secondary
 
 
+def unwritable(node: str) -> str | None:
+    """Why the NTFS on `node` must not be written, as words that follow "The NTFS on NODE"; None
+    when it may. Hibernation or Fast Startup left it mounted in the hibernated session (ntfs-3g
+    then mounts it read-only), or Windows lost power with changes in its $LogFile (ntfs-3g
+    resets the log on a read-write mount, throwing away what Windows would replay)."""
+    try:
+        if fsstate.head(node, "/hiberfil.sys", 4)[:4].lower() == b"hibr":
+            return fsstate.NTFS_HIBERNATED
+        if not fsstate.logfile_clean(fsstate.head(node, "$LogFile", 2 * 65536)):
+            return fsstate.NTFS_LOG_TO_REPLAY
+    except fsstate.CannotTell:
+        return None   # the mount says whether it can be written
+    return None
+
+
+def refusal(node: str, why: str) -> str:
+    """The sentence that refuses to repair the Windows on `node`, which `why` (unwritable)."""
+    return (f"The NTFS on {node} {why}: the registry cannot be changed without losing what "
+            f"Windows kept there. On the source, {fsstate.WINDOWS_SHUTDOWN}; capture again and "
+            "repair. Nothing was changed.")
+
+
 def place(root: Path, relative: str) -> Path:
     """Where `relative` goes under `root`: each existing part as the volume spells it (NTFS
     through ntfs-3g is case-sensitive, Windows is not), the rest as given."""
@@ -341,8 +366,18 @@ def place(root: Path, relative: str) -> Path:
     return current
 
 
+def on_c(root: Path, path: Path) -> str:
+    """`path` under the Windows volume mounted at `root`, as Windows names it: C:\\Windows\\…"""
+    return "C:\\" + str(path.relative_to(root)).replace("/", "\\")
+
+
 def is_windows(root: Path) -> bool:
     return find(root, SYSTEM_HIVE) is not None
+
+
+def has_system32(root: Path) -> bool:
+    """Does the volume at `root` hold a Windows folder (Windows\\System32), hive or not?"""
+    return find(root, "Windows/System32") is not None
 
 
 def driver_files(root: Path) -> set[str]:
@@ -368,7 +403,9 @@ def plan_root(root: Path, firmware: str, drivers_from: Path | None = None,
             job, warnings = first_boot_job(root, hive, drivers_from, vm_macs)
             result = plan(hive, firmware, driver_files(root), job)
     except HiveError as e:
-        raise WindowsRepairError(f"{e} Nothing was changed.") from None
+        fix = (" On the source, run 'chkdsk C: /f' and check that Windows starts; then capture "
+               "again and repair." if "is damaged" in str(e) else "")
+        raise WindowsRepairError(f"{e}{fix} Nothing was changed.") from None
     for w in warnings:
         result.warn(w)
     if result.first_boot:
@@ -397,7 +434,14 @@ def first_boot_job(root: Path, hive: Hive, drivers_from: Path | None,
         machine = env[1].decode("utf-16-le", "replace").rstrip("\0").upper() if env else "AMD64"
         arch = {"AMD64": "x64", "X86": "x86"}.get(machine)
         job.drivers = firstboot.driver_package(drivers_from, arch) if arch else None
-        if job.drivers is None:
+        if job.drivers and job.drivers.left_out:
+            warnings.append("The first-boot script cannot name safely (a %, a quote or a "
+                            "character outside ASCII): " + ", ".join(job.drivers.left_out) +
+                            "; not staged. Rename them (ASCII letters, digits, spaces, "
+                            "punctuation other than % and \") and run repair again.")
+            if not job.drivers.infs and not job.drivers.msis:
+                job.drivers = None
+        elif job.drivers is None:
             warnings.append(f"{drivers_from} holds no .inf driver or .msi installer for this "
                             f"Windows ({machine}): no PV drivers are staged. Give the folder of "
                             "the vendor's Windows PV drivers for this architecture.")
@@ -439,11 +483,21 @@ def apply(root: Path, system: Path, result: WindowsPlan, say: Callable[[str], No
     """Back the hive up, write every change through hivex, log it in the guest. Returns the
     backup's path. When a write fails the hive is put back from the backup."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    backups = root / BACKUPS / stamp
-    backups.mkdir(parents=True, exist_ok=True)
+    backups = place(root, BACKUPS) / stamp
     backup = backups / system.name
-    shutil.copy2(system, backup)
-    say(f"Backed up {system.name} to \\{str(backup.relative_to(root)).replace('/', chr(92))}")
+    made = next((p for p in reversed([backups, *backups.parents]) if not p.exists()), None)
+    try:
+        backups.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(system, backup)
+    except OSError as e:
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
+        raise WindowsRepairError(
+            f"Cannot back up the SYSTEM hive to {on_c(root, backup)}: {e.strerror}. Make room on the "
+            f"Windows volume (the backup needs {system.stat().st_size // 1024 + 1} KiB free, the "
+            "new hive as much again): delete or move files there, or extend the VM's disk, and "
+            "run repair again. Nothing was changed.") from None
+    say(f"Backed up {system.name} to {on_c(root, backup)}")
     written: list[str] = []
     try:
         _write_files(root, result.files, backups, written, say)
@@ -456,14 +510,19 @@ def apply(root: Path, system: Path, result: WindowsPlan, say: Callable[[str], No
     except (HiveError, OSError) as e:
         shutil.copy2(backup, system)
         _put_back(root, written, backups)
-        raise WindowsRepairError(f"{e} The SYSTEM hive was put back from its backup {backup}; "
+        said = str(e).replace(str(system), on_c(root, system))
+        raise WindowsRepairError(f"{said} The SYSTEM hive was put back from its backup "
+                                 f"{on_c(root, backup)}; "
                                  "nothing was changed.") from None
     log = place(root, LOG)
-    with open(log, "a", encoding="utf-8") as f:
-        f.write(f"--- xenp2v repair, {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}\n")
-        f.write("".join(f"{c.line()}\n" for c in result.changes))
-        f.write("".join(f"wrote {path}\n" for path, _ in result.files))
-        f.write(f"backup: {backup.relative_to(root)}\n")
+    try:
+        with open(log, "a", encoding="utf-8") as f:
+            f.write(f"--- xenp2v repair, {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}\n")
+            f.write("".join(f"{c.line()}\n" for c in result.changes))
+            f.write("".join(f"wrote {path}\n" for path, _ in result.files))
+            f.write(f"backup: {backup.relative_to(root)}\n")
+    except OSError as e:   # the repair is done: say so, do not undo it
+        say(f"The repair is written, but its log {log} could not be: {e.strerror}.")
     return backup
 
 

@@ -8,20 +8,11 @@ their own edges (a recorded machine, a loop device, a test server).
 
 from __future__ import annotations
 
-import logging
-import tempfile
-from pathlib import Path
-
 from agent.settings import Settings
-
-LOG = Path(tempfile.gettempdir()) / "xenp2v-agent.log"
 
 
 def run(settings: Settings) -> int:
+    """The TUI on this terminal; log records go to agent.cli's LOG file, never onto it."""
     from agent.tui.app import make_app
 
-    # Log records go to a file, never to the terminal the TUI draws on.
-    handler = logging.FileHandler(LOG)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(handler)
     return make_app(settings).run() or 0

@@ -1,16 +1,40 @@
-"""The app: the session's state, the flow's entry, quit and the shell escape; `make_app` for tests."""
+"""The app: the session's state, the screens by name, quit and the shell escape; `make_app` for
+tests.
+
+The screens never import one another: each goes on with `self.app.go("vm")`, and only this
+module knows every screen (tests/test_layout.py keeps the package free of import cycles)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
+from typing import Callable
+
 from textual.app import App, SuspendNotSupported
+from textual.driver import Driver
+from textual.screen import Screen
 
 from agent.probe import Machine
 from agent.settings import Settings
-from agent.tui.common import ConfirmScreen
+from agent.tui.ascii import ascii_driver, wants_ascii
+from agent.tui.common import ConfirmScreen, Step
+from agent.tui.disks import DisksScreen
+from agent.tui.done import DoneScreen
 from agent.tui.edges import Edges
+from agent.tui.network import NetworkScreen
+from agent.tui.repair import RepairScreen
+from agent.tui.restore import RestoreScreen
+from agent.tui.server import ServerScreen
+from agent.tui.start import StartScreen
+from agent.tui.summary import SummaryScreen
+from agent.tui.transfer import TransferScreen
+from agent.tui.vm import VmScreen
 from agent.unattended import Situation
+
+FLOW: tuple[type[Step], ...] = (StartScreen, NetworkScreen, ServerScreen, DisksScreen, VmScreen,
+                                SummaryScreen, TransferScreen, DoneScreen, RestoreScreen,
+                                RepairScreen)
 
 
 @dataclass
@@ -23,6 +47,7 @@ class Session:
     windows: dict[str, list[str]] = field(default_factory=dict)  # disk path: Windows warnings
     keep_macs: bool = True
     job: str | None = None                               # the job the transfer filled
+    job_token: str | None = field(default=None, repr=False)  # that job's own token (the server's)
     outcome: list[str] = field(default_factory=list)   # what the transfer or repair did
     finished: bool = False
 
@@ -32,15 +57,31 @@ class P2VApp(App[int]):
     TITLE = "xenp2v"
     ENABLE_COMMAND_PALETTE = False
 
-    def __init__(self, settings: Settings, edges: Edges | None = None):
+    def __init__(self, settings: Settings, edges: Edges | None = None, ascii: bool | None = None):
+        # Decided before Textual picks its driver (in App.__init__): None asks p2v.ascii, TERM
+        # and the locale.
+        self.ascii = wants_ascii(settings.ascii, os.environ) if ascii is None else ascii
         super().__init__()
         self.session = Session(settings)
         self.edges = edges or Edges()
+        # name: what makes that screen; a test may put its own.
+        self.screens: dict[str, Callable[..., Screen]] = {s.NAME: s for s in FLOW}
+
+    def get_driver_class(self) -> type[Driver]:
+        driver = super().get_driver_class()
+        return ascii_driver(driver) if self.ascii else driver
 
     def on_mount(self) -> None:
-        from agent.tui.start import StartScreen
+        self.go("start")
 
-        self.push_screen(StartScreen())
+    def go(self, name: str, *args, replace: bool = False, **kwargs) -> None:
+        """On to the screen called `name` (made with the arguments given); `replace`: instead of
+        this one, which Esc then does not come back to."""
+        screen = self.screens[name](*args, **kwargs)
+        if replace:
+            self.switch_screen(screen)
+        else:
+            self.push_screen(screen)
 
     async def action_quit(self) -> None:
         def answer(yes: bool | None) -> None:
@@ -68,5 +109,6 @@ class P2VApp(App[int]):
             look_again()
 
 
-def make_app(settings: Settings | None = None, edges: Edges | None = None) -> P2VApp:
-    return P2VApp(settings or Settings(), edges)
+def make_app(settings: Settings | None = None, edges: Edges | None = None,
+             ascii: bool | None = None) -> P2VApp:
+    return P2VApp(settings or Settings(), edges, ascii)

@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import re
+
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Button, Checkbox, Footer, Input, RadioButton, Static
+from textual.widgets import Button, Checkbox, Footer, Input, ProgressBar, RadioButton, Static
+
+from agent.tui.ascii import AsciiBar
 
 STEPS = ("Start", "Network", "Server", "Disks", "VM", "Summary", "Transfer", "Done")
 
 
 class Step(Screen):
-    """One screen of the flow. Subclasses set TITLE, HELP and compose `body()`."""
+    """One screen of the flow. Subclasses set NAME (what `app.go` knows them by), TITLE, HELP
+    and compose `body()`."""
 
+    NAME = ""
     TITLE = ""
     HELP = ""
     BINDINGS = [
         Binding("f1", "help", "Help"),
-        # Ctrl+T too: a VT100 or a serial console's keyboard has no F9.
-        Binding("f9,ctrl+t", "app.shell", "Shell"),
+        # Ctrl+T too, and the footer says so: a VT100 or a serial console's keyboard has no F9.
+        Binding("f9,ctrl+t", "app.shell", "Shell", key_display="f9/^t"),
         Binding("escape", "back", "Back"),
         Binding("ctrl+q", "app.quit", "Quit", priority=True),
     ]
@@ -42,10 +48,39 @@ class Step(Screen):
             self.app.pop_screen()
 
     def say(self, text: str, problem: bool = False) -> None:
-        """The screen's status line: what just happened, or what to do about a problem."""
+        """The screen's status line: what just happened, or what to do about a problem (in the
+        screens' words: the core's errors speak of flags)."""
         line = self.query_one("#status", Static)
-        line.update(text)
+        line.update(in_form_words(text) if problem else text)
         line.set_class(problem, "problem")
+
+
+# The core's errors (agent.transfer.client, agent.transfer.capture, agent.repair) tell someone at a shell which
+# flag or boot-line key to change; on a screen, the field or the choice that sets it.
+FORM_WORDS = (
+    (re.compile(r"check --token \(p2v\.token=\)"), "check the Token field"),
+    (re.compile(r"pass the token p2v-server printed \(--token or p2v\.token=\)"),
+     "type the token p2v-server printed in the Token field"),
+    (re.compile(r"Check that --server points"), "Check that the Server URL points"),
+    (re.compile(r"Pass the fingerprint p2v-server printed: --fingerprint sha256:HEX "
+                r"\(p2v\.fingerprint=\)"),
+     "Type the fingerprint p2v-server printed in the Fingerprint field, or press Test"),
+    (re.compile(r"To repair a disk attached here, name it with --disk\."), ""),
+    (re.compile(r", or name the disk to repair \(--disk\)"), ""),
+    (re.compile(r"name them with --disks \(p2v\.disks=\)"),
+     "load their controller's driver in the shell, then Look again"),
+    (re.compile(r"Check the disk names given with --disks"), "Check the disks ticked"),
+    # agent.vmspec's warnings about a disk left out.
+    (re.compile(r"is not chosen \(--disks, p2v\.disks=\)"), "is not ticked"),
+    (re.compile(r"Add it to the disks chosen\."), "Go back to Disks (Esc) to tick it."),
+)
+
+
+def in_form_words(text: str) -> str:
+    """`text` with the flags the core names replaced by the screens' words (FORM_WORDS)."""
+    for flag, words in FORM_WORDS:
+        text = flag.sub(words, text)
+    return re.sub(r"  +", " ", text).strip()
 
 
 def buttons(*items: tuple[str, str, str]) -> Horizontal:
@@ -54,21 +89,44 @@ def buttons(*items: tuple[str, str, str]) -> Horizontal:
                       classes="buttons")
 
 
-class Tick(Checkbox):
-    """A checkbox whose glyph says on or off without colour: X ticked, blank not (the VGA
-    console's 16 colours draw Textual's on and off alike)."""
+class _Glyphs:
+    """Textual's toggle glyphs made plain: ON inside when set, blank when not (the VGA console's
+    16 colours draw Textual's on and off alike); LEFT and RIGHT frame it in ASCII."""
+
+    ON = LEFT = RIGHT = ""
 
     @property
     def BUTTON_INNER(self) -> str:  # noqa: N802 - Textual's name
-        return "X" if self.value else " "
-
-
-class Choice(RadioButton):
-    """A radio button whose glyph says chosen or not without colour: * chosen, blank not."""
+        return self.ON if self.value else " "
 
     @property
-    def BUTTON_INNER(self) -> str:  # noqa: N802 - Textual's name
-        return "*" if self.value else " "
+    def BUTTON_LEFT(self) -> str:  # noqa: N802
+        return self.LEFT if self.app.ascii else super().BUTTON_LEFT
+
+    @property
+    def BUTTON_RIGHT(self) -> str:  # noqa: N802
+        return self.RIGHT if self.app.ascii else super().BUTTON_RIGHT
+
+
+class Tick(_Glyphs, Checkbox):
+    """A checkbox: X ticked, blank not; [X] in ASCII."""
+
+    ON, LEFT, RIGHT = "X", "[", "]"
+
+
+class Choice(_Glyphs, RadioButton):
+    """A radio button: * chosen, blank not; (*) in ASCII."""
+
+    ON, LEFT, RIGHT = "*", "(", ")"
+
+
+class TrackBar(ProgressBar):
+    """A progress bar drawn # done, - to go in ASCII (the same glyph for both, told apart by
+    colour alone, elsewhere)."""
+
+    @property
+    def BAR_RENDERABLE(self) -> type:  # noqa: N802 - Textual's name
+        return AsciiBar if self.app.ascii else ProgressBar.BAR_RENDERABLE
 
 
 class HelpScreen(ModalScreen[None]):

@@ -12,51 +12,11 @@ from agent.probe import Disk, Machine
 from agent.probe.report import human_size
 from agent.settings import SettingsError, update
 from agent.tui.common import Step, buttons
+from agent.tui.looking import look
 from agent.tui.messages import Probed
+from agent.vmspec import on_disk, wanted_here
 
 STICK = "boot-stick"
-
-
-def on_disk(machine: Machine, disk: Disk, where: str) -> bool:
-    """Whether `where` (a partition, LV or array) lives on `disk`."""
-    if where.startswith(disk.path):
-        return True
-    for vg in machine.volume_groups:
-        if any(lv.path == where for lv in vg.lvs):
-            return any(pv.startswith(disk.path) for pv in vg.pvs)
-    for raid in machine.raids:
-        if where == (raid.path or f"RAID {raid.name or raid.uuid}"):
-            return any(m.startswith(disk.path) for m in raid.members)
-    return False
-
-
-def left_out(machine: Machine, chosen: list[str]) -> list[str]:
-    """Why the disks ticked (paths) may not be enough: a system, a /boot or a volume group on
-    a disk that is not ticked. One sentence each."""
-    out = []
-    ticked = [d for d in machine.disks if d.path in chosen]
-    others = [d for d in machine.disks if d.path not in chosen]
-    for disk in others:
-        oses = sorted({fs.os.name for where, fs in machine.os_roots() if on_disk(machine, disk, where)})
-        if oses:
-            out.append(f"{disk.name} holds {', '.join(oses)} but is not ticked: the VM would not "
-                       "have it. Go back to Disks (Esc) to tick it.")
-        elif ticked and any(p.fs and p.fs.boot_files for p in disk.partitions):
-            out.append(f"{disk.name} holds a /boot with kernels but is not ticked: the copied "
-                       "system may not start without it.")
-    for vg in machine.volume_groups:
-        on_ticked = {d.name for d in ticked if any(pv.startswith(d.path) for pv in vg.pvs)}
-        on_others = {d.name for d in others if any(pv.startswith(d.path) for pv in vg.pvs)}
-        if on_ticked and on_others:
-            out.append(f"Volume group {vg.name} is also on {', '.join(sorted(on_others))}, which "
-                       "is not ticked: its volumes would be incomplete.")
-    for raid in machine.raids:
-        on_ticked = {d.name for d in ticked if any(m.startswith(d.path) for m in raid.members)}
-        on_others = {d.name for d in others if any(m.startswith(d.path) for m in raid.members)}
-        if on_ticked and on_others:
-            out.append(f"RAID {raid.name or raid.uuid} is also on {', '.join(sorted(on_others))}, "
-                       "which is not ticked.")
-    return out
 
 
 def disk_row(machine: Machine, disk: Disk) -> tuple[str, ...]:
@@ -87,26 +47,22 @@ def disk_details(machine: Machine, disk: Disk) -> str:
 
 
 class DiskTable(DataTable):
-    """The disks: Space ticks; Enter goes on (a tired Enter must not untick the system disk)."""
+    """The disks: Space ticks; Enter goes on (a tired Enter must not untick the system disk).
+    Space is the table's own: on a button (a Space meant to press Next) it ticks nothing."""
 
-    BINDINGS = [Binding("enter", "screen.next", "Next", show=False)]
-
-
-def wanted_here(machine: Machine, wanted: list[str] | None) -> set[str]:
-    """The paths of the disks p2v.disks names that this machine has (all when it names none)."""
-    if wanted is None:
-        return {d.path for d in machine.disks}
-    return {d.path for d in machine.disks if d.name in wanted or d.path in wanted}
+    BINDINGS = [Binding("enter", "screen.next", "Next", show=False),
+                Binding("space", "screen.toggle", "Tick", show=False)]
 
 
 class DisksScreen(Step):
+    NAME = "disks"
     TITLE = "Disks"
     HELP = ("Every disk of this machine that can be copied. Move with the arrows; Space ticks "
             "or unticks a disk, Enter goes on. Copy every disk the system uses (a root on one "
             "disk and /home on another need both). The boot stick the agent runs from is shown "
             "at the bottom and cannot be ticked: it is never copied.\n\nA disk missing? Load "
-            "its controller's driver in the shell (F9): back from it, the agent looks at the "
-            "disks again (or press Look again).")
+            "its controller's driver in the shell (F9 or Ctrl+T): back from it, the agent looks "
+            "at the disks again (or press Look again).")
 
     def body(self) -> ComposeResult:
         yield DiskTable(id="disks", cursor_type="row", zebra_stripes=True)
@@ -129,7 +85,7 @@ class DisksScreen(Step):
         machine = self.app.session.machine
         if not machine.disks:
             self.say("No disk can be copied here. Load the disk controller's driver in the shell "
-                     "(F9), then Look again.", True)
+                     "(F9 or Ctrl+T), then Look again.", True)
         elif machine.problems:
             self.say(machine.problems[0], True)
 
@@ -140,7 +96,6 @@ class DisksScreen(Step):
 
     @work(thread=True, exclusive=True)
     def probe(self) -> None:
-        from agent.tui.start import look
         self.post_message(look(self.app))
 
     def on_probed(self, message: Probed) -> None:
@@ -185,7 +140,7 @@ class DisksScreen(Step):
             text = disk_details(machine, next(d for d in machine.disks if d.path == key))
         self.query_one("#details", Static).update(text)
 
-    def key_space(self) -> None:
+    def action_toggle(self) -> None:
         self.toggle()
 
     @on(DataTable.RowSelected, "#disks")
@@ -217,5 +172,4 @@ class DisksScreen(Step):
         except SettingsError as e:
             self.say(" ".join(e.problems), True)
             return
-        from agent.tui.vm import VmScreen
-        self.app.push_screen(VmScreen())
+        self.app.go("vm")

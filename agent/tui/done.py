@@ -11,8 +11,8 @@ from textual.widgets import Button, Static
 from agent.probe.report import human_size
 from agent.settings import update
 from agent.tui.common import ConfirmScreen, Step, buttons
-from agent.tui.vm import vcpus_text
-from agent.unattended import post_action
+from agent.unattended import manual_boot_line, post_action
+from agent.vmspec import vcpus_text
 
 
 def next_steps(session) -> str:
@@ -20,37 +20,48 @@ def next_steps(session) -> str:
     job = session.job or "?"
     machine = session.machine
     disks = [d for d in machine.disks if d.path in (s.disks or [])]
+    token = ("The token works for this job only, until its repair is reported."
+             if session.job_token else
+             "Put the token p2v-server printed after p2v.token= (this server gave no job token).")
     return (
-        "What happens next:\n"
-        "- With XenServer details, p2v-server now creates the VM, imports the disks, boots it "
-        "from this ISO, repairs the system and starts it. Follow it with p2v-server jobs.\n"
-        f"- Otherwise create the VM by hand: {vcpus_text(s.vcpus)}, {human_size(s.memory)} memory, "
-        f"{machine.firmware.upper()} firmware, disks of "
+        "Next: with a pool set up, p2v-server makes the VM and repairs it by itself (p2v-server "
+        f"jobs follows it). Otherwise make a VM by hand ({vcpus_text(s.vcpus)}, "
+        f"{human_size(s.memory)} memory, {machine.firmware.upper()} firmware, disks of "
         + ", ".join(human_size(d.size) for d in disks)
-        + ". Boot it from this ISO with the boot line\n"
-        f"  {boot_line(s, job)}\n"
-        "  (p2v.token= the token p2v-server printed) and it restores the disks and repairs "
-        "the system by itself."
+        + ") and boot it from this ISO with these keys on its boot line, on one line with a "
+        "space between them; it restores the disks and repairs the system by itself:\n"
+        + key_lines(manual_boot_line(s, job, session.job_token)) + "\n"
+        f"{token}"
     )
 
 
-def boot_line(s, job: str) -> str:
-    """The manual path's kernel arguments: the fingerprint too, or the VM's restore stops at the
-    certificate with no screen to trust it on."""
-    words = [f"p2v.server={s.server}", "p2v.token=...",
-             f"p2v.fingerprint={s.fingerprint}" if s.fingerprint else "",
-             f"p2v.job={job}", "p2v.mode=restore"]
-    return " ".join(w for w in words if w)
+def key_lines(line: str) -> str:
+    """The boot line one key a line (where a line ends, a space goes); the fingerprint, too long
+    for an 80-column screen, folded by us after its first 32 hex digits with a line that says
+    so: folded by the screen at whatever width, it read as two words, and typed with a space
+    the VM's agent stopped at 'is not a certificate fingerprint'."""
+    out, note = [], []
+    for word in line.split(" "):
+        key, _, value = word.partition("=")
+        if key == "p2v.fingerprint" and value.startswith("sha256:"):
+            hexdigits = value.removeprefix("sha256:")
+            out.append(f"{key}=sha256:{hexdigits[:32]}\n{hexdigits[32:]}")
+            note = ["(the fingerprint is one word on two lines: type the second line right after "
+                    "the first, with no space)"]
+        else:
+            out.append(word)
+    return "\n".join(out + note)
 
 
 class DoneScreen(Step):
+    NAME = "done"
     TITLE = "Done"
     HELP = ("The transfer is over. Power off this machine once the VM runs (keep it until then: "
             "it is the original). Reboot starts this machine again from its own disks if the "
             "stick is removed. Shell gives a root shell; type exit to come back.")
     BINDINGS = [Binding("escape", "nothing", show=False)]
 
-    def __init__(self, ok: bool, cancelled: bool, again: type | None = None):
+    def __init__(self, ok: bool, cancelled: bool, again: str | None = None):
         super().__init__()
         self.ok, self.cancelled, self.again = ok, cancelled, again
 
@@ -70,7 +81,12 @@ class DoneScreen(Step):
                       ("shell", "Shell", "default"), ("quit", "Quit", "default"))
 
     def on_mount(self) -> None:
-        self.query(Button).first().focus()
+        if self.ok:
+            # The text first: the boot line may need scrolling, and a tired Enter does nothing.
+            self.query_one("#outcome").focus()
+            self.say("Arrows scroll the text; Tab goes to the buttons.")
+        else:
+            self.query(Button).first().focus()
 
     def action_nothing(self) -> None:
         """Nothing to go back to: the transfer is over."""
@@ -81,7 +97,7 @@ class DoneScreen(Step):
         session = self.app.session
         if session.job:
             session.settings = update(session.settings, {"job": session.job})
-        self.app.switch_screen(self.again())
+        self.app.go(self.again, replace=True)
 
     @on(Button.Pressed, "#poweroff, #reboot")
     def power(self, event: Button.Pressed) -> None:

@@ -14,7 +14,8 @@ from typing import Callable
 from agent.probe import Machine, Nic, probe_machine
 from agent.probe import system
 from agent.settings import IpConfig
-from agent import unattended, winwarn
+from agent import unattended
+from agent.windows import winwarn
 
 
 def configure_network(nic: str, ip: IpConfig) -> str:
@@ -32,10 +33,11 @@ def configure_network(nic: str, ip: IpConfig) -> str:
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
         except (OSError, subprocess.TimeoutExpired) as e:
-            return f"'{' '.join(argv)}' could not run ({e}); set the address by hand in the shell (F9)."
+            return (f"'{' '.join(argv)}' could not run ({e}); set the address by hand in the "
+                    "shell (F9 or Ctrl+T).")
         if proc.returncode != 0:
             return (f"'{' '.join(argv)}' failed: {proc.stderr.strip() or proc.returncode}. "
-                    "Check the values, or set the address by hand in the shell (F9).")
+                    "Check the values, or set the address by hand in the shell (F9 or Ctrl+T).")
     how = f"{ip.client}/{ip.prefix}" if ip.autoconf == "static" else "DHCP"
     return f"{nic} now uses {how}."
 

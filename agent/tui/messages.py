@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from textual.message import Message
 
 from agent.probe import Machine, Nic
-from agent.progress import ProgressEvent
+from agent.transfer.progress import ProgressEvent
 from agent.unattended import Situation
 
 
@@ -49,6 +49,7 @@ class TransferEnded(Message):
     lines: list[str]
     ok: bool
     cancelled: bool
+    token: str | None = None    # the job's own token, from the capture (the Done screen's boot line)
 
 
 @dataclass(eq=False)

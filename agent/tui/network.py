@@ -9,7 +9,7 @@ from textual.app import ComposeResult
 from textual.containers import Grid, Horizontal
 from textual.widgets import Button, DataTable, Input, Label, RadioButton, RadioSet, Static
 
-from agent.client import ServerError
+from agent.transfer.client import ServerError
 from agent.settings import SettingsError, parse_ip, update
 from agent.tui.common import Choice, Step, buttons
 from agent.tui.messages import NetworkDone
@@ -64,6 +64,7 @@ def network_line(ip_values: list[str]) -> str:
 
 
 class NetworkScreen(Step):
+    NAME = "network"
     TITLE = "Network"
     HELP = ("The table lists this machine's network cards: link up means a cable is plugged "
             "into a live switch port. The live system already asks DHCP on every card. If your "
@@ -105,7 +106,7 @@ class NetworkScreen(Step):
                           " ".join(nic.addresses) or "none", key=nic.name)
         if not nics:
             self.say("No network card was found: the transfer needs one. Check the cabling, or "
-                     "the shell (F9) for the card's driver.", True)
+                     "the shell (F9 or Ctrl+T) for the card's driver.", True)
 
     @on(RadioSet.Changed, "#method")
     def method(self, event: RadioSet.Changed) -> None:
@@ -132,8 +133,7 @@ class NetworkScreen(Step):
             self.say("Static is chosen but not applied yet: press Apply to set the address "
                      "(or choose DHCP).", True)
             return
-        from agent.tui.server import ServerScreen
-        self.app.push_screen(ServerScreen())
+        self.app.go("server")
 
     @on(Button.Pressed, "#apply")
     def apply(self) -> None:

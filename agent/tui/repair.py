@@ -12,13 +12,15 @@ from textual.widgets import Button, OptionList, RichLog, Static
 from textual.widgets.option_list import Option
 
 from xenp2v import protocol
-from agent.client import ServerError
+from agent.transfer.client import ServerError
 from agent.probe.report import human_size
 from agent.repair.guest import RepairError
 from agent.repair.luks import Passphrases
 from agent.tui.common import ConfirmScreen, PassphraseScreen, Step, buttons
 from agent.tui.messages import RepairApplied, RepairPlanned, RepairSaid
-from agent.unattended import client_for, post_action
+from agent.unattended import Situation, client_for, post_action
+
+NO_VM_DISK = "This VM shows no disk to repair"   # the runner's sentence when vm_disks() is empty
 
 
 def plan_overview(report: dict) -> str:
@@ -35,6 +37,7 @@ def plan_overview(report: dict) -> str:
 
 
 class RepairScreen(Step):
+    NAME = "repair"
     TITLE = "Repair"
     HELP = ("The agent found the copied system on this machine's disks and planned how to make "
             "it boot here: device names become UUIDs, old network names are mapped to the new "
@@ -74,8 +77,28 @@ class RepairScreen(Step):
         situation = self.app.session.situation
         return situation.job if situation else None
 
+    def given_job(self) -> str | None:
+        """In the worker: the job p2v.job names, from the server, when the VM's situation has
+        none (a repair chosen after a restore done earlier): its record guides the plan and
+        takes the report. Returns what to say when the server does not give it."""
+        session = self.app.session
+        settings = session.settings
+        if self.job() or not (settings.job and settings.server and settings.token):
+            return None
+        try:
+            job = client_for(settings, retry_for=15).job(settings.job)
+        except ServerError as e:
+            return f"Job {settings.job} could not be read ({e}); the plan goes on without it."
+        if session.situation is None:
+            session.situation = Situation("repair", f"Job {settings.job} was given.")
+        session.situation.job = job
+        return None
+
     @work(thread=True, exclusive=True)
     def plan(self) -> None:
+        missing = self.given_job()
+        if missing:
+            self.app.call_from_thread(self.say, missing, True)
         said: list[str] = []
         inventory = protocol.job_inventory(self.job()) if self.job() else None
         try:
@@ -98,8 +121,13 @@ class RepairScreen(Step):
                 picker.display = True
                 picker.highlighted = 0
                 picker.focus()
-                self.say(message.problem + " Choose the disk that holds the copied system "
-                         "(arrows, Enter), or attach it and press F9 then exit to look again.", True)
+                # The core's "this VM shows no disk" would deny the list right above it.
+                problem = ("The repair did not find this VM's disk by itself (it leaves out the "
+                           "boot medium, CD drives and disks that are not a VM's)."
+                           if message.problem.startswith(NO_VM_DISK) else message.problem)
+                self.say(problem + " Choose the disk that holds the copied system "
+                         "(arrows, Enter), or attach it in the shell (F9 or Ctrl+T): back "
+                         "from it, the agent looks again.", True)
             else:
                 self.say(message.problem, True)
             return
@@ -170,7 +198,9 @@ class RepairScreen(Step):
             self.post_message(RepairSaid(line))
 
         try:
-            report = self.app.edges.apply_repair(self.app.edges.repair_disk, protocol.job_inventory(job) if job else None,
+            # The disk the plan was made for: the one chosen here, else the edges' own.
+            report = self.app.edges.apply_repair(self.disk,
+                                                 protocol.job_inventory(job) if job else None,
                                                  say, client, job and job["id"],
                                                  passphrases=self.passphrases)
         except RepairError as e:

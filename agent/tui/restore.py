@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from agent.progress import Progress, human
+from agent.transfer.progress import Progress, human
 from agent.tui.messages import TransferEnded
 from agent.tui.transfer import TransferScreen
 from agent.unattended import client_for
 
 
 class RestoreScreen(TransferScreen):
+    NAME = "restore"
     TITLE = "Restore"
+    DONE = "done: written and checked"
     HELP = ("The images of the job are written onto this VM's disks, in the job's order, and "
             "checked chunk by chunk. A restore stopped for any reason starts again where it "
             "stopped. When it is done, the repair screen shows what it will change in the "
@@ -18,7 +20,7 @@ class RestoreScreen(TransferScreen):
     def disk_ids(self) -> list[str]:
         return []
 
-    def work(self, progress: Progress) -> tuple[str | None, list[str]]:
+    def work(self, progress: Progress) -> tuple[str | None, list[str], None]:
         session = self.app.session
         client = client_for(session.settings)
         results = self.app.edges.restore(session.settings, progress, client,
@@ -27,12 +29,11 @@ class RestoreScreen(TransferScreen):
             session.situation.job = client.job(session.settings.job)
         return session.settings.job, [
             f"{r.disk} restored onto {r.target}: {r.fetched_chunks} chunks fetched "
-            f"({human(r.received)}), {r.kept_chunks} already in place" for r in results]
+            f"({human(r.fetched_bytes)}), {r.kept_chunks} already in place" for r in results], None
 
     def ended(self, message: TransferEnded) -> None:
         if not message.ok:
             super().ended(message)
             return
-        from agent.tui.repair import RepairScreen
         self.app.session.outcome = message.lines
-        self.app.switch_screen(RepairScreen())
+        self.app.go("repair", replace=True)

@@ -9,7 +9,7 @@ from textual.app import ComposeResult
 from textual.containers import Grid
 from textual.widgets import Button, Input, Label, Static
 
-from agent.client import Client, ServerError, server_fingerprint
+from agent.transfer.client import Client, ServerError, server_fingerprint
 from agent.settings import SettingsError, update
 from agent.tui.common import Step, buttons
 from agent.tui.messages import ServerChecked
@@ -40,16 +40,19 @@ def same(a: str | None, b: str | None) -> bool:
     return bool(a and b) and digits(a) == digits(b)
 
 
-def token_accepted(url: str, token: str, fingerprint: str | None) -> str:
+def token_accepted(url: str, token: str, fingerprint: str | None, job: str | None = None) -> str:
     """A sentence once the server (pinned to `fingerprint` over HTTPS) accepted the token;
-    raises ServerError when the server cannot be used."""
+    raises ServerError when the server cannot be used. With the `job` the boot line gives, the
+    token is asked to read that job: a job's own token (the Done screen's line) may not list."""
     client = Client(url, token, fingerprint, retry_for=5, timeout=15)
     version = client.health().get("version", "?")
-    client.request("GET", protocol.jobs_path(), what="check the token", retry_for=5)
+    client.request("GET", protocol.job_path(job) if job else protocol.jobs_path(),
+                   what="check the token", retry_for=5)
     return f"The server answers (version {version}) and accepts the token."
 
 
 class ServerScreen(Step):
+    NAME = "server"
     TITLE = "Server"
     HELP = ("p2v-server printed three things when it started: its URL (https://HOST:PORT), a "
             "token, and the fingerprint of its certificate (sha256:...). Type the URL and the "
@@ -58,9 +61,9 @@ class ServerScreen(Step):
             "the end. If they match, press Trust it. A different fingerprint means another "
             "machine answers: do not go on.")
 
-    def __init__(self, then: type | None = None):
+    def __init__(self, then: str | None = None):
         super().__init__()
-        self.then = then          # the screen after this one: Disks, or Restore on the manual path
+        self.then = then          # the next screen's name: disks, or restore on the manual path
 
     def body(self) -> ComposeResult:
         settings = self.app.session.settings
@@ -116,14 +119,14 @@ class ServerScreen(Step):
             seen = presented(url)
             if seen and not same(seen, fingerprint):
                 text = ("Compare the fingerprint the server presents (above) with the one "
-                        "p2v-server printed; if they are the same, press Trust it. The token is "
-                        "sent only then." if not fingerprint else
+                        "p2v-server printed; if they are the same, press Trust it (Tab, then "
+                        "Enter). The token is sent only then." if not fingerprint else
                         "The server presents a different fingerprint from the one typed: another "
                         "machine may answer. Do not go on; check the address, or compare the "
                         "fingerprint again.")
                 self.post_message(ServerChecked(not fingerprint, seen, text, token_checked=False))
                 return
-            text = token_accepted(url, token, seen)
+            text = token_accepted(url, token, seen, self.app.session.settings.job)
         except ServerError as e:
             self.post_message(ServerChecked(False, None, str(e)))
             return
@@ -144,7 +147,9 @@ class ServerScreen(Step):
         if message.ok and message.token_checked:
             self.tested = self.values()
             self.keep()
-        self.query_one("#trust" if trust else "#next" if message.ok else "#test", Button).focus()
+        # Trust it is never focused for the person: two tired Enters (Test, then Trust it) would
+        # trust any certificate unread. Tab reaches it, a step taken on purpose.
+        self.query_one("#next" if message.ok and not trust else "#test", Button).focus()
 
     @on(Button.Pressed, "#trust")
     def trust(self) -> None:
@@ -183,7 +188,6 @@ class ServerScreen(Step):
             self.say(" ".join(e.problems), True)
             return
         if self.then:
-            self.app.switch_screen(self.then())
+            self.app.go(self.then, replace=True)
             return
-        from agent.tui.disks import DisksScreen
-        self.app.push_screen(DisksScreen())
+        self.app.go("disks")

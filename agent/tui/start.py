@@ -2,63 +2,25 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from textual import on, work
 from textual.app import ComposeResult
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
-from agent.blockdev import BlockDevError
-from agent.client import ServerError
-from agent import winwarn
-from agent.probe import Machine, ProbeError
+from agent.windows import winwarn
+from agent.probe import Machine
 from agent.probe.report import human_size
 from agent.tui.common import Step
-from agent.tui.disks import wanted_here
+from agent.tui.looking import look
 from agent.tui.messages import Probed
-from agent.unattended import client_for, situation
+from agent.vmspec import wanted_here
 
 CHOICES = {
     "capture": "Migrate this machine: send its disks to the server",
     "restore": "Restore the job given on the boot line onto this VM, then repair",
     "repair": "Repair the copied system on this machine's disks",
-    "shell": "Open a shell (F9), then come back here",
+    "shell": "Open a shell (F9 or Ctrl+T), then come back here",
 }
-
-
-def named_disks(wanted: list[str] | None) -> tuple[list[str] | None, list[str]]:
-    """(what to probe, names of p2v.disks that are not here): one missing name must not hide
-    the others, and when none of the names is here every disk is looked at."""
-    if not wanted:
-        return None, []
-    here = [name for name in wanted
-            if Path(name if name.startswith("/") else f"/dev/{name}").exists()]
-    return (here or None), [name for name in wanted if name not in here]
-
-
-def look(app) -> Probed:
-    """Probe the machine (again, after the shell), and work out the situation: in a worker."""
-    settings = app.session.settings
-    devices, missing = named_disks(settings.disks)
-    try:
-        machine = app.edges.probe(devices)
-    except (ProbeError, BlockDevError, OSError) as e:
-        return Probed(None, None, f"The probe failed: {e}")
-    if missing:
-        machine.problems.insert(0, f"p2v.disks names {', '.join(missing)}, which this machine "
-                                   "does not have; the other disks are shown.")
-    client = None
-    if settings.server and settings.token:
-        try:
-            client = client_for(settings, retry_for=10)
-        except ServerError:
-            client = None
-    try:
-        found = situation(machine, settings, client)
-    except ServerError:
-        found = situation(machine, settings, None)
-    return Probed(machine, found, None, app.edges.windows_warnings(machine))
 
 
 def windows_text(found: dict[str, list[str]], disks: set[str] | None) -> str:
@@ -94,6 +56,7 @@ def glance(machine: Machine) -> str:
 
 
 class StartScreen(Step):
+    NAME = "start"
     TITLE = "Start"
     HELP = ("The agent looks at this machine first: its hardware, disks and the systems on "
             "them. Nothing is written to the disks. A Windows volume that cannot be copied by "
@@ -124,7 +87,8 @@ class StartScreen(Step):
 
     def on_probed(self, message: Probed) -> None:
         if message.problem:
-            self.say(message.problem + " Open a shell (F9) to look, or quit (Ctrl+Q).", True)
+            self.say(message.problem + " Open a shell (F9 or Ctrl+T) to look, or quit (Ctrl+Q).",
+                     True)
             return
         session = self.app.session
         session.machine, session.situation = message.machine, message.situation
@@ -156,17 +120,13 @@ class StartScreen(Step):
         if choice == "shell":
             self.app.action_shell()
         elif choice == "restore":
-            from agent.tui.restore import RestoreScreen
             settings = self.app.session.settings
             if settings.server and settings.server.startswith("https:") and not settings.fingerprint:
                 # Nothing to trust the server's certificate by yet: the Server screen first.
-                from agent.tui.server import ServerScreen
-                self.app.push_screen(ServerScreen(then=RestoreScreen))
+                self.app.go("server", then="restore")
             else:
-                self.app.push_screen(RestoreScreen())
+                self.app.go("restore")
         elif choice == "repair":
-            from agent.tui.repair import RepairScreen
-            self.app.push_screen(RepairScreen())
+            self.app.go("repair")
         else:
-            from agent.tui.network import NetworkScreen
-            self.app.push_screen(NetworkScreen())
+            self.app.go("network")

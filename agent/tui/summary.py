@@ -7,11 +7,11 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Button, Static
 
-from agent import winwarn
+from agent.windows import winwarn
 from agent.probe.report import human_size
-from agent.tui.common import Step, buttons
+from agent.tui.common import Step, buttons, in_form_words
 from agent.tui.network import network_line
-from agent.tui.vm import warnings
+from agent.vmspec import warnings
 
 
 def summary(session) -> str:
@@ -29,7 +29,7 @@ def summary(session) -> str:
         f"limit {human_size(s.bwlimit) + '/s' if s.bwlimit else 'none'}",
     ]
     found = winwarn.lines(session.windows, s.disks or []) + warnings(machine, s, s.vcpus, s.memory)
-    lines += [f"Warning: {w}" for w in found]
+    lines += [f"Warning: {in_form_words(w)}" for w in found]
     lines.append("")
     lines.append("The disks are only read. The transfer can be stopped and started again: it "
                  "resumes where it stopped.")
@@ -37,6 +37,7 @@ def summary(session) -> str:
 
 
 class SummaryScreen(Step):
+    NAME = "summary"
     TITLE = "Summary"
     HELP = ("Check every line. Esc goes back to change something. Start begins the transfer; "
             "the source disks are only read, never written.")
@@ -55,5 +56,4 @@ class SummaryScreen(Step):
 
     @on(Button.Pressed, "#start")
     def start(self) -> None:
-        from agent.tui.transfer import TransferScreen
-        self.app.push_screen(TransferScreen())
+        self.app.go("transfer")

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from server.datadir import add_data_dir, existing_store
+from server.xenserver import rules
 from server.xenserver.pool import DEFAULT_TEMPLATE, Pool, XapiConfig, XenServerError
 from server.xenserver.provision import Provisioner
 from server.xenserver.spec import NEW_MACS_WARNING
@@ -76,7 +77,8 @@ def config_from_args(args: argparse.Namespace) -> XapiConfig | None:
 def automatic_path(args: argparse.Namespace, store) -> dict:
     """``make_app`` hooks for `serve`: provision each sealed job, switch it after its repair.
 
-    Checks the login once at start, so a wrong password shows at once rather than per job.
+    Checks the login once at start, so a wrong password shows at once rather than per job; a
+    --pv the pool cannot do stops serve (ValueError): every job would fail after its transfer.
     """
     config = config_from_args(args)
     if config is None:
@@ -92,6 +94,11 @@ def automatic_path(args: argparse.Namespace, store) -> dict:
     except XenServerError as err:
         print(f"XenServer automation: {err} Jobs will fail until this is fixed.", file=sys.stderr,
               flush=True)
+    else:
+        try:
+            rules.check_pv(product, config.pv)
+        except XenServerError as err:
+            raise ValueError(f"XenServer automation: {err}") from None
     provisioner = Provisioner(store, config)
     return {"on_job_sealed": provisioner.provision, "on_repair_report": provisioner.after_repair}
 

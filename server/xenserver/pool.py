@@ -8,6 +8,7 @@ from __future__ import annotations
 import ssl
 import xmlrpc.client
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import XenAPI
@@ -17,6 +18,10 @@ DEFAULT_TEMPLATE = "Other install media"
 UEFI_API = (2, 12)
 # PV guests are supported up to XenServer 7.x (and XCP-ng 7.x).
 LAST_PV_MAJOR = 7
+# The tools SR's tag in other_config (xapi_globs.tools_sr_tag), from before SR.is_tools_sr; the
+# tools ISO's names: XenServer up to 7.x, then XenServer 8 and XCP-ng.
+TOOLS_SR_TAG = "xenserver_tools_sr"
+TOOLS_ISO_NAMES = ("guest-tools.iso", "xs-tools.iso")
 
 
 class XenServerError(Exception):
@@ -120,6 +125,15 @@ class PoolFeatures:
 
     secure_boot: bool = False                      # Secure Boot certificates ready for guests
     image_formats: dict[str, tuple[str, ...]] = field(default_factory=dict)  # SR type -> formats
+
+
+class ToolsIso(NamedTuple):
+    """The pool's tools ISO as provisioning finds it."""
+
+    vdi: str
+    name: str
+    sr_name: str
+    plugged: bool       # its SR is plugged on the VM's host: XAPI starts no VM with a disc elsewhere
 
 
 class Pool:
@@ -228,16 +242,59 @@ class Pool:
                                  "for the VM's NICs with --network.")
         return found[0]
 
-    def iso(self) -> str:
+    def plugged(self, host: str) -> set[str]:
+        """The SRs plugged on `host` (a PBD currently attached): the only ones whose VDIs a VM
+        starting there may use (XAPI: VM_REQUIRES_SR)."""
+        return {rec["SR"] for rec in self.x.PBD.get_all_records().values()
+                if rec["host"] == host and rec.get("currently_attached")}
+
+    def tools_iso(self, host: str) -> ToolsIso | None:
+        """The pool's tools ISO: the VDI XAPI marks as one (is_tools_iso, from XenServer 7.0; before,
+        sm_config xs-tools=true) in the tools SR (is_tools_sr, or the older other_config tag
+        xenserver_tools_sr); else an ISO named as the vendors name theirs. One on an SR plugged on
+        `host` (the VM's) first; None when the pool has none."""
+        srs = self.x.SR.get_all_records()
+        found = []
+        for sr, rec in srs.items():
+            if rec.get("is_tools_sr") or rec.get("other_config", {}).get(TOOLS_SR_TAG) == "true":
+                for vdi in rec["VDIs"]:
+                    vdi_rec = self.x.VDI.get_record(vdi)
+                    # An old one's record stays after an update, missing, its is_tools_iso maybe stale.
+                    if vdi_rec.get("missing"):
+                        continue
+                    if vdi_rec.get("is_tools_iso") or vdi_rec.get("sm_config", {}).get("xs-tools") == "true":
+                        found.append((vdi, vdi_rec["name_label"], sr))
+        for name in TOOLS_ISO_NAMES:
+            for vdi in self.x.VDI.get_by_name_label(name):
+                sr = self.x.VDI.get_SR(vdi)
+                if srs.get(sr, {}).get("content_type") == "iso":
+                    found.append((vdi, name, sr))
+        if not found:
+            return None
+        plugged = self.plugged(host)
+        vdi, name, sr = next((f for f in found if f[2] in plugged), found[0])
+        return ToolsIso(vdi, name, srs[sr]["name_label"], sr in plugged)
+
+    def iso(self, host: str) -> str:
+        """The xenp2v ISO's VDI, in an ISO SR plugged on `host` (the VM's): XAPI starts no VM with
+        a disc elsewhere. Raises XenServerError, before anything is made."""
         name = self.config.iso
         if not name:
             raise XenServerError("No ISO named: give the xenp2v ISO's name in an ISO SR with "
                                  "--iso, so the VM can boot it for the repair.")
+        plugged, unplugged = self.plugged(host), []
         for sr, rec in self.x.SR.get_all_records().items():
             if rec.get("content_type") != "iso":
                 continue
             for vdi in rec["VDIs"]:
                 if self.x.VDI.get_name_label(vdi) == name:
-                    return vdi
+                    if sr in plugged:
+                        return vdi
+                    unplugged.append(rec["name_label"])
+        if unplugged:
+            raise XenServerError(
+                f"The ISO {name!r} is on SR {unplugged[0]!r}, which is not plugged on host "
+                f"{self.x.host.get_name_label(host)}, and XAPI starts no VM with a disc there: plug it "
+                "(xe pbd-plug, or Repair in XenCenter / Xen Orchestra), then provision again.")
         raise XenServerError(f"No ISO SR holds an ISO named {name!r}: copy the xenp2v ISO into "
                              "an ISO library (and rescan it), then provision again.")

@@ -14,8 +14,9 @@ import XenAPI
 
 from xenp2v.protocol import DiskState, JobState
 from server.xenserver import rules, vdi_import
-from server.xenserver.pool import Pool, XapiConfig, XenServerError, explain, tls_context
-from server.xenserver.spec import CD_USERDEVICE, DiskSpec, VmSpec, disk_userdevices, fit_to_host, vm_spec
+from server.xenserver.pool import Pool, ToolsIso, XapiConfig, XenServerError, explain, tls_context
+from server.xenserver.spec import (DiskSpec, VmSpec, cd_userdevices, disk_userdevices, fit_to_host,
+                                   vm_spec)
 
 log = logging.getLogger("xenp2v.xenserver")
 RECORD_KEY = "xenserver"
@@ -82,7 +83,9 @@ class _Run:
         self.rec["adjustments"] = list(spec.adjustments) + list(choice.notes)
         template = self.pool.template()
         network = self.pool.network() if spec.nics else None
-        iso = self.pool.iso()
+        host = self.vm_host(sr_rec)
+        iso = self.pool.iso(host)
+        tools = self.pool.tools_iso(host)
         self.rec["sr"] = {"ref": sr, "uuid": sr_rec["uuid"], "name": sr_rec["name_label"],
                           "type": sr_rec["type"]}
 
@@ -100,7 +103,9 @@ class _Run:
             self.rec.setdefault("imports", []).append({"disk": image.disk, "vdi": vdi, **figures})
             self.save()
         self.create_vifs(vm, spec, network)
-        self.insert_cd(vm, iso)
+        cd_slot, tools_slot = cd_userdevices(len(images), tools is not None and tools.plugged)
+        self.insert_cd(vm, iso, cd_slot)
+        self.insert_tools(vm, tools, tools_slot, len(images), host)
         # Known before the boot: the agent on the ISO asks for its job by this UUID at once.
         self.store.set_target_uuid(self.job_id, self.rec["vm"]["uuid"])
         self.step(f"Starting VM {spec.name} on the ISO")
@@ -108,11 +113,15 @@ class _Run:
         self.step(f"VM {spec.name} ({self.rec['vm']['uuid']}) runs on the ISO; the agent in it "
                   "repairs the disks and reports here", JobState.REPAIRING)
 
+    def vm_host(self, sr_rec: dict) -> str:
+        """Where the VM will run: the host of its local SR, else the master."""
+        if sr_rec.get("shared") or not sr_rec.get("PBDs"):
+            return self.pool.master
+        return self.x.PBD.get_host(sr_rec["PBDs"][0])
+
     def import_url(self, sr_rec: dict) -> str:
         """The master for a shared SR; for a local SR the host that has it, as XAPI would redirect."""
-        if sr_rec.get("shared") or not sr_rec.get("PBDs"):
-            return self.config.url
-        host = self.x.PBD.get_host(sr_rec["PBDs"][0])
+        host = self.vm_host(sr_rec)
         if host == self.pool.master:
             return self.config.url
         scheme = self.config.url.split(":", 1)[0]
@@ -185,6 +194,9 @@ class _Run:
         return vdis
 
     def create_vifs(self, vm: str, spec: VmSpec, network: str | None) -> None:
+        """One VIF per source NIC, in order; each one's MAC (the pool's own under --new-macs) goes
+        into the record, where a repair run from outside the VM reads it (protocol.job_inventory)."""
+        made = []
         for device, nic in enumerate(spec.nics):
             vif = self.x.VIF.create({
                 "device": str(device), "network": network, "VM": vm, "MAC": nic.mac,
@@ -193,16 +205,49 @@ class _Run:
             })
             self.created("VIF", vif, f"NIC {device} for source {nic.name}"
                          + (f" with MAC {nic.mac}" if nic.mac else ""))
+            made.append({"device": device, "mac": str(self.x.VIF.get_MAC(vif)).lower(), "source": nic.name})
+        self.rec["vm"]["nics"] = made
+        self.save()
 
-    def insert_cd(self, vm: str, iso: str) -> None:
+    def insert_cd(self, vm: str, iso: str, slot: str) -> None:
         self.step(f"Inserting the ISO {self.config.iso!r} in the VM's DVD drive")
         vbd = self.x.VBD.create({
-            "VM": vm, "VDI": iso, "userdevice": CD_USERDEVICE, "bootable": True, "mode": "RO",
+            "VM": vm, "VDI": iso, "userdevice": slot, "bootable": True, "mode": "RO",
             "type": "CD", "unpluggable": True, "empty": False, "other_config": {},
             "qos_algorithm_type": "", "qos_algorithm_params": {},
         })
         uuid = self.created("VBD", vbd, "the DVD drive with the xenp2v ISO")
         self.rec["cd"] = {"ref": vbd, "uuid": uuid}
+        self.save()
+
+    def insert_tools(self, vm: str, tools: ToolsIso | None, slot: str | None,
+                     disk_count: int, host: str) -> None:
+        """The pool's tools ISO in a second CD drive, for the agent in the VM to install the guest
+        agent from (it looks at the VM's CD drives). A step says why when it cannot be: no ISO, its SR
+        not plugged on the VM's `host` (the VM would not start), no emulated slot left."""
+        if tools is None:
+            self.step("No tools ISO to attach (no tools SR holds one): the repair installs no guest "
+                      "agent; install it by hand once the VM runs.")
+            return
+        if not tools.plugged:
+            self.step(f"The tools ISO {tools.name} is not attached: its SR {tools.sr_name!r} is not plugged "
+                      f"on host {self.x.host.get_name_label(host)}, and XAPI starts no VM with a disc there; plug it (xe pbd-plug, or "
+                      "Repair in XenCenter / Xen Orchestra) and insert the ISO in the DVD drive once the VM "
+                      "runs to install the guest agent by hand.")
+            return
+        if slot is None:
+            self.step(f"The tools ISO {tools.name} is not attached: the VM's {disk_count} disks and its "
+                      "DVD drive take the four emulated IDE slots a guest without PV drivers sees; "
+                      "insert it in the DVD drive once the VM runs to install the guest agent by hand.")
+            return
+        self.step(f"Inserting the pool's tools ISO {tools.name!r} in a second CD drive (slot {slot})")
+        vbd = self.x.VBD.create({
+            "VM": vm, "VDI": tools.vdi, "userdevice": slot, "bootable": False, "mode": "RO",
+            "type": "CD", "unpluggable": True, "empty": False, "other_config": {},
+            "qos_algorithm_type": "", "qos_algorithm_params": {},
+        })
+        uuid = self.created("VBD", vbd, f"the CD drive with the pool's tools ISO {tools.name}")
+        self.rec["tools_cd"] = {"ref": vbd, "uuid": uuid, "iso": tools.name, "userdevice": slot}
         self.save()
 
     # --- undo ----------------------------------------------------------------------------------
@@ -320,6 +365,10 @@ class Provisioner:
             if cd and not x.VBD.get_empty(cd):
                 x.VBD.eject(cd)
             steps.append({"at": _now(), "step": "Ejected the ISO"})
+            tools_cd = rec.get("tools_cd", {}).get("ref")
+            if tools_cd and not x.VBD.get_empty(tools_cd):
+                x.VBD.eject(tools_cd)
+                steps.append({"at": _now(), "step": "Ejected the tools ISO"})
             if self.config.pv and pool.product.pv:
                 if x.VM.get_power_state(vm) == "Running":
                     x.VM.hard_shutdown(vm)

@@ -15,7 +15,10 @@ GiB = 1024 ** 3
 TiB = 1024 ** 4
 # sm's vhdutil.MAX_VHD_SIZE: a VHD VDI (file SRs, VHD on LVM) is at most 2040 GiB.
 MAX_VHD_SIZE = 2040 * GiB
-VHD_SR_TYPES = frozenset({"ext", "nfs", "lvm", "lvmoiscsi", "lvmohba", "file", "smb"})
+# XCP-ng's own keep VHDs too: FileSR's kin (xfs, zfs, glusterfs, cephfs, moosefs), largeblock
+# (VHD on LVM on 4K disks), linstor (VHD on DRBD).
+VHD_SR_TYPES = frozenset({"ext", "nfs", "lvm", "lvmoiscsi", "lvmohba", "lvmofcoe", "file", "smb", "xfs",
+                          "zfs", "glusterfs", "cephfs", "moosefs", "largeblock", "linstor"})
 # A UEFI VM's firmware and an OS without PV drivers see at most this many emulated NICs.
 UEFI_EMULATED_NICS = 2
 

@@ -15,6 +15,20 @@ MIB = 1024 * 1024
 MIN_MEMORY = 256 * MIB
 DEFAULT_MEMORY = 2048 * MIB
 CD_USERDEVICE = "3"          # where XenCenter puts the DVD drive
+# The devices an HVM guest sees on its emulated IDE buses (hda-hdd): a CD drive elsewhere is
+# invisible to it (xenopsd gives qemu no IDE device past 3; blkfront takes no CD-ROM in HVM).
+EMULATED_IDE = ("0", "1", "2", "3")
+
+
+def cd_userdevices(disk_count: int, tools: bool) -> tuple[str, str | None]:
+    """The slots of the DVD drive (the xenp2v ISO) and of a second CD drive for the tools ISO
+    (None when not wanted, or with three disks or more: no emulated slot left). With both, the
+    two last free emulated slots, the xenp2v ISO first: a BIOS that boots only the first CD-ROM
+    (ROMBIOS takes the first ATAPI device) must find the ISO there, not the tools ISO."""
+    free = [slot for slot in EMULATED_IDE if slot not in disk_userdevices(disk_count)]
+    if not tools or len(free) < 2:
+        return CD_USERDEVICE, None
+    return free[-2], free[-1]
 
 
 def disk_userdevices(count: int) -> list[str]:

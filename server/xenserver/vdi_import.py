@@ -24,7 +24,9 @@ HEADER = struct.Struct("<QI")
 END = HEADER.pack(0, 0)
 PIECE = 4 * 1024 * 1024
 # Storage managers whose new VDIs read as zeros: file-backed VHD (ext, nfs, smb) and VHD on LVM.
-ZEROED_SR_TYPES = frozenset({"ext", "nfs", "smb", "file", "lvm", "lvmoiscsi", "lvmohba"})
+# XCP-ng's own keep VHDs too (rules.VHD_SR_TYPES): zeros there would allocate a thin VHD's blocks.
+ZEROED_SR_TYPES = frozenset({"ext", "nfs", "smb", "file", "lvm", "lvmoiscsi", "lvmohba", "lvmofcoe", "xfs",
+                             "zfs", "glusterfs", "cephfs", "moosefs", "largeblock", "linstor"})
 
 
 class VdiImportError(Exception):

@@ -6,9 +6,9 @@ import os
 import random
 import uuid
 
-from agent import capture, restore
-from agent.plan import plan_disk
-from agent.progress import Progress
+from agent.transfer import capture, restore
+from agent.disk.plan import plan_disk
+from agent.transfer.progress import Progress
 from support import rescan, run
 from faultydisk import FaultyDisk
 from sourcedisks import MiB, mounted

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import capture, restore
-from agent.client import Client, ServerError
+from agent.transfer import capture, restore
+from agent.transfer.client import Client, ServerError
 from agent.probe import probe_machine
 from support import rescan, run
 from sourcedisks import MiB, mounted

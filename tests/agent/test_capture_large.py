@@ -8,8 +8,8 @@ import os
 import random
 import uuid
 
-from agent import capture, restore
-from agent.plan import plan_disk
+from agent.transfer import capture, restore
+from agent.disk.plan import plan_disk
 from support import rescan, run
 from sourcedisks import MiB, loop_at, mounted
 from test_capture_restore import settings_for

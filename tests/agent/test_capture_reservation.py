@@ -9,9 +9,9 @@ import uuid
 
 import pytest
 
-from agent import capture
-from agent.client import Client
-from agent.plan import plan_disk
+from agent.transfer import capture
+from agent.transfer.client import Client
+from agent.disk.plan import plan_disk
 from support import rescan, run
 from sourcedisks import MiB, mounted
 from test_capture_restore import settings_for

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import uuid
 
-from agent import capture, restore
-from agent.plan import plan_disk
-from agent.progress import Progress
+import pytest
+
+from agent.transfer import capture, restore
+from agent.disk.plan import plan_disk
+from agent.transfer.progress import Progress
 from agent.settings import Settings
 from support import rescan, run
 from sourcedisks import DISK_SIZE, MiB, SECRET, build, checksums, fsck
@@ -57,3 +59,23 @@ def test_every_filesystem_survives_capture_and_restore(loopdev, p2v_server):
     # A second restore onto the same disk fetches nothing: it is already right.
     again = restore.run(settings_for(p2v_server, job=result.job), target)
     assert again.fetched_chunks == 0 and again.kept_chunks == disk.data_chunks
+
+
+def test_a_capture_that_fails_after_its_job_opened_tells_the_server_why(loopdev, p2v_server,
+                                                                       monkeypatch):
+    # Issue 17, item 6: an unattended run that fails powers off after printing why, and the
+    # server heard nothing: the agent's log went up only on success or with progress.
+    import uuid as uuid_mod
+
+    from agent.transfer import capture as capture_mod
+    src = build(loopdev, files_per_fs=1, file_size=MiB)
+
+    def broken(*args, **kwargs):
+        raise capture_mod.CaptureError("Sending sdz failed: the disk went away.")
+
+    monkeypatch.setattr(capture_mod, "capture_disk", broken)
+    with pytest.raises(capture_mod.CaptureError, match="the disk went away"):
+        capture_mod.run(settings_for(p2v_server, disks=[src.dev], name="fails"),
+                        identity={"system_uuid": str(uuid_mod.uuid4())})
+    (log_file,) = (p2v_server.data_dir / "jobs").glob("*/agent.log")
+    assert "capture failed: Sending sdz failed: the disk went away." in log_file.read_text()

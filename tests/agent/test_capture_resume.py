@@ -15,10 +15,10 @@ import time
 import uuid
 from pathlib import Path
 
-from agent import capture
-from agent.client import Client
-from agent.plan import plan_disk
-from agent.progress import Progress
+from agent.transfer import capture
+from agent.transfer.client import Client
+from agent.disk.plan import plan_disk
+from agent.transfer.progress import Progress
 from support import free_port, rescan, run
 from sourcedisks import MiB, mounted
 from test_capture_restore import settings_for
@@ -177,7 +177,7 @@ def test_a_server_killed_mid_transfer_is_waited_for(loopdev, p2v_server):
 
 AGENT = """
 import sys
-from agent import capture
+from agent.transfer import capture
 from agent.settings import Settings
 s = Settings(server=sys.argv[1], token=sys.argv[2], fingerprint=sys.argv[3], disks=[sys.argv[4]],
              streams=2, compress="off", bwlimit=8 * 1024 * 1024)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from agent.client import Client, ServerError
+from agent.transfer.client import Client, ServerError
 from support import free_port
 
 

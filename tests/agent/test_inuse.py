@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from agent import capture, inuse
-from agent.capture import CaptureError
+from agent.disk import inuse
+from agent.transfer import capture
+from agent.transfer.capture import CaptureError
 from agent.probe import LiveProber, Machine
 from agent.probe.report import render
 from agent.tui.disks import disk_details

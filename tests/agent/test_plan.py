@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from agent import partclone
-from agent.plan import ReadPlan, clip, normalize, plan_disk, shift, subtract, total
-from agent.source import SourceDisk, chunk_buffer
+from agent.disk import partclone
+from agent.disk.plan import ReadPlan, clip, normalize, plan_disk, shift, subtract, total
+from agent.transfer.source import SourceDisk, chunk_buffer
 from support import rescan, run
 from sourcedisks import MiB, SECRET, build
 

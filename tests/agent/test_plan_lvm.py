@@ -14,8 +14,8 @@ import random
 import uuid
 from dataclasses import dataclass, field
 
-from agent import capture, restore
-from agent.plan import ReadPlan, normalize, plan_disk, subtract
+from agent.transfer import capture, restore
+from agent.disk.plan import ReadPlan, normalize, plan_disk, subtract
 from lvmlayouts import EXTENT, linear, lv, make_vg, pv_start
 from sourcedisks import MiB, Volume, checksums, loop_at, mounted
 from support import run

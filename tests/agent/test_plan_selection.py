@@ -14,8 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from agent import fsstate
-from agent.plan import plan_disk
+from agent.disk import fsstate
+from agent.disk.plan import plan_disk
 from sourcedisks import MiB
 from support import run
 from test_plan_lvm import build

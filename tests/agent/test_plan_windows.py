@@ -3,8 +3,8 @@ BitLocker (what happens to the TPM and the recovery key), dynamic disks, Storage
 
 from __future__ import annotations
 
-from agent import blockdev
-from agent.plan import plan_disk, subtract
+from agent.disk import blockdev
+from agent.disk.plan import plan_disk, subtract
 from support import rescan, run
 
 MIB = 1024 * 1024
@@ -45,3 +45,43 @@ def test_storage_spaces_partition_is_read_whole_with_a_warning(loopdev):
     assert plan.read_bytes == 64 * MIB
     (warning,) = plan.warnings
     assert "Storage Spaces pool" in warning
+
+
+def test_a_hibernated_windows_is_said_to_be_refused_by_the_repair_a_dirty_one_is_not(loopdev):
+    # Read whole either way; but the repair refuses a hibernated copy (ntfs-3g cannot write it,
+    # and Windows' state is not on the disk): the technician must hear it before the transfer.
+    import sys
+    from pathlib import Path
+    from agent.windows import winwarn
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_unclean import _mark_dirty
+    dev = loopdev(64 * MIB)
+    run("sfdisk", "-q", dev, input="label: dos\n,,7\n")
+    (part,) = rescan(dev)
+    run("mkntfs", "-Q", "-q", part)
+    mnt = Path(run("mktemp", "-d").stdout.strip())
+    run("mount", "-t", "ntfs-3g", part, str(mnt))
+    try:
+        (mnt / "hiberfil.sys").write_bytes(b"HIBR" + bytes(8188))
+    finally:
+        run("umount", str(mnt))
+        mnt.rmdir()
+    (warning,) = plan_disk(dev).warnings
+    assert "hibernated Windows" in warning and "Repair refuses such a copy" in warning, warning
+    assert "Repair refuses such a copy" in winwarn.lines(winwarn.check(probe(dev)))[0]
+    # Not hibernated any more, but chkdsk pending: the repair goes on with such a copy.
+    mnt = Path(run("mktemp", "-d").stdout.strip())
+    run("mount", "-t", "ntfs-3g", "-o", "remove_hiberfile", part, str(mnt))
+    try:
+        (mnt / "hiberfil.sys").write_bytes(bytes(8192))
+    finally:
+        run("umount", str(mnt))
+        mnt.rmdir()
+    _mark_dirty(part)
+    (warning,) = plan_disk(dev).warnings
+    assert "marked dirty" in warning and "Repair refuses" not in warning, warning
+
+
+def probe(dev):
+    from agent.probe import probe_machine
+    return probe_machine(devices=[dev])

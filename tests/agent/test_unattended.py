@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import select
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import requests
 
 from agent import unattended
 from agent.probe import probe_machine
-from agent.progress import Progress
+from agent.transfer.progress import Progress
 from agent.settings import Settings
 from agent.unattended import imported_here, post_action, situation
 from support import rescan, run
@@ -40,6 +41,10 @@ def test_unattended_capture_from_the_boot_line(loopdev, p2v_server, tmp_path):
     assert f"{Path(dev).name}: capture" in proc.stderr          # plain progress lines
     assert f"{Path(dev).name}: sealed" in proc.stderr
     assert "the console waits for someone" in proc.stderr        # p2v.post=wait, the default
+    # The manual path's boot line, complete: the job's own token (not the admin's), the pin.
+    (line,) = [row for row in proc.stderr.splitlines() if row.startswith("p2v.server=")]
+    assert line.endswith(" p2v.mode=restore") and "p2v.token=..." not in line
+    assert p2v_server.token not in line and f"p2v.fingerprint={p2v_server.fingerprint}" in line
     jobs = requests.get(f"{p2v_server.url}/api/v1/jobs", headers=p2v_server.headers,
                         verify=False, timeout=30).json()
     assert [(j["name"], [d["state"] for d in j["disks"]]) for j in jobs] == \
@@ -75,6 +80,31 @@ def test_post_action_powers_off_through_the_given_command():
     assert post_action("reboot", ran.append) == "Rebooting."
     assert post_action("wait", ran.append).startswith("The agent is done")
     assert ran == [["systemctl", "poweroff"], ["systemctl", "reboot"]]
+
+
+def exits(*failing: list[str]):
+    """A fake command runner: the commands in `failing` exit 1, the others 0; .ran lists them."""
+    def command(argv: list[str]) -> subprocess.CompletedProcess:
+        command.ran.append(argv)
+        return subprocess.CompletedProcess(argv, 1 if argv in failing else 0)
+    command.ran = []
+    return command
+
+
+def test_a_poweroff_systemctl_cannot_ask_for_is_forced():
+    """A starved guest's 'systemctl poweroff' failed ("Call to PowerOff failed: Connection timed
+    out"): the agent forces it rather than leave the machine running with its job done."""
+    command = exits(["systemctl", "poweroff"])
+    assert post_action("poweroff", command) == \
+        "'systemctl poweroff' failed, so it was forced. Powering off."
+    assert command.ran == [["systemctl", "poweroff"], ["systemctl", "poweroff", "--force"]]
+    command = exits(["systemctl", "reboot"], ["systemctl", "reboot", "--force"])
+    assert post_action("reboot", command).endswith("so it was forced. Rebooting.")
+    assert command.ran == [["systemctl", "reboot"], ["systemctl", "reboot", "--force"], ["sync"],
+                           ["systemctl", "reboot", "--force", "--force"]]
+    command = exits()
+    assert post_action("poweroff", command) == "Powering off."
+    assert command.ran == [["systemctl", "poweroff"]]
 
 
 def test_repair_with_a_job_the_server_did_not_import_here_restores_first(loopdev, p2v_server, tmp_path,
@@ -113,6 +143,46 @@ def test_a_job_imported_onto_this_vm_is_repaired_in_place():
     assert imported_here({"id": "j1", "target_uuid": vm.system_uuid.upper()}, vm)
     assert not imported_here({"id": "j1", "target_uuid": None}, vm)
     assert not imported_here({"id": "j1", "target_uuid": "00000000-0000-0000-0000-000000000001"}, vm)
+
+
+def test_a_capture_warns_of_what_the_tui_summary_would_warn_of():
+    """The same checks as the TUI's VM and Summary screens (agent.vmspec): a system on a disk
+    left out of p2v.disks, too many vCPUs."""
+    machine = probe_machine(recorded=Path(__file__).resolve().parents[1] / "machines"
+                            / "two-disks-usb.json")
+    out = io.StringIO()
+    settings = Settings(mode="capture", unattended=True, disks=["sdb"], vcpus=64)
+    assert unattended.run(settings, out, machine=machine, command=[].append) == 1
+    said = out.getvalue()
+    assert "Warning: sda holds Debian GNU/Linux 11 (bullseye) but is not chosen (--disks, " \
+        "p2v.disks=)" in said
+    assert "Warning: 64 vCPUs: XenServer supports at most 32" in said
+    assert "p2v.mode=capture needs p2v.server and p2v.token" in said
+
+
+def test_p2v_debug_shows_the_traceback_behind_a_stop_and_logs_everything(tmp_path):
+    """Without p2v.debug a stop is one sentence; with it, the console and the log file (in
+    TMPDIR, /tmp on the ISO) also hold the debug records and the traceback behind it."""
+    def stopped(extra: str) -> tuple[str, str]:
+        logs = tmp_path / extra.replace(".", "-") if extra else tmp_path / "plain"
+        logs.mkdir()
+        proc = subprocess.run(
+            [*AGENT, "--config", str(tmp_path / "none.cfg"), "--cmdline",
+             f"p2v.unattended p2v.server=https://127.0.0.1:9 p2v.token=t p2v.mode=capture "
+             f"p2v.disks=/dev/xenp2v-no-such-disk {extra}"],
+            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300,
+            cwd=Path(__file__).resolve().parents[2], env={**os.environ, "TMPDIR": str(logs)})
+        assert proc.returncode == 1, proc.stderr
+        assert "Stopped: There is no disk /dev/xenp2v-no-such-disk here" in proc.stderr
+        return proc.stderr, (logs / "xenp2v-agent.log").read_text()
+
+    console, log = stopped("")
+    assert "Traceback" not in console and "Traceback" not in log and "DEBUG" not in log
+    console, log = stopped("p2v.debug")
+    assert f"logged to {tmp_path / 'p2v-debug' / 'xenp2v-agent.log'}" in console
+    for text in (console, log):
+        assert "Traceback (most recent call last)" in text
+        assert "agent.transfer.capture.CaptureError: There is no disk" in text
 
 
 def test_a_failed_run_follows_p2v_fail_and_waits_by_default_even_with_post_poweroff():

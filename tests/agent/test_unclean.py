@@ -20,8 +20,9 @@ import uuid
 import warnings
 from pathlib import Path
 
-from agent import capture, fsstate, partclone, restore
-from agent.plan import plan_disk, total
+from agent.disk import fsstate, partclone
+from agent.transfer import capture, restore
+from agent.disk.plan import plan_disk, total
 from agent.settings import Settings
 from sourcedisks import MiB, Volume, checksums, loop_at, mounted
 from support import rescan, run

@@ -17,8 +17,8 @@ from __future__ import annotations
 import re
 import struct
 
-from agent import fsstate
-from agent.plan import plan_disk
+from agent.disk import fsstate
+from agent.disk.plan import plan_disk
 from sourcedisks import MiB
 from support import rescan, run
 

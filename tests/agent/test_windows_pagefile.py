@@ -7,11 +7,12 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
-from agent import capture, restore
-from agent.plan import plan_disk, subtract, total
+from agent.transfer import capture, restore
+from agent.disk.plan import plan_disk, subtract, total
 from agent.settings import Settings
 from support import rescan, run
 
@@ -127,3 +128,35 @@ def test_a_hibernated_windows_is_read_whole_with_what_works_against_fast_startup
     # A plain Shut down with Fast Startup on is what left it so: say what works instead.
     assert "hold Shift while clicking Shut down" in warning
     assert "'powercfg /h off'" in warning and "shut it down cleanly" not in warning
+
+
+def test_a_capture_stops_on_a_hibernated_windows_before_sending_unless_told_to_go_on(
+        loopdev, p2v_server):
+    # Issue 16: stop, with a sentence that says what to do, on a hibernated system or Fast
+    # Startup. A copy of one cannot boot (repair refuses it); the capture used to send the
+    # whole volume anyway, hours on a big disk, and the refusal came only at the repair.
+    dev, part, _ = _windows_volume(loopdev, hiberfil_header=b"HIBR")
+    settings = Settings(server=p2v_server.url, token=p2v_server.token,
+                        fingerprint=p2v_server.fingerprint, disks=[dev])
+    identity = {"system_uuid": str(uuid.uuid4())}
+    try:
+        capture.run(settings, identity=identity)
+    except capture.CaptureError as e:
+        said = str(e)
+    else:
+        raise AssertionError("a hibernated Windows was captured without being told to")
+    assert said.startswith(f"NTFS on {part} holds a hibernated Windows")
+    assert "hold Shift while clicking Shut down" in said and "--allow-hibernated" in said
+    jobs = p2v_server.data_dir / "jobs"
+    assert not jobs.exists() or not any(jobs.iterdir())    # nothing was sent, no job made
+    # Told to go on: copied whole, as the plan's warning says.
+    result = capture.run(Settings(**{**settings.__dict__, "allow_hibernated": True}),
+                         identity=identity)
+    (disk,) = result.disks
+    assert any("holds a hibernated Windows" in w for w in disk.warnings)
+    # The command line's flag reaches the setting.
+    out = subprocess.run([sys.executable, "-m", "agent.cli", "capture", "--cmdline", "",
+                          "--config", "/dev/null", "--server", p2v_server.url, "--token",
+                          p2v_server.token, "--fingerprint", p2v_server.fingerprint,
+                          "--disks", dev], capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "--allow-hibernated" in out.stderr, out.stderr[-2000:]

@@ -1,11 +1,11 @@
-"""agent.winwarn: the Windows warnings before the transfer, from real loop disks."""
+"""agent.windows.winwarn: the Windows warnings before the transfer, from real loop disks."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
-from agent import winwarn
+from agent.windows import winwarn
 from agent.probe import probe_machine
 from support import rescan, run
 

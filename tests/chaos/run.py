@@ -44,9 +44,9 @@ for extra in (REPO, REPO / "tests", REPO / "tests" / "server", REPO / "tests" / 
     if str(extra) not in sys.path:
         sys.path.insert(0, str(extra))
 
-from agent import capture, restore  # noqa: E402
-from agent.capture import CaptureError  # noqa: E402
-from agent.client import Client  # noqa: E402
+from agent.transfer import capture, restore  # noqa: E402
+from agent.transfer.capture import CaptureError  # noqa: E402
+from agent.transfer.client import Client  # noqa: E402
 from agent.settings import Settings  # noqa: E402
 from cutproxy import CutProxy  # noqa: E402
 from stepkill import STEPS  # noqa: E402

@@ -7,6 +7,11 @@ file, as the VM would see its disk) repairs it and reports; the server ejects th
 boot order disk first and reboots the VM; the VDI file then boots under QEMU on XenServer's
 emulated IDE controller and NIC, up to the source's boot marker.
 
+The pool carries a test tools ISO (toolsiso.py: a real deb of a small guest agent, laid out as the
+vendor's guest-tools.iso) in its tools SR; the server puts it in the VM's second CD drive, the
+agent finds it among the VM's CDs as it does in a VM (guest_tools.tools_cd) and installs the guest
+agent; the booted VM must print on its console that the agent's service is active.
+
 The capture runs on this host, so the VM record's firmware is this host's; the boot uses the
 source's (the layout's), as a capture on the source machine would have recorded.
 
@@ -16,6 +21,7 @@ Usage: automatic.py [SCENARIO ...]   (default: all; see sources.LAYOUTS)
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -27,9 +33,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
+import toolsiso  # noqa: E402
+from agent.repair import guest_tools  # noqa: E402
 from boot import boot  # noqa: E402
 from support import P2VServer  # noqa: E402
-from sources import ADDRESS, LAYOUTS, SOURCE_NIC, source_images  # noqa: E402
+from sources import ADDRESS, LAYOUTS, NET_VARIANTS, SOURCE_NIC, source_images  # noqa: E402
 from xapisim import XapiSim  # noqa: E402
 from xenp2v import protocol as p  # noqa: E402
 
@@ -78,7 +86,8 @@ def scenario(name: str, work: Path) -> tuple[bool, str]:
     iso.write_bytes(b"\0" * 4096)  # never booted here: the agent runs on this host instead
     password = work / "xapi.pw"
     password.write_text("secret\n")
-    with XapiSim(work / "sim", iso_path=iso) as sim:
+    tools = toolsiso.build(work / "tools")
+    with XapiSim(work / "sim", iso_path=iso, tools_iso=tools) as sim:
         server = P2VServer(work / "p2v-data", plain=True, args=(
             "--xapi-url", sim.url, "--xapi-password-file", str(password), "--iso", iso.name,
             "--keep-macs")).start()
@@ -106,12 +115,18 @@ def scenario(name: str, work: Path) -> tuple[bool, str]:
                 return False, body["detail"]
             first = json.loads((work / "sim" / "boots.jsonl").read_text().splitlines()[0])
             vdi = Path(first["disks"][0])
+            # The VM's CD drives as its guest sees them: the agent there looks for the tools ISO
+            # the same way; here it is told the file, this host being no VM.
+            tools_cd = guest_tools.tools_cd(first.get("cds", []))
+            say(f"  tools ISO in the VM's CD drives: {tools_cd or 'none'}")
+            if tools_cd is None:
+                return False, f"the VM booted without the pool's tools ISO (CDs: {first.get('cds')})"
             loop = attach(vdi)
             try:
                 t = time.monotonic()
                 proc = subprocess.run([str(AGENT), "repair", "--disk", loop, "--server",
                                        server.url, "--token", server.token, "--job", job,
-                                       "--nic", f"{SOURCE_NIC}={VM_NIC}"],
+                                       "--nic", f"{SOURCE_NIC}={VM_NIC}", "--guest-tools", tools_cd],
                                       capture_output=True, text=True, timeout=1800)
                 say(f"  repair in the VM's disk: exit {proc.returncode} "
                     f"({time.monotonic() - t:.0f} s)")
@@ -135,15 +150,27 @@ def scenario(name: str, work: Path) -> tuple[bool, str]:
         # source's, which a capture on the source itself would have given.
         firmware = LAYOUTS[name].firmware
         result = boot([Path(d) for d in last["disks"]], "ide", "vm", firmware,
-                      work / f"{name}-automatic.serial", timeout=900)
+                      work / f"{name}-automatic.serial", timeout=900, also=toolsiso.LINE)
         want = f"{VM_NIC}:{ADDRESS}"
-        ok = result.ok and result.net == want
+        console = result.log.read_text(errors="replace") if result.log.exists() else ""
+        agent = next((line.strip() for line in console.splitlines() if toolsiso.LINE in line), None)
+        # systemd's own line, its colours dropped (it shortens long unit names: the description).
+        started = next((re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in console.splitlines()
+                        if "Started" in line and toolsiso.DESCRIPTION in line), None)
+        say(f"  guest agent on the console: {started or 'no systemd line'} / {agent or 'not seen'}")
+        ok = result.ok and result.net == want and agent is not None and \
+            agent.endswith(f"; active as {toolsiso.SERVICE}")
         note = "" if last["firmware"] == firmware else f" (VM record: {last['firmware']})"
-        return ok, f"boot from the VDI file with {firmware}{note}: {result}"
+        return ok, f"boot from the VDI file with {firmware}{note}: {result}; guest agent: {agent or 'not seen'}"
 
 
 def main(argv: list[str]) -> int:
-    names = argv or list(LAYOUTS)
+    # The network scenarios need the source's own NIC in the job; a capture on this host has this
+    # host's (run.py runs them).
+    names = [n for n in argv if n not in NET_VARIANTS] if argv else list(LAYOUTS)
+    if argv and not names:
+        say(f"No scenario for the automatic path in {' '.join(argv)} (network scenarios run in run.py only).")
+        return 0
     unknown = [n for n in names if n not in LAYOUTS]
     if unknown:
         say(f"Unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(LAYOUTS)}.")

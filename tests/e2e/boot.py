@@ -19,6 +19,7 @@ ACCEL = os.environ.get("XENP2V_ACCEL", "tcg")
 OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
 OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
 MAC = "52:54:00:12:34:56"   # the VM keeps the source's MAC, as XenServer's VIFs do
+NEW_MAC = "52:54:00:e2:e2:01"  # a VM's MAC when the server gave it new ones (--new-macs)
 MARKER = re.compile(r"XENP2V-BOOT-OK root=(\S+) net=(\S+)")
 # What a boot that cannot find its root prints (initramfs-tools), or a kernel that gives up.
 FAILURES = ("Gave up waiting for root", "ALERT!", "Kernel panic", "emergency mode")
@@ -52,14 +53,16 @@ NICS = {
 
 
 def hardware(images: list[Path], controller: str, nic: str, firmware: str, tmp: Path, *,
-             snapshot: bool = True, memory_mb: int = 1024, network: str = "restrict=on") -> list[str]:
-    """QEMU's arguments for one of the e2e machines: `images` on `controller`, the `nic`, and the
-    firmware (bios: SeaBIOS, uefi: OVMF with its own copy of the variables, kept in `tmp`)."""
+             snapshot: bool = True, memory_mb: int = 1024, network: str = "restrict=on",
+             mac: str = MAC) -> list[str]:
+    """QEMU's arguments for one of the e2e machines: `images` on `controller`, the `nic` (with
+    `mac`), and the firmware (bios: SeaBIOS, uefi: OVMF with its own copy of the variables, kept
+    in `tmp`)."""
     drives = [f"file={image},format=raw" + (",snapshot=on" if snapshot else "") for image in images]
     argv = ["qemu-system-x86_64", "-machine", f"pc,accel={ACCEL}", "-m", str(memory_mb), "-smp", "1",
             "-nodefaults", "-display", "none", "-monitor", "none",
             "-netdev", f"user,id=n0{',' + network if network else ''}",
-            *CONTROLLERS[controller](drives), *NICS[nic]]
+            *CONTROLLERS[controller](drives), *(a.replace(MAC, mac) for a in NICS[nic])]
     if firmware == "uefi":
         vars_copy = tmp / "vars.fd"
         shutil.copy(OVMF_VARS, vars_copy)
@@ -83,22 +86,25 @@ class Boot:
 
 
 def boot(images: Path | list[Path], controller: str, nic: str, firmware: str, log: Path,
-         timeout: int = 600) -> Boot:
-    """Boot the disk(s) (never written: snapshot) until the marker, a known failure, or `timeout`."""
+         timeout: int = 600, mac: str = MAC, also: str | None = None) -> Boot:
+    """Boot the disk(s) (never written: snapshot) until the marker, a known failure, or `timeout`.
+    `also`: a line the guest prints too, maybe after the marker: waited for up to 120 s more."""
     images = [images] if isinstance(images, Path) else list(images)
     with tempfile.TemporaryDirectory(prefix="xenp2v-e2e-") as tmp:
-        argv = [*hardware(images, controller, nic, firmware, Path(tmp)),
+        argv = [*hardware(images, controller, nic, firmware, Path(tmp), mac=mac),
                 "-no-reboot", "-serial", f"file:{log}"]
         log.unlink(missing_ok=True)
         started = time.monotonic()
+        marked = 0.0
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             while True:
                 elapsed = time.monotonic() - started
                 text = log.read_text(errors="replace") if log.exists() else ""
                 m = MARKER.search(text)
-                if m:
+                if m and (also is None or also in text or elapsed > marked + 120):
                     return Boot(True, m[1], m[2], elapsed, "marker seen", log)
+                marked = marked if m else elapsed
                 failure = next((f for f in FAILURES if f in text), None)
                 if failure:
                     return Boot(False, None, None, elapsed, failure, log)

@@ -22,14 +22,24 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path[:0] = [str(REPO), str(HERE.parent)]
 
-from boot import hardware  # noqa: E402
+from boot import MAC, hardware  # noqa: E402
 from support import P2VServer  # noqa: E402
 from tests.iso.vm import BOOT_TIMEOUT, VM, edit_entry  # noqa: E402
 
 AGENT_TIMEOUT = 3600      # capture or restore+repair of a 3 GiB disk under TCG on a loaded box
+# A guest whose console has been silent this long, or whose agent said this many times that its
+# transfer does not move (agent.transfer.progress.Watchdog: every 5 minutes), is stuck: given up early.
+SILENT_LIMIT = 900
+STALL_REPORTS = 3
+STALLED = "No progress for "
+GIVEN_UP = "Stopped: given up: "   # added to the console text of a machine given up as stuck
+POLL = 10.0               # seconds between looks at a running machine
 # What the unattended agent prints last (agent/unattended.py): its outcome, then p2v.post's sentence.
 REPAIRED = re.compile(r"Repair (ok|failed): .*")
 STOPPED = re.compile(r"Stopped: .*")
+# The manual path's boot line an unattended capture prints last (unattended.manual_boot_line), the
+# same the TUI's Done screen shows: all a blank VM needs to restore and repair.
+BOOT_LINE = re.compile(r"^(p2v\.server=\S+ .*p2v\.mode=restore)\s*$", re.MULTILINE)
 AGENT_STARTED = r"Looking at this machine's hardware"
 TUI_STARTED = r"xenp2v\s+\|\s+Start"      # the TUI's first screen (tests/iso/test_boot.py)
 # Where the agent's console says one step ended and the next began: (the step that ends, pattern).
@@ -46,10 +56,18 @@ class Phase:
     seconds: float
     log: Path
     steps: str = ""          # how long each step took, as the console showed them
+    boot_line: str = ""      # a capture's: the manual path's boot line it printed (BOOT_LINE)
+    first_try: str = ""      # a second try's: how the first one, given up as stuck, ended
+
+    @property
+    def stuck(self) -> str:
+        """Why the machine was given up as stuck ('' when it was not: done, or failed otherwise)."""
+        return self.why[len(GIVEN_UP):] if self.why.startswith(GIVEN_UP) else ""
 
     def __str__(self) -> str:
         return f"{'done' if self.ok else 'failed'}: {self.why} ({self.seconds:.0f} s" + \
-            (f": {self.steps})" if self.steps else ")")
+            (f": {self.steps})" if self.steps else ")") + \
+            (f" (second try; the first was given up: {self.first_try})" if self.first_try else "")
 
 
 class LiveMachine(VM):
@@ -57,14 +75,14 @@ class LiveMachine(VM):
     console is tests/iso's: typed into, read back, logged."""
 
     def __init__(self, iso: Path, images: list[Path], controller: str, nic: str, firmware: str,
-                 log: Path, *, snapshot: bool):
+                 log: Path, *, snapshot: bool, mac: str = MAC):
         # VM's own __init__ builds the ISO tests' q35 machine; this is the e2e hardware instead.
         self.log = log
         self.output = bytearray()
         self.started = time.monotonic()
         self.arrivals: list[tuple[float, int]] = []   # (when, output length then)
         argv = [*hardware(images, controller, nic, firmware, log.parent, snapshot=snapshot,
-                          memory_mb=2048, network=""),
+                          memory_mb=2048, network="", mac=mac),
                 "-drive", f"file={iso},media=cdrom,readonly=on", "-boot", "order=d",
                 "-serial", "stdio"]
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -108,12 +126,28 @@ class LiveMachine(VM):
             self.type("\x18")
 
     def wait_off(self, timeout: float) -> bool:
-        """Wait for the machine to power itself off; False when it is still running at `timeout`."""
-        try:
-            self.proc.wait(timeout=timeout)
-            return True
-        except subprocess.TimeoutExpired:
-            return False
+        """Wait for the machine to power itself off; False when it is still running at `timeout`
+        or looks stuck (stuck() says why)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self.proc.wait(timeout=min(POLL, max(0.1, deadline - time.monotonic())))
+                return True
+            except subprocess.TimeoutExpired:
+                if self.stuck():
+                    return False
+        return False
+
+    def stuck(self) -> str:
+        """Why this machine looks stuck ('' if it does not): a silent console, or an agent that
+        keeps saying its transfer does not move."""
+        last = self.arrivals[-1][0] if self.arrivals else self.started
+        if time.monotonic() - last > SILENT_LIMIT:
+            return f"its console was silent for {SILENT_LIMIT // 60} minutes"
+        reports = bytes(self.output).count(STALLED.encode())
+        if reports >= STALL_REPORTS:
+            return f"the agent said {reports} times that its transfer does not move"
+        return ""
 
 
 def server_flags(server: P2VServer) -> str:
@@ -122,11 +156,11 @@ def server_flags(server: P2VServer) -> str:
 
 
 def _agent_run(iso: Path, images: list[Path], controller: str, nic: str, firmware: str, log: Path,
-               flags: str, snapshot: bool) -> tuple[bool, str, float, str]:
+               flags: str, snapshot: bool, mac: str = MAC) -> tuple[bool, str, float, str]:
     """Boot the ISO with `flags`, wait until it powers off; returns (powered off, console text,
     seconds, each step's seconds)."""
     started = time.monotonic()
-    vm = LiveMachine(iso, images, controller, nic, firmware, log, snapshot=snapshot)
+    vm = LiveMachine(iso, images, controller, nic, firmware, log, snapshot=snapshot, mac=mac)
     try:
         vm.boot_serial_entry(firmware, flags)
         if vm.wait_for(f"{AGENT_STARTED}|{TUI_STARTED}", timeout=BOOT_TIMEOUT)[0].startswith("xenp2v"):
@@ -137,7 +171,11 @@ def _agent_run(iso: Path, images: list[Path], controller: str, nic: str, firmwar
         return False, str(e).splitlines()[0], time.monotonic() - started, ""
     finally:
         vm.close()
-    return off, vm.text(), time.monotonic() - started, vm.steps()
+    text = vm.text()
+    stuck = "" if off else vm.stuck()
+    if stuck:
+        text += f"\n{GIVEN_UP}{stuck}.\n"
+    return off, text, time.monotonic() - started, vm.steps()
 
 
 def jobs(server: P2VServer) -> list[dict]:
@@ -155,19 +193,27 @@ def capture(iso: Path, sources: list[Path], firmware: str, server: P2VServer, na
     off, text, seconds, steps = _agent_run(iso, sources, "ahci", "source", firmware, log, flags,
                                            snapshot=True)
     job = next((j for j in jobs(server) if j["name"] == name), None)
+    line = BOOT_LINE.search(text)
     if job and all(d["state"] == "sealed" for d in job["disks"]) and len(job["disks"]) == len(sources):
+        if not line:
+            return Phase(False, f"job {job['id']} sealed, but the console shows no boot line for "
+                         "the manual path", seconds, log, steps), None
         return Phase(True, f"job {job['id']} sealed ({len(job['disks'])} disk(s))", seconds, log,
-                     steps), job["id"]
+                     steps, line[1]), job["id"]
     return Phase(False, _why(off, text, "no sealed job on the server"), seconds, log, steps), None
 
 
 def restore_and_repair(iso: Path, targets: list[Path], controller: str, firmware: str,
-                       server: P2VServer, job: str, log: Path) -> Phase:
-    """The VM (blank disks on `controller`, rtl8139 with the source's MAC) boots the ISO with
-    p2v.mode=repair and the job: the agent restores the job onto the disks, repairs, reports."""
-    flags = f"{server_flags(server)} p2v.mode=repair p2v.job={job}"
+                       server: P2VServer, job: str, log: Path, mac: str = MAC,
+                       boot_line: str | None = None) -> Phase:
+    """The VM (blank disks on `controller`, rtl8139 with `mac`: the source's unless the VM got a
+    new one) boots the ISO with `boot_line` (the capture's, as the Done screen shows it) and
+    nothing else but p2v.post=poweroff, else with p2v.mode=repair, the job and the server's own
+    token: the agent restores the job onto the disks, repairs, reports."""
+    flags = (f"{boot_line} p2v.post=poweroff" if boot_line else
+             f"{server_flags(server)} p2v.mode=repair p2v.job={job}")
     off, text, seconds, steps = _agent_run(iso, targets, controller, "vm", firmware, log, flags,
-                                           snapshot=False)
+                                           snapshot=False, mac=mac)
     m = REPAIRED.search(text)
     if off and m and m[1] == "ok":
         return Phase(True, m[0].strip(), seconds, log, steps)

@@ -24,12 +24,17 @@ import shutil
 import subprocess
 import tarfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sources import CACHE, MIRROR, SUITE, sh
 
 ACCEL = os.environ.get("XENP2V_ACCEL", "tcg")
+# The Xen host's CPUs (QEMU's -smp; dom0 gets as many vCPUs). With one, an HVM guest's every
+# emulated I/O (qemu-xen in dom0) is a switch inside one QEMU thread, not a wake-up of another
+# thread by the loaded host's scheduler: in the same ten minutes here (load 10-17), GRUB read the
+# kernel over emulated IDE in 300 s on one CPU and had not finished after 1450 s on two.
+XEN_CPUS = int(os.environ.get("XENP2V_XEN_CPUS", "1"))
 XEN_VERSION = "4.17"
 DOM0_PACKAGES = ("systemd-sysv,udev,kmod,iproute2,procps,linux-image-amd64,initramfs-tools,e2fsprogs,"
                  f"xen-hypervisor-{XEN_VERSION}-amd64,xen-utils-{XEN_VERSION},qemu-system-xen,ovmf")
@@ -37,10 +42,21 @@ DOM0_SIZE = 3 * 1024**3
 DOM0_MEM_MB = 1024
 HOST_MEM_MB = 3072
 # Xen on the first serial port; dom0's console is Xen's (hvc0), so one line carries both.
-XEN_ARGS = (f"console=com1 com1=115200,8n1 dom0_mem={DOM0_MEM_MB}M,max:{DOM0_MEM_MB}M dom0_max_vcpus=2 "
-            "noreboot loglvl=warning guest_loglvl=warning")
+# sched=credit: under TCG on a loaded host, Xen 4.17's default credit2 stalled for good with dom0's
+# vCPU runnable on its run queue and both CPUs idle (debug key 'r': every credit at -10000000,
+# nothing tickled; an HVM guest stopped in GRUB's kernel read for 7 min and counting). credit1 is
+# the scheduler XenServer and XCP-ng themselves run.
+XEN_ARGS = (f"console=com1 com1=115200,8n1 dom0_mem={DOM0_MEM_MB}M,max:{DOM0_MEM_MB}M dom0_max_vcpus={XEN_CPUS} "
+            "sched=credit noreboot loglvl=warning guest_loglvl=warning")
 DOM0_ARGS = "root=/dev/vda rw console=hvc0 quiet systemd.show_status=0 net.ifnames=0"
 PROMPT = "XENP2V-DOM0# "
+# watch.sh says a line a minute: a Xen host silent this long has stalled (dom0 does not run).
+DOM0_SILENCE = 600
+# Under TCG on a loaded host Xen sometimes halts and no timer wakes it (it says, once woken, that
+# its platform timer "appears to have unexpectedly wrapped" N times); any interrupt wakes it. After
+# this much silence the driver gives it one, a serial input switch to Xen and back (CTRL-a six
+# times), which dom0 never sees.
+NUDGE_AFTER = 120
 CONSOLE_DIR = "/var/log/xen/console"
 DOM0_RECIPE = "3"
 
@@ -133,10 +149,24 @@ class GuestRun:
     why: str
     console: str         # the guest's console, as dom0 logged it
     vbd_state: str = "?"  # xenstore state of its first PV disk's frontend (4: connected)
+    phases: dict[str, float] = field(default_factory=dict)  # PHASES seen: seconds from `xl create`
 
     def __str__(self) -> str:
         return (f"up root={self.root} net={self.net}" if self.ok else f"failed: {self.why}") + \
             f" ({self.seconds:.0f} s)"
+
+    def timeline(self) -> str:
+        """Where the boot's time went, e.g. `GRUB 52 s, kernel read 95 s, ..., end 620 s`."""
+        return ", ".join([f"{phase} {t:.0f} s" for phase, t in self.phases.items()] + [f"end {self.seconds:.0f} s"])
+
+
+def phases(watch_output: str, offset: float) -> dict[str, float]:
+    """The PHASES watch.sh saw, in boot order: {phase: seconds}, its times plus `offset` (the
+    seconds `xl create` took before it started)."""
+    seen = {}
+    for m in re.finditer(r"^PHASE (\d+) (.+?)\s*$", watch_output, re.M):
+        seen[m[2]] = int(m[1]) + offset
+    return {phase: seen[words] for phase, words in PHASES if words in seen}
 
 
 MARKER = re.compile(r"XENP2V-BOOT-OK root=(\S+) net=(\S+)")
@@ -146,18 +176,30 @@ FAILURES = ("Gave up waiting for root", "ALERT!", "Kernel panic", "emergency mod
             "No bootable device", "Boot failed", "error: no such device", "No bootable option")
 # Where the payload disk's files land in dom0.
 PAYLOAD = "/root/x"
+# Where a guest's boot time goes: (phase, the console's first words of it), in boot order. HVM
+# guests show all of them; a PV guest's boot starts at the kernel (pygrub reads it in dom0).
+PHASES = (("GRUB", "Booting `"), ("kernel read", "Loading initial ramdisk"), ("kernel", "Linux version"),
+          ("initramfs", "Run /init"), ("systemd", "Welcome to"))
 # watch.sh NAME SECONDS [QUIET]: waits for guest NAME's marker or a known failure on its console
 # (PV: xenconsoled's guest-NAME.log; HVM: the serial file its configuration names), for the guest to
-# go, or for its console to stay QUIET seconds unchanged; says which, and every minute the console's
-# last line, for whoever follows the host's log.
+# go, or for its console to stay QUIET seconds unchanged; says which, `PHASE <s> <words>` when a
+# phase's words first show (phases.txt, one a line), and every minute the console's last line, for
+# whoever follows the host's log. Consoles are read again only when they grew (dom0's CPU is the
+# guest's device model's).
 WATCH = f"""#!/bin/sh
 name=$1 limit=$2 quiet=${{3:-0}}
 logs="{CONSOLE_DIR}/guest-$name.log {CONSOLE_DIR}/$name.serial"
-start=$(date +%s) next=0 size=0 still=$(date +%s)
+start=$(date +%s) next=0 size=0 still=$(date +%s) seen="|"
 while :; do
     t=$(( $(date +%s) - start ))
     now=$(cat $logs 2>/dev/null | wc -c)
-    [ "$now" != "$size" ] && size=$now still=$(date +%s)
+    if [ "$now" != "$size" ]; then
+        size=$now still=$(date +%s)
+        while IFS= read -r words; do
+            case "$seen" in *"|$words|"*) continue ;; esac
+            if cat $logs 2>/dev/null | grep -aqF -- "$words"; then seen="$seen$words|"; echo "PHASE $t $words"; fi
+        done < {PAYLOAD}/phases.txt
+    fi
     if [ $quiet -gt 0 ] && [ $(( $(date +%s) - still )) -ge $quiet ]; then echo GUEST-QUIET; break; fi
     if cat $logs 2>/dev/null | grep -aq XENP2V-BOOT-OK; then echo GUEST-UP; break; fi
     if cat $logs 2>/dev/null | grep -aqE '{"|".join(FAILURES)}'; then echo GUEST-FAILED; break; fi
@@ -180,6 +222,10 @@ cat {CONSOLE_DIR}/guest-$1.log {CONSOLE_DIR}/$1.serial 2>/dev/null | tr -d '\\00
 """
 
 
+class XenStalled(RuntimeError):
+    """Dom0 fell silent: Xen no longer runs it (its run queues were dumped into the host's log)."""
+
+
 class XenHost:
     """Xen and dom0 running under QEMU, with `disks` as dom0's /dev/vdb, /dev/vdc, ... (read-only
     to this host: QEMU keeps the guests' writes in a temporary overlay).
@@ -192,11 +238,14 @@ class XenHost:
     def __init__(self, files: Dom0, disks: list[Path], log: Path, payload: dict[str, str],
                  memory_mb: int = HOST_MEM_MB):
         self.files, self.disks, self.log = files, disks, log
-        self.payload = {"watch.sh": WATCH, "console.sh": CONSOLE, "vbd.sh": VBD, **payload}
+        self.payload = {"watch.sh": WATCH, "console.sh": CONSOLE, "vbd.sh": VBD,
+                        "phases.txt": "".join(f"{words}\n" for _, words in PHASES), **payload}
         self.memory_mb = memory_mb
         self.proc: subprocess.Popen | None = None
         self.buffer = b""
         self.boot_seconds = 0.0
+        self.stalled = False    # Xen stopped running dom0: no guest can run after it
+        self.nudges = 0         # interrupts given to a silent Xen (NUDGE_AFTER)
         self._log = None
 
     @staticmethod
@@ -209,7 +258,7 @@ class XenHost:
         drives = [a for d in (f.image, *self.disks) for a in
                   ("-drive", f"file={d},format=raw,if=virtio,snapshot=on,cache=unsafe")]
         return ["qemu-system-x86_64", "-machine", f"pc,accel={ACCEL}", "-cpu", "qemu64,+svm",
-                "-smp", "2", "-m", str(self.memory_mb), "-nodefaults", "-display", "none",
+                "-smp", str(XEN_CPUS), "-m", str(self.memory_mb), "-nodefaults", "-display", "none",
                 "-monitor", "none", "-no-reboot", "-serial", "stdio", *drives,
                 "-drive", f"file={tar},format=raw,if=virtio,readonly=on",
                 "-kernel", str(f.xen), "-append", XEN_ARGS,
@@ -247,22 +296,46 @@ class XenHost:
             raise RuntimeError(f"QEMU exited ({self.proc.returncode}) while Xen ran; see {self.log}")
         return data
 
-    def _expect(self, text: str, timeout: float) -> str:
-        """Read until `text`; returns what came before it, leaving the rest in the buffer."""
+    def _expect(self, text: str, timeout: float, silence: float = 0) -> str:
+        """Read until `text`; returns what came before it, leaving the rest in the buffer. Raises
+        TimeoutError after `timeout` seconds, XenStalled after `silence` seconds without a byte
+        (0: no limit)."""
         needle, deadline = text.encode(), time.monotonic() + timeout
+        heard = nudged = time.monotonic()
         while needle not in self.buffer:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no {text!r} from the Xen host within {timeout:.0f} s; see {self.log}")
-            self.buffer += self._read(min(5.0, max(0.1, deadline - time.monotonic())))
+            if silence and time.monotonic() - max(heard, nudged) > NUDGE_AFTER:
+                self.proc.stdin.write(b"\x01" * 6)
+                self.nudges += 1
+                nudged = time.monotonic()
+            if silence and time.monotonic() - heard > silence:
+                self.xen_keys(b"r")
+                raise XenStalled(f"the Xen host said nothing for {silence:.0f} s: Xen stopped running dom0 "
+                                 f"(its run queues, debug key r, are at the end of {self.log})")
+            data = self._read(min(5.0, max(0.1, deadline - time.monotonic())))
+            if data:
+                heard = time.monotonic()
+            self.buffer += data
         before, _, self.buffer = self.buffer.partition(needle)
         return before.decode(errors="replace")
 
-    def run(self, command: str, timeout: float = 300) -> tuple[int, str]:
-        """Run `command` (short: see the class) in dom0's shell; returns (exit status, output)."""
+    def xen_keys(self, keys: bytes, wait: float = 15) -> None:
+        """Hand Xen's debug `keys` to Xen itself (CTRL-a three times switches the serial input
+        between Xen and dom0) and log its answer for `wait` seconds."""
+        self.proc.stdin.write(b"\x01\x01\x01" + keys)
+        end = time.monotonic() + wait
+        while time.monotonic() < end:
+            self.buffer += self._read(1.0)
+        self.proc.stdin.write(b"\x01\x01\x01")
+
+    def run(self, command: str, timeout: float = 300, silence: float = 0) -> tuple[int, str]:
+        """Run `command` (short: see the class) in dom0's shell; returns (exit status, output).
+        `silence`: as `_expect`'s."""
         self.buffer = b""
         # The end mark is split in the command so that only its output matches.
         self._type(f"{command};echo \"@@X\"\"E $?@@\"\n".encode())
-        out = self._expect("@@XE ", timeout)
+        out = self._expect("@@XE ", timeout, silence)
         status = int(self._expect("@@", 10))
         # The previous command's prompt arrives after its end mark: it leads this output.
         return status, out.replace("\r", "").replace(PROMPT, "")
@@ -290,8 +363,15 @@ class XenHost:
                 break
         if status != 0:
             return GuestRun(False, None, None, time.monotonic() - started, f"xl create failed: {out.strip()[-300:]}", out)
-        _, verdict = self.run(f"{PAYLOAD}/watch.sh {name} {int(timeout)} {quiet}", timeout=timeout + 600)
+        created = time.monotonic() - started
+        try:
+            _, verdict = self.run(f"{PAYLOAD}/watch.sh {name} {int(timeout)} {quiet}", timeout=timeout + 600,
+                                  silence=DOM0_SILENCE)
+        except XenStalled as e:
+            self.stalled = True
+            return GuestRun(False, None, None, time.monotonic() - started, str(e), "")
         seconds = time.monotonic() - started
+        seen = phases(verdict, created)
         # 4 (Connected) once the guest's xen-blkfront took the disk; 1 (Initialising) if nothing did.
         _, state = self.run(f"{PAYLOAD}/vbd.sh {name}", timeout=300)
         self.run(f"xl destroy {name}", timeout=300)
@@ -299,11 +379,11 @@ class XenHost:
         vbd = state.strip().splitlines()[-1] if state.strip() else "?"
         m = MARKER.search(console)
         if m:
-            return GuestRun(True, m[1], m[2], seconds, "marker seen", console, vbd)
+            return GuestRun(True, m[1], m[2], seconds, "marker seen", console, vbd, seen)
         failure = next((f for f in FAILURES if f in console), None)
         why = failure or {"GUEST-GONE": "the guest stopped", "GUEST-QUIET": f"its console silent for {quiet} s"}.get(
             next((v for v in ("GUEST-GONE", "GUEST-QUIET") if v in verdict), ""), f"no marker within {timeout} s")
-        return GuestRun(False, None, None, seconds, why, console, vbd)
+        return GuestRun(False, None, None, seconds, why, console, vbd, seen)
 
     def stop(self) -> None:
         # Nothing in dom0 needs keeping (its disks are QEMU snapshots): the emulator just stops.

@@ -187,7 +187,7 @@ def main(argv: list[str]) -> int:
     finally:
         for copy in repaired:
             copy.unlink(missing_ok=True)
-    say(f"\nxenp2v e2e-xen (Xen {xenhost.XEN_VERSION} under QEMU {xenhost.ACCEL}): load {os.getloadavg()[0]:.1f} at the end")
+    say(f"\nxenp2v e2e-xen (Xen {xenhost.XEN_VERSION} under QEMU {xenhost.ACCEL}, {xenhost.XEN_CPUS} CPUs): load {os.getloadavg()[0]:.1f} at the end")
     say(table(list(rows.values()), seconds))
     say(f"serial logs and guest consoles: {work}")
     wanted = {n: ["repair"] + [g.key for g in guests if g.scenario == n] for n in names}
@@ -209,11 +209,17 @@ def xen_boots(guests: list[Guest], disks: list[Path], work: Path, rows: dict) ->
             # source's boot, stopped there, falls silent rather than saying so. A repaired guest is
             # waited for up to its marker.
             quiet = PV_QUIET if guest.profile == "pv" and not guest.repaired else 0
+            nudges = host.nudges
             run = host.guest(guest.name, timeout=GUEST_TIMEOUT, quiet=quiet)
             (work / f"{guest.name}.console").write_text(run.console)
             ok, why = judge(guest, run)
             rows[guest.scenario][guest.key] = (ok, run.seconds)
             say(f"  {guest.name}: {'PASS' if ok else 'FAIL'} — {why}")
+            say(f"    where its time went (from xl create): {run.timeline()}"
+                + (f"; Xen fell silent and was given an interrupt {host.nudges - nudges} times" if host.nudges > nudges else ""))
+            if host.stalled:
+                say("  the guests after it were not run")
+                break
     return seconds
 
 

@@ -55,7 +55,7 @@ def record(number: int, start: int, size: int, fstype: str, uuid: str | None, la
 
 
 def two_disks(links: bool = True) -> dict:
-    """A capture inventory of a machine with a root disk and a data disk, as agent/capture.py
+    """A capture inventory of a machine with a root disk and a data disk, as agent/transfer/capture.py
     records it."""
     return {"disks": [
         {"id": "sda", "device": "/dev/sda", "serial": "S3Z9NB0K111111",
@@ -74,9 +74,9 @@ def test_a_second_disks_by_id_name_maps_to_its_own_filesystem_not_the_root_disks
             Reference(f"{WD}-part1", "/home", "ext4"),
             Reference("/dev/disk/by-path/pci-0000:00:1f.2-ata-2-part2", "/srv", "xfs"),
             Reference("/dev/sdb1", "/home2", "ext4")]
-    # Without the inventory, the disk's own by-id name and the other disk's look alike: partition
-    # 1 of this disk is what the number says, which is how /home came to mount /boot.
-    assert names_from_disk(refs, [ROOT, BOOT])[0][f"{WD}-part1"] == BOOT
+    # Without the inventory, the disk's own by-id name and the other disk's look alike; but
+    # partition 1 of this disk is /boot, so WD's partition 1 for /home is another disk's.
+    assert f"{WD}-part1" not in names_from_disk(refs, [ROOT, BOOT])[0]
     names, missing = names_from_inventory(refs, two_disks(), [[ROOT, BOOT], [HOME, SRV]])
     assert names == {f"{SAMSUNG}-part2": ROOT, f"{SAMSUNG}-part1": BOOT, f"{WD}-part1": HOME,
                      "/dev/sdb1": HOME,
@@ -86,6 +86,29 @@ def test_a_second_disks_by_id_name_maps_to_its_own_filesystem_not_the_root_disks
     # Without udev's names in the inventory, a by-id name that ends in the disk's serial is it.
     names, _ = names_from_inventory(refs, two_disks(links=False), [[ROOT, BOOT], [HOME, SRV]])
     assert names[f"{WD}-part1"] == HOME and "/dev/disk/by-path/pci-0000:00:1f.2-ata-2-part2" not in names
+
+
+QEMU1 = "/dev/disk/by-id/ata-QEMU_HARDDISK_SRC0001"
+QEMU2 = "/dev/disk/by-id/ata-QEMU_HARDDISK_SRC0002"
+
+
+def test_another_disks_by_id_name_is_not_this_disks_partition_a_kernel_name_mounts_elsewhere():
+    # make e2e's two-disks-by-id: / by kernel name, swap by this disk's by-id name, /home by the
+    # second disk's. Partition 1 of this disk is the root: /home cannot be it.
+    root = Filesystem("/dev/xvda1", "ext4", "root-uuid", None, 1)
+    swap = Filesystem("/dev/xvda2", "swap", "swap-uuid", None, 2)
+    refs = [Reference("/dev/sda1", "/", "ext4"), Reference(f"{QEMU1}-part2", "none", "swap"),
+            Reference(f"{QEMU2}-part1", "/home", "ext4")]
+    names, notes = names_from_disk(refs, [root, swap])
+    assert names == {"/dev/sda1": root, f"{QEMU1}-part2": swap}
+    assert notes == [f"{QEMU2}-part1 is on another disk of the source machine; left as it is."]
+    # The same after a first repair named / and swap by their UUIDs (a second run maps nothing).
+    refs[:2] = [Reference("UUID=root-uuid", "/", "ext4"), Reference("UUID=swap-uuid", "none", "swap")]
+    assert names_from_disk(refs, [root, swap]) == ({}, notes)
+    # One btrfs mounted twice (its subvolumes) is one filesystem under two names: still this disk's.
+    pool = Filesystem("/dev/xvda1", "btrfs", "pool-uuid", None, 1)
+    refs = [Reference("/dev/sda1", "/", "btrfs"), Reference(f"{QEMU1}-part1", "/home", "btrfs")]
+    assert names_from_disk(refs, [pool])[0] == {"/dev/sda1": pool, f"{QEMU1}-part1": pool}
 
 
 def test_a_partition_no_vm_disk_holds_is_missing_not_guessed():
@@ -126,3 +149,20 @@ def test_another_disk_without_an_inventory_is_found_by_type_and_the_guests_blkid
     assert names == {"/dev/sdb1": data}
     names, unplaced, _ = names_on_other_disks(refs[1:2], [], set(), {})
     assert unplaced["/dev/sdb1"].endswith("hold no ext4 filesystem it could be")
+
+
+def test_a_repair_from_outside_the_vm_takes_the_vm_nics_the_server_made():
+    from agent.repair.network import VmNic
+    from agent.repair.runner import vm_nics
+    from xenp2v.protocol import job_inventory
+
+    source = {"machine": {"nics": [{"name": "ens3", "mac": "52:54:00:12:34:56"},
+                                   {"name": "ens4", "mac": "52:54:00:12:34:57"}]}}
+    # No VM made by the server (manual path): the VM is taken to keep the source's MACs.
+    assert vm_nics(job_inventory({"inventory": source})) == [VmNic("52:54:00:12:34:56", 0),
+                                                            VmNic("52:54:00:12:34:57", 1)]
+    # The server made it with --new-macs: the pool's MACs, by VIF number, as its record has them.
+    job = {"inventory": source, "records": {"xenserver": {"vm": {
+        "firmware": "bios", "nics": [{"device": 0, "mac": "CE:11:22:33:44:55", "source": "ens3"},
+                                     {"device": 1, "mac": "ce:11:22:33:44:66", "source": "ens4"}]}}}}
+    assert vm_nics(job_inventory(job)) == [VmNic("ce:11:22:33:44:55", 0), VmNic("ce:11:22:33:44:66", 1)]

@@ -51,10 +51,10 @@ def make_deb(work: Path, arch: str, out: Path) -> None:
                     str(out / f"xe-guest-utilities_{VERSION}_{arch}.deb")], check=True, capture_output=True)
 
 
-def make_rpms(work: Path, out: Path) -> None:
+def make_rpms(work: Path, out: Path, full_version: str = VERSION) -> None:
     top = work / "rpmbuild"
     spec = work / "xe.spec"
-    version, release = VERSION.split("-")
+    version, release = full_version.split("-")
     spec.write_text(f"""Summary: Linux guest agent (test build)
 Name: xe-guest-utilities
 Version: {version}
@@ -163,7 +163,7 @@ def test_deb_from_the_iso_installed_with_dpkg_and_enabled(debian_guest, tools_is
     (package, step), said = install(debian_guest, tools_iso, "debian")
     assert package.kind == "deb" and package.arch == "amd64"
     assert [f.name for f in package.files] == [f"xe-guest-utilities_{VERSION}_amd64.deb"]
-    assert [c.argv[0] for c in step.commands] == ["dpkg", "systemctl"]
+    assert [c.argv[0] for c in step.commands] == ["dpkg", "sh"] and step.commands[1].argv[-2:] == ("xe-linux-distribution", "yes")
     status = (debian_guest / "var/lib/dpkg/status").read_text()
     entry = next(p for p in status.split("\n\n") if p.startswith("Package: xe-guest-utilities\n"))
     assert "Status: install ok installed" in entry and f"Version: {VERSION}" in entry
@@ -194,6 +194,40 @@ def test_rpm_from_the_iso_installed_with_the_guests_rpm(debian_guest, tools_iso)
     assert (debian_guest / "etc/systemd/system/multi-user.target.wants/xe-linux-distribution.service").is_symlink()
 
 
+def rpm_guest(root: Path) -> None:
+    """The guest as an RPM one: Debian's rpm put into the tree, os-release a Rocky one."""
+    stage = root / "tmp/debs"
+    stage.mkdir()
+    for deb in rpm_debs():
+        shutil.copy(deb, stage)
+    proc = guest.chroot(root, ("sh", "-c", "dpkg -i --force-depends /tmp/debs/*.deb"))
+    assert proc.returncode == 0, proc.stderr
+    (root / "etc/os-release").unlink()
+    (root / "etc/os-release").write_text('ID="rocky"\nID_LIKE="rhel centos fedora"\n')
+
+
+def test_a_guest_agent_already_there_is_left_and_said(debian_guest, tools_iso, tmp_path):
+    """A source that already runs a guest agent (a VM moved from a newer pool, or XCP-ng's
+    xe-guest-utilities-latest): rpm -U of the pool's older one refuses, which failed the step and
+    undid the whole repair. The guest keeps its agent, and the plan says so."""
+    rpm_guest(debian_guest)
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    make_rpms(tmp_path, newer, "9.0.0-1")
+    (rpm,) = [p for p in newer.glob("*.rpm") if "xenstore" not in p.name]
+    shutil.copy(rpm, debian_guest / "tmp")
+    proc = guest.chroot(debian_guest, ("rpm", "-i", "--nodeps", f"/tmp/{rpm.name}"))
+    assert proc.returncode == 0, proc.stderr
+    (package, step), said = install(debian_guest, tools_iso, "rhel")
+    assert not step.commands and not step.changes
+    assert step.warnings == [
+        "The guest already has a guest agent (/usr/sbin/xe-daemon) that xenp2v did not install: it is left as "
+        f"it is, and xe-guest-utilities 8.4.0-1 (rpm, x86_64) from {tools_iso} is not installed over it (it may "
+        "be newer, or another package's). To have the pool's, remove the guest's and repair again."]
+    proc = guest.chroot(debian_guest, ("rpm", "-q", "xe-guest-utilities"))
+    assert proc.stdout.strip() == "xe-guest-utilities-9.0.0-1.x86_64", proc.stdout + proc.stderr
+
+
 def test_package_fits_family_and_architecture(tools_iso, tmp_path):
     files = guest_tools.read_source(tools_iso, tmp_path / "x")
     names = lambda p: [f.name for f in p.files]  # noqa: E731
@@ -213,3 +247,80 @@ def test_no_package_or_no_iso_is_a_warning_not_a_failure(tmp_path):
     with pytest.raises(guest_tools.ToolsError, match="neither an ISO file nor a directory"):
         guest_tools.read_source(tmp_path / "missing.iso", tmp_path / "x")
     assert guest_tools.plan(tree, None, "debian", None).empty
+
+
+INIT_SCRIPT = """#!/bin/sh
+### BEGIN INIT INFO
+# Provides:          xe-linux-distribution
+# Required-Start:    $remote_fs
+# Required-Stop:     $remote_fs
+# Default-Start:     2 3 4 5
+# Default-Stop:      0 1 6
+# Short-Description: Linux guest agent
+### END INIT INFO
+exec /usr/sbin/xe-daemon
+"""
+
+
+def tarball_dir(work: Path, init_script: bool) -> Path:
+    """A tools folder whose Linux/ holds only the vendor's tarball (tar -C stage .: members ./lib/,
+    ./usr/... as a plain build makes them), with the unit and, if asked, a SysV init script."""
+    stage = work / "tgz"
+    payload(stage)
+    if init_script:
+        (stage / "etc/init.d").mkdir(parents=True)
+        (stage / "etc/init.d/xe-linux-distribution").write_text(INIT_SCRIPT)
+        (stage / "etc/init.d/xe-linux-distribution").chmod(0o755)
+    linux = work / "tools/Linux"
+    linux.mkdir(parents=True)
+    subprocess.run(["tar", "-czf", str(linux / f"xe-guest-utilities_{VERSION}_x86_64.tgz"), "-C", str(stage), "."],
+                   check=True)
+    return work / "tools"
+
+
+def without_systemd(root: Path, os_release: str | None = None) -> None:
+    """The guest as a SysV-init one: no systemd binary (an overlay whiteout), /sbin/init its own."""
+    (root / "usr/lib/systemd/systemd").unlink()
+    if os_release is not None:
+        (root / "etc/os-release").unlink()
+        (root / "etc/os-release").write_text(os_release)
+
+
+def test_tarball_keeps_a_merged_usr_intact(debian_guest, tmp_path):
+    """An Arch-like guest (tarball path) whose /lib, /bin and /sbin are links into /usr: GNU tar
+    replaces a link with a directory when the archive has one of that name (./lib/), which leaves
+    the guest without /lib/modules and without its init."""
+    source = tarball_dir(tmp_path, init_script=False)
+    (debian_guest / "etc/os-release").unlink()
+    (debian_guest / "etc/os-release").write_text('ID=arch\nPRETTY_NAME="Arch Linux"\n')
+    (package, step), said = install(debian_guest, source, "arch")
+    assert package.kind == "tgz"
+    for link in ("lib", "bin", "sbin", "lib64"):
+        assert (debian_guest / link).is_symlink(), f"/{link} is no longer a link into /usr"
+    assert (debian_guest / "usr/lib/systemd/system/xe-linux-distribution.service").is_file()
+    assert (debian_guest / "usr/sbin/xe-daemon").is_file()
+    assert (debian_guest / "etc/systemd/system/multi-user.target.wants/xe-linux-distribution.service").is_symlink()
+
+
+def test_sysv_guest_of_no_known_family_gets_its_init_script_enabled(debian_guest, tmp_path):
+    """No systemd, no chkconfig: the init script the tarball brings is enabled with the tool the
+    guest has (here update-rc.d), not with chkconfig, which it lacks."""
+    without_systemd(debian_guest, 'ID=slackware\nPRETTY_NAME="Slackware 15.0"\n')
+    (package, step), said = install(debian_guest, tarball_dir(tmp_path, init_script=True), None)
+    assert package.kind == "tgz"
+    assert (debian_guest / "etc/init.d/xe-linux-distribution").is_file()
+    assert glob.glob(str(debian_guest / "etc/rc2.d/S*xe-linux-distribution")), "\n".join(said)
+
+
+def test_sysv_debian_guest_with_a_unit_only_package_is_installed_and_said(debian_guest, tools_iso):
+    """A Debian without systemd and a package that ships only a systemd unit: the package is
+    installed and the repair goes on, saying the agent is not started at boot; update-rc.d on a
+    script that does not exist would fail the whole repair (and undo it)."""
+    without_systemd(debian_guest)
+    (package, step), said = install(debian_guest, tools_iso, "debian")
+    assert package.kind == "deb"
+    status = (debian_guest / "var/lib/dpkg/status").read_text()
+    assert "Package: xe-guest-utilities\nStatus: install ok installed" in status
+    out = "\n".join(said)
+    assert ("The guest agent has no /etc/init.d/xe-linux-distribution and no systemd unit this guest can run: "
+            "not started at boot") in out

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import blockdev
+from agent.disk import blockdev
 from agent.repair.facts import Filesystem
 from agent.repair.guest import RepairError
 from agent.repair.luks import Cryptsetup, Passphrases, console_ask, guest_names, unlock

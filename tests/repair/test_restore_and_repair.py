@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.cli import main
-from agent.client import Client
-from agent.progress import Progress
+from agent.transfer.client import Client
+from agent.transfer.progress import Progress
 from agent.settings import Settings
 from agent.unattended import capture
 from support import rescan, run

@@ -180,3 +180,56 @@ def test_a_file_that_cannot_be_written_in_the_last_step_puts_the_guest_back(debi
     with pytest.raises(RepairError, match=r"^Step 'repair record' failed: .*put back as it was"):
         apply_plan(root, steps, lambda cmd: (0, ""), lambda line: None)
     assert snapshot(root) == before
+
+
+def test_the_guest_agents_package_is_staged_inside_the_guest_and_undone(tmp_path):
+    """A guest whose /var/lib is an absolute link: the package files go to the guest's own copy
+    of the link's target, never onto this machine's; a failed repair takes them away again."""
+    from agent.repair import guest_tools
+    live, root = tmp_path / "live", tmp_path / "guest"
+    write(live, {"/var/lib/dpkg/status": "the live system's\n"})
+    write(root, {f"{live}/var/lib/dpkg/status": "the guest's\n", "/etc/os-release": DEBIAN_OS})
+    link(root, "/var/lib", f"{live}/var/lib")
+    debs = tmp_path / "iso"
+    write(debs, {"/a.deb": "!<arch>\n", "/b.deb": "!<arch>\n"})
+    package = guest_tools.ToolsPackage("deb", "8.4.0", "amd64", (debs / "a.deb", debs / "b.deb"), "iso")
+    live_before, guest_before = snapshot(live), snapshot(root)
+    undo = guest_tools.stage(root, package)
+    staged = root / str(live).lstrip("/") / "var/lib/xenp2v/guest-tools"
+    assert sorted(p.name for p in staged.iterdir()) == ["a.deb", "b.deb"]
+    assert snapshot(live) == live_before
+    undo()
+    assert snapshot(root) == guest_before and snapshot(live) == live_before
+
+
+def test_a_guest_link_at_the_repairs_own_file_names_leads_nowhere(tmp_path):
+    """The guest holds links where apply writes its new files (`fstab.xenp2v-new`) pointing at
+    this machine's files: they are replaced, the live files stay as they were."""
+    live, root = tmp_path / "live", tmp_path / "guest"
+    write(live, {"/etc/shadow": "root:secret:\n", "/etc/grub": "live grub defaults\n"})
+    write(root, {"/etc/os-release": DEBIAN_OS, "/etc/fstab": "/dev/sda2 / ext4 defaults 0 1\n",
+                 "/etc/default/grub": 'GRUB_CMDLINE_LINUX="root=/dev/sda2"\n'})
+    link(root, "/etc/fstab.xenp2v-new", f"{live}/etc/shadow")
+    link(root, "/etc/default/grub.xenp2v-new", f"{live}/etc/grub")
+    live_before = snapshot(live)
+    steps = plan_repair(GuestTree(root), Facts(filesystems=DISK, names=NAMES, disk="/dev/xvda"))
+    apply_plan(root, steps, lambda cmd: (0, ""), lambda line: None)
+    assert snapshot(live) == live_before
+    assert (root / "etc/fstab").read_text() == f"UUID={ROOT_UUID} / ext4 defaults 0 1\n"
+    assert not os.path.lexists(root / "etc/fstab.xenp2v-new")
+
+
+def test_a_file_two_steps_change_is_put_back_as_it_was_before_the_first(tmp_path):
+    from agent.repair.plan import FileChange, StepPlan
+    write(tmp_path, {"/etc/default/grub": "original\n"})
+    os.chmod(tmp_path / "etc/default/grub", 0o600)
+    before = snapshot(tmp_path)
+    first, second, last = StepPlan("first"), StepPlan("second"), StepPlan("last")
+    first.changes.append(FileChange("/etc/default/grub", "original\n", "first\n"))
+    second.changes.append(FileChange("/etc/default/grub", "first\n", "second\n"))
+    last.changes.append(FileChange("/etc/new", None, "x\n"))
+    from agent.repair.plan import Command
+    last.commands.append(Command(("false",), "fail"))
+    with pytest.raises(RepairError, match="Every file the repair had changed was put back as it was"):
+        apply_plan(tmp_path, [first, second, last], lambda cmd: (1, "no"), lambda line: None)
+    assert snapshot(tmp_path) == before

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from agent import blockdev, capture
+from agent.disk import blockdev
+from agent.transfer import capture
 from agent.cli import main
-from agent.plan import plan_disk
+from agent.disk.plan import plan_disk
 from agent.repair import runner
 from agent.repair.facts import Facts
 from agent.repair.guest import RepairError
@@ -200,6 +201,36 @@ def test_repair_disk_finds_another_disks_filesystems_or_marks_them_nofail(loopde
             "disks that nothing else names: only its type says so; check it.") in out
     assert ("WARNING: /dev/sdc1 is on another disk of the source machine, and the VM's other disks hold no "
             "xfs filesystem it could be: /data is marked nofail in /etc/fstab") in out
+
+
+def test_repair_of_several_named_disks_puts_another_disks_by_id_name_on_it_not_on_the_root(loopdev, tmp_path, capsys):
+    # make e2e's two-disks-by-id, repaired from the host: both VM disks named, the boot disk first.
+    qemu = "/dev/disk/by-id/ata-QEMU_HARDDISK_SRC000"
+    root_disk, (root, swap) = disk(loopdev, 64 * MiB, "label: dos\n,48MiB,83\n,,82\n", "root")
+    data_disk, (home,) = disk(loopdev, 32 * MiB, "label: dos\n,,83\n", "data")
+    uuids = {"root": mkfs(root, "ext4"), "swap": mkfs(swap, "swap"), "home": mkfs(home, "ext4")}
+    write(root, {**GUEST, "/etc/fstab": f"/dev/sda1 / ext4 errors=remount-ro 0 1\n{qemu}1-part2 none swap sw 0 0\n"
+                                        f"{qemu}2-part1 /home ext4 defaults 0 2\n"}, tmp_path / "mnt")
+    assert main(["repair", "--dry-run", "--disk", root_disk, "--disk", data_disk]) == 0
+    out = capsys.readouterr().out
+    assert fstab_diff(out.splitlines()) == [
+        "-/dev/sda1 / ext4 errors=remount-ro 0 1", f"-{qemu}1-part2 none swap sw 0 0",
+        f"-{qemu}2-part1 /home ext4 defaults 0 2",
+        f"+UUID={uuids['root']} / ext4 errors=remount-ro 0 1", f"+UUID={uuids['swap']} none swap sw 0 0",
+        f"+UUID={uuids['home']} /home ext4 defaults 0 2"]
+    assert f"$ grub-install --target=i386-pc {root_disk}    #" in out
+
+
+def test_disks_named_by_hand_are_a_repair_from_outside_the_vm_whatever_this_machine_is(monkeypatch):
+    # Several --disk are the VM's disks attached to this machine: its own NICs are not the VM's
+    # even when it is a VM itself (the host path of make e2e runs in one).
+    from agent.repair import command
+    asked: list[Request] = []
+    monkeypatch.setattr(command, "repair", lambda request: asked.append(request) or {"status": "ok"})
+    assert main(["repair", "--disk", "/dev/sdx", "--disk", "/dev/sdy"]) == 0
+    assert main(["repair", "--disk", "/dev/sdx"]) == 0
+    # `disk` named: the runner takes the VM's NICs from the job, not from this machine.
+    assert [(r.disk, r.disks) for r in asked] == [("/dev/sdx", ["/dev/sdx", "/dev/sdy"]), ("/dev/sdx", [])]
 
 
 def test_grub_goes_to_the_vms_first_disk_when_the_root_is_on_the_second(loopdev, tmp_path):

@@ -9,8 +9,11 @@ No Windows boots here: these prove the registry a Windows VM needs, not that it 
 from __future__ import annotations
 
 import hashlib
+import re
+import os
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -164,3 +167,232 @@ def test_a_hive_with_pending_log_writes_is_refused(loopdev, tmp_path, capsys):
     assert "changes still in its transaction logs" in capsys.readouterr().err
     after, _ = _hive_of(system, tmp_path)
     assert after.read_bytes() == before.read_bytes()
+
+
+def _edit(system: str, tmp_path: Path, change) -> None:
+    """Mount C: read-write, call `change(root)`, unmount."""
+    mnt = tmp_path / "edit"
+    mnt.mkdir(exist_ok=True)
+    _mount(system, mnt)
+    try:
+        change(mnt)
+    finally:
+        run("umount", str(mnt))
+
+
+def _mount(system: str, mnt: Path, *options: str) -> None:
+    """ntfs-3g opens the device exclusively: on a shared machine another program may hold it
+    for a moment (a scan of every block device), so a busy mount is tried again."""
+    for attempt in range(3):
+        proc = subprocess.run(["mount", "-t", "ntfs-3g", *(["-o", *options] if options else []),
+                               system, str(mnt)], capture_output=True, text=True)
+        if proc.returncode == 0:
+            return
+        time.sleep(1)
+    raise AssertionError(f"mount {system}: {proc.stderr}")
+
+
+def _tree(system: str, tmp_path: Path) -> list[str]:
+    """Every path on C:, read through a read-only mount."""
+    mnt = tmp_path / "tree"
+    mnt.mkdir(exist_ok=True)
+    _mount(system, mnt, "ro")
+    try:
+        return sorted(str(p.relative_to(mnt)) for p in mnt.rglob("*"))
+    finally:
+        run("umount", str(mnt))
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_a_hibernated_windows_is_refused_with_what_to_do(loopdev, tmp_path, capsys, dry_run):
+    # Hibernation or Fast Startup left C: mounted in the hibernated session: ntfs-3g mounts it
+    # read-only only, and a change would be lost or break the resume.
+    dev, system = windows_disk(loopdev, tmp_path, "10", "dos")
+    _edit(system, tmp_path, lambda root: (root / "hiberfil.sys").write_bytes(b"HIBR" + bytes(8188)))
+    before, _ = _hive_of(system, tmp_path)
+    tree = _tree(system, tmp_path)
+    assert _repair(dev, *(["--dry-run"] if dry_run else [])) == 1
+    err = capsys.readouterr().err
+    assert "holds a hibernated Windows" in err and "shut it down fully" in err, err
+    assert "Nothing was changed" in err
+    after, _ = _hive_of(system, tmp_path)
+    assert after.read_bytes() == before.read_bytes()
+    assert _tree(system, tmp_path) == tree
+
+
+def test_a_windows_whose_log_needs_replaying_is_refused(loopdev, tmp_path, capsys):
+    dev, system = windows_disk(loopdev, tmp_path, "7", "dos")
+    info = run("ntfsinfo", "-i", "2", "-v", system).stdout
+    lcn = int(info.split("Runlist:")[1].splitlines()[1].split()[1], 16)
+    cluster = int(run("ntfsinfo", "-m", system).stdout.split("Cluster Size:")[1].split()[0])
+    page = bytearray(4096)   # a restart page whose log client is still in use: Windows lost power
+    struct.pack_into("<4sHHQIIHhh", page, 0, b"RSTR", 0x1E, 9, 0, 4096, 4096, 0x30, 1, 1)
+    struct.pack_into("<QHHHH", page, 0x30, 20, 1, 0xFFFF, 0, 0)
+    with open(system, "r+b") as f:
+        f.seek(lcn * cluster)
+        f.write(bytes(page) * 2)
+    before, _ = _hive_of(system, tmp_path)
+    assert _repair(dev) == 1
+    err = capsys.readouterr().err
+    assert "$LogFile needs replaying" in err and "shut it down fully" in err, err
+    after, _ = _hive_of(system, tmp_path)
+    assert after.read_bytes() == before.read_bytes()
+
+
+def test_a_full_volume_is_refused_and_left_as_it_was(loopdev, tmp_path, capsys):
+    dev, system = windows_disk(loopdev, tmp_path, "10", "dos")
+
+    def fill(root: Path) -> None:
+        with open(root / "filler.bin", "wb") as f:
+            try:
+                while True:
+                    f.write(bytes(1 << 20))
+                    f.flush()
+            except OSError:
+                pass
+    _edit(system, tmp_path, fill)
+    before, _ = _hive_of(system, tmp_path)
+    tree = _tree(system, tmp_path)
+    assert _repair(dev) == 1
+    err = capsys.readouterr().err
+    assert "Cannot back up the SYSTEM hive" in err and "No space left on device" in err, err
+    assert "free" in err and "Nothing was changed" in err
+    after, _ = _hive_of(system, tmp_path)
+    assert after.read_bytes() == before.read_bytes()
+    assert _tree(system, tmp_path) == tree   # no half-written backup, no empty folders
+
+
+def test_xp_spelled_in_capitals_gets_its_backups_and_log_in_its_own_windows_folder(loopdev, tmp_path,
+                                                                                 capsys):
+    # XP and 2003 install into C:\WINDOWS; ntfs-3g is case-sensitive, Windows is not: a second
+    # folder "Windows" beside it would be a name Windows cannot tell apart.
+    dev, system = windows_disk(loopdev, tmp_path, "xp", "dos")
+    _edit(system, tmp_path, lambda root: (root / "Windows").rename(root / "WINDOWS"))
+    assert _repair(dev) == 0
+    capsys.readouterr()
+    tree = _tree(system, tmp_path)
+    top = [p for p in tree if "/" not in p]
+    assert [p for p in top if p.lower() == "windows"] == ["WINDOWS"], top
+    assert "WINDOWS/xenp2v/repair.log" in tree
+    assert any(p.startswith("WINDOWS/xenp2v/backups/") and p.endswith("/SYSTEM") for p in tree)
+
+
+@pytest.mark.parametrize("damage", ["garbled", "truncated"])
+def test_a_damaged_hive_is_refused_with_what_to_do(loopdev, tmp_path, capsys, damage):
+    dev, system = windows_disk(loopdev, tmp_path, "10", "dos")
+
+    def spoil(root: Path) -> None:
+        hive = root / "Windows/System32/config/SYSTEM"
+        data = bytearray(hive.read_bytes())
+        if damage == "garbled":
+            data[4096 + 32:4096 + 512] = bytes(range(240)) * 2   # the first bin's cells
+        else:
+            del data[6000:]
+        hive.write_bytes(bytes(data))
+    _edit(system, tmp_path, spoil)
+    before = _raw_hive(system)
+    tree = _tree(system, tmp_path)
+    assert _repair(dev) == 1
+    err = capsys.readouterr().err
+    assert "is damaged" in err and "chkdsk" in err and "Nothing was changed" in err, err
+    assert _raw_hive(system) == before
+    assert _tree(system, tmp_path) == tree
+
+
+def _raw_hive(system: str) -> bytes:
+    return subprocess.run(["ntfscat", system, "/Windows/System32/config/SYSTEM"],
+                          capture_output=True, check=True).stdout
+
+
+def test_the_reg_diff_shows_each_key_with_its_own_old_and_new_values(loopdev, tmp_path, capsys):
+    dev, _system = windows_disk(loopdev, tmp_path, "10", "dos")
+    assert _repair(dev, "--dry-run") == 0
+    out = capsys.readouterr().out
+    diff = out[out.index("--- a/SYSTEM.reg"):]
+    hklm = r"HKEY_LOCAL_MACHINE\SYSTEM"
+    for cs in SETS:
+        # Each key's lines together: a difflib diff of the whole text paired equal lines of
+        # different keys, showing vmci's Start=0 kept and intelide's new Start=0 removed.
+        assert (f" [{hklm}\\{cs}\\Services\\vmci]\n-\"Start\"=dword:00000000\n"
+                f"+\"Start\"=dword:00000004\n") in diff, diff
+        assert (f" [{hklm}\\{cs}\\Services\\intelide]\n-\"Start\"=dword:00000003\n"
+                f"+\"Start\"=dword:00000000\n") in diff, diff
+    # A unified diff patch(1) takes: applied to the old values, it gives the new ones.
+    old = tmp_path / "SYSTEM.reg"
+    old.write_text("".join(line[1:] + "\n" for line in diff.splitlines()[2:]
+                           if line[:1] in " -"))
+    new = "".join(line[1:] + "\n" for line in diff.splitlines()[2:] if line[:1] in " +")
+    (tmp_path / "reg.diff").write_text(diff.split("\n== ")[0].rstrip("\n") + "\n")
+    run("patch", "-s", str(old), str(tmp_path / "reg.diff"))
+    assert old.read_text() == new
+
+
+def test_a_bitlocker_windows_volume_is_named_with_what_to_do(loopdev, tmp_path, capsys):
+    # The copy of a BitLocker C: stays encrypted: its registry cannot be read or changed here.
+    dev, system = windows_disk(loopdev, tmp_path, "10", "dos")
+    with open(system, "r+b") as f:   # what BitLocker writes over the boot sector's OEM id
+        f.seek(3)
+        f.write(b"-FVE-FS-")
+    assert _repair(dev) == 1
+    err = capsys.readouterr().err
+    assert f"{system} is encrypted with BitLocker" in err, err
+    assert "manage-bde -off" in err and "recovery key" in err
+    assert "Check that the image was restored" not in err
+
+
+def test_an_ntfs_that_cannot_be_mounted_is_named_not_taken_for_no_windows(loopdev, tmp_path, capsys):
+    # Another program holds C: (ntfs-3g opens it exclusively and fails): the repair said the
+    # disk held no Windows and to check the restore.
+    dev, system = windows_disk(loopdev, tmp_path, "10", "dos")
+    held = os.open(system, os.O_RDONLY | os.O_EXCL)
+    try:
+        assert _repair(dev, "--dry-run") == 1
+    finally:
+        os.close(held)
+    err = capsys.readouterr().err
+    assert f"{system} (NTFS) could not be looked at" in err and "busy" in err, err
+    assert "Check that the image was restored" not in err
+    assert _repair(dev, "--dry-run") == 0   # free again: found
+
+
+def test_a_windows_without_its_system_hive_is_named(loopdev, tmp_path, capsys):
+    dev, system = windows_disk(loopdev, tmp_path, "7", "dos")
+    _edit(system, tmp_path, lambda root: (root / "Windows/System32/config/SYSTEM").unlink())
+    tree = _tree(system, tmp_path)
+    assert _repair(dev) == 1
+    err = capsys.readouterr().err
+    assert f"{system} holds a Windows folder but no registry hive Windows\\System32\\config\\SYSTEM" in err, err
+    assert "Check that the image was restored" not in err
+    assert _tree(system, tmp_path) == tree
+
+
+PLAN_LINE = re.compile(r"^   HKEY_LOCAL_MACHINE\\SYSTEM\\(.+)\\([^\\]+): (.+) -> (.+?)    # ", re.M)
+
+
+@pytest.mark.parametrize("layout,table", [("xp", "dos"), ("7", "dos"), ("7", "gpt"), ("10", "dos"),
+                                          ("10", "gpt")])
+def test_every_value_the_plan_names_reads_back_with_hivex_as_planned(loopdev, tmp_path, capsys,
+                                                                     layout, table):
+    # hivexget (libhivex's own tool, not the repair's ctypes edge) reads each value the plan's
+    # `key\value: old -> new` lines name: its type (dword, REG_SZ, REG_EXPAND_SZ as str(2)) and
+    # its data, a dword as little-endian 32 bits.
+    dev, system = windows_disk(loopdev, tmp_path, layout, table)
+    assert _repair(dev) == 0
+    planned = PLAN_LINE.findall(capsys.readouterr().out)
+    assert len(planned) >= 6, planned   # 7 on UEFI: no stornvme, the other hypervisors only
+    hive = tmp_path / "SYSTEM-read"
+    hive.write_bytes(_raw_hive(system))
+    keys: dict[str, str] = {}
+    for key, name, _old, new in planned:
+        if key not in keys:
+            keys[key] = subprocess.run(["hivexget", str(hive), key], capture_output=True,
+                                       text=True, check=True).stdout
+        if new.startswith("dword:"):
+            want = f'"{name}"=dword:{int(new[6:]):08x}'
+        elif name == "ImagePath":
+            want = f'"{name}"=str(2):{new.replace(chr(92), chr(92) * 2)}'
+        else:
+            want = f'"{name}"={new.replace(chr(92), chr(92) * 2)}'
+        assert want in keys[key].splitlines(), (key, want, keys[key])
+    raw = subprocess.run(["hivexsh", "-f", "/dev/null", str(hive)], capture_output=True)
+    assert raw.returncode == 0   # libhivex opens the written hive

@@ -163,3 +163,108 @@ def test_a_connection_name_cannot_break_the_script():
     said = [line.split(" >> %LOG%")[0] for line in text.splitlines()
             if line.startswith(("rem Po", "rem _", "echo setting", "echo no NIC"))]
     assert len(said) == 3 and not any(c in line for line in said for c in "&>|<^%!"[:5]), said
+
+
+def test_a_driver_file_name_cannot_break_the_script(loopdev, tmp_path):
+    # Names the vendor or the admin gave: cmd.exe reads the script in the OEM code page (ASCII
+    # only is safe) and expands % even inside quotes; & ( ) are safe only inside quotes.
+    dev, system = windows_disk(loopdev, tmp_path, "10", "dos")
+    drivers = tmp_path / "pv"
+    for folder in ("Xen Treiber für 2019/x64", "xenvif & co (x64)", "100% net/x64"):
+        (drivers / folder).mkdir(parents=True)
+        (drivers / folder / "driver.inf").write_text("; inf\r\n")
+        (drivers / folder / "driver.sys").write_bytes(b"MZ")
+    (drivers / "Management Agent (x64) & tools.msi").write_bytes(b"MSI")
+    said: list[str] = []
+    report = repair(Request(disk=dev, windows_drivers=str(drivers)), said.append)
+    assert report["status"] == "ok"
+    text = _cat(system, "/Windows/xenp2v/firstboot.cmd").decode("ascii")
+    stage = r"C:\Windows\xenp2v\drivers"
+    assert f'pnputil -i -a "{stage}\\xenvif & co (x64)\\driver.inf"' in text
+    assert f'msiexec /i "{stage}\\Management Agent (x64) & tools.msi"' in text
+    assert "100%" not in text and "Treiber" not in text
+    for line in text.splitlines():
+        if line.startswith("echo installing"):
+            assert not any(c in line.split(" >> %LOG%")[0] for c in "&|<>^%\""), line
+    left_out = [w for w in report["warnings"] if "cannot name safely" in w]
+    assert len(left_out) == 1 and "Xen Treiber für 2019/x64/driver.inf" in left_out[0] \
+        and "100% net/x64/driver.inf" in left_out[0], report["warnings"]
+    assert _cat(system, "/Windows/xenp2v/drivers/xenvif & co (x64)/driver.sys") == b"MZ"
+
+
+def test_the_job_turns_itself_off_before_it_installs_anything():
+    # Winlogon runs the Setup hook before every logon until SetupType is 0 again: a pnputil
+    # waiting on a dialog nobody sees, or a netsh that hangs, would bar every logon for good if
+    # the hook were turned off only at the end. Turned off first, a forced restart reaches logon.
+    from agent.repair.firstboot import DriverPackage, FirstBoot, StaticAdapter, script
+    adapter = StaticAdapter("{G}", "Ethernet0", (("10.0.0.2", "255.0.0.0"),))
+    job = FirstBoot(drivers=DriverPackage(Path("/nowhere"), ("xenbus/xenbus.inf",), ("agent.msi",), ()),
+                    nics=[(adapter, "00:16:3e:00:00:01")])
+    lines = script(job).splitlines()
+    off = [i for i, line in enumerate(lines) if line.startswith("reg add HKLM\\SYSTEM\\Setup")]
+    work = [i for i, line in enumerate(lines) if line.startswith(("pnputil", "msiexec", "netsh", "for /f"))]
+    assert len(off) == 2 and work and max(off) < min(work), lines
+    assert lines[-1].startswith("shutdown -r")
+
+
+def test_a_failed_hive_write_puts_the_hive_and_the_files_back(loopdev, tmp_path, monkeypatch):
+    from agent.repair import hive as hive_module
+    from agent.repair.guest import RepairError
+    dev, system = windows_disk(loopdev, tmp_path, "10", "dos")
+    _with_nics(system, tmp_path)
+    before = _cat(system, "/Windows/System32/config/SYSTEM")
+
+    def half_written(self):   # what a write cut short leaves: a hive that is no hive
+        self.path.write_bytes(b"regf" + bytes(100))
+        raise hive_module.HiveError(f"Cannot write it back in the registry hive {self.path}: "
+                                    "No space left on device.")
+    monkeypatch.setattr(hive_module.Hive, "commit", half_written)
+    try:
+        repair(Request(disk=dev, windows_drivers=str(_drivers(tmp_path))), print)
+    except RepairError as e:
+        said = str(e)
+    else:
+        raise AssertionError("the repair went on")
+    assert "No space left on device" in said and "nothing was changed" in said
+    assert "put back from its backup C:\\Windows\\xenp2v\\backups\\" in said, said
+    assert _cat(system, "/Windows/System32/config/SYSTEM") == before
+    assert _cat(system, "/Windows/xenp2v/firstboot.cmd") is None
+    assert _cat(system, "/Windows/xenp2v/drivers/xenbus/x64/xenbus.sys") is None
+    backups = subprocess.run(["ntfsls", "-f", "-p", "/Windows/xenp2v/backups", system],
+                             capture_output=True, text=True).stdout.split()
+    backups = [name for name in backups if name not in (".", "..")]
+    assert len(backups) == 1   # kept
+    assert _cat(system, f"/Windows/xenp2v/backups/{backups[0]}/SYSTEM") == before
+
+
+def test_xp_with_inf_drivers_only_copies_them_and_does_not_restart_for_nothing():
+    from agent.repair.firstboot import DriverPackage, FirstBoot, script
+    job = FirstBoot(drivers=DriverPackage(Path("/nowhere"), ("xenbus/xenbus.inf",), (), ()),
+                    pnputil=False, system_root="C:\\WINDOWS")
+    text = script(job)
+    assert "pnputil" not in text and "shutdown" not in text, text
+    job.drivers = DriverPackage(Path("/nowhere"), ("xenbus/xenbus.inf",), ("agent.msi",), ())
+    assert script(job).splitlines()[-1].startswith("shutdown -r")   # the .msi is installed
+
+
+def test_xp_plan_says_the_inf_drivers_are_only_copied(loopdev, tmp_path):
+    dev, system = windows_disk(loopdev, tmp_path, "xp", "dos")
+    drivers = tmp_path / "pv"
+    (drivers / "xenbus" / "x86").mkdir(parents=True)
+    (drivers / "xenbus" / "x86" / "xenbus.inf").write_text("; inf\r\n")
+    said: list[str] = []
+    report = repair(Request(disk=dev, windows_drivers=str(drivers)), said.append)
+    out = "\n".join(said)
+    assert any("have no pnputil" in w for w in report["warnings"])
+    assert "First boot installs the PV drivers" not in out and "restarts once" not in out, out
+
+
+def test_any_nic_means_a_line_with_a_physical_address():
+    # With the VM's MACs unknown, the first adapter getmac lists is taken: a line without a third
+    # field (a message while no NIC driver has loaded yet) must not be taken for one, or the
+    # script stops waiting and sets the addresses on nothing.
+    from agent.repair.firstboot import FirstBoot, StaticAdapter, script
+    adapter = StaticAdapter("{G}", "Ethernet0", (("10.0.0.2", "255.0.0.0"),))
+    text = script(FirstBoot(nics=[(adapter, None)]))
+    (loop,) = [line for line in text.splitlines() if line.startswith("for /f")]
+    assert 'if not "%%~b"=="" if not "%%~b"=="N/A" if not defined NIC set NIC=%%~a' in loop, loop

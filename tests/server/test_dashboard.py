@@ -23,9 +23,9 @@ import pytest
 import requests
 import urllib3
 
-from agent import capture
-from agent.client import Client
-from agent.progress import Progress
+from agent.transfer import capture
+from agent.transfer.client import Client
+from agent.transfer.progress import Progress
 from agent.repair.runner import Request, repair
 from agent.settings import Settings
 from support import rescan, run

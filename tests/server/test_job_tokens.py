@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from agent.client import Client
+from agent.transfer.client import Client
 from wire import CHUNK, Wire
 from xenp2v import protocol as p
 
@@ -66,7 +66,7 @@ def test_a_cancelled_jobs_token_says_the_job_was_cancelled(p2v_server):
     import pytest
     import requests
 
-    from agent.client import ServerError
+    from agent.transfer.client import ServerError
 
     client = Client(p2v_server.url, p2v_server.token, p2v_server.fingerprint, retry_for=5.0)
     job = client.create_job({"name": "pc", "machine": {"system_uuid": "4c4c4544-0042-3510-8052-b4c04f4e4e34"},

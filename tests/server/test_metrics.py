@@ -9,8 +9,8 @@ import pytest
 import requests
 import urllib3
 
-from agent import capture, restore
-from agent.progress import Progress
+from agent.transfer import capture, restore
+from agent.transfer.progress import Progress
 from agent.settings import Settings
 from test_dashboard import source_disk  # noqa: F401 (a fixture)
 

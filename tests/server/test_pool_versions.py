@@ -160,6 +160,20 @@ def test_disk_past_the_vhd_limit(tmp_path, iso, images, version):
         assert not made(sim) and "VDI.create" not in [name for name, _ in sim.calls]
 
 
+@pytest.mark.parametrize("sr_type", ["zfs", "xfs", "largeblock", "linstor"])
+def test_xcp_ng_vhd_srs_have_the_vhd_limit_too(tmp_path, iso, images, sr_type):
+    """XCP-ng's own storage managers keep VHDs too (ZFS and XFS: VHD files, as FileSR; largeblock:
+    VHD on LVM; LINSTOR: VHD on DRBD): a disk past 2040 GiB is refused before anything is made,
+    not by the SR once the VM exists."""
+    big = big_image(tmp_path, 3 * TiB)
+    with XapiSim(tmp_path / "sim", iso_path=iso, version="xcp-ng-8.2", sr_type=sr_type, sr_size=8 * TiB) as sim:
+        store = store_for([images[0], big])
+        assert not Provisioner(store, config(sim)).provision("job1")
+        detail = store.states[-1][1]
+        assert (f"On SR 'Local storage' ({sr_type}) disks are VHD files, which stop at 2040 GiB") in detail
+        assert detail.endswith("Nothing was created.") and "VM.clone" not in [name for name, _ in sim.calls]
+
+
 @pytest.mark.parametrize("version", ALL)
 def test_uefi_vm_nics_past_two(tmp_path, iso, images, version):
     nics = tuple((f"eth{i}", f"52:54:00:00:00:0{i}") for i in range(4))
@@ -195,3 +209,42 @@ def test_zeros_only_where_new_vdis_hold_old_bytes(tmp_path, iso, images, version
                           images[0].size - e.start * images[0].chunk_size)
                       for e in images[0].extents if e.kind is not ChunkKind.DATA)
         assert imports[0]["zero_bytes_sent"] == (no_data if sr_type == "rawhba" else 0)
+
+
+@pytest.mark.parametrize("sr_type", ["xfs", "zfs", "largeblock", "linstor"])
+def test_no_zeros_to_xcp_ng_vhd_srs(tmp_path, iso, images, sr_type):
+    """XCP-ng's own storage managers keep VHDs, whose new VDIs read as zeros: data only is sent.
+    Zeros written there would allocate every block of a thin VHD (on ZFS, XFS...) for nothing."""
+    with XapiSim(tmp_path / "sim", iso_path=iso, version="xcp-ng-8.3", sr_type=sr_type) as sim:
+        store = store_for(images)
+        assert Provisioner(store, config(sim)).provision("job1"), store.states[-1]
+        (vm,) = made(sim)
+        disks = sorted((sim.db["VBD"][v]["userdevice"], sim.db["VBD"][v]["VDI"])
+                       for v in vm["VBDs"] if sim.db["VBD"][v]["type"] == "Disk")
+        for image, (_, vdi) in zip(images, disks):
+            assert same_bytes(image.path, sim.vdi_path(vdi)), (sr_type, image.disk)
+        assert [i["zero_bytes_sent"] for i in store.records["job1"]["xenserver"]["imports"]] == [0, 0]
+
+
+@pytest.mark.parametrize("version", ALL)
+def test_serve_with_pv_on_a_pool_without_pv_stops_at_start(tmp_path, iso, version):
+    """serve --pv on a pool that dropped PV: said when serve starts, not once per job after each
+    capture's transfer."""
+    import argparse
+
+    from server.xenserver.cli import add_xapi_arguments, automatic_path
+    password = tmp_path / "password"
+    password.write_text("secret\n")
+    parser = argparse.ArgumentParser()
+    add_xapi_arguments(parser)
+    with XapiSim(tmp_path / "sim", iso_path=iso, version=version) as sim:
+        args = parser.parse_args(["--xapi-url", sim.url, "--xapi-password-file", str(password),
+                                  "--iso", "xenp2v.iso", "--pv"])
+        want = VERSIONS[version]
+        if version in PV_POOLS:
+            assert set(automatic_path(args, HandStore())) == {"on_job_sealed", "on_repair_report"}
+            return
+        with pytest.raises(ValueError) as err:
+            automatic_path(args, HandStore())
+        assert str(err.value).startswith(f"XenServer automation: {want.brand} {want.product_version} does not "
+                                         "run PV guests (PV ended with 7.x): provision without --pv")

@@ -216,7 +216,7 @@ def test_a_malformed_disk_identity_is_refused(p2v_server):
 def test_a_create_retried_after_a_lost_answer_makes_no_orphan_job(p2v_server_factory):
     """A placeholder identity without disk serials is never resumed; the create's request_id
     is what keeps a retry from making a second job that would hold free space for ever."""
-    from agent.client import Client
+    from agent.transfer.client import Client
     from cutproxy import CutProxy
 
     server = p2v_server_factory(plain=True)

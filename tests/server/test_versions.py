@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -149,3 +150,73 @@ def test_clone_image_is_a_reflink_on_btrfs(tmp_path, loopdev):
         assert (mnt / "b.img").read_bytes() == src.read_bytes()
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_the_next_pass_clone_is_made_at_the_seal_not_in_the_downtime(tmp_path, monkeypatch):
+    """Without reflinks a new version is a copy of the image: made once a pre-copy pass is
+    sealed (the source still runs), so the final sync's create only renames it."""
+    store = Store(tmp_path)
+    first = {0: os.urandom(CHUNK), 3: os.urandom(CHUNK)}
+    job = create(store, **{"pass": "precopy", "live": True})[0]["id"]
+    send(store, job, first)
+    made = store.next_path(job, "sda", 2)
+    deadline = time.monotonic() + 60
+    while not made.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert made.read_bytes() == disk_of(first)
+
+    def no_copy(src, dst):
+        raise AssertionError(f"{dst} was cloned when the final sync started")
+
+    monkeypatch.setattr("server.store.clone_image", no_copy)
+    final, resumed = create(store)
+    assert resumed and final["disks"][0]["version"] == 2 and not made.exists()
+    assert "made when it was sealed" in final["last_event"]["message"]
+    assert store.image_path(job, "sda", 2).read_bytes() == disk_of(first)
+    send(store, job, {**first, 3: os.urandom(CHUNK)})
+    store.close()
+    assert not store.next_path(job, "sda", 3).exists()  # the final sync made the last version
+
+
+def test_a_clone_cut_off_by_a_killed_server_is_removed_by_the_next_pass(tmp_path):
+    store = Store(tmp_path)
+    first = {1: os.urandom(CHUNK)}
+    job = create(store, **{"pass": "precopy"})[0]["id"]
+    send(store, job, first)
+    store.close()   # waits for the clone made ahead; then the server "was killed" while making it
+    store.next_path(job, "sda", 2).rename(store.next_path(job, "sda", 2).with_suffix(".partial"))
+    store = Store(tmp_path)
+    final, resumed = create(store)
+    assert resumed and final["disks"][0]["version"] == 2
+    assert sorted(p.name for p in store.image_path(job, "sda").parent.iterdir()) == \
+        ["sda.img", "sda.v2.img"]
+    assert store.image_path(job, "sda", 2).read_bytes() == disk_of(first)
+    store.close()
+
+
+def test_chunks_declared_unused_before_the_seal_are_punched_then_and_the_pass_stays(tmp_path):
+    """A final sync declares the held chunks its source no longer uses before it reads the rest:
+    forgotten and punched at once (not in the downtime), in the new version only."""
+    store = Store(tmp_path)
+    first = {0: os.urandom(CHUNK), 2: os.urandom(CHUNK), 5: os.urandom(CHUNK)}
+    job = create(store, **{"pass": "precopy", "live": True})[0]["id"]
+    send(store, job, first)
+    create(store)  # the final sync: version 2, cloned from the pass
+    image = store.image_path(job, "sda", 2)
+
+    with pytest.raises(p.ProtocolError) as outside:
+        store.zero_chunks(job, "sda", [(7, 2)])
+    assert outside.value.code is p.ErrorCode.OUT_OF_RANGE
+    store.zero_chunks(job, "sda", [(2, 1), (5, 2)])
+    assert store.held_chunks(job, "sda").keys() == {0}
+    assert image.read_bytes() == disk_of({0: first[0]})
+    assert os.stat(image).st_blocks * 512 <= 2 * CHUNK  # punched, not written with zeros
+    assert store.image_path(job, "sda", 1).read_bytes() == disk_of(first)
+    assert served(store, job) == disk_of(first)  # the pass is served until the sync is sealed
+
+    final = {0: first[0], 3: os.urandom(CHUNK)}
+    send(store, job, final, zero=[2, 5, 6])
+    assert served(store, job) == disk_of(final)
+    with pytest.raises(p.ProtocolError) as sealed:
+        store.zero_chunks(job, "sda", [(0, 1)])
+    assert sealed.value.status == 409

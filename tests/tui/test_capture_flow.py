@@ -10,6 +10,7 @@ import sys
 import pytest
 import requests
 
+from agent.warm import precopy
 from agent.probe import probe_machine
 from agent.settings import Settings
 from agent.tui.app import make_app
@@ -65,7 +66,7 @@ async def to_summary(pilot, server, name: str | None = None):
     await pilot.press("tab", *server.token, "enter")  # Enter in a field runs the test
     await wait_for(pilot, lambda: app.screen.query_one("#trust").display, 60, "the server test")
     assert server.fingerprint in screen_text(app).replace("\n" + " " * 7, "")
-    await pilot.press("enter")                       # Trust it: only now the token goes
+    await pilot.press("tab", "enter")                # Trust it (Tab: never focused): only now the token goes
     await wait_for(pilot, lambda: "accepts the token" in screen_text(app), 60, "the token check")
     await pilot.press("enter")                       # Next
     await wait_screen(pilot, "DisksScreen")
@@ -164,3 +165,42 @@ def test_a_server_cut_mid_transfer_shows_as_resuming_not_failure(source, p2v_ser
     asyncio.run(walk())
     (job,) = jobs(p2v_server)
     assert [d["state"] for d in job["disks"]] == ["sealed"]
+
+
+def test_a_final_sync_shows_the_bytes_to_send_and_the_expected_downtime(source, p2v_server,
+                                                                         tmp_path):
+    """Warm migration: a pre-copy pass of the disk by the single-file sender, 8 MiB of files
+    written since, then the TUI's transfer is the final sync and says so, with what it expects."""
+    sender = [sys.executable, "-I", "-S", precopy.__file__, "--server", p2v_server.url,
+              "--token", p2v_server.token, "--fingerprint", p2v_server.fingerprint, "--disks",
+              source]
+    passed = subprocess.run(sender, capture_output=True, text=True, timeout=300)
+    assert passed.returncode == 0, passed.stderr
+    (job,) = jobs(p2v_server)
+    mnt = tmp_path / "changed"
+    mnt.mkdir()
+    run("mount", rescan(source)[0], str(mnt))
+    try:
+        (mnt / "new").write_bytes(os.urandom(8 * MiB))
+    finally:
+        run("umount", str(mnt))
+    # This box has no SMBIOS identity to find the job by: the boot line names it, as the README says.
+    app = make_app(Settings(bwlimit=2 * MiB, streams=1, job=job["id"], mode="capture"),
+                   edges_for(source, []))
+    seen: list[str] = []
+
+    async def walk():
+        async with app.run_test(size=(80, 24)) as pilot:
+            await to_summary(pilot, p2v_server)
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: "expected downtime 0:" in screen_text(app), 120,
+                           "the final sync's figures")
+            seen.append(screen_text(app))
+            await wait_screen(pilot, "DoneScreen", timeout=180)
+            seen.append(screen_text(app))
+
+    asyncio.run(walk())
+    transfer, done = seen
+    assert f"Final sync of job {job['id']}:" in transfer and "to send" in transfer, transfer
+    assert "final sync: " in transfer, transfer
+    assert "final sync sealed version 2" in done, done

@@ -6,7 +6,7 @@ import asyncio
 
 import requests
 
-from agent.client import Client
+from agent.transfer.client import Client
 from agent.repair import runner
 from agent.repair.luks import Cryptsetup
 from agent.settings import Settings

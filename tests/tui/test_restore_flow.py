@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from agent.progress import Progress
+from agent.transfer.progress import Progress
 from agent.settings import Settings
 from agent.tui.app import make_app
 from agent.tui.edges import Edges

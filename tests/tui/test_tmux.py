@@ -16,6 +16,9 @@ from support import rescan, run
 
 MiB = 1 << 20
 AGENT = Path(sys.executable).parent / "p2v-agent"
+# The tree under test: the venv's p2v-agent imports the checkout it was installed from, and a
+# tmux session gets the tmux server's environment, not this test's PYTHONPATH.
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Tmux:
@@ -76,7 +79,7 @@ def test_a_person_captures_a_disk_through_the_real_agent(loopdev, p2v_server, tm
     status = tmp_path / "status"
     agent = (f"{AGENT} --config {tmp_path / 'none.cfg'} --cmdline "
              f"{shlex.quote(f'quiet p2v.disks={dev} p2v.name=tmux-box')}")
-    tmux.start(f"cd {Path(__file__).resolve().parents[2]} && TERM=linux {agent}; "
+    tmux.start(f"cd {REPO} && PYTHONPATH={REPO} TERM=linux {agent}; "
                f"echo $? > {status}; sleep 600")
 
     tmux.wait("Migrate this machine", 120)
@@ -85,11 +88,17 @@ def test_a_person_captures_a_disk_through_the_real_agent(loopdev, p2v_server, tm
     tmux.keys("Enter")                                  # Next
     tmux.wait("Server  step 3 of 8")
     tmux.keys(p2v_server.url, literal=True)
+    # As a person does: look that the URL is in, then Tab (at load 18 a Tab sent while the
+    # URL's last keys were still being handled once left the token typed into the URL field).
+    tmux.wait(p2v_server.url)
+    time.sleep(1)
     tmux.keys("Tab")
+    time.sleep(1)
     tmux.keys(p2v_server.token, literal=True)
     tmux.keys("Enter")                                  # Enter in a field tests the server
     screen = tmux.wait("press Trust it", 60)
     assert p2v_server.fingerprint[:39] in screen        # shown for the person to compare
+    tmux.keys("Tab")                                    # to Trust it, never focused
     tmux.keys("Enter")                                  # Trust it
     tmux.wait("Fingerprint trusted")
     tmux.keys("Enter")                                  # Next
@@ -115,7 +124,7 @@ def test_a_person_captures_a_disk_through_the_real_agent(loopdev, p2v_server, tm
 def test_f9_gives_a_shell_and_exit_comes_back_to_the_same_screen(tmux, tmp_path):
     status = tmp_path / "status"
     agent = f"{AGENT} --config {tmp_path / 'none.cfg'} --cmdline quiet"
-    tmux.start(f"cd {Path(__file__).resolve().parents[2]} && TERM=linux SHELL=/bin/bash {agent}; "
+    tmux.start(f"cd {REPO} && PYTHONPATH={REPO} TERM=linux SHELL=/bin/bash {agent}; "
                f"echo $? > {status}; sleep 600")
 
     tmux.wait("Migrate this machine", 120)

@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from agent.tui.common import ConfirmScreen, PassphraseScreen
+from agent.tui.common import ConfirmScreen, HelpScreen, PassphraseScreen
 from tests.tui.helpers import wait_for
 from tests.tui.test_snapshots import PRESET, app_for, chosen, goto
 from tests.tui.vga import cells, invisible
@@ -33,10 +33,20 @@ def static_chosen(pilot):
     return run()
 
 
-async def transferring(pilot):
-    await goto("Transfer", prepare=chosen)(pilot)
-    await wait_for(pilot, lambda: "ETA" in str(pilot.app.screen.query_one("#line-sdb").render()),
-                   60, "the progress")
+def moving(screen_name: str, prepare=None):
+    """run_before: open a Transfer or Restore screen and wait until its second disk moves."""
+    async def run(pilot):
+        await goto(screen_name, prepare=prepare)(pilot)
+        await wait_for(pilot,
+                       lambda: "ETA" in str(pilot.app.screen.query_one("#line-sdb").render()),
+                       60, "the progress")
+    return run
+
+
+async def helping(pilot):
+    await goto("Disks")(pilot)
+    await pilot.press("f1")
+    await wait_for(pilot, lambda: isinstance(pilot.app.screen, HelpScreen), 10, "the help")
 
 
 async def dialog(pilot, screen):
@@ -52,9 +62,11 @@ SCREENS = {
     "disks": ("two-disks-usb", lambda p: goto("Disks")(p), None),
     "vm": ("two-disks-usb", lambda p: goto("Vm", prepare=chosen)(p), None),
     "summary": ("two-disks-usb", lambda p: goto("Summary", prepare=chosen)(p), PRESET),
-    "transfer": ("two-disks-usb", transferring, PRESET),
+    "transfer": ("two-disks-usb", moving("Transfer", chosen), PRESET),
     "done": ("two-disks-usb", lambda p: goto("Done", False, False, prepare=chosen)(p), PRESET),
+    "restore": ("windows", moving("Restore"), dict(job="20261127-0930-files-1a2b3c", **PRESET)),
     "repair": ("windows", lambda p: goto("Repair")(p), None),
+    "help": ("two-disks-usb", helping, None),
     "confirm": ("two-disks-usb", lambda p: dialog(p, ConfirmScreen("Quit?")), None),
     "passphrase": ("two-disks-usb", lambda p: dialog(p, PassphraseScreen("Passphrase: ")), None),
 }

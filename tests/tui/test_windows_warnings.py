@@ -101,6 +101,13 @@ def test_unattended_prints_the_warning_before_the_capture_starts(hibernated, p2v
                         name="hibernated", post="wait")
     status = unattended.run(settings, out, command=lambda argv: None)
     lines = out.getvalue().splitlines()
+    # The capture then stops on it, before anything is sent (issue 16: stop, with what to do).
+    assert status != 0 and "--allow-hibernated" in out.getvalue(), out.getvalue()
+    assert not [line for line in lines if line.startswith(f"{dev.split('/')[-1]}: ")]
+    out = io.StringIO()
+    status = unattended.run(Settings(**{**settings.__dict__, "allow_hibernated": True}), out,
+                            command=lambda argv: None)
+    lines = out.getvalue().splitlines()
     assert status == 0, out.getvalue()
     warned = [i for i, line in enumerate(lines)
               if line.startswith(f"Warning: NTFS on {system} {HIBERNATED}")]

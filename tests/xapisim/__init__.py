@@ -27,12 +27,22 @@ What it copies from XAPI:
   whose type XAPI treats as giving zeroed VDIs (file and VHD based: ext, nfs, lvm, ...) makes
   holes; any other type (a raw LUN, e.g. ``rawhba``) starts new VDIs with stale non-zero bytes
   (4 KiB in every 64 KiB), as a LUN holds whatever was written on it before.
+- Each SR has a PBD on the host, plugged (``currently_attached``); ``sim.unplug(sr)`` unplugs it,
+  and ``VM.start`` then fails with VM_REQUIRES_SR [vm, sr] for a VM with a non-empty VBD there,
+  as xapi_vm_helpers.assert_can_see_SRs does.
 - ``PUT /import_raw_vdi?session_id&vdi&format=raw[&chunked][&task_id]``: the 200 answer goes out
   before the body is read, as XAPI does; ``chunked`` is vhd-tool's framing (12-byte little-endian
   header ``{offset u64, length u32}``, data, an all-zero header at the end), not HTTP chunking,
   which XAPI refuses (403). The task passed in (or a new one) ends ``success`` or ``failure``
   with ``error_info``, e.g. a write beyond the VDI's end.
 - ``VM.provision`` creates the disks a template's ``other_config:disks`` describes, as XAPI does.
+- The tools SR as xapi's dbsync_master makes it: an ISO SR "<brand> Tools" tagged
+  ``other_config:xenserver_tools_sr``, with ``is_tools_sr`` from dundee (XenServer 7.0, API 2.5);
+  its ISO (``xs-tools.iso`` up to 7.x, ``guest-tools.iso`` after; ``tools_iso=`` gives the file)
+  has ``sm_config:xs-tools=true`` and, from dundee, ``is_tools_iso``, as the SR scan sets it.
+- What an HVM guest sees (xenopsd): CD drives on the emulated IDE slots, userdevice 0-3, only; a
+  boot line lists their discs (``cds``) and the one the firmware boots (``cd``: the disc in the
+  first CD drive in IDE order, as ROMBIOS boots only the first ATAPI device).
 
 What it does not copy: real domains (VM.start only flips power state and domid), events,
 RBAC, pool membership of more than one host, redirects to other hosts, VHD import format,

@@ -21,10 +21,15 @@ from urllib.parse import parse_qs, urlsplit
 GiB = 1024 ** 3
 MiB = 1024 ** 2
 NULL = "OpaqueRef:NULL"
-# Storage manager types whose new VDIs read as zeros (VHD or sparse-file backed).
-ZEROED_SR_TYPES = {"ext", "nfs", "lvm", "lvmoiscsi", "lvmohba", "file", "smb"}
+# Storage manager types whose new VDIs read as zeros (VHD or sparse-file backed): XCP-ng's VHD
+# ones too (see VHD_SR_TYPES).
+ZEROED_SR_TYPES = {"ext", "nfs", "lvm", "lvmoiscsi", "lvmohba", "lvmofcoe", "file", "smb", "xfs", "zfs",
+                   "glusterfs", "cephfs", "moosefs", "largeblock", "linstor"}
 # Storage managers whose VDIs are VHD files or VHD on LVM: sm's vhdutil.MAX_VHD_SIZE, 2040 GiB.
-VHD_SR_TYPES = {"ext", "nfs", "lvm", "lvmoiscsi", "lvmohba", "file", "smb"}
+# XCP-ng's add more: FileSR's kin (xfs, zfs, glusterfs, cephfs, moosefs), largeblock (VHD on LVM
+# on 4K disks), linstor (VHD on DRBD).
+VHD_SR_TYPES = {"ext", "nfs", "lvm", "lvmoiscsi", "lvmohba", "lvmofcoe", "file", "smb", "xfs", "zfs",
+                "glusterfs", "cephfs", "moosefs", "largeblock", "linstor"}
 MAX_VHD_SIZE = 2040 * GiB
 STALE = b"\xa5" * 4096
 STALE_EVERY = 64 * 1024
@@ -46,6 +51,7 @@ WRITABLE = {
     "host": {"name_label", "other_config"},
     "task": {"other_config"},
     "SM": set(),
+    "PBD": {"other_config"},
 }
 
 
@@ -54,7 +60,8 @@ class Version:
     """What one release reports and has, from XAPI's data model (ocaml/idl/datamodel_types.ml's
     release list: API version per release; datamodel_pool.ml, datamodel.ml for fields and calls).
 
-    ``uefi_certificates``: pool.uefi_certificates exists (Published in quebec, API 2.14) with
+    ``tools_iso``: the tools ISO's name in the pool's tools SR (xs-tools.iso until XenServer 7.x,
+    guest-tools.iso since). ``uefi_certificates``: pool.uefi_certificates exists (Published in quebec, API 2.14) with
     this value ("" until someone installs certificates, as on XCP-ng 8.2). ``readiness``:
     pool.get_guest_secureboot_readiness exists (xapi 24.17.0: XCP-ng 8.3, XenServer 8) and
     answers this. ``image_formats``: SM.supported_image_formats exists (xapi 26.15.0, XCP-ng's
@@ -69,17 +76,29 @@ class Version:
     uefi_certificates: str | None = None
     readiness: str | None = None
     image_formats: tuple[str, ...] | None = None
+    tools_iso: str = "guest-tools.iso"
+
+    @property
+    def tools_fields(self) -> bool:
+        """SR.is_tools_sr and VDI.is_tools_iso exist: Published in dundee (XenServer 7.0, API
+        2.5). Before, only SR.other_config:xenserver_tools_sr and VDI.sm_config:xs-tools say it."""
+        return self.api >= DUNDEE_API
 
 
+DUNDEE_API = (2, 5)
 VERSIONS = {
-    "xenserver-6.5": Version("XenServer", "6.5.0", "1.9.0", (2, 3), "4.4.1"),
-    "xenserver-7.1": Version("XenServer", "7.1.0", "2.2.0", (2, 6), "4.7.1"),
+    "xenserver-6.5": Version("XenServer", "6.5.0", "1.9.0", (2, 3), "4.4.1", tools_iso="xs-tools.iso"),
+    "xenserver-7.1": Version("XenServer", "7.1.0", "2.2.0", (2, 6), "4.7.1", tools_iso="xs-tools.iso"),
     "xcp-ng-8.2": Version("XCP-ng", "8.2.1", "3.2.1", (2, 15), "4.13.4", uefi_certificates=""),
     "xcp-ng-8.3": Version("XCP-ng", "8.3.0", "3.4.0", (2, 21), "4.17.5", uefi_certificates="",
                           readiness="ready", image_formats=("vhd", "raw", "qcow2")),
     "xenserver-8": Version("XenServer", "8.4.0", "3.4.0", (2, 21), "4.17.5",
                            uefi_certificates="H4sIAAAAAAAAA+3O", readiness="ready"),
 }
+# Emulated IDE devices of an HVM guest: userdevice 0-3 (hda-hdd). xenopsd gives qemu no frontend
+# for an IDE device number past 3, and Linux's blkfront refuses CD-ROMs in HVM guests: a CD drive
+# there is invisible to the guest.
+EMULATED_IDE = {"0", "1", "2", "3"}
 
 
 class Failure(Exception):
@@ -130,9 +149,11 @@ class XapiSim:
                  brand: str = "XCP-ng", product_version: str = "8.2.1", api: tuple = (2, 16),
                  host_cpus: int = 8, host_memory: int = 16 * GiB, sr_size: int = 100 * GiB,
                  sr_type: str = "ext", iso_path: Path | None = None, tls: bool = False,
-                 version: str | None = None):
+                 version: str | None = None, tools_iso: Path | None = None):
         """``version``: a key of VERSIONS (brand, product and API version, the fields and calls
-        that release has); without it, the brand, product_version and api given."""
+        that release has); without it, the brand, product_version and api given. ``tools_iso``:
+        the file behind the pool's tools ISO (the tools SR's one VDI, named as the version names
+        it); without it the tools SR is there, empty, as on a host whose tools ISO was removed."""
         self.version = VERSIONS[version] if version else Version(
             brand, product_version, "3.2.1", tuple(api), "4.13", uefi_certificates="")
         brand, product_version, api = self.version.brand, self.version.product_version, \
@@ -147,6 +168,7 @@ class XapiSim:
         self.boots: list[dict] = []                # what each (re)boot booted from
         self.tls = tls
         self._setup(brand, product_version, api, host_cpus, host_memory, sr_size, sr_type, iso_path)
+        self._tools_sr(brand, tools_iso)
         self.httpd: ThreadingHTTPServer | None = None
         self.thread: threading.Thread | None = None
         self.cert: Path | None = None
@@ -157,8 +179,21 @@ class XapiSim:
         ref = new_ref()
         record.setdefault("uuid", str(uuid.uuid4()))
         record.setdefault("other_config", {})
+        if self.version.tools_fields and cls in ("SR", "VDI"):
+            record.setdefault("is_tools_sr" if cls == "SR" else "is_tools_iso", False)
         self.db[cls][ref] = record
+        if cls == "SR":
+            # Each SR plugged on the host, as xapi leaves them after start-up.
+            pbd = self._add("PBD", {"host": self.host, "SR": ref, "device_config": {},
+                                    "currently_attached": True})
+            record["PBDs"].append(pbd)
+            self.db["host"][self.host]["PBDs"].append(pbd)
         return ref
+
+    def unplug(self, sr: str) -> None:
+        """The SR's PBDs unplugged (xe pbd-unplug): its VDIs cannot be used by a VM starting."""
+        for pbd in self.db["SR"][sr]["PBDs"]:
+            self.db["PBD"][pbd]["currently_attached"] = False
 
     def _setup(self, brand, product_version, api, host_cpus, host_memory, sr_size, sr_type,
                iso_path) -> None:
@@ -170,7 +205,7 @@ class XapiSim:
                                  "xapi": "1.20", "xen": self.version.xen},
             "cpu_info": {"cpu_count": str(host_cpus), "vendor": "GenuineIntel"},
             "host_CPUs": [new_ref() for _ in range(host_cpus)], "memory_overhead": 0,
-            "memory_total": host_memory, "enabled": True, "resident_VMs": [],
+            "memory_total": host_memory, "enabled": True, "resident_VMs": [], "PBDs": [],
         })
         self.dom0_memory = 2 * GiB
         self.sr = self._add("SR", {
@@ -207,6 +242,21 @@ class XapiSim:
                      'type="system"/></provision>',
             "install-methods": "cdrom"})
 
+    def _tools_sr(self, brand: str, tools_iso: Path | None) -> None:
+        """The tools SR as xapi's dbsync_master makes it (an ISO SR named "<brand> Tools", tagged
+        in other_config, is_tools_sr where the field exists) and the ISO in it: sm_config
+        xs-tools=true, from which the SR scan sets is_tools_iso."""
+        self.tools_sr = self._add("SR", {
+            "name_label": f"{brand} Tools", "name_description": f"{brand} Tools ISOs", "type": "iso",
+            "content_type": "iso", "physical_size": 0, "physical_utilisation": 0,
+            "virtual_allocation": 0, "shared": True, "VDIs": [], "PBDs": [], "sm_config": {},
+            "tags": [], "other_config": {"xensource_internal": "true", "xenserver_tools_sr": "true",
+                                         "i18n-key": "xenserver-tools"},
+            **({"is_tools_sr": True} if self.version.tools_fields else {}),
+        })
+        if tools_iso is not None:
+            self.add_iso(Path(tools_iso), sr=self.tools_sr, name=self.version.tools_iso)
+
     def _pool_get_guest_secureboot_readiness(self, pool: str) -> str:
         self._get("pool", pool)
         if self.version.readiness is None:
@@ -233,20 +283,25 @@ class XapiSim:
             "other_config": dict(other_config), "blocked_operations": {},
         })
 
-    def add_iso(self, path: Path) -> str:
+    def add_iso(self, path: Path, sr: str | None = None, name: str | None = None) -> str:
+        """An ISO file in the ISO library (or `sr`), under its own name (or `name`)."""
+        sr = sr or self.iso_sr
+        tools = sr == getattr(self, "tools_sr", None)
         with self.lock:
             ref = self._add("VDI", {
-                "name_label": path.name, "name_description": "", "SR": self.iso_sr,
+                "name_label": name or path.name, "name_description": "", "SR": sr,
                 "virtual_size": path.stat().st_size, "physical_utilisation": path.stat().st_size,
                 "type": "user", "sharable": True, "read_only": True, "VBDs": [],
-                "sm_config": {}, "xenstore_data": {}, "tags": [], "location": str(path),
+                "sm_config": {"xs-tools": "true"} if tools else {}, "xenstore_data": {}, "tags": [],
+                "location": str(path),
+                **({"is_tools_iso": tools} if self.version.tools_fields else {}),
             })
-            self.db["SR"][self.iso_sr]["VDIs"].append(ref)
+            self.db["SR"][sr]["VDIs"].append(ref)
             return ref
 
     def vdi_path(self, ref: str) -> Path:
         rec = self.db["VDI"][ref]
-        if rec["SR"] == self.iso_sr:
+        if self.db["SR"][rec["SR"]]["content_type"] == "iso":
             return Path(rec["location"])
         return self.root / "vdis" / f"{rec['uuid']}.raw"
 
@@ -422,9 +477,11 @@ class XapiSim:
         """Note what the VM boots from, in ``boots`` and as a line of ``<root>/boots.jsonl``.
 
         A line says what a QEMU run standing in for the domain needs: SMBIOS UUID (the VM's
-        UUID), firmware, boot order, vCPUs, memory, MACs, disk files by slot and the CD's file.
+        UUID), firmware, boot order, vCPUs, memory, MACs, disk files by slot, the disc the firmware
+        boots (``cd``) and every disc the guest sees (``cds``), in IDE order.
         """
-        devices, files, cd = [], {}, None
+        devices, files, drives = [], {}, {}
+        hvm = bool(rec["HVM_boot_policy"])
         for vbd in rec["VBDs"]:
             v = self.db["VBD"][vbd]
             v["currently_attached"] = True
@@ -432,8 +489,14 @@ class XapiSim:
             devices.append({"type": v["type"], "userdevice": v["userdevice"], "media": media})
             if v["type"] == "Disk":
                 files[v["userdevice"]] = str(self.vdi_path(v["VDI"]))
-            elif not v["empty"]:
-                cd = str(self.vdi_path(v["VDI"]))
+            elif not (hvm and v["userdevice"] not in EMULATED_IDE):
+                drives[v["userdevice"]] = None if v["empty"] else str(self.vdi_path(v["VDI"]))
+        # The guest sees every emulated CD drive, in IDE order. The CD the firmware boots ("d" in
+        # the order) is the disc in the first of them, as the strictest BIOS has it (ROMBIOS boots
+        # the first ATAPI device only, empty or not).
+        order = [drives[k] for k in sorted(drives, key=int)]
+        cd = order[0] if order else None
+        cds = [f for f in order if f]
         boot = {
             "vm": vm, "order": rec["HVM_boot_params"].get("order", ""),
             "policy": rec["HVM_boot_policy"], "firmware": rec["HVM_boot_params"].get("firmware",
@@ -445,7 +508,8 @@ class XapiSim:
                 "vcpus": rec["VCPUs_at_startup"], "memory": rec["memory_static_max"],
                 "pv_bootloader": rec["PV_bootloader"],
                 "macs": [self.db["VIF"][v]["MAC"] for v in rec["VIFs"]],
-                "disks": [files[k] for k in sorted(files, key=int)], "cd": cd}
+                "disks": [files[k] for k in sorted(files, key=int)], "cd": cd,
+                "cds": cds}
         with open(self.root / "boots.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
 
@@ -459,6 +523,13 @@ class XapiSim:
             raise Failure("HOST_NOT_ENOUGH_FREE_MEMORY", rec["memory_static_max"], free)
         if not rec["HVM_boot_policy"] and not rec["PV_bootloader"] and not rec["PV_kernel"]:
             raise Failure("BOOTLOADER_FAILED", vm, "no bootloader and no HVM boot policy")
+        # xapi_vm_helpers.assert_can_see_SRs: every non-empty VBD's SR plugged on the host.
+        plugged = {self.db["PBD"][p]["SR"] for p in self.db["host"][self.host]["PBDs"]
+                   if self.db["PBD"][p]["currently_attached"]}
+        for vbd in rec["VBDs"]:
+            v = self.db["VBD"][vbd]
+            if not v["empty"] and self.db["VDI"][v["VDI"]]["SR"] not in plugged:
+                raise Failure("VM_REQUIRES_SR", vm, self.db["VDI"][v["VDI"]]["SR"])
         rec.update(power_state="Running", domid=len(self.boots) + 1, resident_on=self.host)
         self._boot(vm, rec)
         return ""
