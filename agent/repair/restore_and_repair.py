@@ -8,14 +8,13 @@ report goes to the server.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from xenp2v import protocol
 from agent import settings as settings_mod
 from agent import unattended
 from agent.transfer.client import ServerError
-from agent.transfer.progress import PlainLines, Progress
+from agent.transfer.progress import PlainLines, Progress, terminal_logging
 from agent.repair.guest import RepairError
 from agent.repair.luks import Passphrases, console_ask
 from agent.transfer.restore import RestoreError
@@ -45,7 +44,7 @@ def register(subparsers) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    terminal_logging()
     try:
         settings = settings_mod.for_command(args, "restore-and-repair", needs=("server", "token", "job"))
     except settings_mod.SettingsError as e:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from agent import settings as settings_mod
 from agent.transfer.capture import CaptureError, run
-from agent.transfer.progress import PlainLines, Progress, human
+from agent.transfer.progress import PlainLines, Progress, human, terminal_logging
 
 
 def register(subparsers) -> None:
@@ -37,7 +36,7 @@ def register(subparsers) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    terminal_logging()
     try:
         settings = settings_mod.for_command(args, "capture")
     except settings_mod.SettingsError as e:

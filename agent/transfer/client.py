@@ -205,8 +205,8 @@ class Client:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
             return ctx
-        # What requests trusted: the bundle the environment names, or certifi's (requests'
-        # own dependency, so the agent's extra brings it).
+        # What requests trusted (the agent used it once): the bundle the environment names, or
+        # certifi's (the agent's extra brings it).
         import certifi
         return ssl.create_default_context(cafile=os.environ.get("REQUESTS_CA_BUNDLE")
                                           or os.environ.get("CURL_CA_BUNDLE")

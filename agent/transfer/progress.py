@@ -7,6 +7,7 @@ start and end. Subscribers run in the reporting thread, so they must be quick.
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -18,6 +19,19 @@ from typing import Callable, TextIO
 from xenp2v.units import human_bytes as human  # agent.transfer.progress.human: the screens' name
 
 RATE_WINDOW = 10.0   # seconds of history the rate is measured over
+
+
+def terminal_logging() -> None:
+    """Warnings and errors onto the terminal (stderr) of a command run by hand; nothing less.
+
+    A capture or restore raises the agent's logger to INFO to keep its story for the server's
+    event log; on the terminal those records repeated what the progress lines already say (a
+    capture printed "sealed" three times), so the terminal's handler itself stops below WARNING.
+    """
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+            handler.setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 from agent import settings as settings_mod
-from agent.transfer.progress import PlainLines, Progress
+from agent.transfer.progress import PlainLines, Progress, terminal_logging
 from agent.transfer.restore import SAMPLE_BLOCKS, RestoreError, run
 
 
@@ -40,7 +39,7 @@ def register(subparsers) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    terminal_logging()
     try:
         settings = settings_mod.for_command(args, "restore")
     except settings_mod.SettingsError as e:

@@ -1,0 +1,33 @@
+"""`p2v-agent capture` and `restore` as typed at a terminal: what they print, and only once."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from support import run
+
+AGENT = [sys.executable, "-m", "agent.cli"]
+
+
+def test_a_capture_and_restore_at_a_terminal_say_each_thing_once(loopdev, p2v_server_factory, tmp_path):
+    # The capture raised the agent's logger to INFO for the server's event log, and the terminal
+    # then printed each progress line's news again as "INFO: ..." ("sealed" three times).
+    server = p2v_server_factory(plain=True)
+    src = loopdev(64 << 20, "source")
+    run("mkfs.ext4", "-q", "-d", "/usr/share/doc/bash", src)
+    capture = subprocess.run(AGENT + ["capture", "--server", server.url, "--token", server.token,
+                                      "--disks", src, "--name", "terminal"],
+                             capture_output=True, text=True, timeout=300)
+    assert capture.returncode == 0, capture.stderr
+    assert "INFO" not in capture.stderr, capture.stderr
+    assert capture.stderr.count("sealed") == 1, capture.stderr    # the last progress line
+    assert capture.stdout.count("sealed") == 1, capture.stdout    # the result
+    job = capture.stdout.split("sealed in job ")[1].split(":")[0]
+    target = tmp_path / "copy.img"
+    restore = subprocess.run(AGENT + ["restore", "--server", server.url, "--token", server.token,
+                                      "--job", job, "--target", str(target)],
+                             capture_output=True, text=True, timeout=300)
+    assert restore.returncode == 0, restore.stderr
+    assert "INFO" not in restore.stderr, restore.stderr
+    assert target.read_bytes() == open(src, "rb").read()
