@@ -79,7 +79,7 @@ def start(args: argparse.Namespace) -> int:
         from agent import unattended
         return unattended.run(settings, log=LOG)
     from agent import tui
-    return tui.run(settings)
+    return tui.run(settings, log=LOG)
 
 
 def start_logging(debug: bool) -> None:

@@ -30,6 +30,7 @@ from agent.repair.luks import Passphrases, console_ask
 from agent.repair.runner import Request, repair, vm_disks
 from agent.transfer.restore import RestoreError, RestoreResult
 from agent.transfer.restore import run as restore_run
+from agent.transfer import targets as restore_targets
 from agent.settings import Settings, boot_line
 from xenp2v import protocol
 
@@ -132,14 +133,14 @@ def manual_boot_line(settings: Settings, job: str, token: str | None) -> str:
 
 def restore(settings: Settings, progress: Progress, client: Client,
             targets: list[str] | None = None) -> list[RestoreResult]:
-    """Every disk of job settings.job onto this VM's disks, in order; raises RestoreError."""
+    """Every disk of job settings.job, in order, onto `targets` (restore-and-repair's --target),
+    else the disks p2v.disks names, else this VM's free disks; all are checked before the first
+    is written. Raises RestoreError."""
     job = client.job(settings.job)
+    named, how = (targets, "--target") if targets is not None else (settings.disks, "p2v.disks=")
+    chosen = restore_targets.choose(job, named, vm_disks, how)
     disks = sorted(job["disks"], key=lambda d: d.get("position", 0))
-    targets = targets if targets is not None else vm_disks()
-    if len(targets) < len(disks):
-        raise RestoreError(f"Job {settings.job} has {len(disks)} disks but this VM has "
-                           f"{len(targets)} free; add disks to the VM and start again.")
-    return [restore_run(settings, target, d["id"], progress) for d, target in zip(disks, targets)]
+    return [restore_run(settings, target, d["id"], progress) for d, target in zip(disks, chosen)]
 
 
 def plan_repair(disk: str | None, inventory: dict | None, say: Say,

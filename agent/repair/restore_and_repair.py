@@ -31,7 +31,8 @@ def register(subparsers) -> None:
     p.add_argument("--fingerprint", metavar="sha256:HEX", help="the server certificate's fingerprint")
     p.add_argument("--job", metavar="ID", help="the job to restore and repair")
     p.add_argument("--target", metavar="DEVICE", action="append", default=[],
-                   help="a disk to write, once per disk of the job (default: this VM's disks)")
+                   help="a disk to write, once per disk of the job (default: the disks p2v.disks= "
+                        "names, else this VM's free disks)")
     p.add_argument("--streams", metavar="N", help="parallel connections (default 4)")
     p.add_argument("--luks", metavar="FILE", help="passphrases of the guest's LUKS volumes, one a "
                    "line (or p2v.luks=; else: asked on this terminal)")
@@ -57,10 +58,14 @@ def main(args: argparse.Namespace) -> int:
     targets = args.target or None
     try:
         client = unattended.client_for(settings, retry_for=60)
-        for r in unattended.restore(settings, Progress([PlainLines()], interval=2.0), client, targets):
+        restored = unattended.restore(settings, Progress([PlainLines()], interval=2.0), client,
+                                      targets)
+        for r in restored:
             say(r.summary())
         inventory = protocol.job_inventory(client.job(settings.job))
-        report = unattended.apply_repair(None, inventory, say, client, settings.job, disks=targets,
+        # The repair looks at the disks just written, not at whatever this machine has.
+        report = unattended.apply_repair(None, inventory, say, client, settings.job,
+                                         disks=[r.target for r in restored],
                                          passphrases=Passphrases(settings.luks, console_ask(), say),
                                          guest_tools=settings.guest_tools,
                                          windows_drivers=settings.windows_drivers)

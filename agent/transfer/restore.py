@@ -40,6 +40,7 @@ from agent.transfer.progress import Progress, human
 from agent.settings import Settings
 from agent.transfer.source import DIRECT_ALIGN, chunk_buffer
 from xenp2v import protocol
+from xenp2v.units import counted
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,8 @@ class RestoreResult:
 # --- the target ----------------------------------------------------------------------------------
 
 SWAP = "(swap)"
+# Where the live ISO (live-boot) mounts what it runs from; "/" anywhere else.
+LIVE_MOUNTS = ("/run/live/", "/lib/live/")
 
 
 def mounted_devices() -> dict[str, str]:
@@ -123,6 +126,10 @@ def check_target_free(target: str) -> None:
             raise RestoreError(f"{target} is in use: /dev/{dev.name} is in use as swap. "
                                f"Run 'swapoff /dev/{dev.name}' (or pick another target) and start "
                                "again.")
+        if number in used and (used[number] == "/" or used[number].startswith(LIVE_MOUNTS)):
+            raise RestoreError(f"{target} holds the live system this agent runs from (/dev/{dev.name} "
+                               f"is mounted on {used[number]}): it cannot be written. Choose "
+                               "another disk ('lsblk' lists them) and start again.")
         if number in used:
             raise RestoreError(f"{target} is in use: /dev/{dev.name} is mounted on {used[number]}. "
                                "Unmount it (or pick another target) and start again.")
@@ -290,7 +297,7 @@ def choose_disk(client: Client, job: str, disk: str | None) -> str:
             raise RestoreError(f"Job {job} has no disk {disk}; its disks are {', '.join(ids)}.")
         return disk
     if len(ids) != 1:
-        raise RestoreError(f"Job {job} has {len(ids)} disks ({', '.join(ids)}): choose one "
+        raise RestoreError(f"Job {job} has {counted(len(ids), 'disk')} ({', '.join(ids)}): choose one "
                            "with --disk.")
     return ids[0]
 

@@ -8,11 +8,14 @@ their own edges (a recorded machine, a loop device, a test server).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from agent.settings import Settings
 
 
-def run(settings: Settings) -> int:
-    """The TUI on this terminal; log records go to agent.cli's LOG file, never onto it."""
+def run(settings: Settings, log: Path | None = None) -> int:
+    """The TUI on this terminal; log records go to `log` (agent.cli's LOG), never onto it, and
+    a failed run's screen says where that is."""
     from agent.tui.app import make_app
 
-    return make_app(settings).run() or 0
+    return make_app(settings, log=log).run() or 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-
+from pathlib import Path
 from typing import Callable
 
 from textual.app import App, SuspendNotSupported
@@ -57,13 +57,15 @@ class P2VApp(App[int]):
     TITLE = "xenp2v"
     ENABLE_COMMAND_PALETTE = False
 
-    def __init__(self, settings: Settings, edges: Edges | None = None, ascii: bool | None = None):
+    def __init__(self, settings: Settings, edges: Edges | None = None, ascii: bool | None = None,
+                 log: Path | None = None):
         # Decided before Textual picks its driver (in App.__init__): None asks p2v.ascii, TERM
         # and the locale.
         self.ascii = wants_ascii(settings.ascii, os.environ) if ascii is None else ascii
         super().__init__()
         self.session = Session(settings)
         self.edges = edges or Edges()
+        self.log_file = log   # where the agent logs (agent.cli's LOG), said after a failure
         # name: what makes that screen; a test may put its own.
         self.screens: dict[str, Callable[..., Screen]] = {s.NAME: s for s in FLOW}
 
@@ -110,5 +112,5 @@ class P2VApp(App[int]):
 
 
 def make_app(settings: Settings | None = None, edges: Edges | None = None,
-             ascii: bool | None = None) -> P2VApp:
-    return P2VApp(settings or Settings(), edges, ascii)
+             ascii: bool | None = None, log: Path | None = None) -> P2VApp:
+    return P2VApp(settings or Settings(), edges, ascii, log)

@@ -73,6 +73,8 @@ FORM_WORDS = (
     # agent.vmspec's warnings about a disk left out.
     (re.compile(r"is not chosen \(--disks, p2v\.disks=\)"), "is not ticked"),
     (re.compile(r"Add it to the disks chosen\."), "Go back to Disks (Esc) to tick it."),
+    # agent.transfer.targets: a restore's disks are named on the boot line, not on a screen.
+    (re.compile(r"with p2v\.disks= \("), "with p2v.disks= on the boot line ("),
 )
 
 

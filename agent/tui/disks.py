@@ -15,6 +15,7 @@ from agent.tui.common import Step, buttons
 from agent.tui.looking import look
 from agent.tui.messages import Probed
 from agent.vmspec import on_disk, wanted_here
+from xenp2v.units import counted
 
 STICK = "boot-stick"
 
@@ -154,7 +155,7 @@ class DisksScreen(Step):
             return
         self.chosen ^= {key}
         self.fill()
-        self.say(f"{len(self.chosen)} disk(s) ticked.")
+        self.say(f"{counted(len(self.chosen), 'disk')} ticked.")
 
     def action_next(self) -> None:
         self.next()

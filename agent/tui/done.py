@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -53,12 +55,32 @@ def key_lines(line: str) -> str:
     return "\n".join(out + note)
 
 
+def help_text(ok: bool, cancelled: bool, again: str | None, log: Path | None = None) -> str:
+    """The Done screen's help for the outcome: after a failure, what to do next, not what a
+    success would mean."""
+    if ok:
+        return ("The transfer is over. Power off this machine once the VM runs (keep it until "
+                "then: it is the original). Reboot starts this machine again from its own disks "
+                "if the stick is removed. Shell gives a root shell; type exit to come back.")
+    what = "restore" if again == "restore" else "transfer"
+    head = (f"The {what} was stopped before the end." if cancelled else
+            f"The {what} did not finish: the reason is on this screen (arrows scroll it). "
+            "The agent's log" + (f", {log}," if log else "") + " has more (p2v.debug on the "
+            "boot line logs every step); Shell gives a root shell to read it (type exit to "
+            "come back).")
+    retry = (f" Put right what stopped it (the network, the server, a disk to attach), then "
+             f"Resume the {what}: it goes on where it stopped, and what is done is not done "
+             "again." if again else "")
+    keep = (" This VM does not boot from its disks until the restore and the repair finish."
+            if what == "restore" else
+            " This machine's disks were only read: keep it as it is, it is the original.")
+    return head + retry + keep + " Power off and Reboot ask first."
+
+
 class DoneScreen(Step):
     NAME = "done"
     TITLE = "Done"
-    HELP = ("The transfer is over. Power off this machine once the VM runs (keep it until then: "
-            "it is the original). Reboot starts this machine again from its own disks if the "
-            "stick is removed. Shell gives a root shell; type exit to come back.")
+    HELP = help_text(True, False, None)
     BINDINGS = [Binding("escape", "nothing", show=False)]
 
     def __init__(self, ok: bool, cancelled: bool, again: str | None = None):
@@ -67,16 +89,18 @@ class DoneScreen(Step):
 
     def body(self) -> ComposeResult:
         session = self.app.session
-        head = ("The transfer is complete." if self.ok else
-                "The transfer was stopped; the job stays on the server." if self.cancelled else
-                "The transfer did not finish.")
+        self.HELP = help_text(self.ok, self.cancelled, self.again, self.app.log_file)
+        what = "restore" if self.again == "restore" else "transfer"
+        head = (f"The {what} is complete." if self.ok else
+                f"The {what} was stopped; the job stays on the server." if self.cancelled else
+                f"The {what} did not finish.")
         text = head + "\n" + "\n".join(session.outcome)
         if self.ok:
             text += "\n\n" + next_steps(session)
         with VerticalScroll(id="outcome"):
             yield Static(text, id="result", classes="" if self.ok else "problem")
         yield Static("", id="status")
-        rows = [] if self.ok or not self.again else [("resume", "Resume the transfer", "primary")]
+        rows = [] if self.ok or not self.again else [("resume", f"Resume the {what}", "primary")]
         yield buttons(*rows, ("poweroff", "Power off", "default"), ("reboot", "Reboot", "default"),
                       ("shell", "Shell", "default"), ("quit", "Quit", "default"))
 

@@ -24,6 +24,7 @@ from agent.transfer.progress import Progress, ProgressEvent, format_eta, human
 from agent.tui.common import ConfirmScreen, Step, TrackBar, buttons, in_form_words
 from agent.tui.messages import TransferEnded, TransferLog, TransferProgress
 from agent.unattended import capture_summary
+from xenp2v.units import counted
 
 LOG = logging.getLogger(__name__)
 
@@ -157,13 +158,14 @@ class TransferScreen(Step):
         try:
             job, lines, token = self.work(Progress([report], interval=0.5))
         except Cancelled:
-            self.post_message(TransferEnded(self.job, ["The transfer was cancelled."], False, True))
+            self.post_message(TransferEnded(self.job, [f"The {self.NAME} was cancelled."], False,
+                                            True))
         except (CaptureError, RestoreError, ServerError) as e:
             LOG.debug("Where the transfer stopped:", exc_info=True)   # p2v.debug: in the log
             stopped = isinstance(e.__cause__, Cancelled)
-            self.post_message(TransferEnded(self.job, ["The transfer was cancelled." if stopped else
-                                                       in_form_words(f"The transfer stopped: {e}")],
-                                            False, stopped))
+            said = (f"The {self.NAME} was cancelled." if stopped else
+                    in_form_words(f"The {self.NAME} stopped: {e}"))
+            self.post_message(TransferEnded(self.job, [said], False, stopped))
         else:
             self.post_message(TransferEnded(job, lines, True, False, token))
         finally:
@@ -201,8 +203,8 @@ class TransferScreen(Step):
         disks = max(len(self.disk_ids()), len(self.fractions), 1)
         overall = 100 * sum(self.fractions.values()) / disks
         self.query_one("#overall", ProgressBar).update(progress=overall)
-        self.query_one("#overall-line", Static).update(
-            f"{sum(1 for f in self.fractions.values() if f >= 1.0)} of {disks} disks done")
+        finished = sum(1 for f in self.fractions.values() if f >= 1.0)
+        self.query_one("#overall-line", Static).update(f"{finished} of {counted(disks, 'disk')} done")
         if self.final is not None:
             self.final.update(event)
             if copying:

@@ -14,6 +14,7 @@ import requests
 
 from agent import unattended
 from agent.probe import probe_machine
+from agent.transfer import restore as restore_mod
 from agent.transfer.progress import Progress
 from agent.settings import Settings
 from agent.unattended import imported_here, post_action, situation
@@ -107,8 +108,8 @@ def test_a_poweroff_systemctl_cannot_ask_for_is_forced():
     assert command.ran == [["systemctl", "poweroff"]]
 
 
-def test_repair_with_a_job_the_server_did_not_import_here_restores_first(loopdev, p2v_server, tmp_path,
-                                                                          monkeypatch):
+def debian_disk(loopdev, tmp_path: Path) -> tuple[str, str]:
+    """(disk, its root partition): a Debian system whose fstab still names /dev/sda1."""
     source = loopdev(48 * MiB, "source")
     run("sfdisk", "-q", source, input="label: dos\n,,83\n")
     root = rescan(source)[0]
@@ -122,6 +123,12 @@ def test_repair_with_a_job_the_server_did_not_import_here_restores_first(loopdev
         (mnt / "etc/fstab").write_text("/dev/sda1 / ext4 errors=remount-ro 0 1\n")
     finally:
         run("umount", str(mnt))
+    return source, root
+
+
+def test_repair_with_a_job_the_server_did_not_import_here_restores_first(loopdev, p2v_server, tmp_path,
+                                                                          monkeypatch):
+    source, root = debian_disk(loopdev, tmp_path)
     preset = dict(server=p2v_server.url, token=p2v_server.token, fingerprint=p2v_server.fingerprint)
     job = unattended.capture(Settings(**preset, disks=[source], name="manual"), Progress()).job
     target = loopdev(48 * MiB, "vmdisk")
@@ -136,6 +143,80 @@ def test_repair_with_a_job_the_server_did_not_import_here_restores_first(loopdev
     assert "Repair ok: Debian GNU/Linux 12." in out.getvalue()
     uuid = run("blkid", "-p", "-s", "UUID", "-o", "value", rescan(target)[0]).stdout.strip()
     assert uuid == run("blkid", "-p", "-s", "UUID", "-o", "value", root).stdout.strip()
+
+
+def test_p2v_mode_restore_writes_the_disks_p2v_disks_names_on_a_machine_with_no_free_vm_disk(
+        loopdev, p2v_server, tmp_path, monkeypatch):
+    """Not a Xen VM (or one whose disks vm_disks() does not see): the disks the technician named
+    are the targets, not "1 disks but this VM has 0 free"."""
+    source, root = debian_disk(loopdev, tmp_path)
+    preset = dict(server=p2v_server.url, token=p2v_server.token, fingerprint=p2v_server.fingerprint)
+    job = unattended.capture(Settings(**preset, disks=[source], name="named"), Progress()).job
+    target = loopdev(64 * MiB, "named")
+    monkeypatch.setattr(unattended, "vm_disks", lambda: [])
+    vm = probe_machine(recorded=Path(__file__).resolve().parents[1] / "machines" / "windows.json")
+    out = io.StringIO()
+
+    status = unattended.run(Settings(**preset, mode="restore", job=job, disks=[target]), out, vm,
+                            command=lambda argv: None)
+    assert status == 0, out.getvalue()
+    assert "Repair ok: Debian GNU/Linux 12." in out.getvalue()
+    uuid = run("blkid", "-p", "-s", "UUID", "-o", "value", rescan(target)[0]).stdout.strip()
+    assert uuid == run("blkid", "-p", "-s", "UUID", "-o", "value", root).stdout.strip()
+
+
+class JobOnly:
+    """A client that knows one job and fails on anything else: nothing may be fetched."""
+
+    def __init__(self, *sizes: int):
+        self.answer = {"id": "j1", "disks": [{"id": f"sd{'ab'[i]}", "size": size, "position": i}
+                                             for i, size in enumerate(sizes)]}
+
+    def job(self, job: str) -> dict:
+        return self.answer
+
+
+def stopped(settings: Settings, client: JobOnly) -> str:
+    try:
+        unattended.restore(settings, Progress(), client)
+    except unattended.RestoreError as e:
+        return str(e)
+    raise AssertionError("the restore was not refused")
+
+
+def test_a_restore_with_no_disk_to_write_says_what_to_attach_or_name(monkeypatch):
+    monkeypatch.setattr(unattended, "vm_disks", lambda: [])
+    said = stopped(Settings(job="j1"), JobOnly(64 * MiB))
+    assert said.startswith("Job j1 has 1 disk (sda of 64.0 MiB) but this machine has 0 free "
+                           "disks. Attach a disk at least as large for each disk of the job"), said
+    assert "p2v.disks=" in said
+    monkeypatch.setattr(unattended, "vm_disks", lambda: ["/dev/xvda"])
+    said = stopped(Settings(job="j1"), JobOnly(64 * MiB, 2 * MiB))
+    assert said.startswith("Job j1 has 2 disks (sda of 64.0 MiB, sdb of 2.0 MiB) but this "
+                           "machine has 1 free disk (/dev/xvda)."), said
+
+
+def test_a_restore_refuses_named_disks_too_small_holding_the_live_system_or_too_few(
+        loopdev, monkeypatch):
+    monkeypatch.setattr(unattended, "vm_disks", lambda: [])
+    small, big, other = loopdev(16 * MiB, "small"), loopdev(64 * MiB, "big"), loopdev(64 * MiB)
+    with open(small, "r+b") as f:
+        f.write(b"keep me")
+    said = stopped(Settings(job="j1", disks=[small]), JobOnly(48 * MiB))
+    assert said.startswith(f"{small} holds 16.0 MiB ({16 * MiB} bytes) but disk sda of job j1, "
+                           f"which goes onto it, is 48.0 MiB ({48 * MiB} bytes): name a disk at "
+                           "least that large with p2v.disks="), said
+    with open(small, "rb") as f:
+        assert f.read(7) == b"keep me"
+    said = stopped(Settings(job="j1", disks=[big, other]), JobOnly(48 * MiB))
+    assert said == (f"Job j1 has 1 disk (sda of 48.0 MiB) but p2v.disks= names 2 disks to write "
+                    f"({big}, {other}); name one disk for each, in that order.")
+    # The live ISO's medium: what it runs from, mounted on /run/live/medium.
+    st = os.stat(big)
+    live = {f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}": "/run/live/medium"}
+    monkeypatch.setattr(restore_mod, "mounted_devices", lambda: live)
+    said = stopped(Settings(job="j1", disks=[Path(big).name]), JobOnly(48 * MiB))
+    assert said.startswith(f"/dev/{Path(big).name} holds the live system this agent runs from"), said
 
 
 def test_a_job_imported_onto_this_vm_is_repaired_in_place():

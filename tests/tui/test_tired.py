@@ -61,6 +61,24 @@ def test_done_screens_boot_line_carries_the_fingerprint():
     walk(app, steps)
 
 
+def test_the_done_screens_help_after_a_failed_transfer_says_what_to_do_not_what_success_means():
+    app = make_app(Settings(**PRESET, disks=["/dev/sda"]), edges())
+
+    async def steps(pilot):
+        from agent.tui.done import DoneScreen
+        app.session.outcome = ["The transfer stopped: cannot reach https://10.0.0.5:8443."]
+        await open_screen(pilot, DoneScreen(False, False, again="transfer"))
+        await pilot.press("f1")
+        await wait_screen(pilot, "HelpScreen")
+        said = screen_text(app).replace("\n", " ")
+        assert "The transfer is over" not in said and "once the VM runs" not in said, said
+        assert "The transfer did not finish: the reason is on this screen" in said, said
+        assert "The agent's log" in said and "Resume the transfer" in said, said
+        assert "keep it as it is, it is the original" in said, said
+
+    walk(app, steps)
+
+
 def test_restore_with_an_untrusted_server_asks_for_the_fingerprint_first():
     restored = []
     app = make_app(Settings(server="https://127.0.0.1:9", token="t", job="j1"),
@@ -108,6 +126,7 @@ def test_space_on_the_disks_screens_buttons_unticks_nothing():
         await pilot.press("space")                   # in the table Space still ticks
         await pilot.pause(0.2)
         assert app.screen.chosen == {"/dev/sdb"}
+        assert "1 disk ticked." in screen_text(app)    # not "1 disk(s)"
 
     walk(app, steps)
 

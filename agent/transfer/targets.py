@@ -1,0 +1,85 @@
+"""Where a restore writes: the disks named for it (p2v.disks=, --target) or else this VM's free
+disks, one for each disk of the job in the job's order, every one checked before a byte is
+written: not the disk the live system runs from, nothing mounted or held on it, large enough."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+from agent.transfer.progress import human
+from agent.transfer.restore import (RestoreError, check_no_other_name, check_target_free,
+                                    check_target_kind)
+from xenp2v.units import counted
+
+
+@dataclass
+class Target:
+    path: str
+    size: int | None = None       # bytes; None: a file still to be made, as large as the image
+    problem: str | None = None    # why a restore must not write it, as a sentence
+
+
+def look(path: str) -> Target:
+    """What `path` is, read from this machine (the edge a test replaces)."""
+    try:
+        check_target_kind(path)
+        if not os.path.exists(path):
+            return Target(path)
+        check_target_free(path)
+        check_no_other_name(path)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return Target(path, os.lseek(fd, 0, os.SEEK_END))
+        finally:
+            os.close(fd)
+    except RestoreError as e:
+        return Target(path, problem=str(e))
+    except OSError as e:
+        return Target(path, problem=f"{path} cannot be read ({e.strerror}); choose another disk "
+                      "('lsblk' lists them) and start again.")
+
+
+def device(name: str) -> str:
+    """A disk as p2v.disks names it (xvdb or /dev/xvdb) as a path."""
+    return name if "/" in name else f"/dev/{name}"
+
+
+def choose(job: dict, named: list[str] | None, free: Callable[[], list[str]],
+           how: str = "p2v.disks=", look: Callable[[str], Target] = look) -> list[str]:
+    """The target of each disk of `job`, in the job's order: the `named` disks (set with `how`),
+    else the first of `free()`. Raises RestoreError saying what to do."""
+    disks = sorted(job["disks"], key=lambda d: d.get("position", 0))
+    wanted = ", ".join(f"{d['id']} of {human(d['size'])}" for d in disks)
+    has = f"Job {job['id']} has {counted(len(disks), 'disk')} ({wanted})"
+    if named:
+        paths = [device(n) for n in named]
+        if len(paths) != len(disks):
+            raise RestoreError(f"{has} but {how} names {counted(len(paths), 'disk')} to write "
+                               f"({', '.join(paths)}); name one disk for each, in that order.")
+        twice = next((p for i, p in enumerate(paths) if p in paths[:i]), None)
+        if twice:
+            raise RestoreError(f"{how} names {twice} twice; name one disk for each disk of job "
+                               f"{job['id']} ({wanted}), in that order.")
+    else:
+        found = free()
+        if len(found) < len(disks):
+            raise RestoreError(
+                f"{has} but this machine has {counted(len(found), 'free disk')}"
+                + (f" ({', '.join(found)})" if found else "") + ". Attach a disk at least as "
+                "large for each disk of the job, in that order, and start again; or name the "
+                f"disks to write with {how} (one for each, in that order).")
+        paths = found[:len(disks)]
+    for disk, path in zip(disks, paths):
+        target = look(path)
+        if target.problem:
+            raise RestoreError(target.problem)
+        if target.size is not None and target.size < disk["size"]:
+            raise RestoreError(
+                f"{path} holds {human(target.size)} ({target.size} bytes) but disk {disk['id']} "
+                f"of job {job['id']}, which goes onto it, is {human(disk['size'])} ({disk['size']} bytes): "
+                + (f"name a disk at least that large with {how}" if named else
+                   f"make it at least that large, or name the disks to write with {how}")
+                + f" ({wanted}, in that order).")
+    return paths
