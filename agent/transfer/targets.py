@@ -79,7 +79,7 @@ def choose(job: dict, named: list[str] | None, free: Callable[[], list[str]],
             raise RestoreError(
                 f"{path} holds {human(target.size)} ({target.size} bytes) but disk {disk['id']} "
                 f"of job {job['id']}, which goes onto it, is {human(disk['size'])} ({disk['size']} bytes): "
-                + (f"name a disk at least that large with {how}" if named else
+                + (f"give a disk at least that large with {how}" if named else
                    f"make it at least that large, or name the disks to write with {how}")
                 + f" ({wanted}, in that order).")
     return paths

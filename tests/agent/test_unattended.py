@@ -204,7 +204,7 @@ def test_a_restore_refuses_named_disks_too_small_holding_the_live_system_or_too_
         f.write(b"keep me")
     said = stopped(Settings(job="j1", disks=[small]), JobOnly(48 * MiB))
     assert said.startswith(f"{small} holds 16.0 MiB ({16 * MiB} bytes) but disk sda of job j1, "
-                           f"which goes onto it, is 48.0 MiB ({48 * MiB} bytes): name a disk at "
+                           f"which goes onto it, is 48.0 MiB ({48 * MiB} bytes): give a disk at "
                            "least that large with p2v.disks="), said
     with open(small, "rb") as f:
         assert f.read(7) == b"keep me"
