@@ -81,7 +81,7 @@ class RestoreResult:
     def summary(self) -> str:
         """One line for the console: what was fetched, kept and zeroed (or left as it was)."""
         return (f"{self.disk} of job {self.job} restored onto {self.target}: "
-                f"{self.fetched_chunks} chunks fetched ({human(self.fetched_bytes)}, "
+                f"{counted(self.fetched_chunks, 'chunk')} fetched ({human(self.fetched_bytes)}, "
                 f"{human(self.received)} on the wire), "
                 f"{self.kept_chunks} already in place, {self.no_data_said}")
     fetched_bytes: int = 0      # disk bytes of the fetched chunks
@@ -351,9 +351,9 @@ def run(settings: Settings, target: str, disk: str | None = None,
                  + ("a new sparse file" if reads_zeros else "--target-zeroed, checked on a sample")
                  + ")")
     result.no_data_said = zeros
-    log.info("%s restored onto %s: %d chunks fetched, %d already in place; %s", did, target,
-             result.fetched_chunks, result.kept_chunks, zeros)
-    progress.phase(did, "done", f"restored onto {target}: {result.fetched_chunks} chunks fetched, "
+    log.info("%s restored onto %s: %s fetched, %d already in place; %s", did, target,
+             counted(result.fetched_chunks, "chunk"), result.kept_chunks, zeros)
+    progress.phase(did, "done", f"restored onto {target}: {counted(result.fetched_chunks, 'chunk')} fetched, "
                                 f"{result.kept_chunks} already in place, {zeros}")
     return result
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from agent.transfer.progress import Progress, human
+from xenp2v.units import counted
 from agent.tui.messages import TransferEnded
 from agent.tui.transfer import TransferScreen
 from agent.unattended import client_for
@@ -28,7 +29,7 @@ class RestoreScreen(TransferScreen):
         if session.situation:
             session.situation.job = client.job(session.settings.job)
         return session.settings.job, [
-            f"{r.disk} restored onto {r.target}: {r.fetched_chunks} chunks fetched "
+            f"{r.disk} restored onto {r.target}: {counted(r.fetched_chunks, 'chunk')} fetched "
             f"({human(r.fetched_bytes)}), {r.kept_chunks} already in place" for r in results], None
 
     def ended(self, message: TransferEnded) -> None:

@@ -31,3 +31,12 @@ def test_a_capture_and_restore_at_a_terminal_say_each_thing_once(loopdev, p2v_se
     assert restore.returncode == 0, restore.stderr
     assert "INFO" not in restore.stderr, restore.stderr
     assert target.read_bytes() == open(src, "rb").read()
+
+
+def test_a_restores_summary_counts_one_chunk_as_one_chunk():
+    from agent.transfer.restore import RestoreResult
+    one = RestoreResult("job", "sda", "/dev/xvda", 1 << 20, fetched_chunks=1, fetched_bytes=1 << 20,
+                        no_data_said="nothing else")
+    assert "1 chunk fetched (1.0 MiB" in one.summary(), one.summary()
+    two = RestoreResult("job", "sda", "/dev/xvda", 1 << 20, fetched_chunks=2)
+    assert "2 chunks fetched" in two.summary()
