@@ -298,6 +298,9 @@ class Bench:
             for top, _, files in os.walk(images):
                 drop_cache(*(os.path.join(top, f) for f in files if f.endswith(".img")))
             run.out = allocated(images)
+            # What --compress auto measured and chose, from the log the agent uploaded.
+            for line in auto_choices(Path(images)):
+                print(f"  {line}", flush=True)
         finally:
             server.stop()
         if keep:
@@ -515,6 +518,12 @@ def selected(names, only: list[str] | None) -> list[str]:
         if compared in names and DEFAULT not in names:
             names.insert(names.index(compared), DEFAULT)
     return names
+
+
+def auto_choices(images: Path) -> list[str]:
+    """The agent's "compress auto: ..." log lines of the jobs under `images` (from the time)."""
+    return [line.split(" ", 1)[1] for log in sorted(images.glob("*/agent.log"))
+            for line in log.read_text(errors="replace").splitlines() if "compress auto:" in line]
 
 
 def outputs(cache: Path) -> Path:

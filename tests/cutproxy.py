@@ -5,7 +5,8 @@ connection is forwarded byte for byte; while ``cuts`` is above zero, a connectio
 ``after`` bytes have passed (each connection with ``probability``; coming back from the server, or either way with
 ``direction="both"``): reset (RST), closed (FIN) or stalled (nothing more passes for ``stall``
 seconds, then it is closed). With ``rate`` (bytes per second) the server's answers pass no
-faster than that, all connections together: a slow link. Imported as `cutproxy` (tests/ is on
+faster than that, all connections together: a slow link; ``up_rate`` does the same for what
+the agent sends (a capture's chunks). Imported as `cutproxy` (tests/ is on
 sys.path).
 """
 
@@ -28,7 +29,7 @@ class CutProxy:
     def __init__(self, target_port: int, after: int | tuple[int, int] = 1 << 20, cuts: int = 0,
                  modes: tuple[str, ...] = ("reset",), stall: float = 75.0, seed: int = 0,
                  direction: str = "down", probability: float = 1.0, target_host: str = "127.0.0.1",
-                 rate: int | None = None):
+                 rate: int | None = None, up_rate: int | None = None):
         self.target_port = target_port
         self.target_host = target_host  # e.g. a server in a network namespace, behind a veth
         self.after = after
@@ -39,6 +40,7 @@ class CutProxy:
         self.probability = probability  # of a connection being doomed while cuts are left
         self.random = random.Random(seed)
         self.limit = RateLimit(rate)
+        self.up_limit = RateLimit(up_rate)
         self.cut = {m: 0 for m in MODES}
         self.connections = 0
         self._lock = threading.Lock()
@@ -121,8 +123,7 @@ class _Link:
                     dst.sendall(data[:self.after - self.passed])
                     self._break()
                     return
-                if down:
-                    self.proxy.limit.take(len(data))
+                (self.proxy.limit if down else self.proxy.up_limit).take(len(data))
                 dst.sendall(data)
         except OSError:
             if not self.broken:

@@ -863,16 +863,17 @@ def test_the_boot_menu_table_is_the_isos_menu():
 def test_the_pages_describe_compress_autos_trial_as_link_py_runs_it():
     """architecture.md and benchmarks.md say how `--compress auto` chooses (both sides, capture
     and restore): the trial's order of windows, their length, the margin zstd must win by and
-    how often it runs again are link.py's. benchmarks.md once said a restore's auto fetched
+    how soon and how often it runs again are link.py's. benchmarks.md once said a restore's auto fetched
     plain chunks and described one window each way, after the code had changed both."""
     from agent.transfer import link
     comp = link.Compression("auto", 1)
     comp._try(True, 0.0)
     order = ", ".join("zstd" if way else "plain" for way in [comp.compressing, *comp._plan])
     seconds = {0.5: "half a second", 1.0: "a second"}
+    times = {2.0: "twice", 3.0: "three times", 4.0: "four times"}
     said = [f"{order} (", f"{seconds[link.TRIAL_SECONDS]} and a chunk per stream",
             f"{round((link.MARGIN - 1) * 100)}% more disk bytes per second",
-            f"every {link.RETRY_SECONDS:.0f} s"]
+            f"after {times[link.FIRST_HOLD]} the trial's time", f"every {link.RETRY_SECONDS:.0f} s"]
     for page in ("architecture.md", "benchmarks.md"):
         text = " ".join(page_text(REPO / "docs" / page).split())
         missing = [words for words in said if words not in text]

@@ -5,9 +5,13 @@ from one side: the time a PUT takes includes the server's work (decoding, hashin
 and its fdatasync), so a rule built on "bytes per second of a send" saw a slow link wherever the
 server or the CPU was slow, and compressed on a 10 Gbit/s link where that halved the rate.
 `auto` therefore measures what matters, disk bytes acknowledged per second, both ways: after a
-first window of warming up (not measured) a trial runs windows of zstd, plain, plain, zstd, keeps
-zstd if it was clearly faster over its two windows, and runs again every RETRY_SECONDS at least
-(the data, the link and the machine's load change during a capture). A
+first window of warming up (not measured) a trial runs windows of zstd, plain, plain, zstd, and
+keeps zstd if it was clearly faster over its two windows. A trial sees seconds of the disk,
+and a disk's data compresses unevenly: the bench's first trial fell in a stretch that
+compresses 2.5x, where zstd (CPU-bound on a loaded machine) tied with plain, and the plain it
+chose held for the whole capture, the next trial being due after 30 s. So the trial runs again
+soon after a choice, twice as late after each trial that keeps it, and every RETRY_SECONDS at
+least (the data, the link and the machine's load change too). A
 restore decides the same way, on its receiving side: it asks the server for zstd bodies or
 plain ones (`ask`), and counts the disk bytes of the chunks it wrote per second.
 """
@@ -27,7 +31,8 @@ ZSTD_LEVEL = 1          # fast: above ~1 GB/s per core, ratios close to level 3 
 WARMUP_SECONDS = 1.0    # the first window (not measured) lasts at least this long
 TRIAL_SECONDS = 0.5     # a trial window lasts at least this long ...
 TRIAL_CHUNKS = 1        # ... and until this many chunks per stream came back in it
-RETRY_SECONDS = 30.0    # how often the way not taken is tried again, at least
+RETRY_SECONDS = 30.0    # how often the way not taken is tried again, at least ...
+FIRST_HOLD = 2.0        # ... and a new choice holds only this many times its trial's time
 MARGIN = 1.1            # zstd is kept only if it moved this much more than plain
 
 
@@ -85,6 +90,7 @@ class Compression:
         self._trial_start = 0.0              # when the trials that led to the last choice began
         self._decided_at: float | None = None   # when auto last chose; None while it tries
         self._retry_after = RETRY_SECONDS
+        self._chosen: bool | None = None     # the way the last trial chose
         self._warming = mode == "auto"       # the first window is not measured (see sent)
 
     def _compressor(self) -> zstandard.ZstdCompressor:
@@ -173,9 +179,8 @@ class Compression:
                     return
                 self.rates = {w: b / t for w, (b, t) in self._tried.items()}
                 self._decided_at = now
-                # Trials cost time the worse way: they take at most a tenth of it.
-                self._retry_after = max(RETRY_SECONDS, 10 * (now - self._trial_start))
-                self._switch(self._choice())
+                self._hold(self._choice(self._chosen), now - self._trial_start)
+                self._switch(self._chosen)
                 log.info("compress auto: zstd %.0f MB/s, plain %.0f MB/s of disk bytes in the "
                          "trial; %s for %.0f s", self.rates[True] / 1e6, self.rates[False] / 1e6,
                          "zstd" if self.compressing else "plain", self._retry_after)
@@ -194,11 +199,26 @@ class Compression:
         self._plan = [not way, not way, way]
         self._switch(way)
 
-    def _choice(self) -> bool:
-        """Compress only if that moves clearly more disk bytes per second: by MARGIN, as two
-        trials' rates differ that much by chance on a busy machine, and zstd costs CPU on
-        both sides."""
-        return self.rates.get(True, 0.0) > self.rates.get(False, 0.0) * MARGIN
+    def _hold(self, choice: bool, trial: float) -> None:
+        """How long `choice` holds before the next trial: FIRST_HOLD times the trial's time
+        when the way is new, twice as long as before when the trial confirmed it, up to
+        RETRY_SECONDS or ten times the trial's time (trials cost time the worse way: in the long
+        run they take at most a tenth of it)."""
+        longest = max(RETRY_SECONDS, 10 * trial)
+        if choice == self._chosen:
+            self._retry_after = min(longest, 2 * self._retry_after)
+        else:
+            self._retry_after = min(longest, FIRST_HOLD * trial)
+        self._chosen = choice
+
+    def _choice(self, chosen: bool | None) -> bool:
+        """Start compressing only if that moves clearly more disk bytes per second: by MARGIN,
+        as two trials' rates differ that much by chance on a busy machine, and zstd costs CPU
+        on both sides. Once `chosen`, zstd is left only for a way that moves more: a stretch of
+        data that compresses poorly makes the two ways tie, and plain, chosen on a tie, held on
+        into the data that compresses well after it."""
+        zstd, plain = self.rates.get(True, 0.0), self.rates.get(False, 0.0)
+        return zstd >= plain if chosen else zstd > plain * MARGIN
 
     def _switch(self, way: bool) -> None:
         self.compressing = way
