@@ -82,6 +82,17 @@ def map_lv(lv: blockdev.LogicalVolume, stack: ExitStack) -> str:
     return loop
 
 
+def attach_image(disk: str, stack: ExitStack) -> str:
+    """`disk` itself, or for an image file a loop device of its own over it, its partitions
+    dropped and it detached when `stack` closes: partx on the file would leave one behind."""
+    if not stat.S_ISREG(os.stat(disk).st_mode):
+        return disk
+    loop = run(["losetup", "--show", "-f", disk], f"attach the image {disk}").stdout.strip()
+    stack.callback(subprocess.run, ["losetup", "-d", loop], capture_output=True)
+    stack.callback(subprocess.run, ["partx", "-d", loop], capture_output=True)
+    return loop
+
+
 def lv_names(vg: str, lv: str) -> list[str]:
     return [f"/dev/mapper/{vg.replace('-', '--')}-{lv.replace('-', '--')}", f"/dev/{vg}/{lv}"]
 

@@ -140,6 +140,18 @@ def repair(request: Request, say: Callable[[str], None] = print, tools: Tools | 
         if not Path(disk).exists():
             raise RepairError(f"{disk} does not exist; name the VM's disk (e.g. /dev/xvda).")
         check_disk_free(disk)
+    with ExitStack() as images:
+        # An image file is repaired through a loop device of its own, detached at the end.
+        loops = {guest.attach_image(disk, images): disk for disk in disks}
+        report = _repair_disks(request, loops, say, tools)
+    if report.get("disk") in loops:
+        report["disk"] = loops[report["disk"]]
+    return report
+
+
+def _repair_disks(request: Request, names: dict[str, str], say: Callable[[str], None], tools: Tools) -> dict:
+    """repair() on `names`' devices (device → the name it was given as)."""
+    disks = list(names)
     errors: list[str] = []
     encrypted: list[str] = []   # BitLocker volumes where the system would be
     unreadable: list[str] = []  # NTFS volumes that could not be mounted to look for Windows
@@ -164,7 +176,7 @@ def repair(request: Request, say: Callable[[str], None] = print, tools: Tools | 
                 encrypted.append(why)
                 continue
             if report is None:
-                errors.append(f"{disk} holds no system that repair can fix (no Linux root "
+                errors.append(f"{names[disk]} holds no system that repair can fix (no Linux root "
                               "filesystem with /etc/fstab and an os-release, and no Windows)" +
                               "".join(f"; {why}" for why in locked))
                 continue

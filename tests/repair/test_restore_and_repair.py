@@ -3,6 +3,7 @@ Debian-like disk is restored onto another disk, repaired there, and the server g
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 from agent.cli import main
@@ -77,3 +78,61 @@ def test_too_few_targets_is_a_sentence_and_half_the_settings_is_refused(loopdev,
     err = capsys.readouterr().err
     assert "Restore failed:" in err and "give a disk at least that large" in err
     assert "Traceback" not in err
+
+
+def loops_over(path: Path) -> list[str]:
+    """The loop devices showing `path` now."""
+    lines = run("losetup", "-l", "-n", "-O", "NAME,BACK-FILE").stdout.splitlines()
+    return [line.split()[0] for line in lines
+            if len(line.split()) > 1 and line.split()[1] == str(path.resolve())]
+
+
+def test_restore_and_repair_onto_an_image_file_leaves_no_loop_device(loopdev, p2v_server, tmp_path, capsys):
+    source = source_disk(loopdev, tmp_path / "src")
+    preset = dict(server=p2v_server.url, token=p2v_server.token, fingerprint=p2v_server.fingerprint)
+    job = capture(Settings(**preset, disks=[source], name="rr"), Progress()).job
+    image = tmp_path / "copy.img"
+    with open(image, "wb") as f:
+        f.truncate(48 * MiB)
+
+    try:
+        assert main(["restore-and-repair", "--server", p2v_server.url, f"--token={p2v_server.token}",
+                     "--fingerprint", p2v_server.fingerprint, "--job", job, "--target", str(image)]) == 0
+        out = capsys.readouterr().out
+        assert "Repair ok: Debian GNU/Linux 12." in out
+        assert loops_over(image) == []
+    finally:
+        for loop in loops_over(image):   # only the loop devices over this test's own file
+            subprocess.run(["partx", "-d", loop], capture_output=True)
+            subprocess.run(["losetup", "-d", loop], capture_output=True)
+
+    # The repair reached the image: fstab names UUIDs now.
+    check = run("losetup", "--show", "-f", "-P", str(image)).stdout.strip()
+    try:
+        root = rescan(check)[0]
+        uuid = run("blkid", "-p", "-s", "UUID", "-o", "value", root).stdout.strip()
+        mnt = tmp_path / "check"
+        mnt.mkdir()
+        run("mount", "-o", "ro", root, str(mnt))
+        try:
+            assert (mnt / "etc/fstab").read_text().startswith(f"UUID={uuid} / ext4")
+        finally:
+            run("umount", str(mnt))
+    finally:
+        subprocess.run(["partx", "-d", check], capture_output=True)
+        run("losetup", "-d", check)
+
+
+def test_a_failed_repair_of_an_image_file_leaves_no_loop_device(tmp_path, capsys):
+    image = tmp_path / "blank.img"
+    with open(image, "wb") as f:
+        f.truncate(16 * MiB)
+    run("sfdisk", "-q", str(image), input="label: dos\n,8MiB,83\n")
+    try:
+        assert main(["repair", "--disk", str(image)]) == 1
+        assert f"{image} holds no system that repair can fix" in capsys.readouterr().err
+        assert loops_over(image) == []
+    finally:
+        for loop in loops_over(image):
+            subprocess.run(["partx", "-d", loop], capture_output=True)
+            subprocess.run(["losetup", "-d", loop], capture_output=True)
