@@ -132,12 +132,15 @@ def manual_boot_line(settings: Settings, job: str, token: str | None) -> str:
 
 
 def restore(settings: Settings, progress: Progress, client: Client,
-            targets: list[str] | None = None) -> list[RestoreResult]:
+            targets: list[str] | None = None, how: str = "p2v.disks=") -> list[RestoreResult]:
     """Every disk of job settings.job, in order, onto `targets` (restore-and-repair's --target),
     else the disks p2v.disks names, else this VM's free disks; all are checked before the first
-    is written. Raises RestoreError."""
+    is written; `how` is how the technician names them (restore-and-repair: --target), for the
+    sentences. Raises RestoreError."""
     job = client.job(settings.job)
-    named, how = (targets, "--target") if targets is not None else (settings.disks, "p2v.disks=")
+    named = targets
+    if targets is None and settings.disks:
+        named, how = settings.disks, "p2v.disks="
     chosen = restore_targets.choose(job, named, vm_disks, how)
     disks = sorted(job["disks"], key=lambda d: d.get("position", 0))
     return [restore_run(settings, target, d["id"], progress) for d, target in zip(disks, chosen)]

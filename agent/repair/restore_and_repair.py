@@ -59,7 +59,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         client = unattended.client_for(settings, retry_for=60)
         restored = unattended.restore(settings, Progress([PlainLines()], interval=2.0), client,
-                                      targets)
+                                      targets, how="--target")
         for r in restored:
             say(r.summary())
         inventory = protocol.job_inventory(client.job(settings.job))

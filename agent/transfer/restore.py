@@ -151,13 +151,13 @@ def check_no_other_name(target: str) -> None:
         found = [u.sentence() for u in inuse.uses(target)]
         if found:
             raise RestoreError(f"{target} is in use: {' '.join(found)} Then start again.")
-    mine = _loop_backing(Path(target).name) if stat.S_ISBLK(st.st_mode) else None
+    mine = loop_backing(Path(target).name) if stat.S_ISBLK(st.st_mode) else None
     if stat.S_ISREG(st.st_mode):
         mine = (st.st_dev, st.st_ino)
     if mine is None:
         return
     for loop in sorted(Path("/sys/block").glob("loop*")):
-        if f"/dev/{loop.name}" == os.path.realpath(target) or _loop_backing(loop.name) != mine:
+        if f"/dev/{loop.name}" == os.path.realpath(target) or loop_backing(loop.name) != mine:
             continue
         found = [u.sentence() for u in inuse.uses(f"/dev/{loop.name}")]
         if found:
@@ -167,7 +167,7 @@ def check_no_other_name(target: str) -> None:
                 f"{' '.join(found)} Then start again.")
 
 
-def _loop_backing(name: str) -> tuple[int, int] | None:
+def loop_backing(name: str) -> tuple[int, int] | None:
     """(st_dev, st_ino) of the file loop device `name` maps; None when it maps none (or a
     block device, or a file whose name leads nowhere now)."""
     backing = Path(f"/sys/block/{name}/loop/backing_file")
@@ -177,6 +177,29 @@ def _loop_backing(name: str) -> tuple[int, int] | None:
     except OSError:
         return None
     return (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
+
+
+def check_whole_and_writable(target: str) -> None:
+    """Refuse a block device that is a partition or read-only. A job's disk is a whole disk,
+    partition table and all: written into a partition it boots nowhere, and the checks of the
+    disk around it (the live system's, a mounted neighbour) never ran. A read-only device fails
+    its first write, after the disks before it were written."""
+    st = os.stat(target)
+    if not stat.S_ISBLK(st.st_mode):
+        return
+    sys_dir = Path(f"/sys/dev/block/{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}").resolve()
+    if (sys_dir / "partition").exists():
+        raise RestoreError(f"{target} is a partition (/dev/{sys_dir.name}) of the disk "
+                           f"/dev/{sys_dir.parent.name}; a restore writes whole disks. Name the disk "
+                           "itself ('lsblk' shows each disk and its partitions) and start again.")
+    try:
+        read_only = (sys_dir / "ro").read_text().strip() == "1"
+    except OSError:
+        read_only = False
+    if read_only:
+        raise RestoreError(f"{target} is read-only (/dev/{sys_dir.name}); make it writable "
+                           f"('blockdev --setrw {target}', or the VM's disk settings) or choose "
+                           "another disk, and start again.")
 
 
 def check_target_kind(target: str) -> None:
@@ -214,6 +237,7 @@ def open_target(target: str, size: int) -> tuple[int, int, bool]:
         fd = os.open(target, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         os.ftruncate(fd, size)
         return fd, size, True  # a new sparse file reads zeros everywhere
+    check_whole_and_writable(target)
     check_target_free(target)
     check_no_other_name(target)
     st = os.stat(target)
@@ -224,6 +248,9 @@ def open_target(target: str, size: int) -> tuple[int, int, bool]:
         if e.errno == errno.EBUSY:
             raise RestoreError(f"{target} is in use by the system (mounted or held); free it "
                                "and start again.") from None
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise RestoreError(f"{target} cannot be opened for writing ({e.strerror}); make it "
+                               "writable or choose another target, and start again.") from None
         raise
     have = os.lseek(fd, 0, os.SEEK_END)
     if have < size:

@@ -5,12 +5,13 @@ written: not the disk the live system runs from, nothing mounted or held on it, 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import stat
+from dataclasses import dataclass, field
 from typing import Callable
 
 from agent.transfer.progress import human
 from agent.transfer.restore import (RestoreError, check_no_other_name, check_target_free,
-                                    check_target_kind)
+                                    check_target_kind, check_whole_and_writable, loop_backing)
 from xenp2v.units import counted
 
 
@@ -19,6 +20,25 @@ class Target:
     path: str
     size: int | None = None       # bytes; None: a file still to be made, as large as the image
     problem: str | None = None    # why a restore must not write it, as a sentence
+    # What the name leads to, whatever it is called: ("block", st_rdev), ("file", st_dev,
+    # st_ino) (also a loop device's backing file), ("new", its real path). Two targets that
+    # share one would have the second disk written over the first.
+    same: set[tuple] = field(default_factory=set)
+
+
+def identities(path: str) -> set[tuple]:
+    """What writing `path` writes, under every name it has here (see Target.same)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return {("new", os.path.realpath(path))}
+    if stat.S_ISBLK(st.st_mode):
+        found = {("block", st.st_rdev)}
+        backing = loop_backing(f"loop{os.minor(st.st_rdev)}") if os.major(st.st_rdev) == 7 else None
+        if backing:
+            found.add(("file", *backing))
+        return found
+    return {("file", st.st_dev, st.st_ino)}
 
 
 def look(path: str) -> Target:
@@ -26,12 +46,13 @@ def look(path: str) -> Target:
     try:
         check_target_kind(path)
         if not os.path.exists(path):
-            return Target(path)
+            return Target(path, same=identities(path))
+        check_whole_and_writable(path)
         check_target_free(path)
         check_no_other_name(path)
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            return Target(path, os.lseek(fd, 0, os.SEEK_END))
+            return Target(path, os.lseek(fd, 0, os.SEEK_END), same=identities(path))
         finally:
             os.close(fd)
     except RestoreError as e:
@@ -41,9 +62,10 @@ def look(path: str) -> Target:
                       "('lsblk' lists them) and start again.")
 
 
-def device(name: str) -> str:
-    """A disk as p2v.disks names it (xvdb or /dev/xvdb) as a path."""
-    return name if "/" in name else f"/dev/{name}"
+def device(name: str, how: str = "p2v.disks=") -> str:
+    """A disk as p2v.disks names it (xvdb or /dev/xvdb) as a path; a --target as given (a bare
+    name there is a file in the current directory, as `p2v-agent restore --target` reads it)."""
+    return name if "/" in name or how != "p2v.disks=" else f"/dev/{name}"
 
 
 def choose(job: dict, named: list[str] | None, free: Callable[[], list[str]],
@@ -54,7 +76,7 @@ def choose(job: dict, named: list[str] | None, free: Callable[[], list[str]],
     wanted = ", ".join(f"{d['id']} of {human(d['size'])}" for d in disks)
     has = f"Job {job['id']} has {counted(len(disks), 'disk')} ({wanted})"
     if named:
-        paths = [device(n) for n in named]
+        paths = [device(n, how) for n in named]
         if len(paths) != len(disks):
             raise RestoreError(f"{has} but {how} names {counted(len(paths), 'disk')} to write "
                                f"({', '.join(paths)}); name one disk for each, in that order.")
@@ -71,10 +93,18 @@ def choose(job: dict, named: list[str] | None, free: Callable[[], list[str]],
                 "large for each disk of the job, in that order, and start again; or name the "
                 f"disks to write with {how} (one for each, in that order).")
         paths = found[:len(disks)]
+    seen: dict[tuple, str] = {}
     for disk, path in zip(disks, paths):
         target = look(path)
         if target.problem:
             raise RestoreError(target.problem)
+        other = next((seen[i] for i in target.same if i in seen), None)
+        if other:
+            raise RestoreError(
+                f"{other} and {path} are the same disk (or file) under two names, so the second "
+                f"disk of the job would be written over the first; {how} must name one disk "
+                f"for each disk of job {job['id']} ({wanted}), each a different one.")
+        seen.update((i, path) for i in target.same)
         if target.size is not None and target.size < disk["size"]:
             raise RestoreError(
                 f"{path} holds {human(target.size)} ({target.size} bytes) but disk {disk['id']} "

@@ -176,12 +176,19 @@ class JobOnly:
         return self.answer
 
 
-def stopped(settings: Settings, client: JobOnly) -> str:
+def stopped(settings: Settings, client: JobOnly, how: str = "p2v.disks=") -> str:
     try:
-        unattended.restore(settings, Progress(), client)
+        unattended.restore(settings, Progress(), client, how=how)
     except unattended.RestoreError as e:
         return str(e)
     raise AssertionError("the restore was not refused")
+
+
+def test_restore_and_repair_with_no_disk_to_write_says_to_name_them_with_target(monkeypatch):
+    # restore-and-repair names its disks with --target: the sentence said p2v.disks=.
+    monkeypatch.setattr(unattended, "vm_disks", lambda: [])
+    said = stopped(Settings(job="j1"), JobOnly(64 * MiB), how="--target")
+    assert said.endswith("or name the disks to write with --target (one for each, in that order)."), said
 
 
 def test_a_restore_with_no_disk_to_write_says_what_to_attach_or_name(monkeypatch):
