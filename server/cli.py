@@ -34,7 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["serve", *argv]
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except ModuleNotFoundError as err:   # an install with the agent's extra only
+        print(f"p2v-server needs the server's libraries, and {err.name} is not installed: install "
+              "them with pip install 'xenp2v[server]' (or run make venv in a checkout).",
+              file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)

@@ -203,9 +203,10 @@ class Machine:
         """The filesystems that hold an operating system's root."""
         return [(where, fs) for where, fs in self.filesystems() if fs.os]
 
-    def select_disks(self, wanted: list[str] | None) -> list[Disk]:
+    def select_disks(self, wanted: list[str] | None, known: list[str] | None = None) -> list[Disk]:
         """The disks `p2v.disks` / `--disks` name (names or paths; None = all), or ValueError
-        with a sentence saying which name matched nothing."""
+        with a sentence saying which name matched nothing and which disks there are: `known`
+        (names), when this probe looked at the named disks only, else its own."""
         if wanted is None:
             return list(self.disks)
         chosen = []
@@ -216,8 +217,11 @@ class Machine:
                 if medium and want in (medium.name, medium.path):
                     raise ValueError(f"{want} is the boot medium the agent runs from; "
                                      "it cannot be captured.")
-                names = ", ".join(d.name for d in self.disks) or "none"
-                raise ValueError(f"There is no disk {want} here; the disks are: {names}.")
+                names = ", ".join(known if known is not None else [d.name for d in self.disks])
+                raise ValueError(f"There is no disk {want} here; "
+                                 + (f"the disks are: {names}." if names else
+                                    "this machine shows no disk at all (is its disk controller's "
+                                    "driver loaded? 'lsblk' lists what the kernel sees)."))
             if disk not in chosen:
                 chosen.append(disk)
         return chosen

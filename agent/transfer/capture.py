@@ -27,6 +27,7 @@ from agent.transfer.client import Client, ServerError
 from agent.transfer.link import Compression, RateLimit
 from agent.disk.plan import ReadPlan, clip, normalize, plan_disk, total
 from agent.probe import Machine, ProbeError, probe_machine
+from agent.probe.disks import disk_paths
 from agent.transfer.progress import Progress, human
 from agent.settings import Settings
 from agent.transfer.source import SourceDisk, chunk_buffer, only_parts
@@ -160,15 +161,23 @@ def inventory(settings: Settings, disks: list[dict], machine: dict) -> dict:
 
 def select_disks(settings: Settings, probed: Machine | None) -> tuple[list[str], Machine]:
     """Device paths of the disks to capture, and the probe they come from."""
+    limited = False
     if probed is None:
         named = [disk_device(d) for d in settings.disks] if settings.disks else None
         try:
             probed = probe_machine(devices=named)
         except ProbeError as e:
             raise CaptureError(str(e)) from None
+        limited = bool(named)
     try:
         disks = probed.select_disks(settings.disks)
     except ValueError as e:
+        if not limited:
+            raise CaptureError(str(e)) from None
+        try:   # the probe looked at the named disks only: the sentence lists the machine's
+            probed.select_disks(settings.disks, [Path(p).name for p in disk_paths()])
+        except ValueError as e2:
+            raise CaptureError(str(e2)) from None
         raise CaptureError(str(e)) from None
     if not disks:
         raise CaptureError("No disk to capture was found; name them with --disks (p2v.disks=).")

@@ -40,3 +40,19 @@ def test_a_restores_summary_counts_one_chunk_as_one_chunk():
     assert "1 chunk fetched (1.0 MiB" in one.summary(), one.summary()
     two = RestoreResult("job", "sda", "/dev/xvda", 1 << 20, fetched_chunks=2)
     assert "2 chunks fetched" in two.summary()
+
+
+def test_a_disk_name_that_matches_nothing_lists_the_machines_disks():
+    # The probe looked at the named disks only, so the sentence listed "none".
+    from agent.probe.disks import disk_paths
+    from agent.settings import Settings
+    from agent.transfer.capture import CaptureError, select_disks
+    try:
+        select_disks(Settings(disks=["xenp2v-no-such-disk"]), None)
+    except CaptureError as e:
+        said = str(e)
+    else:
+        raise AssertionError("a disk that is not there was selected")
+    names = [p.rsplit("/", 1)[1] for p in disk_paths()]
+    assert said.startswith("There is no disk xenp2v-no-such-disk here; "), said
+    assert said.endswith(f"the disks are: {', '.join(names)}." if names else "lists what the kernel sees)."), said

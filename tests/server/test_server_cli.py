@@ -97,3 +97,18 @@ def test_a_made_token_never_reads_as_a_command_line_option():
     tokens = [new_token() for _ in range(2000)]    # 1 in 64 of token_urlsafe's start with '-'
     assert not [t for t in tokens if t.startswith("-")]
     assert len(set(tokens)) == 2000 and {len(t) for t in tokens} == {32}
+
+
+def test_p2v_server_without_the_server_libraries_says_what_to_install():
+    # The agent's extra alone (the live ISO, a technician's laptop) installs p2v-server's entry
+    # point too: it died with a ModuleNotFoundError traceback.
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['aiohttp'] = None; from server.cli import main; "
+            "sys.exit(main(['jobs', '--help']))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip() == ("p2v-server needs the server's libraries, and aiohttp is not "
+                                   "installed: install them with pip install 'xenp2v[server]' "
+                                   "(or run make venv in a checkout)."), proc.stderr
