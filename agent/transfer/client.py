@@ -18,6 +18,7 @@ from json import dumps as _dumps, loads as _loads
 import logging
 import os
 import random
+import socket
 import ssl
 import threading
 import time
@@ -166,9 +167,12 @@ class Client:
                 self._drop_link()
                 if _is_trust_failure(e):
                     raise ServerError(self._tls_message(e)) from None
+                self._check_scheme()
                 raise _Retry(f"the secure connection to {self.url} broke ({_short(e)})") from None
             except (OSError, http.client.HTTPException) as e:
                 self._drop_link()
+                if isinstance(e, (ConnectionResetError, http.client.BadStatusLine)):
+                    self._check_scheme()   # RemoteDisconnected is a BadStatusLine
                 raise _Retry(f"cannot reach {self.url} ({_short(e)})") from None
             if resp.will_close:
                 self._drop_link()
@@ -199,18 +203,63 @@ class Client:
             conn.close()
             self._local.link = None
 
+    def _check_scheme(self) -> None:
+        """Raises a ServerError when the server speaks the other scheme: what a TLS server does
+        to a plain request (closes the connection), or a plain one to a TLS handshake (answers
+        HTTP, which TLS reads as a wrong version), is also what a restarting server can do, so
+        ask it once in the other scheme; a server that cannot be reached is retried as before."""
+        parts = urlsplit(self.url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        other = f"{'http' if parts.scheme == 'https' else 'https'}://{host}:{port}"
+        try:
+            with socket.create_connection((parts.hostname, port), self.timeout[0]) as sock:
+                sock.settimeout(self.timeout[0])
+                if parts.scheme == "http":
+                    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+                    ctx.wrap_socket(sock).close()   # the handshake went through
+                    speaks, then = "HTTPS (TLS)", (" with the fingerprint it printed "
+                                                   "(--fingerprint, p2v.fingerprint=)")
+                else:
+                    sock.sendall(f"HEAD / HTTP/1.0\r\nHost: {parts.hostname}\r\n\r\n".encode())
+                    if not sock.recv(5).startswith(b"HTTP/"):
+                        return
+                    speaks, then = "plain HTTP, not TLS", (" and no fingerprint (it was "
+                                                           "started with --plain-http)")
+        except OSError:   # ssl.SSLError is one
+            return
+        raise ServerError(f"The server at {self.url} speaks {speaks}: give {other}, as "
+                          f"p2v-server printed it,{then}.")
+
     def _ssl_context(self) -> ssl.SSLContext:
         if self.fingerprint:  # the pin is checked once the handshake is done
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
             return ctx
-        # What requests trusted (the agent used it once): the bundle the environment names, or
-        # certifi's (the agent's extra brings it).
-        import certifi
-        return ssl.create_default_context(cafile=os.environ.get("REQUESTS_CA_BUNDLE")
-                                          or os.environ.get("CURL_CA_BUNDLE")
-                                          or certifi.where())
+        # The system's CAs (a site CA installed on the ISO; SSL_CERT_FILE and SSL_CERT_DIR as
+        # OpenSSL reads them), and what requests trusted (the agent used it once): the bundle
+        # the environment names, else certifi's (the agent's extra brings it).
+        ctx = ssl.create_default_context()
+        named = [v for v in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE") if os.environ.get(v)]
+        if not named:
+            import certifi
+            ctx.load_verify_locations(cafile=certifi.where())
+            return ctx
+        bundle = os.environ[named[0]]
+        try:
+            if os.path.isdir(bundle):
+                ctx.load_verify_locations(capath=bundle)
+            else:
+                ctx.load_verify_locations(cafile=bundle)
+        except OSError as e:   # ssl.SSLError is one: a file that holds no certificate
+            reason = e.strerror or _short(e)
+            raise ServerError(f"The CA bundle {named[0]}={bundle} cannot be read ({reason}): "
+                              f"correct the path or unset {named[0]}, or pass the fingerprint "
+                              "p2v-server printed: --fingerprint sha256:HEX "
+                              "(p2v.fingerprint=).") from None
+        return ctx
 
     def _tls_message(self, err: Exception) -> str:
         if self.fingerprint:

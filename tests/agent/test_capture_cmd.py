@@ -56,3 +56,24 @@ def test_a_disk_name_that_matches_nothing_lists_the_machines_disks():
     names = [p.rsplit("/", 1)[1] for p in disk_paths()]
     assert said.startswith("There is no disk xenp2v-no-such-disk here; "), said
     assert said.endswith(f"the disks are: {', '.join(names)}." if names else "lists what the kernel sees)."), said
+
+
+def test_a_ca_bundle_that_is_not_there_is_named_not_blamed_on_a_disk(loopdev, p2v_server, tmp_path):
+    # FileNotFoundError from loading it read "Cannot read a source disk: No such file or
+    # directory" (capture) and "Cannot write …" (restore).
+    import os
+    env = {k: v for k, v in os.environ.items() if k not in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")}
+    env["REQUESTS_CA_BUNDLE"] = "/nonexistent"
+    src = loopdev(16 << 20, "source")
+    said = "The CA bundle REQUESTS_CA_BUNDLE=/nonexistent cannot be read (No such file or directory)"
+    capture = subprocess.run(AGENT + ["capture", "--server", p2v_server.url, "--token",
+                                      p2v_server.token, "--disks", src],
+                             capture_output=True, text=True, timeout=300, env=env)
+    assert capture.returncode == 1 and said in capture.stderr, capture.stderr
+    assert "a source disk" not in capture.stderr and "Traceback" not in capture.stderr, capture.stderr
+    restore = subprocess.run(AGENT + ["restore", "--server", p2v_server.url, "--token",
+                                      p2v_server.token, "--job", "nope",
+                                      "--target", str(tmp_path / "copy.img")],
+                             capture_output=True, text=True, timeout=300, env=env)
+    assert restore.returncode == 1 and said in restore.stderr, restore.stderr
+    assert "Cannot write" not in restore.stderr and "Traceback" not in restore.stderr, restore.stderr

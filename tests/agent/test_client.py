@@ -61,3 +61,80 @@ def test_an_unreachable_server_is_retried_for_a_bounded_time():
 def test_plain_http(p2v_server_factory):
     server = p2v_server_factory(plain=True)
     assert Client(server.url, server.token).health()["ok"]
+
+
+@pytest.mark.parametrize("variable", ["REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"])
+def test_a_ca_bundle_that_cannot_be_read_is_named(p2v_server, variable, monkeypatch, tmp_path):
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    monkeypatch.setenv(variable, str(tmp_path / "nonexistent.pem"))
+    with pytest.raises(ServerError, match=f"The CA bundle {variable}=.*nonexistent.pem cannot be "
+                                          rf"read \(No such file or directory\): correct the path "
+                                          f"or unset {variable}, or pass the fingerprint"):
+        Client(p2v_server.url, p2v_server.token, retry_for=5).health()
+    (tmp_path / "junk.pem").write_text("not a certificate\n")
+    monkeypatch.setenv(variable, str(tmp_path / "junk.pem"))
+    with pytest.raises(ServerError, match=f"The CA bundle {variable}=.*junk.pem cannot be read"):
+        Client(p2v_server.url, p2v_server.token, retry_for=5).get_chunk(
+            "nope", "sda", 0, memoryview(bytearray(16)))
+    # A pinned certificate needs no bundle.
+    assert Client(p2v_server.url, p2v_server.token, p2v_server.fingerprint).health()["ok"]
+
+
+def test_a_certificate_the_systems_store_trusts_is_verified(p2v_server, monkeypatch):
+    """A site CA installed in the system's store (here SSL_CERT_FILE, as OpenSSL reads it) is
+    trusted without a fingerprint, as certifi's CAs are; a bundle named in the environment
+    still counts."""
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    cert = str(p2v_server.data_dir / "tls" / "cert.pem")
+    monkeypatch.setenv("SSL_CERT_FILE", cert)
+    assert Client(p2v_server.url, p2v_server.token, retry_for=5).health()["ok"]
+    monkeypatch.delenv("SSL_CERT_FILE")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", cert)
+    assert Client(p2v_server.url, p2v_server.token, retry_for=5).health()["ok"]
+
+
+def test_the_wrong_scheme_is_said_at_once(p2v_server, p2v_server_factory):
+    plain = p2v_server_factory(plain=True)
+    tls_as_http = p2v_server.url.replace("https://", "http://")
+    plain_as_https = plain.url.replace("http://", "https://")
+    start = time.monotonic()
+    with pytest.raises(ServerError, match=f"The server at {tls_as_http} speaks HTTPS \\(TLS\\): "
+                                          f"give {p2v_server.url}, as p2v-server printed it, "
+                                          "with the fingerprint"):
+        Client(tls_as_http, p2v_server.token, retry_for=60).health()
+    with pytest.raises(ServerError, match=f"The server at {plain_as_https} speaks plain HTTP, not "
+                                          f"TLS: give {plain.url}, as p2v-server printed it, and "
+                                          "no fingerprint"):
+        Client(plain_as_https, plain.token, p2v_server.fingerprint, retry_for=60).put_chunk(
+            "nope", "sda", 0, b"x", "blake3:" + "0" * 64, False)
+    assert time.monotonic() - start < 10
+
+
+def test_a_server_that_hangs_up_is_retried_in_either_scheme():
+    """A closed connection is also what a TLS server does to plain HTTP: the client asks in the
+    other scheme, and a server that hangs up on that too is a network fault, retried."""
+    import socket
+    import threading
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def hang_up():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.recv(1)
+            conn.close()
+    threading.Thread(target=hang_up, daemon=True).start()
+    try:
+        for url, pin in ((f"http://127.0.0.1:{port}", None),
+                         (f"https://127.0.0.1:{port}", "sha256:" + "a" * 64)):
+            start = time.monotonic()
+            with pytest.raises(ServerError, match="kept failing for 2 s"):
+                Client(url, "t", pin, retry_for=2).health()
+            assert 1.5 <= time.monotonic() - start < 10
+    finally:
+        listener.close()
