@@ -353,3 +353,19 @@ def test_a_server_that_does_not_answer_is_said_at_once_not_after_minutes(loopdev
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_p2v_mode_restore_with_a_ca_bundle_that_is_not_there_names_it(loopdev, p2v_server,
+                                                                       monkeypatch):
+    # The FileNotFoundError from loading the bundle left the run as a traceback.
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/nonexistent")
+    monkeypatch.setattr(unattended, "vm_disks", lambda: [])
+    vm = probe_machine(recorded=Path(__file__).resolve().parents[1] / "machines" / "windows.json")
+    out = io.StringIO()
+    settings = Settings(server=p2v_server.url, token=p2v_server.token, mode="restore", job="nope",
+                        disks=[loopdev(16 * MiB, "target")])
+    assert unattended.run(settings, out, vm, command=lambda argv: None) == 1
+    assert ("Stopped: The CA bundle REQUESTS_CA_BUNDLE=/nonexistent cannot be read (No such file "
+            "or directory): correct the path or unset REQUESTS_CA_BUNDLE, or pass the fingerprint"
+            in out.getvalue()), out.getvalue()
