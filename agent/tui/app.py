@@ -18,7 +18,7 @@ from textual.screen import Screen
 from agent.probe import Machine
 from agent.settings import Settings
 from agent.tui.ascii import ascii_driver, wants_ascii
-from agent.tui.common import ConfirmScreen, Step
+from agent.tui.common import STEPS, ConfirmScreen, Step
 from agent.tui.disks import DisksScreen
 from agent.tui.done import DoneScreen
 from agent.tui.edges import Edges
@@ -50,6 +50,7 @@ class Session:
     job_token: str | None = field(default=None, repr=False)  # that job's own token (the server's)
     outcome: list[str] = field(default_factory=list)   # what the transfer or repair did
     finished: bool = False
+    steps: tuple[str, ...] = STEPS                     # the chosen flow's, numbered in titles
 
 
 class P2VApp(App[int]):

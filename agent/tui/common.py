@@ -12,7 +12,11 @@ from textual.widgets import Button, Checkbox, Footer, Input, ProgressBar, RadioB
 
 from agent.tui.ascii import AsciiBar
 
+# The screens of each flow, numbered in the title line. A restore's Done comes only when it
+# stopped, in place of Repair: no step of that flow, so it has no number there.
 STEPS = ("Start", "Network", "Server", "Disks", "VM", "Summary", "Transfer", "Done")
+RESTORE_STEPS = ("Start", "Server", "Restore", "Repair")   # Server only when the boot line lacks a fingerprint
+REPAIR_STEPS = ("Start", "Repair")
 
 
 class Step(Screen):
@@ -31,7 +35,8 @@ class Step(Screen):
     ]
 
     def compose(self) -> ComposeResult:
-        where = f"  step {STEPS.index(self.TITLE) + 1} of {len(STEPS)}" if self.TITLE in STEPS else ""
+        steps = self.app.session.steps
+        where = f"  step {steps.index(self.TITLE) + 1} of {len(steps)}" if self.TITLE in steps else ""
         yield Static(f" xenp2v  |  {self.TITLE}{where}", id="title")
         with Vertical(id="body"):
             yield from self.body()
@@ -74,7 +79,7 @@ FORM_WORDS = (
     (re.compile(r"is not chosen \(--disks, p2v\.disks=\)"), "is not ticked"),
     (re.compile(r"Add it to the disks chosen\."), "Go back to Disks (Esc) to tick it."),
     # agent.transfer.targets: a restore's disks are named on the boot line, not on a screen.
-    (re.compile(r"with p2v\.disks= \("), "with p2v.disks= on the boot line ("),
+    (re.compile(r"p2v\.disks=(?! on the boot line)"), "p2v.disks= on the boot line"),
 )
 
 

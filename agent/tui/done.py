@@ -55,9 +55,11 @@ def key_lines(line: str) -> str:
     return "\n".join(out + note)
 
 
-def help_text(ok: bool, cancelled: bool, again: str | None, log: Path | None = None) -> str:
+def help_text(ok: bool, cancelled: bool, again: str | None, log: Path | None = None,
+              boot_line_disks: bool = False) -> str:
     """The Done screen's help for the outcome: after a failure, what to do next, not what a
-    success would mean."""
+    success would mean. `boot_line_disks`: the restore stopped at the disks p2v.disks= names,
+    which no screen can change."""
     if ok:
         return ("The transfer is over. Power off this machine once the VM runs (keep it until "
                 "then: it is the original). Reboot starts this machine again from its own disks "
@@ -68,9 +70,19 @@ def help_text(ok: bool, cancelled: bool, again: str | None, log: Path | None = N
             "The agent's log" + (f", {log}," if log else "") + " has more (p2v.debug on the "
             "boot line logs every step); Shell gives a root shell to read it (type exit to "
             "come back).")
-    retry = (f" Put right what stopped it (the network, the server, a disk to attach), then "
-             f"Resume the {what}: it goes on where it stopped, and what is done is not done "
-             "again." if again else "")
+    if not again:
+        retry = ""
+    elif boot_line_disks:
+        retry = (" The disks to write come from p2v.disks= on the boot line, which this agent "
+                 "cannot change: reboot, edit p2v.disks= on the boot line (or remove it to use "
+                 "the VM's free disks), and choose Restore again; what is done is not done again.")
+    elif cancelled:
+        retry = (f" Resume the {what} when you are ready: it goes on where it stopped, and what "
+                 "is done is not done again.")
+    else:
+        retry = (f" Put right what stopped it (the network, the server, a disk to attach), then "
+                 f"Resume the {what}: it goes on where it stopped, and what is done is not done "
+                 "again.")
     keep = (" This VM does not boot from its disks until the restore and the repair finish."
             if what == "restore" else
             " This machine's disks were only read: keep it as it is, it is the original.")
@@ -89,7 +101,8 @@ class DoneScreen(Step):
 
     def body(self) -> ComposeResult:
         session = self.app.session
-        self.HELP = help_text(self.ok, self.cancelled, self.again, self.app.log_file)
+        self.HELP = help_text(self.ok, self.cancelled, self.again, self.app.log_file,
+                              self.boot_line_disks())
         what = "restore" if self.again == "restore" else "transfer"
         head = (f"The {what} is complete." if self.ok else
                 f"The {what} was stopped; the job stays on the server." if self.cancelled else
@@ -100,9 +113,18 @@ class DoneScreen(Step):
         with VerticalScroll(id="outcome"):
             yield Static(text, id="result", classes="" if self.ok else "problem")
         yield Static("", id="status")
-        rows = [] if self.ok or not self.again else [("resume", f"Resume the {what}", "primary")]
+        # Resuming would stop at the same p2v.disks=.
+        rows = [] if self.ok or not self.again or self.boot_line_disks() else [
+            ("resume", f"Resume the {what}", "primary")]
         yield buttons(*rows, ("poweroff", "Power off", "default"), ("reboot", "Reboot", "default"),
                       ("shell", "Shell", "default"), ("quit", "Quit", "default"))
+
+    def boot_line_disks(self) -> bool:
+        """The restore stopped at the disks p2v.disks= names (too small, too few, one twice)."""
+        session = self.app.session
+        return (not self.ok and not self.cancelled and self.again == "restore"
+                and bool(session.settings.disks)
+                and any("p2v.disks=" in line for line in session.outcome))
 
     def on_mount(self) -> None:
         if self.ok:

@@ -10,7 +10,7 @@ from textual.widgets.option_list import Option
 from agent.windows import winwarn
 from agent.probe import Machine
 from agent.probe.report import human_size
-from agent.tui.common import Step
+from agent.tui.common import REPAIR_STEPS, RESTORE_STEPS, STEPS, Step
 from agent.tui.looking import look
 from agent.tui.messages import Probed
 from agent.vmspec import wanted_here
@@ -117,16 +117,21 @@ class StartScreen(Step):
     @on(OptionList.OptionSelected, "#choices")
     def chosen(self, event: OptionList.OptionSelected) -> None:
         choice = event.option.id
+        session = self.app.session
         if choice == "shell":
             self.app.action_shell()
         elif choice == "restore":
-            settings = self.app.session.settings
+            settings = session.settings
             if settings.server and settings.server.startswith("https:") and not settings.fingerprint:
                 # Nothing to trust the server's certificate by yet: the Server screen first.
+                session.steps = RESTORE_STEPS
                 self.app.go("server", then="restore")
             else:
+                session.steps = tuple(s for s in RESTORE_STEPS if s != "Server")
                 self.app.go("restore")
         elif choice == "repair":
+            session.steps = REPAIR_STEPS
             self.app.go("repair")
         else:
+            session.steps = STEPS
             self.app.go("network")
