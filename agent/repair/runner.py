@@ -104,12 +104,21 @@ def vm_disks(sysfs: Path = Path("/sys")) -> list[str]:
 
 
 def check_disk_free(disk: str) -> None:
-    """Refuse a disk this machine runs from or uses: repairing it would pull the floor away."""
+    """Refuse a disk this machine runs from or uses, under its own name or another (a loop device
+    over the same file): repairing it would pull the floor away, or mount a filesystem twice."""
     name = Path(disk).resolve().name
     mounted = [line.split()[0] for line in Path("/proc/mounts").read_text().splitlines()]
     if any(re.fullmatch(rf"/dev/{re.escape(name)}(p?\d+)?", m) for m in mounted):
         raise RepairError(f"{disk} has filesystems mounted on this machine; unmount them (or "
                           "repair from the live ISO) and try again.")
+    # The same disk under another name: a loop device over the image file (or over the file
+    # behind this loop device) with its filesystem mounted. The repair's own loop device would
+    # mount that filesystem a second time, read-write, and corrupt it.
+    from agent.transfer.restore import RestoreError, check_no_other_name
+    try:
+        check_no_other_name(disk)
+    except RestoreError as e:
+        raise RepairError(str(e)) from None
 
 
 def repair(request: Request, say: Callable[[str], None] = print, tools: Tools | None = None) -> dict:

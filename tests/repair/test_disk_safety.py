@@ -128,3 +128,41 @@ def test_unmount_syncs_and_unmounts_for_real(tmp_path):
         assert str(where) not in Path("/proc/mounts").read_text()
     finally:
         subprocess.run(["umount", "-R", str(where)], capture_output=True)
+
+
+
+def _loops_over(image: Path) -> list[str]:
+    listed = run("losetup", "-l", "-n", "-O", "NAME,BACK-FILE").stdout.splitlines()
+    return sorted(line.split()[0] for line in listed if line.split()[-1] == str(image))
+
+
+def test_an_image_mounted_through_another_loop_device_is_refused_before_attaching(tmp_path, capsys):
+    """repair --disk FILE (or --disk /dev/loopB over FILE) while someone's /dev/loopA over FILE
+    has its partition mounted: the repair would mount the same ext4 a second time, read-write."""
+    from agent.cli import main
+    image = tmp_path / "r2.img"
+    with open(image, "wb") as f:
+        f.truncate(32 * 1024 * 1024)
+    run("sfdisk", "-q", str(image), input="label: dos\n,,83\n")
+    theirs = run("losetup", "--show", "-f", "-P", str(image)).stdout.strip()
+    second = run("losetup", "--show", "-f", str(image)).stdout.strip()
+    mnt = tmp_path / "theirs"
+    mnt.mkdir()
+    try:
+        (part,) = rescan(theirs)
+        run("mkfs.ext4", "-q", part)
+        run("mount", part, str(mnt))
+        try:
+            for disk in (str(image), second):
+                assert main(["repair", "--disk", disk]) == 1
+                err = " ".join(capsys.readouterr().err.split())
+                assert f"{disk} is in use under another name: {theirs} maps the same" in err, err
+                assert f"is mounted on {mnt}" in err and "start again" in err, err
+                assert "Traceback" not in err
+                assert _loops_over(image) == sorted([theirs, second])
+        finally:
+            subprocess.run(["umount", str(mnt)])
+    finally:
+        for dev in (second, theirs):
+            subprocess.run(["partx", "-d", dev], capture_output=True)
+            subprocess.run(["losetup", "-d", dev], capture_output=True)
