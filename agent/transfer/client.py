@@ -206,31 +206,71 @@ class Client:
     def _check_scheme(self) -> None:
         """Raises a ServerError when the server speaks the other scheme: what a TLS server does
         to a plain request (closes the connection), or a plain one to a TLS handshake (answers
-        HTTP, which TLS reads as a wrong version), is also what a restarting server can do, so
-        ask it once in the other scheme; a server that cannot be reached is retried as before."""
+        HTTP, which TLS reads as a wrong version), is also what a restarting server or a cut
+        link can do. So the scheme is blamed only when a handshake of our own fails the way a
+        plain server makes it fail and a plain request is answered (https://), or a handshake
+        goes through (http://); anything else is retried as before. A TLS front end that
+        answers plain HTTP with a 400 (nginx, Go) is thus not mistaken for a plain server."""
         parts = urlsplit(self.url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
         host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
         other = f"{'http' if parts.scheme == 'https' else 'https'}://{host}:{port}"
-        try:
-            with socket.create_connection((parts.hostname, port), self.timeout[0]) as sock:
-                sock.settimeout(self.timeout[0])
-                if parts.scheme == "http":
-                    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-                    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
-                    ctx.wrap_socket(sock).close()   # the handshake went through
-                    speaks, then = "HTTPS (TLS)", (" with the fingerprint it printed "
-                                                   "(--fingerprint, p2v.fingerprint=)")
-                else:
-                    sock.sendall(f"HEAD / HTTP/1.0\r\nHost: {parts.hostname}\r\n\r\n".encode())
-                    if not sock.recv(5).startswith(b"HTTP/"):
-                        return
-                    speaks, then = "plain HTTP, not TLS", (" and no fingerprint (it was "
-                                                           "started with --plain-http)")
-        except OSError:   # ssl.SSLError is one
+        then = (" with the fingerprint it printed (--fingerprint, p2v.fingerprint=)"
+                if parts.scheme == "http" else
+                " and no fingerprint (it was started with --plain-http)")
+        handshake = self._handshake(parts.hostname, port)
+        if handshake == "tls":
+            if parts.scheme == "http":
+                raise ServerError(f"The server at {self.url} speaks HTTPS (TLS): give {other}, "
+                                  f"as p2v-server printed it,{then}.")
+            return   # it speaks TLS: the broken connection was a fault of the moment
+        if parts.scheme == "http" or handshake != "not tls":
             return
-        raise ServerError(f"The server at {self.url} speaks {speaks}: give {other}, as "
-                          f"p2v-server printed it,{then}.")
+        answer = self._plain_answer(parts.hostname, port)
+        if not answer.startswith(b"HTTP/"):
+            return
+        if not _is_p2v_health(answer):
+            raise ServerError(f"The server at {self.url} answers plain HTTP but is not a "
+                              "p2v-server: check the address and port (--server, p2v.server=) "
+                              "against what p2v-server printed.")
+        raise ServerError(f"The server at {self.url} speaks plain HTTP, not TLS: give {other}, "
+                          f"as p2v-server printed it,{then}.")
+
+    def _handshake(self, hostname: str, port: int) -> str | None:
+        """How a TLS handshake (any certificate) with hostname:port went: "tls" (through),
+        "not tls" (the server answered with something that is not TLS), None (the connection
+        failed: a reset, a hang-up, a timeout, nothing there)."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        try:
+            with socket.create_connection((hostname, port), self.timeout[0]) as sock:
+                sock.settimeout(self.timeout[0])
+                ctx.wrap_socket(sock).close()
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError):   # hung up mid-handshake
+            return None
+        except ssl.SSLError:   # e.g. WRONG_VERSION_NUMBER: an HTTP answer read as TLS
+            return "not tls"
+        except OSError:
+            return None
+        return "tls"
+
+    def _plain_answer(self, hostname: str, port: int) -> bytes:
+        """What a plain GET of the health path gets from hostname:port (its first 64 KiB, read
+        until the server closes), or b"" when nothing answers."""
+        got = b""
+        try:
+            with socket.create_connection((hostname, port), self.timeout[0]) as sock:
+                sock.settimeout(self.timeout[0])
+                sock.sendall(f"GET {protocol.health_path()} HTTP/1.0\r\nHost: {hostname}\r\n"
+                             "Connection: close\r\n\r\n".encode())
+                while len(got) < 65536:
+                    piece = sock.recv(65536)
+                    if not piece:
+                        break
+                    got += piece
+        except OSError:
+            pass
+        return got
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self.fingerprint:  # the pin is checked once the handshake is done
@@ -439,6 +479,16 @@ def _unzstd_into(body: memoryview, into: memoryview) -> int:
     except zstandard.ZstdError as e:
         log.warning("a zstd chunk body did not decompress (%s)", e)
     return filled
+
+
+def _is_p2v_health(answer: bytes) -> bool:
+    """Whether a raw HTTP answer is a p2v-server's health: JSON with "ok" and "protocol"."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    try:
+        parsed = _loads(body)
+    except ValueError:
+        return False
+    return isinstance(parsed, dict) and "protocol" in parsed and "ok" in parsed
 
 
 def _is_trust_failure(err: Exception) -> bool:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import socket
+import struct
+import threading
 import time
 
 import pytest
 
 from agent.transfer.client import Client, ServerError
+import cutproxy
 from support import free_port
 
 
@@ -138,3 +142,91 @@ def test_a_server_that_hangs_up_is_retried_in_either_scheme():
             assert 1.5 <= time.monotonic() - start < 10
     finally:
         listener.close()
+
+
+class _TLSFrontEnd(cutproxy.CutProxy):
+    """A TLS front end (nginx, a Go server) before a TLS p2v-server: resets the first
+    ``resets`` TLS connections (a cut link), forwards the others, and answers a plain HTTP
+    request with the 400 those front ends send."""
+
+    def __init__(self, target_port: int, resets: int = 1):
+        self.resets = resets
+        self.plain_asked = 0
+        super().__init__(target_port)
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client: socket.socket) -> None:
+        with self._lock:
+            self.connections += 1
+        if client.recv(1, socket.MSG_PEEK) != b"\x16":   # not a TLS handshake record
+            client.recv(65536)
+            with self._lock:
+                self.plain_asked += 1
+            body = b"The plain HTTP request was sent to HTTPS port\n"
+            head = (b"HTTP/1.1 400 Bad Request\r\nServer: nginx\r\nContent-Type: text/plain\r\n"
+                    b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body))
+            client.sendall(head + body)
+            client.close()
+            return
+        with self._lock:
+            reset, self.resets = self.resets > 0, self.resets - 1
+        if reset:
+            client.recv(65536)   # the ClientHello, then a reset
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()
+            return
+        cutproxy._Link(self, client, None, "reset").run()
+
+
+def test_a_reset_through_a_tls_front_end_is_retried_not_blamed_on_the_scheme(p2v_server):
+    """F6: a TLS front end answers plain HTTP with "HTTP/1.1 400"; one reset of a TLS
+    connection through it is a fault of the moment (a handshake goes through), retried, not
+    "speaks plain HTTP, not TLS"."""
+    proxy = _TLSFrontEnd(p2v_server.port)
+    try:
+        client = Client(proxy.url("https"), p2v_server.token, p2v_server.fingerprint,
+                        retry_for=30, backoff=(0.2, 1.0))
+        start = time.monotonic()
+        assert client.health()["ok"]
+        assert time.monotonic() - start < 10
+        assert proxy.resets < 0 and proxy.connections >= 3   # reset, handshake check, retry
+        # A reset of a chunk's own connection too.
+        proxy.resets = 1
+        client._drop_link()
+        with pytest.raises(ServerError, match="answered 404: There is no job nope"):
+            client.put_chunk("nope", "sda", 0, b"x", "blake3:" + "0" * 64, False)
+    finally:
+        proxy.close()
+
+
+def test_https_to_a_plain_service_that_is_not_a_p2v_server_says_so():
+    """https:// to a plain HTTP service that is not a p2v-server (its health is not the
+    server's JSON): check the address and port, not "give http://"."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_error(404)
+
+        def log_message(self, *args):
+            pass
+
+    other = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    url = f"https://127.0.0.1:{other.server_address[1]}"
+    try:
+        start = time.monotonic()
+        with pytest.raises(ServerError, match=f"The server at {url} answers plain HTTP but is not "
+                                              "a p2v-server: check the address and port"):
+            Client(url, "t", "sha256:" + "a" * 64, retry_for=60).health()
+        assert time.monotonic() - start < 10
+    finally:
+        other.shutdown()
+        other.server_close()
