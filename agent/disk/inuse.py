@@ -281,6 +281,14 @@ def _loop_status(dev: str) -> tuple[Number, Number] | None:
     """The same from the loop device itself (LOOP_GET_STATUS64), for a backing file whose name
     leads nowhere now (deleted, or on a lazily unmounted filesystem); None when it cannot be
     asked. Only then is another process's loop device opened, and only for a moment."""
+    info = loop_info(dev)
+    return None if info is None else (_number(info[0]), _number(info[2]))
+
+
+def loop_info(dev: str) -> tuple[int, int, int] | None:
+    """(lo_device, lo_inode, lo_rdevice) of loop device `dev` (LOOP_GET_STATUS64: the device and
+    inode of its backing file, and the backing's device number when that is a block device);
+    None when it maps nothing or cannot be asked."""
     try:
         fd = os.open(dev, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
@@ -293,7 +301,7 @@ def _loop_status(dev: str) -> tuple[Number, Number] | None:
     finally:
         os.close(fd)
     fields = _LOOP_INFO64.unpack(buf)
-    return _number(fields[0]), _number(fields[2])
+    return fields[0], fields[1], fields[2]
 
 
 # --- what the kernel claims ----------------------------------------------------------------------

@@ -151,13 +151,15 @@ def check_no_other_name(target: str) -> None:
         found = [u.sentence() for u in inuse.uses(target)]
         if found:
             raise RestoreError(f"{target} is in use: {' '.join(found)} Then start again.")
-    mine = loop_backing(Path(target).name) if stat.S_ISBLK(st.st_mode) else None
+    mine = loop_maps(st.st_rdev) if stat.S_ISBLK(st.st_mode) else None
     if stat.S_ISREG(st.st_mode):
-        mine = (st.st_dev, st.st_ino)
+        mine = ("file", st.st_dev, st.st_ino)
     if mine is None:
         return
     for loop in sorted(Path("/sys/block").glob("loop*")):
-        if f"/dev/{loop.name}" == os.path.realpath(target) or loop_backing(loop.name) != mine:
+        number = _device_number(loop)
+        if number is None or (stat.S_ISBLK(st.st_mode) and number == st.st_rdev) \
+                or loop_maps(number) != mine:
             continue
         found = [u.sentence() for u in inuse.uses(f"/dev/{loop.name}")]
         if found:
@@ -167,16 +169,35 @@ def check_no_other_name(target: str) -> None:
                 f"{' '.join(found)} Then start again.")
 
 
-def loop_backing(name: str) -> tuple[int, int] | None:
-    """(st_dev, st_ino) of the file loop device `name` maps; None when it maps none (or a
-    block device, or a file whose name leads nowhere now)."""
-    backing = Path(f"/sys/block/{name}/loop/backing_file")
+def _device_number(sys_dir: Path) -> int | None:
     try:
-        path = backing.read_text().strip()
-        st = os.stat(path)
+        major, minor = (sys_dir / "dev").read_text().strip().split(":")
+    except (OSError, ValueError):
+        return None
+    return os.makedev(int(major), int(minor))
+
+
+def loop_maps(rdev: int) -> tuple | None:
+    """What the loop device with device number `rdev` maps: ("file", st_dev, st_ino) of its
+    backing file, or ("block", st_rdev) of a backing block device; None for a device that is no
+    loop device or maps nothing. A backing file whose name leads nowhere now (deleted, another
+    name still held) is asked of the loop device itself."""
+    sys_dir = Path(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}").resolve()
+    try:
+        path = (sys_dir / "loop" / "backing_file").read_text().strip()
     except OSError:
         return None
-    return (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
+    try:
+        if not path.endswith(" (deleted)"):
+            st = os.stat(path)
+            return ("block", st.st_rdev) if stat.S_ISBLK(st.st_mode) else ("file", st.st_dev, st.st_ino)
+    except OSError:
+        pass
+    info = inuse.loop_info(f"/dev/{sys_dir.name}")
+    if info is None:
+        return None
+    device, inode, backing_rdev = info
+    return ("block", backing_rdev) if backing_rdev else ("file", device, inode)
 
 
 def check_whole_and_writable(target: str) -> None:
@@ -188,6 +209,12 @@ def check_whole_and_writable(target: str) -> None:
     if not stat.S_ISBLK(st.st_mode):
         return
     sys_dir = Path(f"/sys/dev/block/{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}").resolve()
+    maps = loop_maps(st.st_rdev)
+    if maps and maps[0] == "block":
+        under = Path(f"/sys/dev/block/{os.major(maps[1])}:{os.minor(maps[1])}").resolve().name
+        raise RestoreError(f"{target} is a loop device over the block device /dev/{under}; what "
+                           f"uses /dev/{under} cannot be seen through it. Name /dev/{under} itself "
+                           "(or the disk it is on) and start again.")
     if (sys_dir / "partition").exists():
         raise RestoreError(f"{target} is a partition (/dev/{sys_dir.name}) of the disk "
                            f"/dev/{sys_dir.parent.name}; a restore writes whole disks. Name the disk "

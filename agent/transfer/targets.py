@@ -11,7 +11,7 @@ from typing import Callable
 
 from agent.transfer.progress import human
 from agent.transfer.restore import (RestoreError, check_no_other_name, check_target_free,
-                                    check_target_kind, check_whole_and_writable, loop_backing)
+                                    check_target_kind, check_whole_and_writable, loop_maps)
 from xenp2v.units import counted
 
 
@@ -27,18 +27,34 @@ class Target:
 
 
 def identities(path: str) -> set[tuple]:
-    """What writing `path` writes, under every name it has here (see Target.same)."""
+    """What writing `path` writes, under every name it has here (see Target.same). A file still
+    to be made is known by its directory (device and inode: bind mounts and links give one
+    directory many paths) and its name."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        return {("new", os.path.realpath(path))}
+        parent = os.stat(os.path.dirname(os.path.abspath(path)))
+        return {("new", parent.st_dev, parent.st_ino, os.path.basename(path))}
     if stat.S_ISBLK(st.st_mode):
         found = {("block", st.st_rdev)}
-        backing = loop_backing(f"loop{os.minor(st.st_rdev)}") if os.major(st.st_rdev) == 7 else None
-        if backing:
-            found.add(("file", *backing))
+        maps = loop_maps(st.st_rdev)
+        if maps:
+            found.add(maps)
         return found
     return {("file", st.st_dev, st.st_ino)}
+
+
+def writable(path: str) -> str | None:
+    """Why the file `path` (or, for a file still to be made, its directory) cannot be written,
+    as a sentence; None when it can."""
+    where = path if os.path.exists(path) else os.path.dirname(os.path.abspath(path))
+    if os.statvfs(where).f_flag & os.ST_RDONLY:
+        return (f"{path} is on a read-only filesystem; choose a target on a writable one (or "
+                "remount it read-write) and start again.")
+    if not os.access(where, os.W_OK):
+        return (f"{path} cannot be written ({'it' if where == path else 'its directory'} is not "
+                "writable for this user); choose another target and start again.")
+    return None
 
 
 def look(path: str) -> Target:
@@ -46,7 +62,9 @@ def look(path: str) -> Target:
     try:
         check_target_kind(path)
         if not os.path.exists(path):
-            return Target(path, same=identities(path))
+            return Target(path, same=identities(path), problem=writable(path))
+        if os.path.isfile(path) and writable(path):
+            return Target(path, problem=writable(path))
         check_whole_and_writable(path)
         check_target_free(path)
         check_no_other_name(path)

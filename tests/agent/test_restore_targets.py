@@ -94,3 +94,74 @@ def test_a_bare_name_is_a_device_for_p2v_disks_and_a_file_for_target():
     assert device("xvdb") == "/dev/xvdb"
     assert device("new1.img", "--target") == "new1.img"
     assert device("/dev/xvdb", "--target") == "/dev/xvdb"
+
+
+def test_one_new_file_through_a_bind_mount_is_one_target(tmp_path):
+    # Two paths of one file still to be made: disk 2 was written over disk 1 and both "restored".
+    (tmp_path / "d1").mkdir()
+    (tmp_path / "bind").mkdir()
+    run("mount", "--bind", str(tmp_path / "d1"), str(tmp_path / "bind"))
+    try:
+        said = refused([str(tmp_path / "d1" / "new.img"), str(tmp_path / "bind" / "new.img")],
+                       8 * MiB, 8 * MiB)
+        assert "are the same disk (or file) under two names" in said, said
+        assert not (tmp_path / "d1" / "new.img").exists()
+        assert choose(job(8 * MiB, 8 * MiB), [str(tmp_path / "d1" / "a.img"),
+                                              str(tmp_path / "bind" / "b.img")], lambda: [])
+    finally:
+        run("umount", str(tmp_path / "bind"))
+
+
+def test_a_loop_device_whose_file_lost_its_name_is_still_that_file(tmp_path):
+    # The loop's backing_file reads "… (deleted)": the loop device was taken for another disk.
+    first = tmp_path / "f.img"
+    first.write_bytes(b"\0" * (16 * MiB))
+    other = tmp_path / "h.img"
+    os.link(first, other)
+    loop = run("losetup", "--show", "-f", str(first)).stdout.strip()
+    try:
+        first.unlink()
+        said = refused([str(other), loop], 8 * MiB, 8 * MiB)
+        assert "are the same disk (or file) under two names" in said, said
+    finally:
+        run("losetup", "-d", loop)
+
+
+def test_a_loop_device_over_a_mounted_partition_is_refused(loopdev, tmp_path):
+    # Its checks saw nothing: a restore through it overwrote a mounted ext4.
+    dev = loopdev(64 * MiB, "under")
+    subprocess.run(["sfdisk", "-q", dev], input="label: gpt\n,32M\n", text=True, check=True)
+    rescan(dev)
+    run("mkfs.ext4", "-q", f"{dev}p1")
+    (tmp_path / "mnt").mkdir()
+    run("mount", f"{dev}p1", str(tmp_path / "mnt"))
+    over_part = over_disk = None
+    try:
+        over_part = run("losetup", "--show", "-f", f"{dev}p1").stdout.strip()
+        over_disk = run("losetup", "--show", "-f", dev).stdout.strip()
+        for loop, under in ((over_part, f"{Path(dev).name}p1"), (over_disk, Path(dev).name)):
+            said = refused([loop], 8 * MiB)
+            assert said.startswith(f"{loop} is a loop device over the block device /dev/{under}"), said
+            with pytest.raises(RestoreError, match="is a loop device over the block device"):
+                open_target(loop, 8 * MiB)
+    finally:
+        for loop in (over_part, over_disk):
+            if loop:
+                run("losetup", "-d", loop)
+        run("umount", str(tmp_path / "mnt"))
+
+
+def test_a_target_on_a_read_only_filesystem_is_refused_before_the_first_is_written(tmp_path):
+    (tmp_path / "rw").mkdir()
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro" / "exist.img").write_bytes(b"\0" * (8 * MiB))
+    run("mount", "--bind", "-o", "ro", str(tmp_path / "ro"), str(tmp_path / "ro"))
+    try:
+        for second in ("new.img", "exist.img"):
+            said = refused([str(tmp_path / "rw" / "first.img"), str(tmp_path / "ro" / second)],
+                           8 * MiB, 8 * MiB)
+            assert said == (f"{tmp_path / 'ro' / second} is on a read-only filesystem; choose a "
+                            "target on a writable one (or remount it read-write) and start again.")
+            assert not (tmp_path / "rw" / "first.img").exists()
+    finally:
+        run("umount", str(tmp_path / "ro"))
