@@ -115,7 +115,7 @@ def choose(job: dict, named: list[str] | None, free: Callable[[], list[str]],
     for disk, path in zip(disks, paths):
         target = look(path)
         if target.problem:
-            raise RestoreError(target.problem)
+            raise RestoreError(target.problem + (f" ({how} names it.)" if named else ""))
         other = next((seen[i] for i in target.same if i in seen), None)
         if other:
             raise RestoreError(

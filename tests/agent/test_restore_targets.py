@@ -161,7 +161,8 @@ def test_a_target_on_a_read_only_filesystem_is_refused_before_the_first_is_writt
             said = refused([str(tmp_path / "rw" / "first.img"), str(tmp_path / "ro" / second)],
                            8 * MiB, 8 * MiB)
             assert said == (f"{tmp_path / 'ro' / second} is on a read-only filesystem; choose a "
-                            "target on a writable one (or remount it read-write) and start again.")
+                            "target on a writable one (or remount it read-write) and start again. "
+                            "(p2v.disks= names it.)")
             assert not (tmp_path / "rw" / "first.img").exists()
     finally:
         run("umount", str(tmp_path / "ro"))

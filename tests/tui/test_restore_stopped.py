@@ -24,10 +24,16 @@ TWO = dict(JOB, disks=JOB["disks"] + [{"id": "sdb", "size": GiB, "position": 1}]
 
 
 def named_restore(job: dict, sizes: dict[str, int]):
-    """The restore edge: the real choice of targets for `job`, over disks of `sizes`."""
+    """The restore edge: the real choice of targets for `job`, over disks of `sizes` (a size
+    of 0: a partition, which look() refuses in its own words)."""
+    def look(path: str) -> targets.Target:
+        if sizes.get(path) == 0:
+            return targets.Target(path, problem=f"{path} is a partition of the disk /dev/xvdb; a "
+                                  "restore writes whole disks. Name the disk itself and start again.")
+        return targets.Target(path, sizes.get(path, 16 * GiB))
+
     def restore(settings, progress, client, named=None):
-        targets.choose(job, settings.disks, lambda: [], "p2v.disks=",
-                       look=lambda path: targets.Target(path, sizes.get(path, 16 * GiB)))
+        targets.choose(job, settings.disks, lambda: [], "p2v.disks=", look=look)
         raise AssertionError("the disks named were accepted")
     return restore
 
@@ -36,7 +42,8 @@ def named_restore(job: dict, sizes: dict[str, int]):
     (JOB, ["xvdb"], {"/dev/xvdb": 4 * GiB}),
     (JOB, ["xvdb", "xvdc"], {}),
     (TWO, ["xvdb", "xvdb"], {}),
-], ids=["too-small", "wrong-count", "twice"])
+    (JOB, ["xvdb1"], {"/dev/xvdb1": 0}),
+], ids=["too-small", "wrong-count", "twice", "a-partition"])
 def test_a_restore_stopped_by_p2v_disks_says_to_edit_the_boot_line(job, disks, sizes):
     app = make_app(Settings(**PRESET, job=job["id"], disks=disks),
                    edges("windows", restore=named_restore(job, sizes)))
