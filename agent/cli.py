@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
+import threading
 import tempfile
 from pathlib import Path
 
@@ -56,11 +58,52 @@ def subcommand(argv: list[str]) -> str | None:
     return None
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised in the main thread like Ctrl-C's KeyboardInterrupt, so that every
+    `finally` and ExitStack on the way out runs: the repair's loop device is detached, its mounts
+    unmounted and its /tmp/xenp2v-repair-* directory removed, as they are after Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum: int, frame) -> None:
+    # The cleanup that follows runs to its end: a second signal would cut it short.
+    for each in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(each, signal.SIG_IGN)
+    raise Stopped(signum)
+
+
+def stoppable(what: str, body) -> int:
+    """`body()`, with SIGTERM and SIGHUP raising Stopped; Ctrl-C or either signal ends with one
+    sentence and 130 (Ctrl-C) or 128 + the signal's number, not a traceback. The TUI is not run
+    through this: Textual owns the terminal (and handles only SIGTSTP/SIGCONT itself)."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    handled = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+    before = {each: signal.getsignal(each) for each in handled} if main_thread else {}
+    if main_thread:
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGHUP, _stop)
+    try:
+        return body()
+    except KeyboardInterrupt as e:
+        name, status = "Ctrl-C", 130
+        if isinstance(e, Stopped):
+            name, status = signal.Signals(e.signum).name, 128 + e.signum
+        print(f"Stopped ({name}): {what} did not finish; what it had attached or mounted was "
+              "released, nothing was left attached. Start it again to finish.", file=sys.stderr)
+        return status
+    finally:
+        for each, handler in before.items():
+            signal.signal(each, handler if handler is not None else signal.SIG_DFL)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser(subcommand(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     if getattr(args, "func", None):
-        return args.func(args)
+        return stoppable(f"p2v-agent {args.command}", lambda: args.func(args))
     return start(args)
 
 
@@ -77,7 +120,7 @@ def start(args: argparse.Namespace) -> int:
     start_logging(settings.debug)
     if settings.runs_unattended or not (sys.stdin.isatty() and sys.stdout.isatty()):
         from agent import unattended
-        return unattended.run(settings, log=LOG)
+        return stoppable("The unattended run", lambda: unattended.run(settings, log=LOG))
     from agent import tui
     return tui.run(settings, log=LOG)
 
