@@ -45,6 +45,15 @@ def test_a_signal_during_repair_of_an_image_detaches_its_loop_and_removes_its_wo
     finally:
         subprocess.run(["partx", "-d", loop], capture_output=True)
         subprocess.run(["losetup", "-d", loop], capture_output=True)
+    stop_at_first_mount(tmp_path, ["repair", "--disk", str(image)], image, signum, status,
+                        f"Stopped ({name}): p2v-agent repair did not finish")
+
+
+def stop_at_first_mount(tmp_path: Path, argv: list[str], image: Path, signum: int, status: int,
+                        sentence: str) -> None:
+    """Run `p2v-agent ARGV`, send `signum` while its repair mounts the guest's root for the first
+    time, and check it ends with `sentence` and `status`, no loop device over `image` and no work
+    directory left."""
     # The repair's first mount (looking for the guest's root, after its loop device and its work
     # directory exist) hangs: a `mount` first on PATH says so and sleeps.
     shim, marker = tmp_path / "bin", tmp_path / "mounting"
@@ -55,7 +64,7 @@ def test_a_signal_during_repair_of_an_image_detaches_its_loop_and_removes_its_wo
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     env = dict(os.environ, PATH=f"{shim}:{os.environ['PATH']}", PYTHONPATH=str(REPO), TMPDIR=str(tmp))
-    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", "repair", "--disk", str(image)],
+    proc = subprocess.Popen([sys.executable, "-m", "agent.cli", *argv],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             # A run in the background (nohup ... &) ignores SIGINT, and so would
                             # the agent: Ctrl-C's KeyboardInterrupt needs the default back.
@@ -70,7 +79,7 @@ def test_a_signal_during_repair_of_an_image_detaches_its_loop_and_removes_its_wo
         proc.send_signal(signum)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == status, (proc.returncode, err)
-        assert f"Stopped ({name}): p2v-agent repair did not finish" in err
+        assert sentence in err
         assert "Traceback" not in err
         assert str(image) not in run("losetup", "-l", "-n", "-O", "BACK-FILE").stdout
         assert not workdirs(tmp)
@@ -81,3 +90,26 @@ def test_a_signal_during_repair_of_an_image_detaches_its_loop_and_removes_its_wo
         for dev in loops_over(image):  # the repair's own, left by an agent killed outright
             subprocess.run(["partx", "-d", dev], capture_output=True)
             subprocess.run(["losetup", "-d", dev], capture_output=True)
+
+
+def test_sigterm_during_restore_and_repair_onto_an_image_leaves_nothing_attached(loopdev, p2v_server,
+                                                                                 tmp_path):
+    from agent.settings import Settings
+    from agent.transfer.progress import Progress
+    from agent.unattended import capture
+    needs_root()
+    dev = loopdev(48 * 1024 * 1024, "source")
+    run("sfdisk", "-q", dev, input="label: dos\n,32MiB,83\n,,82\n")
+    root, swap = rescan(dev)
+    run("mkfs.ext4", "-q", root)
+    run("mkswap", swap)
+    preset = dict(server=p2v_server.url, token=p2v_server.token, fingerprint=p2v_server.fingerprint)
+    job = capture(Settings(**preset, disks=[dev], name="stop"), Progress()).job
+    image = tmp_path / "copy.img"
+    with open(image, "wb") as f:
+        f.truncate(48 * 1024 * 1024)
+    stop_at_first_mount(tmp_path, ["restore-and-repair", "--server", p2v_server.url,
+                                   f"--token={p2v_server.token}", "--fingerprint",
+                                   p2v_server.fingerprint, "--job", job, "--target", str(image)],
+                        image, signal.SIGTERM, 143,
+                        "Stopped (SIGTERM): p2v-agent restore-and-repair did not finish")
