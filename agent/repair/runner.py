@@ -116,7 +116,7 @@ def check_disk_free(disk: str) -> None:
     # mount that filesystem a second time, read-write, and corrupt it.
     from agent.transfer.restore import RestoreError, check_no_other_name
     try:
-        check_no_other_name(disk)
+        check_no_other_name(disk, itself=False)   # its own name: the mounts above
     except RestoreError as e:
         raise RepairError(str(e)) from None
 

@@ -141,13 +141,13 @@ def check_target_free(target: str) -> None:
                                "start again.")
 
 
-def check_no_other_name(target: str) -> None:
+def check_no_other_name(target: str, itself: bool = True) -> None:
     """Refuse a target that is in use under another name: a block device that inuse finds used
     (a writable loop device over it, btrfs), the backing file of a loop device that is in use,
     or a loop device whose backing file another loop device in use also maps. Writing through
     one name while a filesystem is mounted through another overwrites it."""
     st = os.stat(target)
-    if stat.S_ISBLK(st.st_mode):
+    if stat.S_ISBLK(st.st_mode) and itself:   # False: only its other names (the repair's check)
         found = [u.sentence() for u in inuse.uses(target)]
         if found:
             raise RestoreError(f"{target} is in use: {' '.join(found)} Then start again.")
