@@ -21,8 +21,8 @@ class Target:
     size: int | None = None       # bytes; None: a file still to be made, as large as the image
     problem: str | None = None    # why a restore must not write it, as a sentence
     # What the name leads to, whatever it is called: ("block", st_rdev), ("file", st_dev,
-    # st_ino) (also a loop device's backing file), ("new", its real path). Two targets that
-    # share one would have the second disk written over the first.
+    # st_ino) (also a loop device's backing file), ("new", its directory's st_dev and st_ino,
+    # its name). Two targets that share one would have the second disk written over the first.
     same: set[tuple] = field(default_factory=set)
 
 
