@@ -63,8 +63,9 @@ def look(path: str) -> Target:
         check_target_kind(path)
         if not os.path.exists(path):
             return Target(path, same=identities(path), problem=writable(path))
-        if os.path.isfile(path) and writable(path):
-            return Target(path, problem=writable(path))
+        problem = writable(path) if os.path.isfile(path) else None
+        if problem:
+            return Target(path, problem=problem)
         check_whole_and_writable(path)
         check_target_free(path)
         check_no_other_name(path)
